@@ -1,0 +1,70 @@
+#include "wsb_shim.h"
+
+void wsb_log(int level, const char *uuid, const char *file, int line, const char *text)
+{
+	/* The text is always an argument, never the format. */
+	switch_log_printf(SWITCH_CHANNEL_ID_LOG, file, "mod_wsbridge", line, uuid, (switch_log_level_t) level, "%s\n", text);
+}
+
+switch_status_t wsb_channel_hangup(switch_channel_t *channel, switch_call_cause_t cause)
+{
+	switch_channel_hangup(channel, cause);
+	return SWITCH_STATUS_SUCCESS;
+}
+
+switch_status_t wsb_channel_mark_answered(switch_channel_t *channel)
+{
+	return switch_channel_mark_answered(channel);
+}
+
+void wsb_channel_set_state(switch_channel_t *channel, switch_channel_state_t state)
+{
+	switch_channel_set_state(channel, state);
+}
+
+void wsb_channel_set_flag(switch_channel_t *channel, switch_channel_flag_t flag)
+{
+	switch_channel_set_flag(channel, flag);
+}
+
+int wsb_channel_ready(switch_channel_t *channel)
+{
+	return switch_channel_ready(channel) ? 1 : 0;
+}
+
+const char *wsb_channel_get_variable(switch_channel_t *channel, const char *name)
+{
+	return switch_channel_get_variable(channel, name);
+}
+
+const char *wsb_event_get_header(switch_event_t *event, const char *name)
+{
+	return switch_event_get_header(event, name);
+}
+
+switch_core_session_t *wsb_session_locate(const char *uuid)
+{
+	return switch_core_session_locate(uuid);
+}
+
+void *wsb_session_get_private(switch_core_session_t *session)
+{
+	return switch_core_session_get_private(session);
+}
+
+void wsb_session_destroy(switch_core_session_t **session)
+{
+	switch_core_session_destroy(session);
+}
+
+char *wsb_session_strdup(switch_core_session_t *session, const char *text)
+{
+	return switch_core_session_strdup(session, text);
+}
+
+switch_status_t wsb_codec_init(switch_codec_t *codec, const char *name, uint32_t rate, int ms,
+							   switch_memory_pool_t *pool)
+{
+	return switch_core_codec_init(codec, name, NULL, NULL, rate, ms, 1,
+								  SWITCH_CODEC_FLAG_ENCODE | SWITCH_CODEC_FLAG_DECODE, NULL, pool);
+}

@@ -1,0 +1,22 @@
+/* Callable forms of FreeSWITCH macros and inline helpers that bindgen cannot expand. */
+#ifndef WSB_SHIM_H
+#define WSB_SHIM_H
+
+#include <switch.h>
+
+void wsb_log(int level, const char *uuid, const char *file, int line, const char *text);
+switch_status_t wsb_channel_hangup(switch_channel_t *channel, switch_call_cause_t cause);
+switch_status_t wsb_channel_mark_answered(switch_channel_t *channel);
+void wsb_channel_set_state(switch_channel_t *channel, switch_channel_state_t state);
+void wsb_channel_set_flag(switch_channel_t *channel, switch_channel_flag_t flag);
+int wsb_channel_ready(switch_channel_t *channel);
+const char *wsb_channel_get_variable(switch_channel_t *channel, const char *name);
+const char *wsb_event_get_header(switch_event_t *event, const char *name);
+switch_core_session_t *wsb_session_locate(const char *uuid);
+void *wsb_session_get_private(switch_core_session_t *session);
+void wsb_session_destroy(switch_core_session_t **session);
+char *wsb_session_strdup(switch_core_session_t *session, const char *text);
+switch_status_t wsb_codec_init(switch_codec_t *codec, const char *name, uint32_t rate, int ms,
+							   switch_memory_pool_t *pool);
+
+#endif

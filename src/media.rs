@@ -1,0 +1,269 @@
+//! The state one call shares between its FreeSWITCH session thread and its
+//! WebSocket task. The session side never waits: it takes a short lock,
+//! copies a frame, and at most wakes the task.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::playout::PlayoutBuffer;
+use crate::settings::ContentType;
+use crate::uplink::{Outgoing, PushOutcome, UplinkQueue};
+
+#[derive(Debug, Clone, Copy)]
+pub struct MediaLimits {
+    /// Most server audio held for playout.
+    pub playout_capacity: Duration,
+    /// Stop reading the socket above this much queued audio...
+    pub playout_high_water: Duration,
+    /// ...and start again below this.
+    pub playout_low_water: Duration,
+    /// Most caller audio held while the server is slow to take it.
+    pub uplink_backlog: Duration,
+}
+
+impl Default for MediaLimits {
+    fn default() -> Self {
+        MediaLimits {
+            playout_capacity: Duration::from_secs(60),
+            playout_high_water: Duration::from_secs(50),
+            playout_low_water: Duration::from_secs(40),
+            uplink_backlog: Duration::from_secs(1),
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct MediaStats {
+    pub frames_sent: AtomicU64,
+    pub frames_received: AtomicU64,
+}
+
+pub struct CallMedia {
+    pub format: ContentType,
+    playout: Mutex<PlayoutBuffer>,
+    playout_space: Notify,
+    high_water_bytes: usize,
+    low_water_bytes: usize,
+    uplink: Mutex<UplinkQueue>,
+    uplink_ready: Notify,
+    caller_gone: CancellationToken,
+    pub stats: MediaStats,
+}
+
+fn bytes_for(format: ContentType, duration: Duration) -> usize {
+    let frames = (duration.as_millis() as usize).div_ceil(crate::settings::FRAME_MS as usize).max(1);
+    frames * format.bytes_per_frame()
+}
+
+/// A poisoned lock only means another thread panicked mid-copy; the queue itself is still sound.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl CallMedia {
+    pub fn new(format: ContentType, limits: MediaLimits) -> Self {
+        let capacity = bytes_for(format, limits.playout_capacity);
+        let high_water = bytes_for(format, limits.playout_high_water).min(capacity);
+        let low_water = bytes_for(format, limits.playout_low_water).min(high_water);
+        let uplink_frames = bytes_for(format, limits.uplink_backlog) / format.bytes_per_frame();
+        CallMedia {
+            format,
+            playout: Mutex::new(PlayoutBuffer::new(format.bytes_per_frame(), capacity)),
+            playout_space: Notify::new(),
+            high_water_bytes: high_water,
+            low_water_bytes: low_water,
+            uplink: Mutex::new(UplinkQueue::new(uplink_frames)),
+            uplink_ready: Notify::new(),
+            caller_gone: CancellationToken::new(),
+            stats: MediaStats::default(),
+        }
+    }
+
+    // ---- session thread side: never waits ----
+
+    /// The next frame of server audio, or false when none is queued.
+    pub fn next_downlink_frame(&self, out: &mut [i16]) -> bool {
+        let (played, crossed_low_water) = {
+            let mut playout = lock(&self.playout);
+            let before = playout.buffered_bytes();
+            let played = playout.pop_frame(out);
+            (played, before > self.low_water_bytes && playout.buffered_bytes() <= self.low_water_bytes)
+        };
+        if crossed_low_water {
+            self.playout_space.notify_one();
+        }
+        played
+    }
+
+    /// Queues one frame of caller audio (little-endian bytes).
+    pub fn send_audio(&self, frame: Bytes) -> PushOutcome {
+        let outcome = lock(&self.uplink).push_audio(frame);
+        self.uplink_ready.notify_one();
+        outcome
+    }
+
+    pub fn send_text(&self, text: String) -> bool {
+        let queued = lock(&self.uplink).push_text(text);
+        self.uplink_ready.notify_one();
+        queued
+    }
+
+    /// The caller's side is gone: the task closes the socket and ends.
+    pub fn caller_hung_up(&self) {
+        self.caller_gone.cancel();
+    }
+
+    pub fn is_caller_gone(&self) -> bool {
+        self.caller_gone.is_cancelled()
+    }
+
+    pub fn buffered_playout(&self) -> Duration {
+        let bytes = lock(&self.playout).buffered_bytes();
+        Duration::from_micros((bytes / 2) as u64 * 1_000_000 / self.format.rate as u64)
+    }
+
+    pub fn underruns(&self) -> u64 {
+        lock(&self.playout).underruns()
+    }
+
+    pub fn dropped_uplink_frames(&self) -> u64 {
+        lock(&self.uplink).dropped_frames()
+    }
+
+    // ---- WebSocket task side ----
+
+    pub async fn caller_gone(&self) {
+        self.caller_gone.cancelled().await
+    }
+
+    /// Waits while the playout is above the high-water mark, until it drains below the low one.
+    pub async fn wait_for_playout_room(&self) {
+        if lock(&self.playout).buffered_bytes() < self.high_water_bytes {
+            return;
+        }
+        self.wait_for_low_water().await;
+    }
+
+    async fn wait_for_low_water(&self) {
+        loop {
+            let notified = self.playout_space.notified();
+            if lock(&self.playout).buffered_bytes() <= self.low_water_bytes {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Queues all of `data` for playout, waiting for room when the buffer is full.
+    pub async fn queue_playout(&self, mut data: &[u8]) {
+        loop {
+            let taken = lock(&self.playout).push(data);
+            data = &data[taken..];
+            if data.is_empty() {
+                return;
+            }
+            self.wait_for_low_water().await;
+        }
+    }
+
+    /// Waits for caller audio or text, then moves all of it into `batch`.
+    pub async fn next_uplink_batch(&self, batch: &mut VecDeque<Outgoing>) {
+        loop {
+            let notified = self.uplink_ready.notified();
+            {
+                let mut uplink = lock(&self.uplink);
+                if !uplink.is_empty() {
+                    uplink.take_all(batch);
+                    return;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    pub fn count_sent(&self) {
+        self.stats.frames_sent.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn count_received(&self, frames: u64) {
+        self.stats.frames_received.fetch_add(frames, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn small_limits() -> MediaLimits {
+        MediaLimits {
+            playout_capacity: Duration::from_millis(200),
+            playout_high_water: Duration::from_millis(100),
+            playout_low_water: Duration::from_millis(60),
+            uplink_backlog: Duration::from_millis(60),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_large_message_waits_for_room_and_loses_nothing() {
+        let format = ContentType { rate: 8000 };
+        let media = Arc::new(CallMedia::new(format, small_limits()));
+        // 1 s of a counting pattern: five times the capacity.
+        let samples: Vec<i16> = (0..8000).map(|i| (i % 3000) as i16).collect();
+        let bytes: Vec<u8> = samples.iter().flat_map(|s| s.to_le_bytes()).collect();
+        let producer = {
+            let media = media.clone();
+            tokio::spawn(async move { media.queue_playout(&bytes).await })
+        };
+        let mut played = Vec::new();
+        let mut frame = vec![0i16; format.samples_per_frame()];
+        while played.len() < samples.len() {
+            assert!(media.buffered_playout() <= Duration::from_millis(200), "capacity exceeded");
+            if media.next_downlink_frame(&mut frame) {
+                played.extend_from_slice(&frame);
+            } else {
+                tokio::task::yield_now().await;
+            }
+        }
+        producer.await.unwrap();
+        assert_eq!(played, samples);
+    }
+
+    #[tokio::test]
+    async fn reading_pauses_above_high_water_until_low_water() {
+        let format = ContentType { rate: 8000 };
+        let media = Arc::new(CallMedia::new(format, small_limits()));
+        media.queue_playout(&vec![0u8; 320 * 6]).await; // 120 ms: above high water
+        let waiter = {
+            let media = media.clone();
+            tokio::spawn(async move { media.wait_for_playout_room().await })
+        };
+        let mut frame = vec![0i16; 160];
+        for _ in 0..2 {
+            tokio::task::yield_now().await;
+            assert!(!waiter.is_finished(), "must wait until low water");
+            assert!(media.next_downlink_frame(&mut frame));
+        }
+        // 80 ms left: still above 60 ms.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(!waiter.is_finished());
+        assert!(media.next_downlink_frame(&mut frame));
+        tokio::time::timeout(Duration::from_secs(1), waiter).await.expect("woken at low water").unwrap();
+    }
+
+    #[tokio::test]
+    async fn uplink_batches_keep_order() {
+        let media = CallMedia::new(ContentType { rate: 8000 }, small_limits());
+        media.send_audio(Bytes::from_static(&[1]));
+        media.send_text("t".into());
+        let mut batch = VecDeque::new();
+        media.next_uplink_batch(&mut batch).await;
+        assert_eq!(Vec::from(batch), vec![Outgoing::Audio(Bytes::from_static(&[1])), Outgoing::Text("t".into())]);
+    }
+}

@@ -1,0 +1,406 @@
+//! One call's WebSocket conversation, from connect to close.
+//!
+//! It runs on the shared tokio runtime and reaches the call only through
+//! [`CallMedia`] (audio) and [`CallControl`] (answer and hang up).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::time::timeout;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+use crate::cause::HangupCause;
+use crate::media::CallMedia;
+use crate::settings::CallSettings;
+use crate::uplink::Outgoing;
+use crate::websocket::{self, Connection};
+
+/// What the task may do to its call. Implementations must not block.
+pub trait CallControl: Send + Sync + 'static {
+    /// Marks the call answered; false when the call is already gone.
+    fn answer(&self) -> bool;
+    fn hangup(&self, cause: HangupCause);
+}
+
+#[derive(Debug, Clone)]
+pub struct SessionOptions {
+    /// For TCP, TLS, the upgrade and the first message together.
+    pub connect_timeout: Duration,
+    /// How long a close handshake may take before the socket is dropped.
+    pub close_timeout: Duration,
+    pub max_message_bytes: usize,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        SessionOptions {
+            connect_timeout: Duration::from_secs(5),
+            close_timeout: Duration::from_secs(1),
+            max_message_bytes: 64 << 20,
+        }
+    }
+}
+
+/// How a session ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionEnd {
+    CallerHungUp,
+    ServerClosed { code: Option<u16>, reason: String },
+    Failed { cause: HangupCause, why: String },
+}
+
+impl SessionEnd {
+    /// The cause to hang the call up with, if the session ended it.
+    pub fn hangup_cause(&self) -> Option<HangupCause> {
+        match self {
+            SessionEnd::CallerHungUp => None,
+            SessionEnd::ServerClosed { .. } => Some(HangupCause::NormalClearing),
+            SessionEnd::Failed { cause, .. } => Some(*cause),
+        }
+    }
+}
+
+/// Runs the call's WebSocket session to its end and hangs the call up
+/// unless the caller already did.
+pub async fn run(settings: CallSettings, media: Arc<CallMedia>, control: impl CallControl, options: SessionOptions) -> SessionEnd {
+    let end = converse(&settings, &media, &control, &options).await;
+    match &end {
+        SessionEnd::CallerHungUp => tracing::info!("caller hung up; WebSocket to {} closed", settings.uri.text),
+        SessionEnd::ServerClosed { code, reason } => tracing::info!(
+            "server {} closed the WebSocket (code {}, reason '{reason}'); hanging up",
+            settings.uri.text,
+            code.map_or("none".to_string(), |c| c.to_string())
+        ),
+        SessionEnd::Failed { cause, why } => tracing::warn!("{why}; hanging up with {cause}"),
+    }
+    if let Some(cause) = end.hangup_cause() {
+        control.hangup(cause);
+    }
+    end
+}
+
+enum ReadEnd {
+    Closed(Option<CloseFrame>),
+    Eof,
+    Error(WsError),
+}
+
+enum Ended {
+    CallerGone,
+    Read(ReadEnd),
+    Write(WsError),
+}
+
+async fn converse(settings: &CallSettings, media: &CallMedia, control: &impl CallControl, options: &SessionOptions) -> SessionEnd {
+    let uri = &settings.uri.text;
+    let mut config = WebSocketConfig::default();
+    config.max_message_size = Some(options.max_message_bytes);
+    config.max_frame_size = Some(options.max_message_bytes);
+
+    let opening = async {
+        let mut connection = websocket::connect(&settings.uri, config).await.map_err(|error| error.to_string())?;
+        connection
+            .send(Message::text(settings.first_message()))
+            .await
+            .map_err(|error| format!("sending the first message failed: {error}"))?;
+        Ok::<Connection, String>(connection)
+    };
+    let connection = tokio::select! {
+        _ = media.caller_gone() => return SessionEnd::CallerHungUp,
+        opened = timeout(options.connect_timeout, opening) => match opened {
+            Err(_) => return failed(HangupCause::DestinationOutOfOrder, format!(
+                "no WebSocket session with {uri} within {} ms", options.connect_timeout.as_millis())),
+            Ok(Err(why)) => return failed(HangupCause::DestinationOutOfOrder, format!("cannot reach {uri}: {why}")),
+            Ok(Ok(connection)) => connection,
+        },
+    };
+    tracing::info!("WebSocket to {uri} open ({}); answering", settings.content_type);
+    if !control.answer() {
+        media.caller_hung_up();
+    }
+
+    let (mut sink, mut stream) = connection.split();
+    let ended = tokio::select! {
+        _ = media.caller_gone() => Ended::CallerGone,
+        end = read_loop(&mut stream, media) => Ended::Read(end),
+        error = write_loop(&mut sink, media) => Ended::Write(error),
+    };
+    match ended {
+        Ended::CallerGone => {
+            let close = CloseFrame { code: CloseCode::Normal, reason: "caller hung up".into() };
+            if timeout(options.close_timeout, sink.send(Message::Close(Some(close)))).await.is_ok() {
+                // Give the server its chance to answer the close.
+                let _ = timeout(options.close_timeout, async {
+                    while let Some(Ok(message)) = stream.next().await {
+                        if message.is_close() {
+                            break;
+                        }
+                    }
+                })
+                .await;
+            }
+            SessionEnd::CallerHungUp
+        }
+        Ended::Read(ReadEnd::Closed(frame)) => {
+            // tungstenite has queued the close reply; flush it out.
+            let _ = timeout(options.close_timeout, sink.close()).await;
+            let (code, reason) = match frame {
+                Some(frame) => (Some(u16::from(frame.code)), frame.reason.to_string()),
+                None => (None, String::new()),
+            };
+            SessionEnd::ServerClosed { code, reason }
+        }
+        Ended::Read(ReadEnd::Eof) => SessionEnd::ServerClosed { code: None, reason: "connection closed without a close frame".into() },
+        Ended::Read(ReadEnd::Error(error)) => failed(HangupCause::NetworkOutOfOrder, format!("WebSocket to {uri} failed: {error}")),
+        Ended::Write(error) => failed(HangupCause::NetworkOutOfOrder, format!("sending to {uri} failed: {error}")),
+    }
+}
+
+fn failed(cause: HangupCause, why: String) -> SessionEnd {
+    SessionEnd::Failed { cause, why }
+}
+
+async fn read_loop(stream: &mut (impl StreamExt<Item = Result<Message, WsError>> + Unpin), media: &CallMedia) -> ReadEnd {
+    let frame_bytes = media.format.bytes_per_frame() as u64;
+    let mut partial_bytes = 0u64;
+    loop {
+        // Flow control: while the playout is full, leave data in the socket so TCP pushes back.
+        media.wait_for_playout_room().await;
+        match stream.next().await {
+            None => return ReadEnd::Eof,
+            Some(Err(error)) => return ReadEnd::Error(error),
+            Some(Ok(Message::Binary(data))) => {
+                media.queue_playout(&data).await;
+                partial_bytes += data.len() as u64;
+                media.count_received(partial_bytes / frame_bytes);
+                partial_bytes %= frame_bytes;
+            }
+            Some(Ok(Message::Text(text))) => tracing::debug!("ignoring a text message of {} bytes", text.len()),
+            Some(Ok(Message::Close(frame))) => return ReadEnd::Closed(frame),
+            Some(Ok(_)) => {}
+        }
+    }
+}
+
+/// Sends caller audio and text as it is queued; returns only on a send error.
+async fn write_loop(sink: &mut (impl SinkExt<Message, Error = WsError> + Unpin), media: &CallMedia) -> WsError {
+    let mut batch = VecDeque::new();
+    loop {
+        media.next_uplink_batch(&mut batch).await;
+        while let Some(item) = batch.pop_front() {
+            let message = match item {
+                Outgoing::Audio(frame) => {
+                    media.count_sent();
+                    Message::Binary(frame)
+                }
+                Outgoing::Text(text) => Message::text(text),
+            };
+            if let Err(error) = sink.feed(message).await {
+                return error;
+            }
+        }
+        if let Err(error) = sink.flush().await {
+            return error;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::MediaLimits;
+    use crate::settings::{ContentType, RawSettings};
+    use bytes::Bytes;
+    use std::sync::Mutex;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+
+    #[derive(Default, Clone)]
+    struct Recorder(Arc<Mutex<Vec<String>>>);
+
+    impl CallControl for Recorder {
+        fn answer(&self) -> bool {
+            self.0.lock().unwrap().push("answer".into());
+            true
+        }
+        fn hangup(&self, cause: HangupCause) {
+            self.0.lock().unwrap().push(format!("hangup {cause}"));
+        }
+    }
+
+    impl Recorder {
+        fn events(&self) -> Vec<String> {
+            self.0.lock().unwrap().clone()
+        }
+    }
+
+    fn settings(port: u16, rate: u32) -> CallSettings {
+        RawSettings {
+            uri: Some(format!("ws://127.0.0.1:{port}/call")),
+            content_type: Some(format!("audio/l16;rate={rate}")),
+            headers: Some(r#"{"caller":"447700900123"}"#.into()),
+            destination: None,
+        }
+        .resolve()
+        .unwrap()
+    }
+
+    async fn listener() -> (TcpListener, u16) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        (listener, port)
+    }
+
+    async fn accept(listener: &TcpListener, echo_protocol: bool) -> WebSocketStream<TcpStream> {
+        let (tcp, _) = listener.accept().await.unwrap();
+        tokio_tungstenite::accept_hdr_async(tcp, move |request: &Request, mut response: Response| {
+            assert_eq!(request.headers()["Sec-WebSocket-Protocol"], "WSBRIDGE");
+            if echo_protocol {
+                response.headers_mut().insert("Sec-WebSocket-Protocol", "WSBRIDGE".parse().unwrap());
+            }
+            Ok(response)
+        })
+        .await
+        .unwrap()
+    }
+    use tokio_tungstenite::WebSocketStream;
+
+    #[tokio::test]
+    async fn audio_flows_both_ways_and_server_close_hangs_up_normally() {
+        let (listener, port) = listener().await;
+        let media = Arc::new(CallMedia::new(ContentType { rate: 8000 }, MediaLimits::default()));
+        let control = Recorder::default();
+        let task = tokio::spawn(run(settings(port, 8000), media.clone(), control.clone(), SessionOptions::default()));
+
+        let mut server = accept(&listener, false).await;
+        let first = server.next().await.unwrap().unwrap();
+        assert_eq!(first.into_text().unwrap().as_str(), r#" {"caller":"447700900123","content-type":"audio/l16;rate=8000"}"#);
+
+        // 1.5 frames, then the other half: two whole frames come out.
+        let samples: Vec<u8> = (0..320i16).flat_map(|s| s.to_le_bytes()).collect();
+        server.send(Message::Binary(Bytes::copy_from_slice(&samples[..480]))).await.unwrap();
+        server.send(Message::text("ignored")).await.unwrap();
+        server.send(Message::Binary(Bytes::copy_from_slice(&samples[480..]))).await.unwrap();
+        let mut frame = [0i16; 160];
+        let mut got = Vec::new();
+        for _ in 0..200 {
+            if media.next_downlink_frame(&mut frame) {
+                got.extend_from_slice(&frame);
+            }
+            if got.len() == 320 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(got, (0..320).collect::<Vec<i16>>());
+
+        media.send_audio(Bytes::from_static(&[9; 320]));
+        let up = server.next().await.unwrap().unwrap();
+        assert_eq!(up.into_data().as_ref(), &[9; 320]);
+
+        server.close(Some(CloseFrame { code: CloseCode::Away, reason: "bye".into() })).await.unwrap();
+        let end = task.await.unwrap();
+        assert_eq!(end, SessionEnd::ServerClosed { code: Some(1001), reason: "bye".into() });
+        assert_eq!(control.events(), vec!["answer", "hangup NORMAL_CLEARING"]);
+    }
+
+    #[tokio::test]
+    async fn caller_hangup_sends_close_1000() {
+        let (listener, port) = listener().await;
+        let media = Arc::new(CallMedia::new(ContentType::default(), MediaLimits::default()));
+        let control = Recorder::default();
+        let task = tokio::spawn(run(settings(port, 16000), media.clone(), control.clone(), SessionOptions::default()));
+        let mut server = accept(&listener, true).await;
+        server.next().await.unwrap().unwrap();
+        media.caller_hung_up();
+        let close = loop {
+            match server.next().await.unwrap().unwrap() {
+                Message::Close(frame) => break frame.unwrap(),
+                _ => continue,
+            }
+        };
+        assert_eq!(close.code, CloseCode::Normal);
+        assert_eq!(task.await.unwrap(), SessionEnd::CallerHungUp);
+        assert_eq!(control.events(), vec!["answer"], "the caller's own hangup is not repeated");
+    }
+
+    #[tokio::test]
+    async fn refused_connection_is_destination_out_of_order() {
+        let (listener, port) = listener().await;
+        drop(listener);
+        let control = Recorder::default();
+        let media = Arc::new(CallMedia::new(ContentType::default(), MediaLimits::default()));
+        let end = run(settings(port, 16000), media, control.clone(), SessionOptions::default()).await;
+        assert_eq!(end.hangup_cause(), Some(HangupCause::DestinationOutOfOrder));
+        assert_eq!(control.events(), vec!["hangup DESTINATION_OUT_OF_ORDER"]);
+    }
+
+    #[tokio::test]
+    async fn silent_server_times_out() {
+        let (listener, port) = listener().await;
+        let holder = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            drop(tcp);
+        });
+        let options = SessionOptions { connect_timeout: Duration::from_millis(300), ..SessionOptions::default() };
+        let media = Arc::new(CallMedia::new(ContentType::default(), MediaLimits::default()));
+        let started = std::time::Instant::now();
+        let end = run(settings(port, 16000), media, Recorder::default(), options).await;
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert!(matches!(&end, SessionEnd::Failed { cause: HangupCause::DestinationOutOfOrder, why } if why.contains("within 300 ms")), "{end:?}");
+        holder.abort();
+    }
+
+    #[tokio::test]
+    async fn non_101_and_wrong_subprotocol_are_refused() {
+        for response in [
+            "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_string(),
+            "garbage\r\n\r\n".to_string(),
+        ] {
+            let (listener, port) = listener().await;
+            let server = tokio::spawn(async move {
+                let (mut tcp, _) = listener.accept().await.unwrap();
+                let mut buf = [0u8; 4096];
+                let _ = tcp.read(&mut buf).await;
+                tcp.write_all(response.as_bytes()).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            });
+            let media = Arc::new(CallMedia::new(ContentType::default(), MediaLimits::default()));
+            let end = run(settings(port, 16000), media, Recorder::default(), SessionOptions::default()).await;
+            assert_eq!(end.hangup_cause(), Some(HangupCause::DestinationOutOfOrder), "{end:?}");
+            server.await.unwrap();
+        }
+
+        let (listener, port) = listener().await;
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let _ = tokio_tungstenite::accept_hdr_async(tcp, |_: &Request, mut response: Response| {
+                response.headers_mut().insert("Sec-WebSocket-Protocol", "other".parse().unwrap());
+                Ok(response)
+            })
+            .await;
+        });
+        let media = Arc::new(CallMedia::new(ContentType::default(), MediaLimits::default()));
+        let end = run(settings(port, 16000), media, Recorder::default(), SessionOptions::default()).await;
+        assert!(matches!(&end, SessionEnd::Failed { why, .. } if why.contains("subprotocol")), "{end:?}");
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn caller_gone_while_connecting_ends_quietly() {
+        let (listener, port) = listener().await;
+        let media = Arc::new(CallMedia::new(ContentType::default(), MediaLimits::default()));
+        let control = Recorder::default();
+        let task = tokio::spawn(run(settings(port, 16000), media.clone(), control.clone(), SessionOptions::default()));
+        let (_tcp, _) = listener.accept().await.unwrap();
+        media.caller_hung_up();
+        assert_eq!(task.await.unwrap(), SessionEnd::CallerHungUp);
+        assert!(control.events().is_empty());
+    }
+}

@@ -1,0 +1,491 @@
+//! Per-call settings: where they are looked up, how they are decoded and
+//! validated, and the first message they produce.
+
+use std::fmt;
+
+use serde_json::{Map, Value};
+
+use crate::cause::HangupCause;
+
+pub const URI_VARIABLE: &str = "P-wsbridge-websocket-uri";
+pub const CONTENT_TYPE_VARIABLE: &str = "P-wsbridge-websocket-content-type";
+pub const HEADERS_VARIABLE: &str = "P-wsbridge-websocket-headers";
+/// mod_sofia stores an inbound INVITE header `P-Foo` as the variable `sip_h_P-Foo`.
+pub const SIP_HEADER_PREFIX: &str = "sip_h_";
+/// The original module's limit on the decoded headers JSON.
+pub const MAX_HEADERS_BYTES: usize = 1024;
+pub const FRAME_MS: u32 = 20;
+pub const SUPPORTED_RATES: [u32; 5] = [8000, 16000, 24000, 32000, 48000];
+
+/// Signed 16-bit little-endian PCM, mono, at `rate` Hz.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContentType {
+    pub rate: u32,
+}
+
+impl Default for ContentType {
+    fn default() -> Self {
+        ContentType { rate: 16000 }
+    }
+}
+
+impl ContentType {
+    /// Accepts `audio/l16;rate=N` for the supported rates, ignoring case and white space.
+    pub fn parse(text: &str) -> Option<ContentType> {
+        let compact: String = text.chars().filter(|c| !c.is_whitespace()).collect::<String>().to_ascii_lowercase();
+        let rate: u32 = compact.strip_prefix("audio/l16;rate=")?.parse().ok()?;
+        SUPPORTED_RATES.contains(&rate).then_some(ContentType { rate })
+    }
+
+    pub fn samples_per_frame(&self) -> usize {
+        (self.rate * FRAME_MS / 1000) as usize
+    }
+
+    pub fn bytes_per_frame(&self) -> usize {
+        self.samples_per_frame() * 2
+    }
+}
+
+impl fmt::Display for ContentType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "audio/l16;rate={}", self.rate)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Ws,
+    Wss,
+}
+
+/// A validated server address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerUri {
+    /// As configured, after decoding and white-space removal (for logs).
+    pub text: String,
+    pub scheme: Scheme,
+    pub host: String,
+    pub port: u16,
+    /// Path and query, at least "/".
+    pub resource: String,
+}
+
+impl ServerUri {
+    /// ws and wss, plus http and https as their aliases.
+    pub fn parse(text: &str) -> Result<ServerUri, SettingsError> {
+        let invalid = |why: &str| SettingsError::InvalidUri { uri: text.to_string(), why: why.to_string() };
+        let (scheme_text, rest) = text.split_once("://").ok_or_else(|| invalid("no scheme"))?;
+        let scheme = match scheme_text.to_ascii_lowercase().as_str() {
+            "ws" | "http" => Scheme::Ws,
+            "wss" | "https" => Scheme::Wss,
+            _ => return Err(SettingsError::UnsupportedScheme { uri: text.to_string() }),
+        };
+        let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let (authority, tail) = rest.split_at(authority_end);
+        let resource = tail.split('#').next().unwrap_or_default();
+        let resource = if resource.is_empty() {
+            "/".to_string()
+        } else if resource.starts_with('?') {
+            format!("/{resource}")
+        } else {
+            resource.to_string()
+        };
+        if authority.contains('@') {
+            return Err(invalid("user information is not supported"));
+        }
+        let (host, port_text) = if let Some(bracketed) = authority.strip_prefix('[') {
+            let (host, after) = bracketed.split_once(']').ok_or_else(|| invalid("unclosed IPv6 bracket"))?;
+            let port = match after {
+                "" => None,
+                _ => Some(after.strip_prefix(':').ok_or_else(|| invalid("junk after IPv6 address"))?),
+            };
+            if host.parse::<std::net::Ipv6Addr>().is_err() {
+                return Err(invalid("bad IPv6 address"));
+            }
+            (host, port)
+        } else {
+            match authority.rsplit_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (authority, None),
+            }
+        };
+        if host.is_empty() {
+            return Err(invalid("no host"));
+        }
+        if !host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':')) {
+            return Err(invalid("bad host name"));
+        }
+        let port = match port_text {
+            None => match scheme {
+                Scheme::Ws => 80,
+                Scheme::Wss => 443,
+            },
+            Some(port) => port.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| invalid("bad port"))?,
+        };
+        if resource.chars().any(|c| c.is_control() || c.is_whitespace() || !c.is_ascii()) {
+            return Err(invalid("bad characters in the path"));
+        }
+        Ok(ServerUri { text: text.to_string(), scheme, host: host.to_string(), port, resource })
+    }
+
+    /// The Host header value: the port is left out where it is the scheme's default.
+    pub fn host_header(&self) -> String {
+        let host = if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
+        let default_port = match self.scheme {
+            Scheme::Ws => 80,
+            Scheme::Wss => 443,
+        };
+        if self.port == default_port {
+            host
+        } else {
+            format!("{host}:{}", self.port)
+        }
+    }
+}
+
+/// Everything a call needs to reach its server.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallSettings {
+    pub uri: ServerUri,
+    pub content_type: ContentType,
+    /// The headers object, keys in the order given.
+    pub headers: Map<String, Value>,
+}
+
+impl CallSettings {
+    /// A space, then compact JSON: the header keys in order, `content-type` last.
+    pub fn first_message(&self) -> String {
+        let mut message = Map::with_capacity(self.headers.len() + 1);
+        for (key, value) in &self.headers {
+            if !key.eq_ignore_ascii_case("content-type") {
+                message.insert(key.clone(), value.clone());
+            }
+        }
+        message.insert("content-type".to_string(), Value::String(self.content_type.to_string()));
+        format!(" {}", Value::Object(message))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SettingsError {
+    MissingUri,
+    InvalidUri { uri: String, why: String },
+    UnsupportedScheme { uri: String },
+    BadEncoding { variable: &'static str },
+    HeadersTooLong { bytes: usize },
+    HeadersNotObject,
+    HeadersInvalidJson { why: String },
+    UnsupportedContentType { content_type: String },
+}
+
+impl SettingsError {
+    pub fn cause(&self) -> HangupCause {
+        match self {
+            SettingsError::MissingUri => HangupCause::DestinationOutOfOrder,
+            SettingsError::InvalidUri { .. } | SettingsError::UnsupportedScheme { .. } => HangupCause::InvalidUrl,
+            SettingsError::BadEncoding { variable } => match *variable {
+                URI_VARIABLE => HangupCause::InvalidUrl,
+                HEADERS_VARIABLE => HangupCause::InvalidIeContents,
+                _ => HangupCause::ServiceNotImplemented,
+            },
+            SettingsError::HeadersTooLong { .. } => HangupCause::MandatoryIeLengthError,
+            SettingsError::HeadersNotObject | SettingsError::HeadersInvalidJson { .. } => HangupCause::InvalidIeContents,
+            SettingsError::UnsupportedContentType { .. } => HangupCause::ServiceNotImplemented,
+        }
+    }
+}
+
+impl fmt::Display for SettingsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SettingsError::MissingUri => {
+                write!(f, "no WebSocket URI: set {URI_VARIABLE} or dial wsbridge/ws://host:port/path")
+            }
+            SettingsError::InvalidUri { uri, why } => write!(f, "invalid WebSocket URI '{uri}': {why}"),
+            SettingsError::UnsupportedScheme { uri } => {
+                write!(f, "unsupported scheme in '{uri}': use ws, wss, http or https")
+            }
+            SettingsError::BadEncoding { variable } => write!(f, "{variable} is not valid URL encoding of UTF-8 text"),
+            SettingsError::HeadersTooLong { bytes } => {
+                write!(f, "{HEADERS_VARIABLE} is {bytes} bytes after decoding; the limit is {MAX_HEADERS_BYTES}")
+            }
+            SettingsError::HeadersNotObject => write!(f, "{HEADERS_VARIABLE} must be a JSON object"),
+            SettingsError::HeadersInvalidJson { why } => write!(f, "{HEADERS_VARIABLE} is not valid JSON: {why}"),
+            SettingsError::UnsupportedContentType { content_type } => write!(
+                f,
+                "unsupported content type '{content_type}': use audio/l16;rate=N with N one of 8000, 16000, 24000, 32000, 48000"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for SettingsError {}
+
+/// Decodes `%XX` escapes; a stray `%` or a result that is not UTF-8 is an error.
+/// `+` stays as it is, as in FreeSWITCH's own `switch_url_decode`.
+pub fn url_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut index = 0;
+    while index < bytes.len() {
+        if bytes[index] == b'%' {
+            let escape = bytes.get(index + 1..index + 3)?;
+            if !escape.iter().all(u8::is_ascii_hexdigit) {
+                return None;
+            }
+            index += 3;
+        } else {
+            index += 1;
+        }
+    }
+    percent_encoding::percent_decode_str(text).decode_utf8().ok().map(|decoded| decoded.into_owned())
+}
+
+/// Where a call's variables come from.
+pub trait VariableSource {
+    fn variable(&self, name: &str) -> Option<String>;
+}
+
+impl<F: Fn(&str) -> Option<String>> VariableSource for F {
+    fn variable(&self, name: &str) -> Option<String> {
+        self(name)
+    }
+}
+
+/// The value of setting `name`: the originate variables first (bare, then
+/// `sip_h_`), then the A-leg's bare variable, then the A-leg's `sip_h_` one.
+/// Empty values count as unset.
+pub fn lookup(name: &str, originate: &dyn VariableSource, a_leg: Option<&dyn VariableSource>) -> Option<String> {
+    let sip_name = format!("{SIP_HEADER_PREFIX}{name}");
+    let mut sources: Vec<&dyn VariableSource> = vec![originate];
+    sources.extend(a_leg);
+    sources
+        .into_iter()
+        .flat_map(|source| [source.variable(name), source.variable(&sip_name)])
+        .flatten()
+        .find(|value| !value.is_empty())
+}
+
+/// Raw (still URL-encoded) values as found for one call.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RawSettings {
+    pub uri: Option<String>,
+    pub content_type: Option<String>,
+    pub headers: Option<String>,
+    /// What followed `wsbridge/` in the dial string, if anything.
+    pub destination: Option<String>,
+}
+
+impl RawSettings {
+    pub fn gather(originate: &dyn VariableSource, a_leg: Option<&dyn VariableSource>, destination: Option<&str>) -> Self {
+        RawSettings {
+            uri: lookup(URI_VARIABLE, originate, a_leg),
+            content_type: lookup(CONTENT_TYPE_VARIABLE, originate, a_leg),
+            headers: lookup(HEADERS_VARIABLE, originate, a_leg),
+            destination: destination.map(str::trim).filter(|d| !d.is_empty()).map(str::to_string),
+        }
+    }
+
+    /// Decodes copies of the values and validates them; the inputs are untouched.
+    pub fn resolve(&self) -> Result<CallSettings, SettingsError> {
+        let without_spaces = |text: &str| text.chars().filter(|c| !c.is_whitespace()).collect::<String>();
+
+        let uri_text = match (&self.uri, &self.destination) {
+            (Some(uri), _) => url_decode(uri).ok_or(SettingsError::BadEncoding { variable: URI_VARIABLE })?,
+            (None, Some(destination)) => {
+                url_decode(destination).ok_or(SettingsError::BadEncoding { variable: URI_VARIABLE })?
+            }
+            (None, None) => return Err(SettingsError::MissingUri),
+        };
+        let uri_text = without_spaces(&uri_text);
+        if uri_text.is_empty() {
+            return Err(SettingsError::MissingUri);
+        }
+        let uri = ServerUri::parse(&uri_text)?;
+
+        let content_type = match &self.content_type {
+            None => ContentType::default(),
+            Some(raw) => {
+                let decoded = url_decode(raw).ok_or(SettingsError::BadEncoding { variable: CONTENT_TYPE_VARIABLE })?;
+                ContentType::parse(&decoded)
+                    .ok_or(SettingsError::UnsupportedContentType { content_type: without_spaces(&decoded) })?
+            }
+        };
+
+        let headers = match &self.headers {
+            None => Map::new(),
+            Some(raw) => parse_headers(raw)?,
+        };
+
+        Ok(CallSettings { uri, content_type, headers })
+    }
+}
+
+fn parse_headers(raw: &str) -> Result<Map<String, Value>, SettingsError> {
+    let decoded = url_decode(raw).ok_or(SettingsError::BadEncoding { variable: HEADERS_VARIABLE })?;
+    if decoded.len() > MAX_HEADERS_BYTES {
+        return Err(SettingsError::HeadersTooLong { bytes: decoded.len() });
+    }
+    match serde_json::from_str::<Value>(&decoded) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(SettingsError::HeadersNotObject),
+        Err(error) => Err(SettingsError::HeadersInvalidJson { why: error.to_string() }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn source(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        move |name: &str| map.get(name).cloned()
+    }
+
+    fn raw(uri: Option<&str>, content_type: Option<&str>, headers: Option<&str>) -> RawSettings {
+        RawSettings {
+            uri: uri.map(Into::into),
+            content_type: content_type.map(Into::into),
+            headers: headers.map(Into::into),
+            destination: None,
+        }
+    }
+
+    #[test]
+    fn content_types_are_matched_loosely_and_only_supported_rates_pass() {
+        assert_eq!(ContentType::parse("audio/l16;rate=16000"), Some(ContentType { rate: 16000 }));
+        assert_eq!(ContentType::parse(" AUDIO/L16; Rate = 8000 "), Some(ContentType { rate: 8000 }));
+        for rate in SUPPORTED_RATES {
+            assert_eq!(ContentType::parse(&format!("audio/L16;rate={rate}")).unwrap().rate, rate);
+        }
+        for bad in ["audio/l16;rate=11025", "audio/pcmu", "audio/l16", "audio/l16;rate=", "audio/l16;rate=16000;x=1", ""] {
+            assert_eq!(ContentType::parse(bad), None, "{bad}");
+        }
+        assert_eq!(ContentType { rate: 16000 }.bytes_per_frame(), 640);
+        assert_eq!(ContentType { rate: 8000 }.bytes_per_frame(), 320);
+        assert_eq!(ContentType { rate: 48000 }.samples_per_frame(), 960);
+    }
+
+    #[test]
+    fn uris_are_parsed_with_default_ports_and_paths() {
+        let uri = ServerUri::parse("ws://127.0.0.1:8080/path?x=1").unwrap();
+        assert_eq!((uri.scheme, uri.host.as_str(), uri.port, uri.resource.as_str()), (Scheme::Ws, "127.0.0.1", 8080, "/path?x=1"));
+        let uri = ServerUri::parse("HTTPS://example.com").unwrap();
+        assert_eq!((uri.scheme, uri.port, uri.resource.as_str()), (Scheme::Wss, 443, "/"));
+        assert_eq!(uri.host_header(), "example.com");
+        let uri = ServerUri::parse("ws://[::1]:9000?q").unwrap();
+        assert_eq!((uri.host.as_str(), uri.port, uri.resource.as_str()), ("::1", 9000, "/?q"));
+        assert_eq!(uri.host_header(), "[::1]:9000");
+        assert_eq!(ServerUri::parse("http://h/").unwrap().scheme, Scheme::Ws);
+    }
+
+    #[test]
+    fn bad_uris_are_refused_with_invalid_url() {
+        for bad in ["ftp://h/", "sip:user@host", "ws://", "ws://h:0/", "ws://h:99999/", "ws://u@h/", "ws://[::1/", "ws://h/a b", "h:80"] {
+            let error = ServerUri::parse(bad).unwrap_err();
+            assert_eq!(error.cause(), HangupCause::InvalidUrl, "{bad}: {error}");
+        }
+    }
+
+    #[test]
+    fn url_decoding_is_strict_and_keeps_plus() {
+        assert_eq!(url_decode("ws%3A%2F%2Fh%3A1%2Fp").as_deref(), Some("ws://h:1/p"));
+        assert_eq!(url_decode("%7B%22n%22%3A%22%2B44%22%7D+x").as_deref(), Some("{\"n\":\"+44\"}+x"));
+        assert_eq!(url_decode("100%"), None);
+        assert_eq!(url_decode("%zz"), None);
+        assert_eq!(url_decode("%ff%fe"), None, "not UTF-8");
+    }
+
+    #[test]
+    fn lookup_order_is_originate_then_a_leg_bare_then_sip_header() {
+        let originate = source(&[]);
+        let a_leg = source(&[("sip_h_P-wsbridge-websocket-uri", "ws://sip/"), ("P-wsbridge-websocket-uri", "ws://bare/")]);
+        assert_eq!(lookup(URI_VARIABLE, &originate, Some(&a_leg)).as_deref(), Some("ws://bare/"));
+
+        let a_leg = source(&[("sip_h_P-wsbridge-websocket-uri", "ws://sip/")]);
+        assert_eq!(lookup(URI_VARIABLE, &originate, Some(&a_leg)).as_deref(), Some("ws://sip/"));
+
+        let originate = source(&[("P-wsbridge-websocket-uri", "ws://dial/")]);
+        let a_leg = source(&[("P-wsbridge-websocket-uri", "ws://bare/")]);
+        assert_eq!(lookup(URI_VARIABLE, &originate, Some(&a_leg)).as_deref(), Some("ws://dial/"));
+
+        let originate = source(&[("P-wsbridge-websocket-uri", "")]);
+        assert_eq!(lookup(URI_VARIABLE, &originate, Some(&a_leg)).as_deref(), Some("ws://bare/"), "empty is unset");
+        assert_eq!(lookup(URI_VARIABLE, &originate, None), None);
+    }
+
+    #[test]
+    fn destination_is_the_uri_when_no_variable_is_set() {
+        let settings = RawSettings::gather(&source(&[]), None, Some("ws://127.0.0.1:9/x")).resolve().unwrap();
+        assert_eq!(settings.uri.port, 9);
+        let settings =
+            RawSettings::gather(&source(&[("P-wsbridge-websocket-uri", "ws%3A%2F%2Fh%2Fv")]), None, Some("ws://d/")).resolve().unwrap();
+        assert_eq!(settings.uri.host, "h", "the variable wins over the destination");
+        assert_eq!(RawSettings::gather(&source(&[]), None, Some("")).resolve().unwrap_err(), SettingsError::MissingUri);
+    }
+
+    #[test]
+    fn decoding_works_on_a_copy_and_gives_the_same_result_twice() {
+        let raw = raw(Some("ws%3A%2F%2Fh%2F%2541"), None, Some("%7B%22a%22%3A%22%2541%22%7D"));
+        let first = raw.resolve().unwrap();
+        let second = raw.resolve().unwrap();
+        assert_eq!(first, second);
+        assert_eq!(first.uri.resource, "/%41");
+        assert_eq!(first.headers["a"], "%41");
+    }
+
+    #[test]
+    fn spaces_are_stripped_from_uri_and_content_type() {
+        let settings = raw(Some(" ws://h:1/p "), Some("audio/l16; rate=8000"), None).resolve().unwrap();
+        assert_eq!(settings.uri.text, "ws://h:1/p");
+        assert_eq!(settings.content_type.rate, 8000);
+    }
+
+    #[test]
+    fn each_bad_input_maps_to_its_cause() {
+        let uri = Some("ws://h/");
+        let cases: Vec<(RawSettings, HangupCause)> = vec![
+            (raw(None, None, None), HangupCause::DestinationOutOfOrder),
+            (raw(Some("gopher://h/"), None, None), HangupCause::InvalidUrl),
+            (raw(Some("ws%3A%2F%2Fh%2"), None, None), HangupCause::InvalidUrl),
+            (raw(uri, Some("audio%2"), None), HangupCause::ServiceNotImplemented),
+            (raw(uri, None, Some("%7B%")), HangupCause::InvalidIeContents),
+            (raw(uri, None, Some("[1,2]")), HangupCause::InvalidIeContents),
+            (raw(uri, None, Some("%7B%22a%22")), HangupCause::InvalidIeContents),
+            (raw(uri, None, Some(&format!("{{\"a\":\"{}\"}}", "x".repeat(1100)))), HangupCause::MandatoryIeLengthError),
+            (raw(uri, Some("audio/pcmu"), None), HangupCause::ServiceNotImplemented),
+        ];
+        for (input, cause) in cases {
+            let error = input.resolve().unwrap_err();
+            assert_eq!(error.cause(), cause, "{input:?}: {error}");
+            assert!(!error.to_string().is_empty());
+        }
+    }
+
+    #[test]
+    fn headers_limit_applies_after_decoding() {
+        // 1024 decoded bytes pass even though the encoded text is three times longer.
+        let value = "é".repeat((MAX_HEADERS_BYTES - 8) / 2);
+        let json = format!("{{\"a\":\"{value}\"}}");
+        assert_eq!(json.len(), MAX_HEADERS_BYTES);
+        let encoded = percent_encoding::utf8_percent_encode(&json, percent_encoding::NON_ALPHANUMERIC).to_string();
+        assert!(raw(Some("ws://h/"), None, Some(&encoded)).resolve().is_ok());
+        let too_long = format!("{{\"a\":\"{value}x\"}}");
+        assert_eq!(
+            raw(Some("ws://h/"), None, Some(&too_long)).resolve().unwrap_err(),
+            SettingsError::HeadersTooLong { bytes: MAX_HEADERS_BYTES + 1 }
+        );
+    }
+
+    #[test]
+    fn first_message_keeps_key_order_and_puts_content_type_last_once() {
+        let headers = "%7B%22to%22%3A%22447700900123%22%2C%22content-type%22%3A%22x%22%2C%22from%22%3A1%2C%22n%22%3A%7B%22b%22%3Atrue%7D%7D";
+        let settings = raw(Some("ws://h/"), Some("audio/L16;rate=8000"), Some(headers)).resolve().unwrap();
+        assert_eq!(
+            settings.first_message(),
+            r#" {"to":"447700900123","from":1,"n":{"b":true},"content-type":"audio/l16;rate=8000"}"#
+        );
+        let settings = raw(Some("ws://h/"), None, None).resolve().unwrap();
+        assert_eq!(settings.first_message(), r#" {"content-type":"audio/l16;rate=16000"}"#);
+    }
+}

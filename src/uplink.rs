@@ -1,0 +1,126 @@
+//! The caller-to-server queue. The session thread only ever pushes; when the
+//! server falls behind, the oldest audio goes, never a text message.
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outgoing {
+    Audio(Bytes),
+    Text(String),
+}
+
+/// A runaway producer of text (DTMF) must not grow the queue either.
+const MAX_TEXT_MESSAGES: usize = 1024;
+
+pub struct UplinkQueue {
+    items: VecDeque<Outgoing>,
+    audio_frames: usize,
+    max_audio_frames: usize,
+    text_messages: usize,
+    dropped_frames: u64,
+    dropping: bool,
+}
+
+/// What a push did, so the caller can log once per episode of drops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushOutcome {
+    Queued,
+    DroppedOldest { first_of_episode: bool },
+}
+
+impl UplinkQueue {
+    pub fn new(max_audio_frames: usize) -> Self {
+        UplinkQueue {
+            items: VecDeque::new(),
+            audio_frames: 0,
+            max_audio_frames: max_audio_frames.max(1),
+            text_messages: 0,
+            dropped_frames: 0,
+            dropping: false,
+        }
+    }
+
+    pub fn push_audio(&mut self, frame: Bytes) -> PushOutcome {
+        let mut outcome = PushOutcome::Queued;
+        if self.audio_frames >= self.max_audio_frames {
+            if let Some(index) = self.items.iter().position(|item| matches!(item, Outgoing::Audio(_))) {
+                self.items.remove(index);
+                self.audio_frames -= 1;
+                self.dropped_frames += 1;
+                outcome = PushOutcome::DroppedOldest { first_of_episode: !self.dropping };
+                self.dropping = true;
+            }
+        }
+        self.items.push_back(Outgoing::Audio(frame));
+        self.audio_frames += 1;
+        outcome
+    }
+
+    /// Returns false when the text was refused because too many are waiting.
+    pub fn push_text(&mut self, text: String) -> bool {
+        if self.text_messages >= MAX_TEXT_MESSAGES {
+            return false;
+        }
+        self.items.push_back(Outgoing::Text(text));
+        self.text_messages += 1;
+        true
+    }
+
+    /// Moves everything queued into `batch`, in order.
+    pub fn take_all(&mut self, batch: &mut VecDeque<Outgoing>) {
+        batch.append(&mut self.items);
+        self.audio_frames = 0;
+        self.text_messages = 0;
+        self.dropping = false;
+    }
+
+    pub fn dropped_frames(&self) -> u64 {
+        self.dropped_frames
+    }
+
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn audio(n: u8) -> Bytes {
+        Bytes::from(vec![n; 4])
+    }
+
+    #[test]
+    fn overflow_drops_the_oldest_audio_and_keeps_text() {
+        let mut queue = UplinkQueue::new(3);
+        queue.push_audio(audio(1));
+        assert!(queue.push_text("digit".into()));
+        queue.push_audio(audio(2));
+        queue.push_audio(audio(3));
+        assert_eq!(queue.push_audio(audio(4)), PushOutcome::DroppedOldest { first_of_episode: true });
+        assert_eq!(queue.push_audio(audio(5)), PushOutcome::DroppedOldest { first_of_episode: false });
+        assert_eq!(queue.dropped_frames(), 2);
+        let mut batch = VecDeque::new();
+        queue.take_all(&mut batch);
+        let expected = vec![Outgoing::Text("digit".into()), Outgoing::Audio(audio(3)), Outgoing::Audio(audio(4)), Outgoing::Audio(audio(5))];
+        assert_eq!(Vec::from(batch), expected);
+        queue.push_audio(audio(6));
+        queue.push_audio(audio(7));
+        queue.push_audio(audio(8));
+        assert_eq!(queue.push_audio(audio(9)), PushOutcome::DroppedOldest { first_of_episode: true }, "a drained queue starts a new episode");
+    }
+
+    #[test]
+    fn text_is_bounded_too() {
+        let mut queue = UplinkQueue::new(1);
+        let accepted = (0..MAX_TEXT_MESSAGES + 10).filter(|i| queue.push_text(i.to_string())).count();
+        assert_eq!(accepted, MAX_TEXT_MESSAGES);
+    }
+}
