@@ -3,7 +3,7 @@
 //! copies a frame, and at most wakes the task.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -53,6 +53,8 @@ pub struct CallMedia {
     uplink: Mutex<UplinkQueue>,
     uplink_ready: Notify,
     caller_gone: CancellationToken,
+    /// Set once the server has the first message; caller audio before that is not queued.
+    open: AtomicBool,
     pub stats: MediaStats,
 }
 
@@ -81,6 +83,7 @@ impl CallMedia {
             uplink: Mutex::new(UplinkQueue::new(uplink_frames)),
             uplink_ready: Notify::new(),
             caller_gone: CancellationToken::new(),
+            open: AtomicBool::new(false),
             stats: MediaStats::default(),
         }
     }
@@ -117,6 +120,14 @@ impl CallMedia {
     /// The caller's side is gone: the task closes the socket and ends.
     pub fn caller_hung_up(&self) {
         self.caller_gone.cancel();
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.open.load(Ordering::Acquire)
+    }
+
+    pub fn mark_open(&self) {
+        self.open.store(true, Ordering::Release);
     }
 
     pub fn is_caller_gone(&self) -> bool {

@@ -119,6 +119,7 @@ async fn converse(settings: &CallSettings, media: &CallMedia, control: &impl Cal
         },
     };
     tracing::info!("WebSocket to {uri} open ({}); answering", settings.content_type);
+    media.mark_open();
     if !control.answer() {
         media.caller_hung_up();
     }

@@ -68,3 +68,8 @@ switch_status_t wsb_codec_init(switch_codec_t *codec, const char *name, uint32_t
 	return switch_core_codec_init(codec, name, NULL, NULL, rate, ms, 1,
 								  SWITCH_CODEC_FLAG_ENCODE | SWITCH_CODEC_FLAG_DECODE, NULL, pool);
 }
+
+int wsb_codec_ready(switch_codec_t *codec)
+{
+	return switch_core_codec_ready(codec) ? 1 : 0;
+}

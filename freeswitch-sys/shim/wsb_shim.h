@@ -19,4 +19,6 @@ char *wsb_session_strdup(switch_core_session_t *session, const char *text);
 switch_status_t wsb_codec_init(switch_codec_t *codec, const char *name, uint32_t rate, int ms,
 							   switch_memory_pool_t *pool);
 
+int wsb_codec_ready(switch_codec_t *codec);
+
 #endif

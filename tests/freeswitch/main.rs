@@ -1,1 +1,314 @@
-fn main() {}
+//! Integration tests against a real FreeSWITCH with the freshly built module.
+//!
+//! Where FreeSWITCH is not installed they are listed as ignored, after one
+//! line that says why.
+
+mod audio;
+mod esl;
+mod instance;
+mod ws_server;
+
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use libtest_mimic::{Arguments, Trial};
+use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
+
+use audio::{assert_tone, loud_span, read_wav, tone};
+use instance::FreeSwitch;
+use ws_server::{runtime, Router};
+
+struct World {
+    freeswitch: Mutex<Option<FreeSwitch>>,
+    router: Router,
+    esl_port: u16,
+    sip_port: u16,
+    dir: std::path::PathBuf,
+}
+
+static WORLD: OnceLock<Result<World, String>> = OnceLock::new();
+
+/// The one FreeSWITCH all tests share, started by the first test that needs it.
+fn world() -> &'static World {
+    let world = WORLD.get_or_init(|| {
+        std::panic::catch_unwind(|| {
+            let router = Router::start();
+            let freeswitch = FreeSwitch::start(&router.base());
+            World {
+                esl_port: freeswitch.esl_port,
+                sip_port: freeswitch.sip_port,
+                dir: freeswitch.dir.clone(),
+                freeswitch: Mutex::new(Some(freeswitch)),
+                router,
+            }
+        })
+        .map_err(|panic| {
+            panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default()
+        })
+    });
+    match world {
+        Ok(world) => world,
+        Err(why) => panic!("FreeSWITCH could not be started: {why}"),
+    }
+}
+
+fn esl() -> esl::Esl {
+    esl::Esl::connect(world().esl_port, instance::PASSWORD).expect("event socket")
+}
+
+fn encode(text: &str) -> String {
+    utf8_percent_encode(text, NON_ALPHANUMERIC).to_string()
+}
+
+fn uri(path: &str) -> String {
+    format!("{}{path}", world().router.base())
+}
+
+fn ok_uuid(reply: &str) -> String {
+    reply.trim().strip_prefix("+OK ").unwrap_or_else(|| panic!("originate failed: {reply}")).to_string()
+}
+
+fn wait_gone(uuid: &str, limit: Duration) {
+    let mut esl = esl();
+    let deadline = Instant::now() + limit;
+    while esl.api(&format!("uuid_exists {uuid}")).trim() == "true" {
+        assert!(Instant::now() < deadline, "channel {uuid} still up after {limit:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn recording_path(name: &str) -> std::path::PathBuf {
+    world().dir.join("recordings").join(format!("{name}.wav"))
+}
+
+/// Caller audio reaches the server: frame size, 50 frames/s, a 1 kHz tone,
+/// and the close code when the call ends.
+fn check_uplink(received: &ws_server::Received, rate: u32, seconds: f64) {
+    let frame_bytes = rate as usize / 50 * 2;
+    assert!(received.frames.iter().all(|(_, f)| f.len() == frame_bytes), "every frame must be {frame_bytes} bytes");
+    let expected = seconds * 50.0;
+    let count = received.frames.len() as f64;
+    assert!((count - expected).abs() <= 0.05 * expected, "{count} frames for {seconds} s of audio, expected about {expected}");
+    let steady: Vec<f64> = received.frames.iter().map(|(t, _)| *t).filter(|t| (0.5..=seconds - 0.5).contains(t)).collect();
+    let per_second = steady.len() as f64 / (seconds - 1.0);
+    assert!((per_second - 50.0).abs() <= 2.5, "{per_second:.1} frames per second, expected 50");
+    let samples = received.samples();
+    let middle = &samples[samples.len() / 4..samples.len() * 3 / 4];
+    assert_tone(middle, rate, 1000.0, "uplink");
+    assert_eq!(received.close_code, Some(1000), "the caller's hangup must close with 1000");
+}
+
+fn uplink_16k_originate_destination() {
+    let mut incoming = world().router.expect("/uplink16");
+    let reply = esl().api(&format!("originate wsbridge/{} &playback(tone_stream://%(3000,0,1000))", uri("/uplink16")));
+    ok_uuid(&reply);
+    let mut connection = incoming.next(Duration::from_secs(5));
+    assert_eq!(connection.subprotocol.as_deref(), Some("WSBRIDGE"));
+    let received = runtime().block_on(async {
+        let first = connection.first_text().await;
+        assert_eq!(first, r#" {"content-type":"audio/l16;rate=16000"}"#);
+        connection.receive_all(Duration::from_secs(8)).await
+    });
+    check_uplink(&received, 16000, 3.0);
+}
+
+fn uplink_8k_dial_string_variables() {
+    let mut incoming = world().router.expect("/uplink8");
+    let headers = encode(r#"{"from":"447700900123","to":"+441234","n":1}"#);
+    let reply = esl().api(&format!(
+        "originate {{P-wsbridge-websocket-uri={},P-wsbridge-websocket-content-type={},P-wsbridge-websocket-headers={headers}}}wsbridge &playback(tone_stream://%(2000,0,1000))",
+        encode(&uri("/uplink8")),
+        encode("audio/L16;rate=8000"),
+    ));
+    ok_uuid(&reply);
+    let mut connection = incoming.next(Duration::from_secs(5));
+    let received = runtime().block_on(async {
+        let first = connection.first_text().await;
+        assert_eq!(first, r#" {"from":"447700900123","to":"+441234","n":1,"content-type":"audio/l16;rate=8000"}"#);
+        connection.receive_all(Duration::from_secs(6)).await
+    });
+    check_uplink(&received, 8000, 2.0);
+}
+
+/// The server's audio, sent in one burst, is played to the A-leg of a
+/// dialplan `bridge wsbridge` in real time; the server's close hangs up
+/// with NORMAL_CLEARING.
+fn downlink_burst_bridge_from_dialplan() {
+    let mut incoming = world().router.expect("/downlink");
+    let mut events = esl();
+    events.subscribe("CHANNEL_HANGUP_COMPLETE");
+    let recording = recording_path("downlink");
+    let reply = esl().api(&format!(
+        "originate {{P-wsbridge-websocket-uri={},RECORD_WRITE_ONLY=true}}null/downlink record_and_bridge XML wsbridge-test",
+        encode(&uri("/downlink"))
+    ));
+    let a_leg = ok_uuid(&reply);
+    let record = esl().api(&format!("uuid_record {a_leg} start {}", recording.display()));
+    assert!(record.starts_with("+OK"), "uuid_record: {record}");
+    let mut connection = incoming.next(Duration::from_secs(5));
+    runtime().block_on(async {
+        connection.first_text().await;
+        connection.send_pcm(&tone(1000.0, 16000, 1.0, 8000.0), 32000).await;
+        tokio::time::sleep(Duration::from_millis(1600)).await;
+        connection.close().await;
+    });
+    let hangup = events
+        .wait_event(Duration::from_secs(5), |e| e.get("Channel-Name").is_some_and(|n| n.starts_with("wsbridge/") && n.ends_with("/downlink")))
+        .expect("the wsbridge leg hung up");
+    assert_eq!(hangup["Hangup-Cause"], "NORMAL_CLEARING");
+    wait_gone(&a_leg, Duration::from_secs(5));
+    let (samples, rate) = read_wav(&recording);
+    let (start, end) = loud_span(&samples, rate, 1000.0).expect("the tone was not heard");
+    let heard = end - start;
+    assert!((heard - 1.0).abs() <= 0.06, "heard {heard:.3} s of a 1 s tone");
+    let tone_part = &samples[((start + 0.05) * rate as f64) as usize..((end - 0.05) * rate as f64) as usize];
+    assert_tone(tone_part, rate, 1000.0, "downlink");
+}
+
+/// A real SIP call to FreeSWITCH's own profile, carrying URL-encoded
+/// P-wsbridge-* headers, lands on an extension that only does `bridge wsbridge`.
+fn sip_call_with_p_wsbridge_headers() {
+    let mut incoming = world().router.expect("/sip");
+    let recording = recording_path("sip");
+    let reply = esl().api(&format!(
+        "originate {{sip_h_P-wsbridge-websocket-uri={},sip_h_P-wsbridge-websocket-content-type={},sip_h_P-wsbridge-websocket-headers={},RECORD_READ_ONLY=true}}sofia/test/sip_to_wsbridge@127.0.0.1:{} &playback(tone_stream://%(3000,0,1000))",
+        encode(&uri("/sip")),
+        encode("audio/l16;rate=8000"),
+        encode(r#"{"source":"sip","caller":"+447700900123"}"#),
+        world().sip_port,
+    ));
+    let caller = ok_uuid(&reply);
+    let record = esl().api(&format!("uuid_record {caller} start {}", recording.display()));
+    assert!(record.starts_with("+OK"), "uuid_record: {record}");
+    let mut connection = incoming.next(Duration::from_secs(5));
+    let received = runtime().block_on(async {
+        let first = connection.first_text().await;
+        assert_eq!(first, r#" {"source":"sip","caller":"+447700900123","content-type":"audio/l16;rate=8000"}"#);
+        connection.send_pcm(&tone(1000.0, 8000, 1.0, 8000.0), 640).await;
+        connection.receive_all(Duration::from_secs(8)).await
+    });
+    assert!(received.closed, "the SIP caller's hangup must close the socket");
+    assert_eq!(received.close_code, Some(1000));
+    let samples = received.samples();
+    assert!(samples.len() > 8000, "uplink: {} samples", samples.len());
+    assert_tone(&samples[samples.len() / 4..samples.len() * 3 / 4], 8000, 1000.0, "uplink over SIP");
+    wait_gone(&caller, Duration::from_secs(5));
+    let (samples, rate) = read_wav(&recording);
+    let (start, end) = loud_span(&samples, rate, 1000.0).expect("the SIP caller did not hear the tone");
+    assert!((end - start - 1.0).abs() <= 0.1, "SIP caller heard {:.3} s of a 1 s tone", end - start);
+    let tone_part = &samples[((start + 0.05) * rate as f64) as usize..((end - 0.05) * rate as f64) as usize];
+    assert_tone(tone_part, rate, 1000.0, "downlink over SIP");
+}
+
+fn caller_hangup_closes_with_1000() {
+    let mut incoming = world().router.expect("/hangup");
+    let reply = esl().api(&format!(
+        "originate {{P-wsbridge-websocket-uri={}}}null/hangup record_and_bridge XML wsbridge-test",
+        encode(&uri("/hangup"))
+    ));
+    let a_leg = ok_uuid(&reply);
+    let mut connection = incoming.next(Duration::from_secs(5));
+    let received = runtime().block_on(async {
+        connection.first_text().await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let killed = esl().api(&format!("uuid_kill {a_leg}"));
+        assert!(killed.starts_with("+OK"), "uuid_kill: {killed}");
+        connection.receive_all(Duration::from_secs(3)).await
+    });
+    assert!(received.closed, "no close frame after the caller hung up");
+    assert_eq!(received.close_code, Some(1000));
+}
+
+fn connect_refused_is_destination_out_of_order() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let started = Instant::now();
+    let reply = esl().api(&format!("originate wsbridge/ws://127.0.0.1:{port}/nobody &park"));
+    assert_eq!(reply.trim(), "-ERR DESTINATION_OUT_OF_ORDER");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+fn bad_input_gets_its_hangup_cause() {
+    let long_headers = encode(&format!(r#"{{"a":"{}"}}"#, "x".repeat(1100)));
+    let ws = encode(&uri("/never"));
+    let cases: Vec<(String, &str)> = vec![
+        ("wsbridge".into(), "DESTINATION_OUT_OF_ORDER"),
+        (format!("{{P-wsbridge-websocket-uri={}}}wsbridge", encode("gopher://127.0.0.1/x")), "INVALID_URL"),
+        ("{P-wsbridge-websocket-uri=ws%3A%2F%2F127.0.0.1%2}wsbridge".into(), "INVALID_URL"),
+        (format!("{{P-wsbridge-websocket-uri={ws},P-wsbridge-websocket-content-type=audio%2}}wsbridge"), "SERVICE_NOT_IMPLEMENTED"),
+        (format!("{{P-wsbridge-websocket-uri={ws},P-wsbridge-websocket-headers=%7B%}}wsbridge"), "INVALID_IE_CONTENTS"),
+        (format!("{{P-wsbridge-websocket-uri={ws},P-wsbridge-websocket-headers={}}}wsbridge", encode("[1,2]")), "INVALID_IE_CONTENTS"),
+        (format!("{{P-wsbridge-websocket-uri={ws},P-wsbridge-websocket-headers={}}}wsbridge", encode("{\"a\":")), "INVALID_IE_CONTENTS"),
+        (format!("{{P-wsbridge-websocket-uri={ws},P-wsbridge-websocket-headers={long_headers}}}wsbridge"), "MANDATORY_IE_LENGTH_ERROR"),
+        (format!("{{P-wsbridge-websocket-uri={ws},P-wsbridge-websocket-content-type={}}}wsbridge", encode("audio/pcmu")), "SERVICE_NOT_IMPLEMENTED"),
+        (format!("{{P-wsbridge-websocket-uri={ws},P-wsbridge-websocket-content-type={}}}wsbridge", encode("audio/l16;rate=11025")), "SERVICE_NOT_IMPLEMENTED"),
+    ];
+    let mut esl = esl();
+    for (dial, cause) in &cases {
+        let reply = esl.api(&format!("originate {dial} &park"));
+        assert_eq!(reply.trim(), format!("-ERR {cause}"), "originate {dial}");
+    }
+    assert!(esl.api("status").contains("is ready"), "FreeSWITCH must survive bad input");
+    let log = std::fs::read_to_string(world().dir.join("log/freeswitch.log")).unwrap();
+    let refusals = log.lines().filter(|line| line.contains("refusing the call:")).count();
+    assert!(refusals >= cases.len(), "each refusal must be logged; found {refusals} lines");
+}
+
+/// The shipped dialplan examples, loaded as they are.
+fn dialplan_samples_reach_their_servers() {
+    let mut bot = world().router.expect("/bot");
+    let reply = esl().api("originate {origination_caller_id_number=447700900123}null/sample wsbridge XML wsbridge-examples");
+    let a_leg = ok_uuid(&reply);
+    let mut connection = bot.next(Duration::from_secs(5));
+    let first = runtime().block_on(connection.first_text());
+    assert_eq!(first, r#" {"caller":"447700900123","called":"wsbridge","content-type":"audio/l16;rate=16000"}"#);
+    runtime().block_on(connection.close());
+    wait_gone(&a_leg, Duration::from_secs(5));
+
+    let mut dial = world().router.expect("/dial");
+    let a_leg = ok_uuid(&esl().api("originate null/sample wsbridge-dial XML wsbridge-examples"));
+    let mut connection = dial.next(Duration::from_secs(5));
+    assert_eq!(runtime().block_on(connection.first_text()), r#" {"content-type":"audio/l16;rate=8000"}"#);
+    runtime().block_on(connection.close());
+    wait_gone(&a_leg, Duration::from_secs(5));
+}
+
+fn main() {
+    let arguments = Arguments::from_args();
+    let tests: Vec<(&str, fn())> = vec![
+        ("uplink_16k_originate_destination", uplink_16k_originate_destination),
+        ("uplink_8k_dial_string_variables", uplink_8k_dial_string_variables),
+        ("downlink_burst_bridge_from_dialplan", downlink_burst_bridge_from_dialplan),
+        ("sip_call_with_p_wsbridge_headers", sip_call_with_p_wsbridge_headers),
+        ("caller_hangup_closes_with_1000", caller_hangup_closes_with_1000),
+        ("connect_refused_is_destination_out_of_order", connect_refused_is_destination_out_of_order),
+        ("bad_input_gets_its_hangup_cause", bad_input_gets_its_hangup_cause),
+        ("dialplan_samples_reach_their_servers", dialplan_samples_reach_their_servers),
+    ];
+    let missing = env!("WSBRIDGE_FS_MISSING");
+    if !missing.is_empty() {
+        println!("SKIPPED: the mod_wsbridge build and the FreeSWITCH integration tests, because {missing}");
+    }
+    let trials = tests
+        .into_iter()
+        .map(|(name, body)| Trial::test(name, move || Ok(body())).with_ignored_flag(!missing.is_empty()))
+        .collect();
+    let conclusion = libtest_mimic::run(&arguments, trials);
+
+    if let Some(Ok(world)) = WORLD.get() {
+        let freeswitch = world.freeswitch.lock().unwrap().take().expect("FreeSWITCH instance");
+        let version = freeswitch.version();
+        let log = freeswitch.log_path();
+        let clean = freeswitch.stop();
+        println!(
+            "integration summary: {} passed, {} failed against {version}; FreeSWITCH {} (log: {})",
+            conclusion.num_passed,
+            conclusion.num_failed,
+            if clean { "shut down cleanly" } else { "did NOT shut down cleanly" },
+            log.display()
+        );
+        if !clean {
+            std::process::exit(101);
+        }
+    }
+    conclusion.exit();
+}

@@ -1,0 +1,232 @@
+//! A real FreeSWITCH for the tests: a temporary config bound to 127.0.0.1,
+//! its own ports, and a module dir holding the freshly built mod_wsbridge.so.
+
+use std::fs;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::esl::Esl;
+
+pub const PASSWORD: &str = "ClueCon";
+
+pub struct FreeSwitch {
+    pub dir: PathBuf,
+    pub esl_port: u16,
+    pub sip_port: u16,
+    child: Child,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The module cargo built next to this test binary.
+pub fn built_module() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>");
+    let module = profile_dir.join("libmod_wsbridge.so");
+    assert!(module.exists(), "{} is missing: cargo test should have built the cdylib", module.display());
+    module
+}
+
+pub fn repo_file(path: &str) -> String {
+    let full = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+    fs::read_to_string(&full).unwrap_or_else(|e| panic!("{}: {e}", full.display()))
+}
+
+/// Strips the XML declaration and the `<include>` wrapper, as FreeSWITCH's
+/// own X-PRE-PROCESS include does, so a sample file can be inlined.
+fn inline_xml(text: &str) -> String {
+    text.lines()
+        .filter(|line| {
+            let line = line.trim();
+            !(line.starts_with("<?xml") || line == "<include>" || line == "</include>")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn config(dir: &Path, esl_port: u16, sip_port: u16, rtp_start: u16, ws_base: &str) -> String {
+    let log = dir.join("log").display().to_string();
+    let samples = inline_xml(&repo_file("dialplan/wsbridge.xml"));
+    format!(
+        r#"<?xml version="1.0"?>
+<document type="freeswitch/xml">
+  <X-PRE-PROCESS cmd="set" data="wsbridge_server={ws_base}"/>
+  <section name="configuration" description="">
+    <configuration name="switch.conf" description="core">
+      <settings>
+        <param name="colorize-console" value="false"/>
+        <param name="loglevel" value="debug"/>
+        <param name="max-sessions" value="2000"/>
+        <param name="sessions-per-second" value="2000"/>
+        <param name="rtp-start-port" value="{rtp_start}"/>
+        <param name="rtp-end-port" value="{rtp_end}"/>
+        <param name="dump-cores" value="yes"/>
+      </settings>
+    </configuration>
+    <configuration name="modules.conf" description="modules">
+      <modules>
+        <load module="mod_logfile"/>
+        <load module="mod_event_socket"/>
+        <load module="mod_commands"/>
+        <load module="mod_dptools"/>
+        <load module="mod_dialplan_xml"/>
+        <load module="mod_loopback"/>
+        <load module="mod_sndfile"/>
+        <load module="mod_tone_stream"/>
+        <load module="mod_sofia"/>
+        <load module="mod_wsbridge"/>
+      </modules>
+    </configuration>
+    <configuration name="logfile.conf" description="log">
+      <settings><param name="rotate-on-hup" value="true"/></settings>
+      <profiles><profile name="default"><settings>
+        <param name="logfile" value="{log}/freeswitch.log"/>
+        <param name="uuid" value="true"/>
+      </settings><mappings><map name="all" value="debug,info,notice,warning,err,crit,alert"/></mappings></profile></profiles>
+    </configuration>
+    <configuration name="event_socket.conf" description="esl">
+      <settings>
+        <param name="listen-ip" value="127.0.0.1"/>
+        <param name="listen-port" value="{esl_port}"/>
+        <param name="password" value="{PASSWORD}"/>
+      </settings>
+    </configuration>
+    <configuration name="sofia.conf" description="sip">
+      <global_settings><param name="log-level" value="0"/></global_settings>
+      <profiles>
+        <profile name="test">
+          <settings>
+            <param name="sip-ip" value="127.0.0.1"/>
+            <param name="rtp-ip" value="127.0.0.1"/>
+            <param name="ext-sip-ip" value="127.0.0.1"/>
+            <param name="ext-rtp-ip" value="127.0.0.1"/>
+            <param name="sip-port" value="{sip_port}"/>
+            <param name="context" value="wsbridge-test"/>
+            <param name="dialplan" value="XML"/>
+            <param name="auth-calls" value="false"/>
+            <param name="inbound-codec-prefs" value="PCMU"/>
+            <param name="outbound-codec-prefs" value="PCMU"/>
+            <param name="dtmf-type" value="rfc2833"/>
+            <param name="manage-presence" value="false"/>
+            <param name="rtp-timer-name" value="soft"/>
+            <param name="apply-nat-acl" value=""/>
+          </settings>
+        </profile>
+      </profiles>
+    </configuration>
+  </section>
+  <section name="dialplan" description="dialplan">
+    <context name="wsbridge-test">
+      <extension name="record_and_bridge">
+        <condition field="destination_number" expression="^record_and_bridge$">
+          <action application="bridge" data="wsbridge"/>
+        </condition>
+      </extension>
+      <extension name="sip_to_wsbridge">
+        <condition field="destination_number" expression="^sip_to_wsbridge$">
+          <action application="bridge" data="wsbridge"/>
+        </condition>
+      </extension>
+    </context>
+    <context name="wsbridge-examples">
+{samples}
+    </context>
+  </section>
+</document>
+"#,
+        rtp_end = rtp_start + 1999,
+    )
+}
+
+impl FreeSwitch {
+    pub fn start(ws_base: &str) -> FreeSwitch {
+        let prefix = env!("WSBRIDGE_FS_PREFIX");
+        let binary = Path::new(prefix).join("bin/freeswitch");
+        assert!(binary.exists(), "{} is missing", binary.display());
+        let dir = std::env::temp_dir().join(format!("wsbridge-test-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        for sub in ["conf", "log", "db", "run", "temp", "mod", "recordings"] {
+            fs::create_dir_all(dir.join(sub)).unwrap();
+        }
+        // FreeSWITCH's own modules, plus ours under its real name.
+        let modules_dir = env!("WSBRIDGE_FS_MODULES_DIR");
+        for entry in fs::read_dir(modules_dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().to_string();
+            if name.ends_with(".so") && name != "mod_wsbridge.so" {
+                std::os::unix::fs::symlink(&path, dir.join("mod").join(&name)).unwrap();
+            }
+        }
+        fs::copy(built_module(), dir.join("mod/mod_wsbridge.so")).unwrap();
+
+        let esl_port = free_port();
+        let sip_port = free_port();
+        let rtp_start = 20000 + (std::process::id() % 20) as u16 * 2000;
+        fs::write(dir.join("conf/freeswitch.xml"), config(&dir, esl_port, sip_port, rtp_start, ws_base)).unwrap();
+
+        let arg = |sub: &str| dir.join(sub).display().to_string();
+        let child = Command::new(&binary)
+            .args(["-nf", "-nc", "-nonat", "-nosql"])
+            .args(["-conf", &arg("conf"), "-log", &arg("log"), "-db", &arg("db"), "-run", &arg("run")])
+            .args(["-temp", &arg("temp"), "-mod", &arg("mod"), "-recordings", &arg("recordings")])
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(dir.join("log/stdout.txt")).unwrap())
+            .stderr(fs::File::create(dir.join("log/stderr.txt")).unwrap())
+            .spawn()
+            .expect("starting freeswitch");
+        let mut instance = FreeSwitch { dir, esl_port, sip_port, child };
+        instance.wait_ready();
+        instance
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("FreeSWITCH exited during start-up ({status}); see {}", self.dir.join("log").display());
+            }
+            if let Ok(mut esl) = Esl::connect(self.esl_port, PASSWORD) {
+                if esl.api("status").contains("is ready") && esl.api("sofia status profile test").contains("RUNNING") {
+                    let loaded = esl.api("module_exists mod_wsbridge");
+                    assert_eq!(loaded.trim(), "true", "mod_wsbridge did not load; see {}", self.dir.join("log").display());
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("FreeSWITCH not ready within 60 s; see {}", self.dir.join("log").display());
+    }
+
+    pub fn esl(&self) -> Esl {
+        Esl::connect(self.esl_port, PASSWORD).expect("event socket")
+    }
+
+    pub fn version(&self) -> String {
+        self.esl().api("version").trim().to_string()
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("log/freeswitch.log")
+    }
+
+    /// Shuts FreeSWITCH down; true when it exited by itself, cleanly.
+    pub fn stop(mut self) -> bool {
+        if let Ok(mut esl) = Esl::connect(self.esl_port, PASSWORD) {
+            let _ = esl.command("bgapi fsctl shutdown");
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        false
+    }
+}
