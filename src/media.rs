@@ -40,8 +40,12 @@ impl Default for MediaLimits {
 
 #[derive(Default)]
 pub struct MediaStats {
+    /// Caller frames sent to the server.
     pub frames_sent: AtomicU64,
+    /// Server frames received (whole frames' worth of bytes).
     pub frames_received: AtomicU64,
+    /// Server frames played to the caller.
+    pub frames_played: AtomicU64,
 }
 
 pub struct CallMedia {
@@ -100,6 +104,9 @@ impl CallMedia {
         };
         if crossed_low_water {
             self.playout_space.notify_one();
+        }
+        if played {
+            self.stats.frames_played.fetch_add(1, Ordering::Relaxed);
         }
         played
     }

@@ -4,6 +4,7 @@
 //! [`CallMedia`] (audio) and [`CallControl`] (answer and hang up).
 
 use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -80,6 +81,15 @@ pub async fn run(settings: CallSettings, media: Arc<CallMedia>, control: impl Ca
     if let Some(cause) = end.hangup_cause() {
         control.hangup(cause);
     }
+    let stats = &media.stats;
+    tracing::debug!(
+        "frames: {} sent, {} received, {} played; {} underruns, {} caller frames dropped",
+        stats.frames_sent.load(Ordering::Relaxed),
+        stats.frames_received.load(Ordering::Relaxed),
+        stats.frames_played.load(Ordering::Relaxed),
+        media.underruns(),
+        media.dropped_uplink_frames()
+    );
     end
 }
 

@@ -218,7 +218,8 @@ unsafe extern "C" fn outgoing_channel(
             tracing::error!("originate gave no caller profile");
             return cause_code(HangupCause::DestinationOutOfOrder);
         };
-        let destination = unsafe { copy_c_str(profile.destination_number) };
+        // originate writes "service" where the dial string has no destination.
+        let destination = unsafe { copy_c_str(profile.destination_number) }.filter(|d| d != "service");
         let a_leg_channel = a_leg.map(Session::channel);
         let raw = RawSettings::gather(&originate, a_leg_channel.as_ref().map(|c| c as &dyn VariableSource), destination.as_deref());
         let settings = match raw.resolve() {

@@ -22,12 +22,21 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// The module cargo built next to this test binary.
+/// The module, freshly built: `cargo test` builds the library only as an
+/// rlib for the tests, so the cdylib is brought up to date here.
 pub fn built_module() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>");
+    let target_dir = profile_dir.parent().expect("target dir");
+    let mut build = Command::new(env!("CARGO"));
+    build.args(["build", "--lib", "--manifest-path", concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml")]).arg("--target-dir").arg(target_dir);
+    if profile_dir.file_name().is_some_and(|name| name == "release") {
+        build.arg("--release");
+    }
+    let status = build.status().expect("running cargo build");
+    assert!(status.success(), "cargo build --lib failed");
     let module = profile_dir.join("libmod_wsbridge.so");
-    assert!(module.exists(), "{} is missing: cargo test should have built the cdylib", module.display());
+    assert!(module.exists(), "{} is missing after cargo build", module.display());
     module
 }
 
@@ -126,6 +135,12 @@ fn config(dir: &Path, esl_port: u16, sip_port: u16, rtp_start: u16, ws_base: &st
           <action application="bridge" data="wsbridge"/>
         </condition>
       </extension>
+      <!-- originate's "&app(args)" cuts args at the first ')', so tones are played from here -->
+      <extension name="tone">
+        <condition field="destination_number" expression="^tone_(\d+)ms$">
+          <action application="playback" data="tone_stream://%($1,0,1000)"/>
+        </condition>
+      </extension>
       <extension name="sip_to_wsbridge">
         <condition field="destination_number" expression="^sip_to_wsbridge$">
           <action application="bridge" data="wsbridge"/>
@@ -138,7 +153,7 @@ fn config(dir: &Path, esl_port: u16, sip_port: u16, rtp_start: u16, ws_base: &st
   </section>
 </document>
 "#,
-        rtp_end = rtp_start + 1999,
+        rtp_end = rtp_start + 1998,
     )
 }
 
@@ -170,7 +185,7 @@ impl FreeSwitch {
 
         let arg = |sub: &str| dir.join(sub).display().to_string();
         let child = Command::new(&binary)
-            .args(["-nf", "-nc", "-nonat", "-nosql"])
+            .args(["-nf", "-nc", "-nonat"])
             .args(["-conf", &arg("conf"), "-log", &arg("log"), "-db", &arg("db"), "-run", &arg("run")])
             .args(["-temp", &arg("temp"), "-mod", &arg("mod"), "-recordings", &arg("recordings")])
             .stdin(Stdio::null())
@@ -190,7 +205,7 @@ impl FreeSwitch {
                 panic!("FreeSWITCH exited during start-up ({status}); see {}", self.dir.join("log").display());
             }
             if let Ok(mut esl) = Esl::connect(self.esl_port, PASSWORD) {
-                if esl.api("status").contains("is ready") && esl.api("sofia status profile test").contains("RUNNING") {
+                if esl.api("status").contains("is ready") && esl.api("sofia status").contains("RUNNING") {
                     let loaded = esl.api("module_exists mod_wsbridge");
                     assert_eq!(loaded.trim(), "true", "mod_wsbridge did not load; see {}", self.dir.join("log").display());
                     return;
@@ -228,5 +243,15 @@ impl FreeSwitch {
         let _ = self.child.kill();
         let _ = self.child.wait();
         false
+    }
+}
+
+impl Drop for FreeSwitch {
+    /// A test run that fails half-way must not leave FreeSWITCH running.
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }

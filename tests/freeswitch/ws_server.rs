@@ -82,7 +82,7 @@ pub struct Incoming {
 impl Incoming {
     pub fn next(&mut self, limit: Duration) -> Connection {
         runtime()
-            .block_on(tokio::time::timeout(limit, self.receiver.recv()))
+            .block_on(async { tokio::time::timeout(limit, self.receiver.recv()).await })
             .expect("no WebSocket connection in time")
             .expect("router gone")
     }
