@@ -23,7 +23,9 @@ fn main() {
             println!("cargo::rustc-env=WSBRIDGE_FS_MISSING={why}");
             println!("cargo::rustc-env=WSBRIDGE_FS_PREFIX=");
             println!("cargo::rustc-env=WSBRIDGE_FS_MODULES_DIR=");
-            println!("cargo::warning=FreeSWITCH not found, the module build and the FreeSWITCH tests are skipped: {why}");
+            println!(
+                "cargo::warning=FreeSWITCH not found, the module build and the FreeSWITCH tests are skipped: {why}"
+            );
         }
     }
 }

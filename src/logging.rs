@@ -72,9 +72,7 @@ impl<S: LogSink, R: Subscriber + for<'a> LookupSpan<'a>> Layer<R> for SinkLayer<
         let mut collect = Collect::default();
         event.record(&mut collect);
         let uuid = collect.uuid.clone().or_else(|| {
-            context
-                .event_scope(event)?
-                .find_map(|span| span.extensions().get::<CallUuid>().map(|uuid| uuid.0.clone()))
+            context.event_scope(event)?.find_map(|span| span.extensions().get::<CallUuid>().map(|uuid| uuid.0.clone()))
         });
         collect.message.push_str(&collect.fields);
         self.sink.log(*event.metadata().level(), uuid.as_deref(), &collect.message);
@@ -87,8 +85,10 @@ mod tests {
     use std::sync::{Arc, Mutex};
     use tracing_subscriber::layer::SubscriberExt;
 
+    type Line = (Level, Option<String>, String);
+
     #[derive(Clone, Default)]
-    struct Lines(Arc<Mutex<Vec<(Level, Option<String>, String)>>>);
+    struct Lines(Arc<Mutex<Vec<Line>>>);
 
     impl LogSink for Lines {
         fn log(&self, level: Level, uuid: Option<&str>, text: &str) {

@@ -67,7 +67,12 @@ impl SessionEnd {
 
 /// Runs the call's WebSocket session to its end and hangs the call up
 /// unless the caller already did.
-pub async fn run(settings: CallSettings, media: Arc<CallMedia>, control: impl CallControl, options: SessionOptions) -> SessionEnd {
+pub async fn run(
+    settings: CallSettings,
+    media: Arc<CallMedia>,
+    control: impl CallControl,
+    options: SessionOptions,
+) -> SessionEnd {
     let end = converse(&settings, &media, &control, &options).await;
     match &end {
         SessionEnd::CallerHungUp => tracing::info!("caller hung up; WebSocket to {} closed", settings.uri.text),
@@ -105,7 +110,12 @@ enum Ended {
     Write(WsError),
 }
 
-async fn converse(settings: &CallSettings, media: &CallMedia, control: &impl CallControl, options: &SessionOptions) -> SessionEnd {
+async fn converse(
+    settings: &CallSettings,
+    media: &CallMedia,
+    control: &impl CallControl,
+    options: &SessionOptions,
+) -> SessionEnd {
     let uri = &settings.uri.text;
     let mut config = WebSocketConfig::default();
     config.max_message_size = Some(options.max_message_bytes);
@@ -165,8 +175,12 @@ async fn converse(settings: &CallSettings, media: &CallMedia, control: &impl Cal
             };
             SessionEnd::ServerClosed { code, reason }
         }
-        Ended::Read(ReadEnd::Eof) => SessionEnd::ServerClosed { code: None, reason: "connection closed without a close frame".into() },
-        Ended::Read(ReadEnd::Error(error)) => failed(HangupCause::NetworkOutOfOrder, format!("WebSocket to {uri} failed: {error}")),
+        Ended::Read(ReadEnd::Eof) => {
+            SessionEnd::ServerClosed { code: None, reason: "connection closed without a close frame".into() }
+        }
+        Ended::Read(ReadEnd::Error(error)) => {
+            failed(HangupCause::NetworkOutOfOrder, format!("WebSocket to {uri} failed: {error}"))
+        }
         Ended::Write(error) => failed(HangupCause::NetworkOutOfOrder, format!("sending to {uri} failed: {error}")),
     }
 }
@@ -175,7 +189,10 @@ fn failed(cause: HangupCause, why: String) -> SessionEnd {
     SessionEnd::Failed { cause, why }
 }
 
-async fn read_loop(stream: &mut (impl StreamExt<Item = Result<Message, WsError>> + Unpin), media: &CallMedia) -> ReadEnd {
+async fn read_loop(
+    stream: &mut (impl StreamExt<Item = Result<Message, WsError>> + Unpin),
+    media: &CallMedia,
+) -> ReadEnd {
     let frame_bytes = media.format.bytes_per_frame() as u64;
     let mut partial_bytes = 0u64;
     loop {
@@ -221,6 +238,7 @@ async fn write_loop(sink: &mut (impl SinkExt<Message, Error = WsError> + Unpin),
 }
 
 #[cfg(test)]
+#[allow(clippy::result_large_err)] // tungstenite's handshake callback type
 mod tests {
     use super::*;
     use crate::media::MediaLimits;
@@ -290,7 +308,10 @@ mod tests {
 
         let mut server = accept(&listener, false).await;
         let first = server.next().await.unwrap().unwrap();
-        assert_eq!(first.into_text().unwrap().as_str(), r#" {"caller":"447700900123","content-type":"audio/l16;rate=8000"}"#);
+        assert_eq!(
+            first.into_text().unwrap().as_str(),
+            r#" {"caller":"447700900123","content-type":"audio/l16;rate=8000"}"#
+        );
 
         // 1.5 frames, then the other half: two whole frames come out.
         let samples: Vec<u8> = (0..320i16).flat_map(|s| s.to_le_bytes()).collect();
@@ -364,16 +385,18 @@ mod tests {
         let started = std::time::Instant::now();
         let end = run(settings(port, 16000), media, Recorder::default(), options).await;
         assert!(started.elapsed() < Duration::from_secs(2));
-        assert!(matches!(&end, SessionEnd::Failed { cause: HangupCause::DestinationOutOfOrder, why } if why.contains("within 300 ms")), "{end:?}");
+        assert!(
+            matches!(&end, SessionEnd::Failed { cause: HangupCause::DestinationOutOfOrder, why } if why.contains("within 300 ms")),
+            "{end:?}"
+        );
         holder.abort();
     }
 
     #[tokio::test]
     async fn non_101_and_wrong_subprotocol_are_refused() {
-        for response in [
-            "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_string(),
-            "garbage\r\n\r\n".to_string(),
-        ] {
+        for response in
+            ["HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_string(), "garbage\r\n\r\n".to_string()]
+        {
             let (listener, port) = listener().await;
             let server = tokio::spawn(async move {
                 let (mut tcp, _) = listener.accept().await.unwrap();

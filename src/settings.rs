@@ -189,7 +189,9 @@ impl SettingsError {
                 _ => HangupCause::ServiceNotImplemented,
             },
             SettingsError::HeadersTooLong { .. } => HangupCause::MandatoryIeLengthError,
-            SettingsError::HeadersNotObject | SettingsError::HeadersInvalidJson { .. } => HangupCause::InvalidIeContents,
+            SettingsError::HeadersNotObject | SettingsError::HeadersInvalidJson { .. } => {
+                HangupCause::InvalidIeContents
+            }
             SettingsError::UnsupportedContentType { .. } => HangupCause::ServiceNotImplemented,
         }
     }
@@ -276,7 +278,11 @@ pub struct RawSettings {
 }
 
 impl RawSettings {
-    pub fn gather(originate: &dyn VariableSource, a_leg: Option<&dyn VariableSource>, destination: Option<&str>) -> Self {
+    pub fn gather(
+        originate: &dyn VariableSource,
+        a_leg: Option<&dyn VariableSource>,
+        destination: Option<&str>,
+    ) -> Self {
         RawSettings {
             uri: lookup(URI_VARIABLE, originate, a_leg),
             content_type: lookup(CONTENT_TYPE_VARIABLE, originate, a_leg),
@@ -358,7 +364,9 @@ mod tests {
         for rate in SUPPORTED_RATES {
             assert_eq!(ContentType::parse(&format!("audio/L16;rate={rate}")).unwrap().rate, rate);
         }
-        for bad in ["audio/l16;rate=11025", "audio/pcmu", "audio/l16", "audio/l16;rate=", "audio/l16;rate=16000;x=1", ""] {
+        for bad in
+            ["audio/l16;rate=11025", "audio/pcmu", "audio/l16", "audio/l16;rate=", "audio/l16;rate=16000;x=1", ""]
+        {
             assert_eq!(ContentType::parse(bad), None, "{bad}");
         }
         assert_eq!(ContentType { rate: 16000 }.bytes_per_frame(), 640);
@@ -369,7 +377,10 @@ mod tests {
     #[test]
     fn uris_are_parsed_with_default_ports_and_paths() {
         let uri = ServerUri::parse("ws://127.0.0.1:8080/path?x=1").unwrap();
-        assert_eq!((uri.scheme, uri.host.as_str(), uri.port, uri.resource.as_str()), (Scheme::Ws, "127.0.0.1", 8080, "/path?x=1"));
+        assert_eq!(
+            (uri.scheme, uri.host.as_str(), uri.port, uri.resource.as_str()),
+            (Scheme::Ws, "127.0.0.1", 8080, "/path?x=1")
+        );
         let uri = ServerUri::parse("HTTPS://example.com").unwrap();
         assert_eq!((uri.scheme, uri.port, uri.resource.as_str()), (Scheme::Wss, 443, "/"));
         assert_eq!(uri.host_header(), "example.com");
@@ -381,7 +392,17 @@ mod tests {
 
     #[test]
     fn bad_uris_are_refused_with_invalid_url() {
-        for bad in ["ftp://h/", "sip:user@host", "ws://", "ws://h:0/", "ws://h:99999/", "ws://u@h/", "ws://[::1/", "ws://h/a b", "h:80"] {
+        for bad in [
+            "ftp://h/",
+            "sip:user@host",
+            "ws://",
+            "ws://h:0/",
+            "ws://h:99999/",
+            "ws://u@h/",
+            "ws://[::1/",
+            "ws://h/a b",
+            "h:80",
+        ] {
             let error = ServerUri::parse(bad).unwrap_err();
             assert_eq!(error.cause(), HangupCause::InvalidUrl, "{bad}: {error}");
         }
@@ -399,7 +420,8 @@ mod tests {
     #[test]
     fn lookup_order_is_originate_then_a_leg_bare_then_sip_header() {
         let originate = source(&[]);
-        let a_leg = source(&[("sip_h_P-wsbridge-websocket-uri", "ws://sip/"), ("P-wsbridge-websocket-uri", "ws://bare/")]);
+        let a_leg =
+            source(&[("sip_h_P-wsbridge-websocket-uri", "ws://sip/"), ("P-wsbridge-websocket-uri", "ws://bare/")]);
         assert_eq!(lookup(URI_VARIABLE, &originate, Some(&a_leg)).as_deref(), Some("ws://bare/"));
 
         let a_leg = source(&[("sip_h_P-wsbridge-websocket-uri", "ws://sip/")]);
@@ -419,7 +441,9 @@ mod tests {
         let settings = RawSettings::gather(&source(&[]), None, Some("ws://127.0.0.1:9/x")).resolve().unwrap();
         assert_eq!(settings.uri.port, 9);
         let settings =
-            RawSettings::gather(&source(&[("P-wsbridge-websocket-uri", "ws%3A%2F%2Fh%2Fv")]), None, Some("ws://d/")).resolve().unwrap();
+            RawSettings::gather(&source(&[("P-wsbridge-websocket-uri", "ws%3A%2F%2Fh%2Fv")]), None, Some("ws://d/"))
+                .resolve()
+                .unwrap();
         assert_eq!(settings.uri.host, "h", "the variable wins over the destination");
         assert_eq!(RawSettings::gather(&source(&[]), None, Some("")).resolve().unwrap_err(), SettingsError::MissingUri);
     }

@@ -109,12 +109,21 @@ mod tests {
         assert_eq!(queue.dropped_frames(), 2);
         let mut batch = VecDeque::new();
         queue.take_all(&mut batch);
-        let expected = vec![Outgoing::Text("digit".into()), Outgoing::Audio(audio(3)), Outgoing::Audio(audio(4)), Outgoing::Audio(audio(5))];
+        let expected = vec![
+            Outgoing::Text("digit".into()),
+            Outgoing::Audio(audio(3)),
+            Outgoing::Audio(audio(4)),
+            Outgoing::Audio(audio(5)),
+        ];
         assert_eq!(Vec::from(batch), expected);
         queue.push_audio(audio(6));
         queue.push_audio(audio(7));
         queue.push_audio(audio(8));
-        assert_eq!(queue.push_audio(audio(9)), PushOutcome::DroppedOldest { first_of_episode: true }, "a drained queue starts a new episode");
+        assert_eq!(
+            queue.push_audio(audio(9)),
+            PushOutcome::DroppedOldest { first_of_episode: true },
+            "a drained queue starts a new episode"
+        );
     }
 
     #[test]

@@ -76,7 +76,8 @@ pub async fn connect(uri: &ServerUri, config: WebSocketConfig) -> Result<Connect
         Scheme::Wss => {
             let name = rustls::pki_types::ServerName::try_from(uri.host.clone())
                 .map_err(|error| ConnectError::Tls(io::Error::new(io::ErrorKind::InvalidInput, error)))?;
-            let tls = tokio_rustls::TlsConnector::from(tls_config()).connect(name, tcp).await.map_err(ConnectError::Tls)?;
+            let tls =
+                tokio_rustls::TlsConnector::from(tls_config()).connect(name, tcp).await.map_err(ConnectError::Tls)?;
             Box::new(tls)
         }
     };
@@ -104,7 +105,9 @@ async fn upgrade(mut io: Box<dyn Io>, uri: &ServerUri, config: WebSocketConfig) 
             .await
             .map_err(|error| ConnectError::Handshake(format!("reading the upgrade response: {error}")))?;
         if count == 0 {
-            return Err(ConnectError::Handshake("the server closed the connection before answering the upgrade".into()));
+            return Err(ConnectError::Handshake(
+                "the server closed the connection before answering the upgrade".into(),
+            ));
         }
         received.extend_from_slice(&chunk[..count]);
         let mut headers = [httparse::EMPTY_HEADER; 64];
@@ -117,7 +120,9 @@ async fn upgrade(mut io: Box<dyn Io>, uri: &ServerUri, config: WebSocketConfig) 
             }
             Ok(httparse::Status::Partial) if received.len() < MAX_RESPONSE_HEAD_BYTES => continue,
             Ok(httparse::Status::Partial) => {
-                return Err(ConnectError::Handshake(format!("upgrade response head over {MAX_RESPONSE_HEAD_BYTES} bytes")))
+                return Err(ConnectError::Handshake(format!(
+                    "upgrade response head over {MAX_RESPONSE_HEAD_BYTES} bytes"
+                )))
             }
             Err(error) => return Err(ConnectError::Handshake(format!("malformed upgrade response: {error}"))),
         }
@@ -142,7 +147,9 @@ fn check_response(response: &httparse::Response<'_, '_>, key: &str) -> Result<()
     if !header("Upgrade").is_some_and(|value| value.eq_ignore_ascii_case("websocket")) {
         return Err(ConnectError::Handshake("the response has no 'Upgrade: websocket'".into()));
     }
-    if !header("Connection").is_some_and(|value| value.split(',').any(|token| token.trim().eq_ignore_ascii_case("upgrade"))) {
+    if !header("Connection")
+        .is_some_and(|value| value.split(',').any(|token| token.trim().eq_ignore_ascii_case("upgrade")))
+    {
         return Err(ConnectError::Handshake("the response has no 'Connection: Upgrade'".into()));
     }
     if header("Sec-WebSocket-Accept").as_deref() != Some(derive_accept_key(key.as_bytes()).as_str()) {

@@ -39,7 +39,7 @@ pub fn log(level: fs::switch_log_level_t, uuid: Option<&str>, text: &str) {
     // SAFETY: valid C strings; wsb_log passes the text as an argument to "%s".
     unsafe {
         fs::wsb_log(
-            level.0 as i32,
+            level.0,
             uuid.as_ref().map_or(std::ptr::null(), |u| u.as_ptr()),
             c"mod_wsbridge.rs".as_ptr(),
             0,
@@ -82,9 +82,14 @@ impl Session {
         unsafe { fs::wsb_session_get_private(self.as_ptr()) }
     }
 
-    pub fn set_private(self, data: *mut std::ffi::c_void) {
+    /// # Safety
+    /// `data` is what `private()` returns from now on: the endpoint must
+    /// only ever store its own per-call pointer (or null) here.
+    pub unsafe fn set_private(self, data: *mut std::ffi::c_void) {
         // SAFETY: live session; FreeSWITCH only stores the pointer.
-        unsafe { fs::switch_core_session_set_private_class(self.as_ptr(), data, fs::switch_pvt_class_t::SWITCH_PVT_PRIMARY) };
+        unsafe {
+            fs::switch_core_session_set_private_class(self.as_ptr(), data, fs::switch_pvt_class_t::SWITCH_PVT_PRIMARY)
+        };
     }
 }
 
@@ -101,7 +106,14 @@ impl Channel {
     pub fn set_variable(self, name: &str, value: &str) {
         let (name, value) = (c_string(name), c_string(value));
         // SAFETY: live channel; FreeSWITCH copies both strings.
-        unsafe { fs::switch_channel_set_variable_var_check(self.0, name.as_ptr(), value.as_ptr(), fs::switch_bool_t::SWITCH_FALSE) };
+        unsafe {
+            fs::switch_channel_set_variable_var_check(
+                self.0,
+                name.as_ptr(),
+                value.as_ptr(),
+                fs::switch_bool_t::SWITCH_FALSE,
+            )
+        };
     }
 
     pub fn name(self) -> String {

@@ -132,7 +132,8 @@ impl Call {
         let rate = self.settings.content_type.rate;
         for codec in [&self.read_codec, &self.write_codec] {
             // SAFETY: the codec lives in the pinned Call; the pool is the session's.
-            let status = unsafe { fs::wsb_codec_init(codec.get(), c"L16".as_ptr(), rate, FRAME_MS as i32, session.pool()) };
+            let status =
+                unsafe { fs::wsb_codec_init(codec.get(), c"L16".as_ptr(), rate, FRAME_MS as i32, session.pool()) };
             if status != fs::switch_status_t::SWITCH_STATUS_SUCCESS {
                 return Err(format!("FreeSWITCH has no L16 codec at {rate} Hz, {FRAME_MS} ms"));
             }
@@ -145,7 +146,9 @@ impl Call {
         let mut read = lock(&self.read);
         let samples = self.settings.content_type.samples_per_frame() as i32;
         // SAFETY: the timer lives in the pinned Call.
-        let status = unsafe { fs::switch_core_timer_init(&mut read.timer, c"soft".as_ptr(), FRAME_MS as i32, samples, session.pool()) };
+        let status = unsafe {
+            fs::switch_core_timer_init(&mut read.timer, c"soft".as_ptr(), FRAME_MS as i32, samples, session.pool())
+        };
         if status != fs::switch_status_t::SWITCH_STATUS_SUCCESS {
             return Err("cannot start the soft timer".into());
         }
@@ -221,7 +224,11 @@ unsafe extern "C" fn outgoing_channel(
         // originate writes "service" where the dial string has no destination.
         let destination = unsafe { copy_c_str(profile.destination_number) }.filter(|d| d != "service");
         let a_leg_channel = a_leg.map(Session::channel);
-        let raw = RawSettings::gather(&originate, a_leg_channel.as_ref().map(|c| c as &dyn VariableSource), destination.as_deref());
+        let raw = RawSettings::gather(
+            &originate,
+            a_leg_channel.as_ref().map(|c| c as &dyn VariableSource),
+            destination.as_deref(),
+        );
         let settings = match raw.resolve() {
             Ok(settings) => settings,
             Err(error) => {
@@ -253,7 +260,7 @@ unsafe extern "C" fn outgoing_channel(
         let uri_text = settings.uri.text.clone();
         let call = Box::into_raw(Call::new(settings));
         // From here on_destroy owns the call, on failure too.
-        leg.set_private(call as *mut c_void);
+        unsafe { leg.set_private(call as *mut c_void) };
         let channel = leg.channel();
         channel.set_name(&format!("wsbridge/{uri_text}"));
         // SAFETY: just stored; lives until on_destroy.
@@ -266,7 +273,9 @@ unsafe extern "C" fn outgoing_channel(
         let caller_profile = unsafe { fs::switch_caller_profile_clone(raw_session, outbound_profile) };
         if let Some(caller_profile) = unsafe { caller_profile.as_mut() } {
             caller_profile.source = c"mod_wsbridge".as_ptr();
-            unsafe { fs::switch_channel_set_caller_profile(fs::switch_core_session_get_channel(raw_session), caller_profile) };
+            unsafe {
+                fs::switch_channel_set_caller_profile(fs::switch_core_session_get_channel(raw_session), caller_profile)
+            };
         }
         channel.set_state(fs::switch_channel_state_t::CS_INIT);
         // Without CF_AUDIO, 1.10's bridge moves no audio for the channel.
@@ -284,8 +293,13 @@ unsafe extern "C" fn on_init(session: *mut fs::switch_core_session_t) -> fs::swi
         let Some(call) = Call::of(session) else { return FALSE };
         let uuid = session.uuid();
         let channel = session.channel();
-        let task = session::run(call.settings.clone(), call.media.clone(), LocatedCall { uuid: uuid.clone() }, SessionOptions::default())
-            .instrument(tracing::info_span!("call", uuid = uuid.as_str()));
+        let task = session::run(
+            call.settings.clone(),
+            call.media.clone(),
+            LocatedCall { uuid: uuid.clone() },
+            SessionOptions::default(),
+        )
+        .instrument(tracing::info_span!("call", uuid = uuid.as_str()));
         if !runtime::spawn(task) {
             tracing::error!(uuid = uuid.as_str(), "mod_wsbridge is shutting down; refusing the call");
             channel.hangup(HangupCause::DestinationOutOfOrder);
@@ -314,7 +328,7 @@ unsafe extern "C" fn on_destroy(session: *mut fs::switch_core_session_t) -> fs::
         if call.is_null() {
             return SUCCESS;
         }
-        session.set_private(std::ptr::null_mut());
+        unsafe { session.set_private(std::ptr::null_mut()) };
         // SAFETY: created by Box::into_raw in outgoing_channel; the private
         // pointer was its only copy and is now cleared, so this runs once.
         let call = unsafe { Box::from_raw(call) };
@@ -402,15 +416,23 @@ unsafe extern "C" fn write_frame(
                 .chunks_exact(2)
                 .flat_map(|sample| i16::from_ne_bytes([sample[0], sample[1]]).to_le_bytes())
                 .collect();
-            if let PushOutcome::DroppedOldest { first_of_episode: true } = call.media.send_audio(Bytes::from(little_endian)) {
-                tracing::warn!(uuid = session.map(Session::uuid).unwrap_or_default().as_str(), "the server is not keeping up; dropping the oldest caller audio");
+            if let PushOutcome::DroppedOldest { first_of_episode: true } =
+                call.media.send_audio(Bytes::from(little_endian))
+            {
+                tracing::warn!(
+                    uuid = session.map(Session::uuid).unwrap_or_default().as_str(),
+                    "the server is not keeping up; dropping the oldest caller audio"
+                );
             }
         });
         SUCCESS
     })
 }
 
-unsafe extern "C" fn send_dtmf(session: *mut fs::switch_core_session_t, dtmf: *const fs::switch_dtmf_t) -> fs::switch_status_t {
+unsafe extern "C" fn send_dtmf(
+    session: *mut fs::switch_core_session_t,
+    dtmf: *const fs::switch_dtmf_t,
+) -> fs::switch_status_t {
     let session = unsafe { Session::from_raw(session) };
     guard("send_dtmf", SUCCESS, || {
         let (Some(call), Some(dtmf)) = (session.and_then(Call::of), unsafe { dtmf.as_ref() }) else { return SUCCESS };

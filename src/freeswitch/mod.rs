@@ -21,13 +21,14 @@ const SUCCESS: fs::switch_status_t = fs::switch_status_t::SWITCH_STATUS_SUCCESS;
 /// The symbol FreeSWITCH looks up after loading `mod_wsbridge.so`.
 #[no_mangle]
 #[allow(non_upper_case_globals)]
-pub static mod_wsbridge_module_interface: fs::switch_loadable_module_function_table_t = fs::switch_loadable_module_function_table_t {
-    switch_api_version: fs::SWITCH_API_VERSION as i32,
-    load: Some(load),
-    shutdown: Some(shutdown),
-    runtime: None,
-    flags: fs::switch_module_flag_enum_t::SMODF_NONE.0 as fs::switch_module_flag_t,
-};
+pub static mod_wsbridge_module_interface: fs::switch_loadable_module_function_table_t =
+    fs::switch_loadable_module_function_table_t {
+        switch_api_version: fs::SWITCH_API_VERSION as i32,
+        load: Some(load),
+        shutdown: Some(shutdown),
+        runtime: None,
+        flags: fs::switch_module_flag_enum_t::SMODF_NONE.0 as fs::switch_module_flag_t,
+    };
 
 struct FreeSwitchLog;
 
@@ -91,4 +92,3 @@ unsafe extern "C" fn shutdown() -> fs::switch_status_t {
         }
     })
 }
-

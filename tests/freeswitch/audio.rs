@@ -39,7 +39,10 @@ pub fn zero_crossing_frequency(samples: &[i16], rate: u32) -> f64 {
 pub fn assert_tone(samples: &[i16], rate: u32, frequency: f64, what: &str) {
     assert!(samples.len() as u32 >= rate / 10, "{what}: only {} samples", samples.len());
     let measured = zero_crossing_frequency(samples, rate);
-    assert!((measured - frequency).abs() / frequency < 0.015, "{what}: tone at {measured:.1} Hz, expected {frequency} Hz");
+    assert!(
+        (measured - frequency).abs() / frequency < 0.015,
+        "{what}: tone at {measured:.1} Hz, expected {frequency} Hz"
+    );
     let total = rms(samples).powi(2);
     let at_tone = power_at(samples, rate, frequency);
     assert!(at_tone / total > 0.8, "{what}: only {:.0}% of the power is at {frequency} Hz", 100.0 * at_tone / total);
@@ -49,8 +52,12 @@ pub fn assert_tone(samples: &[i16], rate: u32, frequency: f64, what: &str) {
 /// (first loud second, last loud second + 10 ms).
 pub fn loud_span(samples: &[i16], rate: u32, threshold: f64) -> Option<(f64, f64)> {
     let window = (rate / 100) as usize;
-    let loud: Vec<usize> =
-        samples.chunks(window).enumerate().filter(|(_, chunk)| rms(chunk) > threshold).map(|(index, _)| index).collect();
+    let loud: Vec<usize> = samples
+        .chunks(window)
+        .enumerate()
+        .filter(|(_, chunk)| rms(chunk) > threshold)
+        .map(|(index, _)| index)
+        .collect();
     let (first, last) = (*loud.first()?, *loud.last()?);
     Some((first as f64 / 100.0, (last + 1) as f64 / 100.0))
 }
@@ -62,4 +69,3 @@ pub fn read_wav(path: &std::path::Path) -> (Vec<i16>, u32) {
     let samples = reader.samples::<i16>().map(Result::unwrap).collect();
     (samples, spec.sample_rate)
 }
-

@@ -29,7 +29,10 @@ pub fn built_module() -> PathBuf {
     let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>");
     let target_dir = profile_dir.parent().expect("target dir");
     let mut build = Command::new(env!("CARGO"));
-    build.args(["build", "--lib", "--manifest-path", concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml")]).arg("--target-dir").arg(target_dir);
+    build
+        .args(["build", "--lib", "--manifest-path", concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml")])
+        .arg("--target-dir")
+        .arg(target_dir);
     if profile_dir.file_name().is_some_and(|name| name == "release") {
         build.arg("--release");
     }
@@ -158,11 +161,12 @@ fn config(dir: &Path, esl_port: u16, sip_port: u16, rtp_start: u16, ws_base: &st
 }
 
 impl FreeSwitch {
-    pub fn start(ws_base: &str) -> FreeSwitch {
+    /// `instance` tells apart several FreeSWITCHes of one test run.
+    pub fn start(ws_base: &str, instance: u16) -> FreeSwitch {
         let prefix = env!("WSBRIDGE_FS_PREFIX");
         let binary = Path::new(prefix).join("bin/freeswitch");
         assert!(binary.exists(), "{} is missing", binary.display());
-        let dir = std::env::temp_dir().join(format!("wsbridge-test-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("wsbridge-test-{}-{instance}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         for sub in ["conf", "log", "db", "run", "temp", "mod", "recordings"] {
             fs::create_dir_all(dir.join(sub)).unwrap();
@@ -180,7 +184,7 @@ impl FreeSwitch {
 
         let esl_port = free_port();
         let sip_port = free_port();
-        let rtp_start = 20000 + (std::process::id() % 20) as u16 * 2000;
+        let rtp_start = 20000 + ((std::process::id() % 10) as u16 * 2 + instance % 2) * 2000;
         fs::write(dir.join("conf/freeswitch.xml"), config(&dir, esl_port, sip_port, rtp_start, ws_base)).unwrap();
 
         let arg = |sub: &str| dir.join(sub).display().to_string();
@@ -207,7 +211,12 @@ impl FreeSwitch {
             if let Ok(mut esl) = Esl::connect(self.esl_port, PASSWORD) {
                 if esl.api("status").contains("is ready") && esl.api("sofia status").contains("RUNNING") {
                     let loaded = esl.api("module_exists mod_wsbridge");
-                    assert_eq!(loaded.trim(), "true", "mod_wsbridge did not load; see {}", self.dir.join("log").display());
+                    assert_eq!(
+                        loaded.trim(),
+                        "true",
+                        "mod_wsbridge did not load; see {}",
+                        self.dir.join("log").display()
+                    );
                     return;
                 }
             }

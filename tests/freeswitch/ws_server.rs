@@ -43,7 +43,11 @@ impl Router {
                     let seen = Arc::new(Mutex::new((String::new(), None::<String>)));
                     let seen_in_callback = seen.clone();
                     let ws = tokio_tungstenite::accept_hdr_async(tcp, move |request: &Request, response: Response| {
-                        let protocol = request.headers().get("Sec-WebSocket-Protocol").and_then(|v| v.to_str().ok()).map(str::to_string);
+                        let protocol = request
+                            .headers()
+                            .get("Sec-WebSocket-Protocol")
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_string);
                         *seen_in_callback.lock().unwrap() = (request.uri().path().to_string(), protocol);
                         Ok(response)
                     })
@@ -100,7 +104,10 @@ pub struct Received {
 
 impl Received {
     pub fn samples(&self) -> Vec<i16> {
-        self.frames.iter().flat_map(|(_, bytes)| bytes.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]]))).collect()
+        self.frames
+            .iter()
+            .flat_map(|(_, bytes)| bytes.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])))
+            .collect()
     }
 }
 
@@ -146,6 +153,7 @@ impl Connection {
 
     pub async fn close(&mut self) {
         let _ = self.ws.close(None).await;
-        let _ = tokio::time::timeout(Duration::from_secs(2), async { while let Some(Ok(_)) = self.ws.next().await {} }).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), async { while let Some(Ok(_)) = self.ws.next().await {} })
+            .await;
     }
 }
