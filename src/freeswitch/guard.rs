@@ -43,3 +43,15 @@ pub fn guard_session<R>(session: Option<Session>, callback: &str, failed: R, bod
     }
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use super::guard;
+
+    #[test]
+    fn a_panic_becomes_the_failure_value_and_does_not_escape() {
+        assert_eq!(guard("test callback", 7, || panic!("boom")), 7);
+        assert_eq!(guard("test callback", 7, || panic!("{}", String::from("formatted"))), 7);
+        assert_eq!(guard("test callback", 7, || 3), 3);
+    }
+}
