@@ -41,16 +41,17 @@ fn from_pkg_config() -> Result<Installation, String> {
         search.push_str(DEFAULT_PKGCONFIG_DIR);
     }
     env::set_var("PKG_CONFIG_PATH", &search);
-    let library = pkg_config::Config::new().cargo_metadata(false).env_metadata(false).probe("freeswitch").map_err(
-        |error| match error {
-            pkg_config::Error::Command { .. } => {
-                "pkg-config is not installed and FREESWITCH_PREFIX is not set".to_string()
-            }
-            _ => format!(
+    let library =
+        pkg_config::Config::new().cargo_metadata(false).env_metadata(false).probe("freeswitch").map_err(|error| {
+            match error {
+                pkg_config::Error::Command { .. } => {
+                    "pkg-config is not installed and FREESWITCH_PREFIX is not set".to_string()
+                }
+                _ => format!(
                 "`pkg-config freeswitch` finds no freeswitch.pc (searched {search}) and FREESWITCH_PREFIX is not set"
             ),
-        },
-    )?;
+            }
+        })?;
     let variable = |name: &str| pkg_config::get_variable("freeswitch", name).ok().filter(|v| !v.is_empty());
     Ok(Installation {
         include_dirs: library.include_paths,

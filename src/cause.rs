@@ -11,6 +11,8 @@ pub enum HangupCause {
     InvalidIeContents,
     MandatoryIeLengthError,
     ServiceNotImplemented,
+    /// The server broke the protocol (e.g. an oversized message).
+    ProtocolError,
     /// A panic inside the module.
     Crash,
 }
@@ -26,6 +28,7 @@ impl HangupCause {
             HangupCause::InvalidIeContents => "INVALID_IE_CONTENTS",
             HangupCause::MandatoryIeLengthError => "MANDATORY_IE_LENGTH_ERROR",
             HangupCause::ServiceNotImplemented => "SERVICE_NOT_IMPLEMENTED",
+            HangupCause::ProtocolError => "PROTOCOL_ERROR",
             HangupCause::Crash => "CRASH",
         }
     }

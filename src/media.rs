@@ -11,7 +11,8 @@ use bytes::Bytes;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::playout::PlayoutBuffer;
+use crate::playout::{MarkOutcome, PlayoutBuffer};
+use crate::protocol;
 use crate::settings::ContentType;
 use crate::uplink::{Outgoing, PushOutcome, UplinkQueue};
 
@@ -59,6 +60,9 @@ pub struct CallMedia {
     caller_gone: CancellationToken,
     /// Set once the server has the first message; caller audio before that is not queued.
     open: AtomicBool,
+    started: std::time::Instant,
+    connect_ms: AtomicU64,
+    close: Mutex<Option<(u16, String)>>,
     pub stats: MediaStats,
 }
 
@@ -88,6 +92,9 @@ impl CallMedia {
             uplink_ready: Notify::new(),
             caller_gone: CancellationToken::new(),
             open: AtomicBool::new(false),
+            started: std::time::Instant::now(),
+            connect_ms: AtomicU64::new(u64::MAX),
+            close: Mutex::new(None),
             stats: MediaStats::default(),
         }
     }
@@ -96,14 +103,21 @@ impl CallMedia {
 
     /// The next frame of server audio, or false when none is queued.
     pub fn next_downlink_frame(&self, out: &mut [i16]) -> bool {
+        let mut reached = Vec::new();
         let (played, crossed_low_water) = {
             let mut playout = lock(&self.playout);
             let before = playout.buffered_bytes();
             let played = playout.pop_frame(out);
+            if playout.has_marks() {
+                playout.take_reached_marks(&mut reached);
+            }
             (played, before > self.low_water_bytes && playout.buffered_bytes() <= self.low_water_bytes)
         };
         if crossed_low_water {
             self.playout_space.notify_one();
+        }
+        for name in reached {
+            self.send_text(protocol::mark_event(&name, false));
         }
         if played {
             self.stats.frames_played.fetch_add(1, Ordering::Relaxed);
@@ -134,7 +148,33 @@ impl CallMedia {
     }
 
     pub fn mark_open(&self) {
+        self.connect_ms.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
         self.open.store(true, Ordering::Release);
+    }
+
+    /// The close code and reason of the WebSocket, whichever side closed it.
+    pub fn record_close(&self, code: u16, reason: &str) {
+        lock(&self.close).get_or_insert_with(|| (code, reason.to_string()));
+    }
+
+    /// The call's figures as `wsbridge_*` channel variables, for CDRs.
+    pub fn report(&self) -> Vec<(&'static str, String)> {
+        let mut report = vec![
+            ("wsbridge_frames_sent", self.stats.frames_sent.load(Ordering::Relaxed).to_string()),
+            ("wsbridge_frames_received", self.stats.frames_received.load(Ordering::Relaxed).to_string()),
+            ("wsbridge_frames_played", self.stats.frames_played.load(Ordering::Relaxed).to_string()),
+            ("wsbridge_underruns", self.underruns().to_string()),
+            ("wsbridge_dropped_frames", self.dropped_uplink_frames().to_string()),
+        ];
+        let connect_ms = self.connect_ms.load(Ordering::Relaxed);
+        if connect_ms != u64::MAX {
+            report.push(("wsbridge_connect_ms", connect_ms.to_string()));
+        }
+        if let Some((code, reason)) = lock(&self.close).clone() {
+            report.push(("wsbridge_close_code", code.to_string()));
+            report.push(("wsbridge_close_reason", reason));
+        }
+        report
     }
 
     pub fn is_caller_gone(&self) -> bool {
@@ -187,6 +227,27 @@ impl CallMedia {
                 return;
             }
             self.wait_for_low_water().await;
+        }
+    }
+
+    /// Barge-in: drops all queued audio at once, answers the marks that
+    /// were waiting for it, then confirms with `cleared`.
+    pub fn clear_playout(&self) {
+        let dropped_marks = lock(&self.playout).clear();
+        self.playout_space.notify_one();
+        for name in dropped_marks {
+            self.send_text(protocol::mark_event(&name, true));
+        }
+        self.send_text(protocol::cleared_event());
+    }
+
+    /// Places a mark after the audio queued so far; false when refused.
+    pub fn add_mark(&self, name: String) -> bool {
+        let outcome = lock(&self.playout).add_mark(name.clone());
+        match outcome {
+            MarkOutcome::Reached => self.send_text(protocol::mark_event(&name, false)),
+            MarkOutcome::Pending => true,
+            MarkOutcome::Refused => false,
         }
     }
 
@@ -273,6 +334,40 @@ mod tests {
         assert!(!waiter.is_finished());
         assert!(media.next_downlink_frame(&mut frame));
         tokio::time::timeout(Duration::from_secs(1), waiter).await.expect("woken at low water").unwrap();
+    }
+
+    #[tokio::test]
+    async fn marks_and_clear_answer_through_the_uplink() {
+        let format = ContentType { rate: 8000 };
+        let media = CallMedia::new(format, small_limits());
+        assert!(media.add_mark("at-once".into()));
+        media.queue_playout(&[0u8; 640]).await;
+        assert!(media.add_mark("after-two".into()));
+        media.queue_playout(&[0u8; 320]).await;
+        assert!(media.add_mark("dropped".into()));
+        let mut frame = vec![0i16; 160];
+        assert!(media.next_downlink_frame(&mut frame));
+        assert!(media.next_downlink_frame(&mut frame));
+        media.clear_playout();
+        assert!(!media.next_downlink_frame(&mut frame), "nothing plays after a clear");
+        let mut batch = VecDeque::new();
+        media.next_uplink_batch(&mut batch).await;
+        let texts: Vec<String> = batch
+            .into_iter()
+            .map(|item| match item {
+                Outgoing::Text(text) => text,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            texts,
+            [
+                r#"{"event":"mark","name":"at-once"}"#,
+                r#"{"event":"mark","name":"after-two"}"#,
+                r#"{"event":"mark","name":"dropped","cleared":true}"#,
+                r#"{"event":"cleared"}"#,
+            ]
+        );
     }
 
     #[tokio::test]

@@ -16,6 +16,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::cause::HangupCause;
 use crate::media::CallMedia;
+use crate::protocol::{self, Control};
 use crate::settings::CallSettings;
 use crate::uplink::Outgoing;
 use crate::websocket::{self, Connection};
@@ -25,6 +26,10 @@ pub trait CallControl: Send + Sync + 'static {
     /// Marks the call answered; false when the call is already gone.
     fn answer(&self) -> bool;
     fn hangup(&self, cause: HangupCause);
+    /// Hangs up with a cause the server named; unknown names are the implementation's to handle.
+    fn hangup_named(&self, cause: &str);
+    /// Plays DTMF digits to the caller.
+    fn send_dtmf(&self, digits: &str, duration_ms: u32);
 }
 
 #[derive(Debug, Clone)]
@@ -33,7 +38,10 @@ pub struct SessionOptions {
     pub connect_timeout: Duration,
     /// How long a close handshake may take before the socket is dropped.
     pub close_timeout: Duration,
+    /// Largest message of any kind; a larger one closes with 1009.
     pub max_message_bytes: usize,
+    /// Largest text message.
+    pub max_text_bytes: usize,
 }
 
 impl Default for SessionOptions {
@@ -41,7 +49,8 @@ impl Default for SessionOptions {
         SessionOptions {
             connect_timeout: Duration::from_secs(5),
             close_timeout: Duration::from_secs(1),
-            max_message_bytes: 64 << 20,
+            max_message_bytes: 1 << 20,
+            max_text_bytes: 64 << 10,
         }
     }
 }
@@ -102,6 +111,7 @@ enum ReadEnd {
     Closed(Option<CloseFrame>),
     Eof,
     Error(WsError),
+    TooBig(String),
 }
 
 enum Ended {
@@ -118,8 +128,9 @@ async fn converse(
 ) -> SessionEnd {
     let uri = &settings.uri.text;
     let mut config = WebSocketConfig::default();
-    config.max_message_size = Some(options.max_message_bytes);
-    config.max_frame_size = Some(options.max_message_bytes);
+    let largest = options.max_message_bytes.max(options.max_text_bytes);
+    config.max_message_size = Some(largest);
+    config.max_frame_size = Some(largest);
 
     let opening = async {
         let mut connection = websocket::connect(&settings.uri, config).await.map_err(|error| error.to_string())?;
@@ -147,11 +158,12 @@ async fn converse(
     let (mut sink, mut stream) = connection.split();
     let ended = tokio::select! {
         _ = media.caller_gone() => Ended::CallerGone,
-        end = read_loop(&mut stream, media) => Ended::Read(end),
+        end = read_loop(&mut stream, media, control, options) => Ended::Read(end),
         error = write_loop(&mut sink, media) => Ended::Write(error),
     };
     match ended {
         Ended::CallerGone => {
+            media.record_close(1000, "caller hung up");
             let close = CloseFrame { code: CloseCode::Normal, reason: "caller hung up".into() };
             if timeout(options.close_timeout, sink.send(Message::Close(Some(close)))).await.is_ok() {
                 // Give the server its chance to answer the close.
@@ -173,7 +185,15 @@ async fn converse(
                 Some(frame) => (Some(u16::from(frame.code)), frame.reason.to_string()),
                 None => (None, String::new()),
             };
+            // 1005: "no status code was present", as RFC 6455 names it.
+            media.record_close(code.unwrap_or(1005), &reason);
             SessionEnd::ServerClosed { code, reason }
+        }
+        Ended::Read(ReadEnd::TooBig(why)) => {
+            media.record_close(1009, "message too big");
+            let close = CloseFrame { code: CloseCode::Size, reason: "message too big".into() };
+            let _ = timeout(options.close_timeout, sink.send(Message::Close(Some(close)))).await;
+            failed(HangupCause::ProtocolError, format!("{uri} sent {why}; closed with 1009"))
         }
         Ended::Read(ReadEnd::Eof) => {
             SessionEnd::ServerClosed { code: None, reason: "connection closed without a close frame".into() }
@@ -192,6 +212,8 @@ fn failed(cause: HangupCause, why: String) -> SessionEnd {
 async fn read_loop(
     stream: &mut (impl StreamExt<Item = Result<Message, WsError>> + Unpin),
     media: &CallMedia,
+    control: &impl CallControl,
+    options: &SessionOptions,
 ) -> ReadEnd {
     let frame_bytes = media.format.bytes_per_frame() as u64;
     let mut partial_bytes = 0u64;
@@ -200,16 +222,52 @@ async fn read_loop(
         media.wait_for_playout_room().await;
         match stream.next().await {
             None => return ReadEnd::Eof,
+            Some(Err(WsError::Capacity(error))) => return ReadEnd::TooBig(error.to_string()),
             Some(Err(error)) => return ReadEnd::Error(error),
             Some(Ok(Message::Binary(data))) => {
+                if data.len() > options.max_message_bytes {
+                    return ReadEnd::TooBig(format!("a binary message of {} bytes", data.len()));
+                }
                 media.queue_playout(&data).await;
                 partial_bytes += data.len() as u64;
                 media.count_received(partial_bytes / frame_bytes);
                 partial_bytes %= frame_bytes;
             }
-            Some(Ok(Message::Text(text))) => tracing::debug!("ignoring a text message of {} bytes", text.len()),
+            Some(Ok(Message::Text(text))) => {
+                if text.len() > options.max_text_bytes {
+                    return ReadEnd::TooBig(format!("a text message of {} bytes", text.len()));
+                }
+                act_on_text(text.as_str(), media, control);
+            }
             Some(Ok(Message::Close(frame))) => return ReadEnd::Closed(frame),
             Some(Ok(_)) => {}
+        }
+    }
+}
+
+fn act_on_text(text: &str, media: &CallMedia, control: &impl CallControl) {
+    match protocol::parse_control(text) {
+        Ok(Control::Clear) => {
+            tracing::debug!("server: clear");
+            media.clear_playout();
+        }
+        Ok(Control::Mark { name }) => {
+            if !media.add_mark(name) {
+                tracing::warn!("server: too many marks pending; mark refused");
+            }
+        }
+        Ok(Control::Dtmf { digits, duration_ms }) => {
+            tracing::debug!("server: DTMF {digits} ({duration_ms} ms)");
+            control.send_dtmf(&digits, duration_ms);
+        }
+        Ok(Control::Hangup { cause }) => {
+            let cause = cause.unwrap_or_else(|| HangupCause::NormalClearing.name().to_string());
+            tracing::info!("server asked to hang up ({cause})");
+            control.hangup_named(&cause);
+        }
+        Err(error) => {
+            let shown: String = text.chars().take(120).collect();
+            tracing::debug!("ignoring a text message ({error}): {shown}");
         }
     }
 }
@@ -259,6 +317,12 @@ mod tests {
         }
         fn hangup(&self, cause: HangupCause) {
             self.0.lock().unwrap().push(format!("hangup {cause}"));
+        }
+        fn hangup_named(&self, cause: &str) {
+            self.0.lock().unwrap().push(format!("hangup_named {cause}"));
+        }
+        fn send_dtmf(&self, digits: &str, duration_ms: u32) {
+            self.0.lock().unwrap().push(format!("dtmf {digits} {duration_ms}"));
         }
     }
 
@@ -436,5 +500,68 @@ mod tests {
         media.caller_hung_up();
         assert_eq!(task.await.unwrap(), SessionEnd::CallerHungUp);
         assert!(control.events().is_empty());
+    }
+
+    #[tokio::test]
+    async fn control_messages_reach_the_call_and_junk_is_ignored() {
+        let (listener, port) = listener().await;
+        let media = Arc::new(CallMedia::new(ContentType { rate: 8000 }, MediaLimits::default()));
+        let control = Recorder::default();
+        let task = tokio::spawn(run(settings(port, 8000), media.clone(), control.clone(), SessionOptions::default()));
+        let mut server = accept(&listener, true).await;
+        server.next().await.unwrap().unwrap();
+        for text in [
+            "junk",
+            r#"{"action":"fly"}"#,
+            r#"{"action":"dtmf","digits":"12#"}"#,
+            r#"{"action":"hangup","cause":"USER_BUSY"}"#,
+        ] {
+            server.send(Message::text(text)).await.unwrap();
+        }
+        server.send(Message::Binary(Bytes::from_static(&[0; 640]))).await.unwrap();
+        server.send(Message::text(r#"{"action":"mark","name":"m1"}"#)).await.unwrap();
+        let mut frame = [0i16; 160];
+        let mut frames = 0;
+        while frames < 2 {
+            if media.next_downlink_frame(&mut frame) {
+                frames += 1;
+            } else {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        let echo = tokio::time::timeout(Duration::from_secs(2), server.next()).await.unwrap().unwrap().unwrap();
+        assert_eq!(echo.into_text().unwrap().as_str(), r#"{"event":"mark","name":"m1"}"#);
+        assert_eq!(control.events(), vec!["answer", "dtmf 12# 100", "hangup_named USER_BUSY"]);
+        media.caller_hung_up();
+        assert_eq!(task.await.unwrap(), SessionEnd::CallerHungUp);
+    }
+
+    #[tokio::test]
+    async fn oversized_messages_close_with_1009() {
+        for (text, binary) in [(true, false), (false, true)] {
+            let (listener, port) = listener().await;
+            let media = Arc::new(CallMedia::new(ContentType::default(), MediaLimits::default()));
+            let control = Recorder::default();
+            let options = SessionOptions { max_message_bytes: 4096, max_text_bytes: 1024, ..SessionOptions::default() };
+            let task = tokio::spawn(run(settings(port, 16000), media, control.clone(), options));
+            let mut server = accept(&listener, true).await;
+            server.next().await.unwrap().unwrap();
+            if text {
+                server.send(Message::text("x".repeat(2000))).await.unwrap();
+            }
+            if binary {
+                server.send(Message::Binary(Bytes::from(vec![0u8; 100_000]))).await.unwrap();
+            }
+            let close = loop {
+                match server.next().await {
+                    Some(Ok(Message::Close(frame))) => break frame,
+                    Some(Ok(_)) => continue,
+                    other => panic!("no close frame: {other:?}"),
+                }
+            };
+            assert_eq!(close.map(|f| f.code), Some(CloseCode::Size));
+            let end = task.await.unwrap();
+            assert_eq!(end.hangup_cause(), Some(HangupCause::ProtocolError), "{end:?}");
+        }
     }
 }

@@ -9,7 +9,7 @@ use std::io;
 use std::sync::{Arc, OnceLock};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::rustls;
 use tokio_tungstenite::tungstenite::handshake::client::generate_key;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -19,6 +19,9 @@ use tokio_tungstenite::WebSocketStream;
 use crate::settings::{Scheme, ServerUri};
 
 pub const SUBPROTOCOL: &str = "WSBRIDGE";
+/// Bounds what the kernel holds for a slow server (about 2 s at 16 kHz), so
+/// that backlog is dropped, and counted, in our uplink queue instead.
+const SEND_BUFFER_BYTES: u32 = 64 * 1024;
 const MAX_RESPONSE_HEAD_BYTES: usize = 16 * 1024;
 
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -69,7 +72,7 @@ fn tls_config() -> Arc<rustls::ClientConfig> {
 
 /// Connects and upgrades. The caller bounds the time this takes.
 pub async fn connect(uri: &ServerUri, config: WebSocketConfig) -> Result<Connection, ConnectError> {
-    let tcp = TcpStream::connect((uri.host.as_str(), uri.port)).await.map_err(ConnectError::Tcp)?;
+    let tcp = connect_tcp(&uri.host, uri.port).await.map_err(ConnectError::Tcp)?;
     let _ = tcp.set_nodelay(true);
     let io: Box<dyn Io> = match uri.scheme {
         Scheme::Ws => Box::new(tcp),
@@ -82,6 +85,19 @@ pub async fn connect(uri: &ServerUri, config: WebSocketConfig) -> Result<Connect
         }
     };
     upgrade(io, uri, config).await
+}
+
+async fn connect_tcp(host: &str, port: u16) -> io::Result<TcpStream> {
+    let mut last_error = None;
+    for address in tokio::net::lookup_host((host, port)).await? {
+        let socket = if address.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+        let _ = socket.set_send_buffer_size(SEND_BUFFER_BYTES);
+        match socket.connect(address).await {
+            Ok(stream) => return Ok(stream),
+            Err(error) => last_error = Some(error),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("{host} has no address"))))
 }
 
 async fn upgrade(mut io: Box<dyn Io>, uri: &ServerUri, config: WebSocketConfig) -> Result<Connection, ConnectError> {

@@ -27,6 +27,14 @@ pub fn cause_code(cause: HangupCause) -> fs::switch_call_cause_t {
     unsafe { fs::switch_channel_str2cause(name.as_ptr()) }
 }
 
+/// The cause FreeSWITCH knows by `name`, if any.
+pub fn cause_by_name(name: &str) -> Option<fs::switch_call_cause_t> {
+    let name = c_string(name);
+    // SAFETY: a valid C string; str2cause only reads it.
+    let code = unsafe { fs::switch_channel_str2cause(name.as_ptr()) };
+    (code != fs::switch_call_cause_t::SWITCH_CAUSE_NONE).then_some(code)
+}
+
 pub fn cause_name(cause: fs::switch_call_cause_t) -> String {
     // SAFETY: cause2str returns a static string for any value.
     unsafe { copy_c_str(fs::switch_channel_cause2str(cause)) }.unwrap_or_default()
@@ -148,8 +156,24 @@ impl Channel {
     }
 
     pub fn hangup(self, cause: HangupCause) {
+        self.hangup_code(cause_code(cause));
+    }
+
+    pub fn hangup_code(self, cause: fs::switch_call_cause_t) {
         // SAFETY: live channel; hangup is thread-safe in FreeSWITCH.
-        unsafe { fs::wsb_channel_hangup(self.0, cause_code(cause)) };
+        unsafe { fs::wsb_channel_hangup(self.0, cause) };
+    }
+
+    /// Queues a digit as received on this channel; FreeSWITCH counts duration in 8 kHz samples.
+    pub fn queue_dtmf(self, digit: char, duration_ms: u32) {
+        let dtmf = fs::switch_dtmf_t {
+            digit: digit as u8 as std::ffi::c_char,
+            duration: duration_ms * 8,
+            flags: 0,
+            source: fs::switch_dtmf_source_t::SWITCH_DTMF_ENDPOINT,
+        };
+        // SAFETY: live channel; FreeSWITCH copies the digit under its own lock.
+        unsafe { fs::switch_channel_queue_dtmf(self.0, &dtmf) };
     }
 }
 

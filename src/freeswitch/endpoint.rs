@@ -10,14 +10,15 @@ use bytes::Bytes;
 use freeswitch_sys as fs;
 use tracing::Instrument;
 
-use super::api::{cause_code, copy_c_str, Channel, EventHeaders, LocatedSession, Session};
+use super::api::{cause_by_name, cause_code, copy_c_str, Channel, EventHeaders, LocatedSession, Session};
 use super::guard::{guard, guard_session};
 use super::runtime;
 use crate::cause::HangupCause;
-use crate::comfort_noise::{ComfortNoise, DEFAULT_LEVEL_DBOV};
-use crate::media::{CallMedia, MediaLimits};
+use crate::comfort_noise::DownlinkMixer;
+use crate::media::CallMedia;
+use crate::options::CallOptions;
 use crate::reframe::Reframer;
-use crate::session::{self, CallControl, SessionOptions};
+use crate::session::{self, CallControl};
 use crate::settings::{CallSettings, RawSettings, VariableSource, FRAME_MS};
 use crate::uplink::PushOutcome;
 
@@ -73,7 +74,7 @@ struct ReadSide {
     timer_ready: bool,
     frame: fs::switch_frame_t,
     samples: Box<[i16]>,
-    noise: ComfortNoise,
+    mixer: DownlinkMixer,
 }
 
 /// Per-call state, owned by the session: created in `outgoing_channel`,
@@ -81,6 +82,7 @@ struct ReadSide {
 /// keeps pointers to the codecs, the timer and the frame.
 struct Call {
     settings: CallSettings,
+    options: CallOptions,
     media: Arc<CallMedia>,
     read_codec: UnsafeCell<fs::switch_codec_t>,
     write_codec: UnsafeCell<fs::switch_codec_t>,
@@ -101,11 +103,11 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Call {
-    fn new(settings: CallSettings) -> Box<Call> {
+    fn new(settings: CallSettings, options: CallOptions) -> Box<Call> {
         let format = settings.content_type;
         let samples = vec![0i16; format.samples_per_frame()].into_boxed_slice();
         Box::new(Call {
-            media: Arc::new(CallMedia::new(format, MediaLimits::default())),
+            media: Arc::new(CallMedia::new(format, options.media)),
             settings,
             read_codec: UnsafeCell::new(Default::default()),
             write_codec: UnsafeCell::new(Default::default()),
@@ -114,8 +116,9 @@ impl Call {
                 timer_ready: false,
                 frame: Default::default(),
                 samples,
-                noise: ComfortNoise::new(DEFAULT_LEVEL_DBOV),
+                mixer: DownlinkMixer::new(options.comfort_noise_dbov, format.rate),
             }),
+            options,
             uplink_reframer: Mutex::new(Reframer::new(format.bytes_per_frame())),
         })
     }
@@ -197,6 +200,29 @@ impl CallControl for LocatedCall {
             located.session().channel().hangup(cause);
         }
     }
+
+    fn hangup_named(&self, cause: &str) {
+        if let Some(located) = LocatedSession::find(&self.uuid) {
+            let channel = located.session().channel();
+            match cause_by_name(cause) {
+                Some(code) => channel.hangup_code(code),
+                None => {
+                    tracing::warn!("the server named an unknown hangup cause '{cause}'; using NORMAL_CLEARING");
+                    channel.hangup(HangupCause::NormalClearing);
+                }
+            }
+        }
+    }
+
+    fn send_dtmf(&self, digits: &str, duration_ms: u32) {
+        if let Some(located) = LocatedSession::find(&self.uuid) {
+            let channel = located.session().channel();
+            for digit in digits.chars() {
+                // Queued on our leg as if received, so a bridge passes it to the caller.
+                channel.queue_dtmf(digit, duration_ms);
+            }
+        }
+    }
 }
 
 const SUCCESS: fs::switch_status_t = fs::switch_status_t::SWITCH_STATUS_SUCCESS;
@@ -257,8 +283,15 @@ unsafe extern "C" fn outgoing_channel(
             *new_session = raw_session;
             fs::switch_core_session_add_stream(raw_session, std::ptr::null_mut());
         }
+        // Tuning comes from the dial string or the A-leg, never from SIP headers.
+        let (options, problems) = CallOptions::from_variables(&|name: &str| {
+            originate.get(name).or_else(|| a_leg_channel.and_then(|channel| channel.variable(name)))
+        });
+        for problem in problems {
+            tracing::warn!("{problem}");
+        }
         let uri_text = settings.uri.text.clone();
-        let call = Box::into_raw(Call::new(settings));
+        let call = Box::into_raw(Call::new(settings, options));
         // From here on_destroy owns the call, on failure too.
         unsafe { leg.set_private(call as *mut c_void) };
         let channel = leg.channel();
@@ -297,7 +330,7 @@ unsafe extern "C" fn on_init(session: *mut fs::switch_core_session_t) -> fs::swi
             call.settings.clone(),
             call.media.clone(),
             LocatedCall { uuid: uuid.clone() },
-            SessionOptions::default(),
+            call.options.session.clone(),
         )
         .instrument(tracing::info_span!("call", uuid = uuid.as_str()));
         if !runtime::spawn(task) {
@@ -313,8 +346,13 @@ unsafe extern "C" fn on_init(session: *mut fs::switch_core_session_t) -> fs::swi
 unsafe extern "C" fn on_hangup(session: *mut fs::switch_core_session_t) -> fs::switch_status_t {
     let session = unsafe { Session::from_raw(session) };
     guard("on_hangup", SUCCESS, || {
-        if let Some(call) = session.and_then(Call::of) {
+        let Some(session) = session else { return SUCCESS };
+        if let Some(call) = Call::of(session) {
             call.media.caller_hung_up();
+            let channel = session.channel();
+            for (name, value) in call.media.report() {
+                channel.set_variable(name, &value);
+            }
         }
         SUCCESS
     })
@@ -368,9 +406,8 @@ unsafe extern "C" fn read_frame(
         let read = &mut *read;
         // SAFETY: initialised in init_media; only this thread uses it.
         unsafe { fs::switch_core_timer_next(&mut read.timer) };
-        if !call.media.next_downlink_frame(&mut read.samples) {
-            read.noise.fill(&mut read.samples);
-        }
+        let is_audio = call.media.next_downlink_frame(&mut read.samples);
+        read.mixer.finish_frame(&mut read.samples, is_audio);
         let bytes = (read.samples.len() * 2) as u32;
         read.frame = fs::switch_frame_t {
             codec: call.read_codec.get(),

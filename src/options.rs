@@ -1,0 +1,170 @@
+//! Per-call tuning from channel variables (`wsbridge_*`), with defaults.
+//! A bad value is reported and its default used: a typo must not fail a call.
+
+use std::time::Duration;
+
+use crate::comfort_noise::DEFAULT_LEVEL_DBOV;
+use crate::media::MediaLimits;
+use crate::session::SessionOptions;
+
+pub const PLAYOUT_MAX_MS: &str = "wsbridge_playout_max_ms";
+pub const PLAYOUT_HIGH_WATER_MS: &str = "wsbridge_playout_high_water_ms";
+pub const PLAYOUT_LOW_WATER_MS: &str = "wsbridge_playout_low_water_ms";
+pub const UPLINK_BACKLOG_MS: &str = "wsbridge_uplink_backlog_ms";
+pub const COMFORT_NOISE_DBOV: &str = "wsbridge_comfort_noise_dbov";
+pub const CONNECT_TIMEOUT_MS: &str = "wsbridge_connect_timeout_ms";
+pub const MAX_MESSAGE_BYTES: &str = "wsbridge_max_message_bytes";
+pub const MAX_TEXT_BYTES: &str = "wsbridge_max_text_bytes";
+
+/// Every variable read here, for documentation and lookups.
+pub const VARIABLES: [&str; 8] = [
+    PLAYOUT_MAX_MS,
+    PLAYOUT_HIGH_WATER_MS,
+    PLAYOUT_LOW_WATER_MS,
+    UPLINK_BACKLOG_MS,
+    COMFORT_NOISE_DBOV,
+    CONNECT_TIMEOUT_MS,
+    MAX_MESSAGE_BYTES,
+    MAX_TEXT_BYTES,
+];
+
+#[derive(Debug, Clone)]
+pub struct CallOptions {
+    pub media: MediaLimits,
+    pub comfort_noise_dbov: f64,
+    pub session: SessionOptions,
+}
+
+impl Default for CallOptions {
+    fn default() -> Self {
+        CallOptions {
+            media: MediaLimits::default(),
+            comfort_noise_dbov: DEFAULT_LEVEL_DBOV,
+            session: SessionOptions::default(),
+        }
+    }
+}
+
+struct Reader<'a> {
+    source: &'a dyn Fn(&str) -> Option<String>,
+    problems: Vec<String>,
+}
+
+impl Reader<'_> {
+    fn number<T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy>(
+        &mut self,
+        name: &str,
+        range: std::ops::RangeInclusive<T>,
+    ) -> Option<T> {
+        let text = (self.source)(name)?;
+        match text.trim().parse::<T>() {
+            Ok(value) if range.contains(&value) => Some(value),
+            _ => {
+                self.problems.push(format!(
+                    "{name}='{text}' is not a number from {} to {}; using the default",
+                    range.start(),
+                    range.end()
+                ));
+                None
+            }
+        }
+    }
+}
+
+impl CallOptions {
+    /// Reads the `wsbridge_*` variables; returns the options and a line for each value ignored.
+    pub fn from_variables(source: &dyn Fn(&str) -> Option<String>) -> (CallOptions, Vec<String>) {
+        let mut reader = Reader { source, problems: Vec::new() };
+        let mut options = CallOptions::default();
+        let ms = Duration::from_millis;
+
+        if let Some(max) = reader.number::<u64>(PLAYOUT_MAX_MS, 100..=3_600_000) {
+            options.media.playout_capacity = ms(max);
+            options.media.playout_high_water = ms(max * 5 / 6);
+            options.media.playout_low_water = ms(max * 2 / 3);
+        }
+        let capacity = options.media.playout_capacity.as_millis() as u64;
+        if let Some(high) = reader.number::<u64>(PLAYOUT_HIGH_WATER_MS, 20..=capacity) {
+            options.media.playout_high_water = ms(high);
+        }
+        let high = options.media.playout_high_water.as_millis() as u64;
+        if let Some(low) = reader.number::<u64>(PLAYOUT_LOW_WATER_MS, 0..=high) {
+            options.media.playout_low_water = ms(low);
+        }
+        if options.media.playout_low_water > options.media.playout_high_water {
+            options.media.playout_low_water = options.media.playout_high_water;
+        }
+        if let Some(backlog) = reader.number::<u64>(UPLINK_BACKLOG_MS, 20..=60_000) {
+            options.media.uplink_backlog = ms(backlog);
+        }
+        if let Some(level) = reader.number::<f64>(COMFORT_NOISE_DBOV, -96.0..=0.0) {
+            options.comfort_noise_dbov = level;
+        }
+        if let Some(timeout) = reader.number::<u64>(CONNECT_TIMEOUT_MS, 100..=120_000) {
+            options.session.connect_timeout = ms(timeout);
+        }
+        if let Some(bytes) = reader.number::<usize>(MAX_MESSAGE_BYTES, 1024..=(256 << 20)) {
+            options.session.max_message_bytes = bytes;
+        }
+        if let Some(bytes) = reader.number::<usize>(MAX_TEXT_BYTES, 256..=(16 << 20)) {
+            options.session.max_text_bytes = bytes;
+        }
+        (options, reader.problems)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn read(pairs: &[(&str, &str)]) -> (CallOptions, Vec<String>) {
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        CallOptions::from_variables(&move |name: &str| map.get(name).cloned())
+    }
+
+    #[test]
+    fn defaults_without_variables() {
+        let (options, problems) = read(&[]);
+        assert!(problems.is_empty());
+        assert_eq!(options.media.playout_capacity, Duration::from_secs(60));
+        assert_eq!(options.media.uplink_backlog, Duration::from_secs(1));
+        assert_eq!(options.comfort_noise_dbov, -65.0);
+        assert_eq!(options.session.connect_timeout, Duration::from_secs(5));
+        assert_eq!(options.session.max_message_bytes, 1 << 20);
+    }
+
+    #[test]
+    fn playout_marks_follow_the_size_unless_set() {
+        let (options, _) = read(&[(PLAYOUT_MAX_MS, "6000")]);
+        assert_eq!(options.media.playout_high_water, Duration::from_millis(5000));
+        assert_eq!(options.media.playout_low_water, Duration::from_millis(4000));
+        let (options, problems) =
+            read(&[(PLAYOUT_MAX_MS, "6000"), (PLAYOUT_HIGH_WATER_MS, "3000"), (PLAYOUT_LOW_WATER_MS, "1000")]);
+        assert!(problems.is_empty());
+        assert_eq!(options.media.playout_high_water, Duration::from_millis(3000));
+        assert_eq!(options.media.playout_low_water, Duration::from_millis(1000));
+    }
+
+    #[test]
+    fn bad_values_keep_the_default_and_are_reported() {
+        let (options, problems) = read(&[
+            (PLAYOUT_MAX_MS, "lots"),
+            (COMFORT_NOISE_DBOV, "12"),
+            (PLAYOUT_HIGH_WATER_MS, "999999999"),
+            (UPLINK_BACKLOG_MS, "-5"),
+        ]);
+        assert_eq!(options.media.playout_capacity, Duration::from_secs(60));
+        assert_eq!(options.comfort_noise_dbov, -65.0);
+        assert_eq!(options.media.uplink_backlog, Duration::from_secs(1));
+        assert_eq!(problems.len(), 4, "{problems:?}");
+        assert!(problems.iter().all(|p| p.contains("using the default")));
+    }
+
+    #[test]
+    fn comfort_noise_can_be_turned_off() {
+        let (options, problems) = read(&[(COMFORT_NOISE_DBOV, "0")]);
+        assert!(problems.is_empty());
+        assert_eq!(options.comfort_noise_dbov, 0.0);
+    }
+}
