@@ -123,6 +123,8 @@ fn config(dir: &Path, esl_port: u16, sip_port: u16, rtp_start: u16, ws_base: &st
             <param name="inbound-codec-prefs" value="PCMU"/>
             <param name="outbound-codec-prefs" value="PCMU"/>
             <param name="dtmf-type" value="rfc2833"/>
+            <!-- accept SIP INFO digits too, so both kinds can be tested -->
+            <param name="liberal-dtmf" value="true"/>
             <param name="manage-presence" value="false"/>
             <param name="rtp-timer-name" value="soft"/>
             <param name="apply-nat-acl" value=""/>
@@ -223,6 +225,10 @@ impl FreeSwitch {
             std::thread::sleep(Duration::from_millis(200));
         }
         panic!("FreeSWITCH not ready within 60 s; see {}", self.dir.join("log").display());
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn esl(&self) -> Esl {

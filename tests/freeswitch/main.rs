@@ -8,6 +8,7 @@
 mod audio;
 mod esl;
 mod instance;
+mod media;
 mod ws_server;
 
 use std::sync::{Mutex, OnceLock};
@@ -25,6 +26,7 @@ struct World {
     router: Router,
     esl_port: u16,
     sip_port: u16,
+    pid: u32,
     dir: std::path::PathBuf,
 }
 
@@ -39,6 +41,7 @@ fn world() -> &'static World {
             World {
                 esl_port: freeswitch.esl_port,
                 sip_port: freeswitch.sip_port,
+                pid: freeswitch.pid(),
                 dir: freeswitch.dir.clone(),
                 freeswitch: Mutex::new(Some(freeswitch)),
                 router,
@@ -428,6 +431,14 @@ fn main() {
         ("connect_refused_is_destination_out_of_order", connect_refused_is_destination_out_of_order),
         ("bad_input_gets_its_hangup_cause", bad_input_gets_its_hangup_cause),
         ("dialplan_samples_reach_their_servers", dialplan_samples_reach_their_servers),
+        ("media_burst_30s_in_one_message", media::burst_30s_in_one_message),
+        ("media_burst_30s_in_1500_messages", media::burst_30s_in_1500_messages),
+        ("media_odd_sized_messages_play_continuously", media::odd_sized_messages_play_continuously),
+        ("media_clear_stops_playback_within_40ms", media::clear_stops_playback_within_40ms),
+        ("media_mark_echo_matches_end_of_audio", media::mark_echo_matches_end_of_audio),
+        ("media_comfort_noise_level_and_spectrum", media::comfort_noise_level_and_spectrum),
+        ("media_dtmf_both_ways_over_sip", media::dtmf_both_ways_over_sip),
+        ("media_server_that_stops_reading_the_uplink", media::server_that_stops_reading_the_uplink),
     ];
     let missing = env!("WSBRIDGE_FS_MISSING");
     if !missing.is_empty() {
