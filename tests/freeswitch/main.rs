@@ -421,6 +421,8 @@ fn dialplan_samples_reach_their_servers() {
 fn main() {
     let arguments = Arguments::from_args();
     let tests: Vec<(&str, fn())> = vec![
+        // The longest first, so the rest run beside it.
+        ("media_ten_minute_burst_into_a_small_buffer", media::ten_minute_burst_into_a_small_buffer),
         ("uplink_16k_originate_destination", uplink_16k_originate_destination),
         ("uplink_8k_dial_string_variables", uplink_8k_dial_string_variables),
         ("downlink_burst_bridge_from_dialplan", downlink_burst_bridge_from_dialplan),

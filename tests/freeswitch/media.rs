@@ -373,3 +373,62 @@ pub fn server_that_stops_reading_the_uplink() {
     assert!((1..=10).contains(&warnings), "one warning per episode of drops, not per frame: {warnings}");
     runtime().block_on(connection.close());
 }
+
+/// Ten minutes of audio sent as fast as TCP takes it, into a 2 s playout
+/// buffer: every frame is played, at real-time pace, while FreeSWITCH's
+/// memory stays flat because the module stops reading and TCP pushes back.
+pub fn ten_minute_burst_into_a_small_buffer() {
+    let path = "/ten-minutes";
+    let minutes = 10.0;
+    let mut incoming = world().router.expect(path);
+    let mut events = esl();
+    events.subscribe("CHANNEL_HANGUP_COMPLETE");
+    let rss_before = freeswitch_rss_kib();
+    let reply = esl().api(&format!(
+        "originate {{wsbridge_playout_max_ms=2000,P-wsbridge-websocket-uri={}}}null/ten-minutes record_and_bridge XML wsbridge-test",
+        encode(&uri(path))
+    ));
+    let a_leg = ok_uuid(&reply);
+    let mut connection = incoming.next(Duration::from_secs(5));
+    let total_frames = (minutes * 60.0 * 50.0) as u64;
+    let (rss_peak, elapsed) = runtime().block_on(async {
+        connection.first_text().await;
+        let started = Instant::now();
+        let one_second = tone(1000.0, 16000, 1.0, 8000.0);
+        let sender = async {
+            for _ in 0..(minutes * 60.0) as usize {
+                connection.send_pcm(&one_second, 640).await;
+            }
+            connection.ws.send(Message::text(r#"{"action":"mark","name":"all"}"#)).await.unwrap();
+            wait_text(&mut connection, r#""name":"all""#, Duration::from_secs_f64(minutes * 60.0 + 30.0)).await;
+        };
+        let mut rss_peak = 0;
+        let watch = async {
+            loop {
+                rss_peak = rss_peak.max(freeswitch_rss_kib());
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        };
+        tokio::select! {
+            _ = sender => {},
+            _ = watch => unreachable!(),
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        connection.close().await;
+        (rss_peak, elapsed)
+    });
+    let hangup = events
+        .wait_event(Duration::from_secs(5), |e| e.get("Channel-Name").is_some_and(|n| n.ends_with("/ten-minutes")))
+        .expect("the wsbridge leg's hangup");
+    wait_gone(&a_leg, Duration::from_secs(5));
+    let played: u64 = hangup["variable_wsbridge_frames_played"].parse().unwrap();
+    let growth = rss_peak.saturating_sub(rss_before);
+    println!(
+        "{path}: {played} of {total_frames} frames played in {elapsed:.1} s; FreeSWITCH RSS peak {} KiB over the start",
+        growth
+    );
+    assert_eq!(played, total_frames, "frames lost or duplicated");
+    let expected = minutes * 60.0;
+    assert!((elapsed - expected).abs() <= 0.005 * expected, "{elapsed:.1} s to play {expected} s: not real-time");
+    assert!(growth < 32 * 1024, "FreeSWITCH grew {growth} KiB while 19 MB of audio went through a 2 s buffer");
+}
