@@ -15,9 +15,10 @@ pub const COMFORT_NOISE_DBOV: &str = "wsbridge_comfort_noise_dbov";
 pub const CONNECT_TIMEOUT_MS: &str = "wsbridge_connect_timeout_ms";
 pub const MAX_MESSAGE_BYTES: &str = "wsbridge_max_message_bytes";
 pub const MAX_TEXT_BYTES: &str = "wsbridge_max_text_bytes";
+pub const CNG_FRAMES: &str = "wsbridge_cng_frames";
 
 /// Every variable read here, for documentation and lookups.
-pub const VARIABLES: [&str; 8] = [
+pub const VARIABLES: [&str; 9] = [
     PLAYOUT_MAX_MS,
     PLAYOUT_HIGH_WATER_MS,
     PLAYOUT_LOW_WATER_MS,
@@ -26,12 +27,16 @@ pub const VARIABLES: [&str; 8] = [
     CONNECT_TIMEOUT_MS,
     MAX_MESSAGE_BYTES,
     MAX_TEXT_BYTES,
+    CNG_FRAMES,
 ];
 
 #[derive(Debug, Clone)]
 pub struct CallOptions {
     pub media: MediaLimits,
     pub comfort_noise_dbov: f64,
+    /// Flag comfort-noise frames SFF_CNG, for legs that carry RFC 3389 CN
+    /// rather than the noise itself. Off: every leg and recording hears the noise.
+    pub cng_frames: bool,
     pub session: SessionOptions,
 }
 
@@ -40,6 +45,7 @@ impl Default for CallOptions {
         CallOptions {
             media: MediaLimits::default(),
             comfort_noise_dbov: DEFAULT_LEVEL_DBOV,
+            cng_frames: false,
             session: SessionOptions::default(),
         }
     }
@@ -65,6 +71,20 @@ impl Reader<'_> {
                     range.start(),
                     range.end()
                 ));
+                None
+            }
+        }
+    }
+}
+
+impl Reader<'_> {
+    fn flag(&mut self, name: &str) -> Option<bool> {
+        let text = (self.source)(name)?;
+        match text.trim().to_ascii_lowercase().as_str() {
+            "true" | "yes" | "on" | "1" | "enabled" => Some(true),
+            "false" | "no" | "off" | "0" | "disabled" => Some(false),
+            _ => {
+                self.problems.push(format!("{name}='{text}' is not true or false; using the default"));
                 None
             }
         }
@@ -108,6 +128,9 @@ impl CallOptions {
         }
         if let Some(bytes) = reader.number::<usize>(MAX_TEXT_BYTES, 256..=(16 << 20)) {
             options.session.max_text_bytes = bytes;
+        }
+        if let Some(flag) = reader.flag(CNG_FRAMES) {
+            options.cng_frames = flag;
         }
         (options, reader.problems)
     }
@@ -159,6 +182,15 @@ mod tests {
         assert_eq!(options.media.uplink_backlog, Duration::from_secs(1));
         assert_eq!(problems.len(), 4, "{problems:?}");
         assert!(problems.iter().all(|p| p.contains("using the default")));
+    }
+
+    #[test]
+    fn flags_take_the_usual_spellings() {
+        assert!(read(&[(CNG_FRAMES, "Yes")]).0.cng_frames);
+        assert!(!read(&[(CNG_FRAMES, "off")]).0.cng_frames);
+        let (options, problems) = read(&[(CNG_FRAMES, "maybe")]);
+        assert!(!options.cng_frames);
+        assert_eq!(problems.len(), 1);
     }
 
     #[test]

@@ -417,6 +417,7 @@ unsafe extern "C" fn read_frame(
             samples: read.samples.len() as u32,
             rate: call.settings.content_type.rate,
             channels: 1,
+            flags: if !is_audio && call.options.cng_frames { fs::switch_frame_flag_enum_t::SFF_CNG.0 } else { 0 },
             ..Default::default()
         };
         unsafe { *frame = &mut read.frame };

@@ -418,7 +418,9 @@ pub fn ten_minute_burst_into_a_small_buffer() {
         (rss_peak, elapsed)
     });
     let hangup = events
-        .wait_event(Duration::from_secs(5), |e| e.get("Channel-Name").is_some_and(|n| n.ends_with("/ten-minutes")))
+        .wait_event(Duration::from_secs(5), |e| {
+            e.get("Channel-Name").is_some_and(|n| n.starts_with("wsbridge/") && n.ends_with("/ten-minutes"))
+        })
         .expect("the wsbridge leg's hangup");
     wait_gone(&a_leg, Duration::from_secs(5));
     let played: u64 = hangup["variable_wsbridge_frames_played"].parse().unwrap();
