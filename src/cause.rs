@@ -13,6 +13,8 @@ pub enum HangupCause {
     ServiceNotImplemented,
     /// The server broke the protocol (e.g. an oversized message).
     ProtocolError,
+    /// The server stopped answering pings.
+    RecoveryOnTimerExpire,
     /// A panic inside the module.
     Crash,
 }
@@ -29,6 +31,7 @@ impl HangupCause {
             HangupCause::MandatoryIeLengthError => "MANDATORY_IE_LENGTH_ERROR",
             HangupCause::ServiceNotImplemented => "SERVICE_NOT_IMPLEMENTED",
             HangupCause::ProtocolError => "PROTOCOL_ERROR",
+            HangupCause::RecoveryOnTimerExpire => "RECOVERY_ON_TIMER_EXPIRE",
             HangupCause::Crash => "CRASH",
         }
     }

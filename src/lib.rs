@@ -6,8 +6,10 @@
 //! FreeSWITCH was found) is the one unsafe layer: the module entry points,
 //! the endpoint callbacks and thin wrappers over the C API.
 
+pub mod admin;
 pub mod cause;
 pub mod comfort_noise;
+pub mod config;
 pub mod logging;
 pub mod media;
 pub mod options;

@@ -11,6 +11,17 @@ use tracing_subscriber::layer::Context;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::Layer;
 
+static DEBUG: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Debug lines are passed on only while this is on (`wsbridge debug on`).
+pub fn set_debug(on: bool) {
+    DEBUG.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+pub fn debug() -> bool {
+    DEBUG.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Where finished log lines go.
 pub trait LogSink: Send + Sync + 'static {
     fn log(&self, level: Level, uuid: Option<&str>, text: &str);
@@ -68,6 +79,10 @@ impl<S: LogSink, R: Subscriber + for<'a> LookupSpan<'a>> Layer<R> for SinkLayer<
         }
     }
 
+    fn enabled(&self, metadata: &tracing::Metadata<'_>, _context: Context<'_, R>) -> bool {
+        *metadata.level() <= Level::INFO || debug()
+    }
+
     fn on_event(&self, event: &Event<'_>, context: Context<'_, R>) {
         let mut collect = Collect::default();
         event.record(&mut collect);
@@ -101,6 +116,7 @@ mod tests {
         let lines = Lines::default();
         let subscriber = tracing_subscriber::registry().with(SinkLayer::new(lines.clone()));
         tracing::subscriber::with_default(subscriber, || {
+            tracing::debug!("dropped while debug is off");
             tracing::info!("no call");
             let span = tracing::info_span!("call", uuid = "abc-123");
             span.in_scope(|| tracing::warn!(frames = 3, "100% %s %n safe"));

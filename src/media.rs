@@ -117,7 +117,7 @@ impl CallMedia {
             self.playout_space.notify_one();
         }
         for name in reached {
-            self.send_text(protocol::mark_event(&name, false));
+            self.send_mark(name, false);
         }
         if played {
             self.stats.frames_played.fetch_add(1, Ordering::Relaxed);
@@ -133,9 +133,17 @@ impl CallMedia {
     }
 
     pub fn send_text(&self, text: String) -> bool {
-        let queued = lock(&self.uplink).push_text(text);
+        self.queue_item(Outgoing::Text(text))
+    }
+
+    fn queue_item(&self, item: Outgoing) -> bool {
+        let queued = lock(&self.uplink).push_text(item);
         self.uplink_ready.notify_one();
         queued
+    }
+
+    fn send_mark(&self, name: String, cleared: bool) -> bool {
+        self.queue_item(Outgoing::Mark { name, cleared })
     }
 
     /// The caller's side is gone: the task closes the socket and ends.
@@ -155,6 +163,24 @@ impl CallMedia {
     /// The close code and reason of the WebSocket, whichever side closed it.
     pub fn record_close(&self, code: u16, reason: &str) {
         lock(&self.close).get_or_insert_with(|| (code, reason.to_string()));
+    }
+
+    pub fn close_info(&self) -> Option<(u16, String)> {
+        lock(&self.close).clone()
+    }
+
+    pub fn connect_ms(&self) -> Option<u64> {
+        Some(self.connect_ms.load(Ordering::Relaxed)).filter(|ms| *ms != u64::MAX)
+    }
+
+    /// For the status API.
+    pub fn state(&self) -> &'static str {
+        match (self.is_open(), self.is_caller_gone(), lock(&self.close).is_some()) {
+            (_, _, true) => "closed",
+            (_, true, false) => "closing",
+            (true, false, false) => "open",
+            (false, false, false) => "connecting",
+        }
     }
 
     /// The call's figures as `wsbridge_*` channel variables, for CDRs.
@@ -236,7 +262,7 @@ impl CallMedia {
         let dropped_marks = lock(&self.playout).clear();
         self.playout_space.notify_one();
         for name in dropped_marks {
-            self.send_text(protocol::mark_event(&name, true));
+            self.send_mark(name, true);
         }
         self.send_text(protocol::cleared_event());
     }
@@ -245,7 +271,7 @@ impl CallMedia {
     pub fn add_mark(&self, name: String) -> bool {
         let outcome = lock(&self.playout).add_mark(name.clone());
         match outcome {
-            MarkOutcome::Reached => self.send_text(protocol::mark_event(&name, false)),
+            MarkOutcome::Reached => self.send_mark(name, false),
             MarkOutcome::Pending => true,
             MarkOutcome::Refused => false,
         }
@@ -352,13 +378,7 @@ mod tests {
         assert!(!media.next_downlink_frame(&mut frame), "nothing plays after a clear");
         let mut batch = VecDeque::new();
         media.next_uplink_batch(&mut batch).await;
-        let texts: Vec<String> = batch
-            .into_iter()
-            .map(|item| match item {
-                Outgoing::Text(text) => text,
-                other => panic!("{other:?}"),
-            })
-            .collect();
+        let texts: Vec<String> = batch.iter().map(|item| item.text().expect("text items only")).collect();
         assert_eq!(
             texts,
             [

@@ -6,6 +6,7 @@ use std::time::Duration;
 use crate::comfort_noise::DEFAULT_LEVEL_DBOV;
 use crate::media::MediaLimits;
 use crate::session::SessionOptions;
+use crate::settings::FirstMessageStyle;
 
 pub const PLAYOUT_MAX_MS: &str = "wsbridge_playout_max_ms";
 pub const PLAYOUT_HIGH_WATER_MS: &str = "wsbridge_playout_high_water_ms";
@@ -16,9 +17,13 @@ pub const CONNECT_TIMEOUT_MS: &str = "wsbridge_connect_timeout_ms";
 pub const MAX_MESSAGE_BYTES: &str = "wsbridge_max_message_bytes";
 pub const MAX_TEXT_BYTES: &str = "wsbridge_max_text_bytes";
 pub const CNG_FRAMES: &str = "wsbridge_cng_frames";
+pub const PING_INTERVAL_MS: &str = "wsbridge_ping_interval_ms";
+pub const DEAD_PEER_TIMEOUT_MS: &str = "wsbridge_dead_peer_timeout_ms";
+pub const MAX_HEADERS_BYTES: &str = "wsbridge_max_headers_bytes";
+pub const FIRST_MESSAGE: &str = "wsbridge_first_message";
 
 /// Every variable read here, for documentation and lookups.
-pub const VARIABLES: [&str; 9] = [
+pub const VARIABLES: [&str; 13] = [
     PLAYOUT_MAX_MS,
     PLAYOUT_HIGH_WATER_MS,
     PLAYOUT_LOW_WATER_MS,
@@ -28,6 +33,10 @@ pub const VARIABLES: [&str; 9] = [
     MAX_MESSAGE_BYTES,
     MAX_TEXT_BYTES,
     CNG_FRAMES,
+    PING_INTERVAL_MS,
+    DEAD_PEER_TIMEOUT_MS,
+    MAX_HEADERS_BYTES,
+    FIRST_MESSAGE,
 ];
 
 #[derive(Debug, Clone)]
@@ -38,6 +47,8 @@ pub struct CallOptions {
     /// rather than the noise itself. Off: every leg and recording hears the noise.
     pub cng_frames: bool,
     pub session: SessionOptions,
+    /// Limit on the decoded `P-wsbridge-websocket-headers`.
+    pub max_headers_bytes: usize,
 }
 
 impl Default for CallOptions {
@@ -47,12 +58,15 @@ impl Default for CallOptions {
             comfort_noise_dbov: DEFAULT_LEVEL_DBOV,
             cng_frames: false,
             session: SessionOptions::default(),
+            max_headers_bytes: crate::settings::MAX_HEADERS_BYTES,
         }
     }
 }
 
 struct Reader<'a> {
     source: &'a dyn Fn(&str) -> Option<String>,
+    /// How a variable is named in problem reports (a config file names params).
+    display: &'a dyn Fn(&str) -> String,
     problems: Vec<String>,
 }
 
@@ -67,7 +81,8 @@ impl Reader<'_> {
             Ok(value) if range.contains(&value) => Some(value),
             _ => {
                 self.problems.push(format!(
-                    "{name}='{text}' is not a number from {} to {}; using the default",
+                    "{}='{text}' is not a number from {} to {}; using the default",
+                    (self.display)(name),
                     range.start(),
                     range.end()
                 ));
@@ -84,7 +99,8 @@ impl Reader<'_> {
             "true" | "yes" | "on" | "1" | "enabled" => Some(true),
             "false" | "no" | "off" | "0" | "disabled" => Some(false),
             _ => {
-                self.problems.push(format!("{name}='{text}' is not true or false; using the default"));
+                self.problems
+                    .push(format!("{}='{text}' is not true or false; using the default", (self.display)(name)));
                 None
             }
         }
@@ -94,7 +110,15 @@ impl Reader<'_> {
 impl CallOptions {
     /// Reads the `wsbridge_*` variables; returns the options and a line for each value ignored.
     pub fn from_variables(source: &dyn Fn(&str) -> Option<String>) -> (CallOptions, Vec<String>) {
-        let mut reader = Reader { source, problems: Vec::new() };
+        Self::read(source, &|name: &str| name.to_string())
+    }
+
+    /// As [`from_variables`](Self::from_variables), naming variables with `display` in reports.
+    pub fn read(
+        source: &dyn Fn(&str) -> Option<String>,
+        display: &dyn Fn(&str) -> String,
+    ) -> (CallOptions, Vec<String>) {
+        let mut reader = Reader { source, display, problems: Vec::new() };
         let mut options = CallOptions::default();
         let ms = Duration::from_millis;
 
@@ -131,6 +155,23 @@ impl CallOptions {
         }
         if let Some(flag) = reader.flag(CNG_FRAMES) {
             options.cng_frames = flag;
+        }
+        if let Some(interval) = reader.number::<u64>(PING_INTERVAL_MS, 0..=3_600_000) {
+            options.session.ping_interval = ms(interval);
+        }
+        if let Some(timeout) = reader.number::<u64>(DEAD_PEER_TIMEOUT_MS, 0..=3_600_000) {
+            options.session.dead_peer_timeout = ms(timeout);
+        }
+        if let Some(bytes) = reader.number::<usize>(MAX_HEADERS_BYTES, 2..=(64 << 10)) {
+            options.max_headers_bytes = bytes;
+        }
+        if let Some(text) = source(FIRST_MESSAGE) {
+            match FirstMessageStyle::parse(&text) {
+                Some(style) => options.session.first_message = style,
+                None => reader
+                    .problems
+                    .push(format!("{}='{text}' is not wsbridge or vonage; using the default", display(FIRST_MESSAGE))),
+            }
         }
         (options, reader.problems)
     }

@@ -17,7 +17,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use crate::cause::HangupCause;
 use crate::media::CallMedia;
 use crate::protocol::{self, Control};
-use crate::settings::CallSettings;
+use crate::settings::{CallSettings, FirstMessageStyle};
 use crate::uplink::Outgoing;
 use crate::websocket::{self, Connection};
 
@@ -30,6 +30,45 @@ pub trait CallControl: Send + Sync + 'static {
     fn hangup_named(&self, cause: &str);
     /// Plays DTMF digits to the caller.
     fn send_dtmf(&self, digits: &str, duration_ms: u32);
+    /// Announces something that happened (an event for event-socket consumers).
+    fn event(&self, event: CallEvent);
+}
+
+/// What a session announces, for the FreeSWITCH events `wsbridge::<kind>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallEvent {
+    Connect {
+        uri: String,
+        connect_ms: u64,
+    },
+    Disconnect {
+        code: Option<u16>,
+        reason: String,
+    },
+    Error {
+        what: String,
+    },
+    /// A text message from the server, as received.
+    Message {
+        body: String,
+    },
+    Mark {
+        name: String,
+        cleared: bool,
+    },
+}
+
+impl CallEvent {
+    /// The event subclass's last part: `wsbridge::<kind>`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CallEvent::Connect { .. } => "connect",
+            CallEvent::Disconnect { .. } => "disconnect",
+            CallEvent::Error { .. } => "error",
+            CallEvent::Message { .. } => "message",
+            CallEvent::Mark { .. } => "mark",
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -42,6 +81,11 @@ pub struct SessionOptions {
     pub max_message_bytes: usize,
     /// Largest text message.
     pub max_text_bytes: usize,
+    /// Zero: no pings.
+    pub ping_interval: Duration,
+    /// Hang up when nothing at all comes from the server for this long; zero: never.
+    pub dead_peer_timeout: Duration,
+    pub first_message: FirstMessageStyle,
 }
 
 impl Default for SessionOptions {
@@ -51,6 +95,9 @@ impl Default for SessionOptions {
             close_timeout: Duration::from_secs(1),
             max_message_bytes: 1 << 20,
             max_text_bytes: 64 << 10,
+            ping_interval: Duration::from_secs(20),
+            dead_peer_timeout: Duration::from_secs(60),
+            first_message: FirstMessageStyle::Wsbridge,
         }
     }
 }
@@ -83,6 +130,13 @@ pub async fn run(
     options: SessionOptions,
 ) -> SessionEnd {
     let end = converse(&settings, &media, &control, &options).await;
+    if let SessionEnd::Failed { why, .. } = &end {
+        control.event(CallEvent::Error { what: why.clone() });
+    }
+    if media.is_open() {
+        let (code, reason) = media.close_info().map_or((None, String::new()), |(code, reason)| (Some(code), reason));
+        control.event(CallEvent::Disconnect { code, reason });
+    }
     match &end {
         SessionEnd::CallerHungUp => tracing::info!("caller hung up; WebSocket to {} closed", settings.uri.text),
         SessionEnd::ServerClosed { code, reason } => tracing::info!(
@@ -118,6 +172,41 @@ enum Ended {
     CallerGone,
     Read(ReadEnd),
     Write(WsError),
+    DeadPeer(Duration),
+}
+
+/// When the server was last heard from, for the dead-peer check.
+struct Liveness {
+    start: tokio::time::Instant,
+    last_heard_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Liveness {
+    fn new() -> Self {
+        Liveness { start: tokio::time::Instant::now(), last_heard_ms: 0.into() }
+    }
+
+    fn heard(&self) {
+        self.last_heard_ms.store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn silent_for(&self) -> Duration {
+        self.start.elapsed().saturating_sub(Duration::from_millis(self.last_heard_ms.load(Ordering::Relaxed)))
+    }
+
+    /// Returns once the server has been silent for `limit`; never when `limit` is zero.
+    async fn wait_dead(&self, limit: Duration) -> Duration {
+        if limit.is_zero() {
+            return std::future::pending().await;
+        }
+        loop {
+            let silent = self.silent_for();
+            if silent >= limit {
+                return silent;
+            }
+            tokio::time::sleep(limit - silent).await;
+        }
+    }
 }
 
 async fn converse(
@@ -135,7 +224,7 @@ async fn converse(
     let opening = async {
         let mut connection = websocket::connect(&settings.uri, config).await.map_err(|error| error.to_string())?;
         connection
-            .send(Message::text(settings.first_message()))
+            .send(Message::text(settings.first_message(options.first_message)))
             .await
             .map_err(|error| format!("sending the first message failed: {error}"))?;
         Ok::<Connection, String>(connection)
@@ -151,15 +240,18 @@ async fn converse(
     };
     tracing::info!("WebSocket to {uri} open ({}); answering", settings.content_type);
     media.mark_open();
+    control.event(CallEvent::Connect { uri: uri.clone(), connect_ms: media.connect_ms().unwrap_or(0) });
     if !control.answer() {
         media.caller_hung_up();
     }
 
     let (mut sink, mut stream) = connection.split();
+    let liveness = Liveness::new();
     let ended = tokio::select! {
         _ = media.caller_gone() => Ended::CallerGone,
-        end = read_loop(&mut stream, media, control, options) => Ended::Read(end),
-        error = write_loop(&mut sink, media) => Ended::Write(error),
+        end = read_loop(&mut stream, media, control, options, &liveness) => Ended::Read(end),
+        error = write_loop(&mut sink, media, control, options.ping_interval) => Ended::Write(error),
+        silent = liveness.wait_dead(options.dead_peer_timeout) => Ended::DeadPeer(silent),
     };
     match ended {
         Ended::CallerGone => {
@@ -202,6 +294,15 @@ async fn converse(
             failed(HangupCause::NetworkOutOfOrder, format!("WebSocket to {uri} failed: {error}"))
         }
         Ended::Write(error) => failed(HangupCause::NetworkOutOfOrder, format!("sending to {uri} failed: {error}")),
+        Ended::DeadPeer(silent) => {
+            media.record_close(1001, "server stopped answering");
+            let close = CloseFrame { code: CloseCode::Away, reason: "no answer to pings".into() };
+            let _ = timeout(options.close_timeout, sink.send(Message::Close(Some(close)))).await;
+            failed(
+                HangupCause::RecoveryOnTimerExpire,
+                format!("nothing from {uri} for {} ms, pings unanswered", silent.as_millis()),
+            )
+        }
     }
 }
 
@@ -214,13 +315,16 @@ async fn read_loop(
     media: &CallMedia,
     control: &impl CallControl,
     options: &SessionOptions,
+    liveness: &Liveness,
 ) -> ReadEnd {
     let frame_bytes = media.format.bytes_per_frame() as u64;
     let mut partial_bytes = 0u64;
     loop {
         // Flow control: while the playout is full, leave data in the socket so TCP pushes back.
         media.wait_for_playout_room().await;
-        match stream.next().await {
+        let next = stream.next().await;
+        liveness.heard();
+        match next {
             None => return ReadEnd::Eof,
             Some(Err(WsError::Capacity(error))) => return ReadEnd::TooBig(error.to_string()),
             Some(Err(error)) => return ReadEnd::Error(error),
@@ -237,6 +341,7 @@ async fn read_loop(
                 if text.len() > options.max_text_bytes {
                     return ReadEnd::TooBig(format!("a text message of {} bytes", text.len()));
                 }
+                control.event(CallEvent::Message { body: text.to_string() });
                 act_on_text(text.as_str(), media, control);
             }
             Some(Ok(Message::Close(frame))) => return ReadEnd::Closed(frame),
@@ -272,11 +377,35 @@ fn act_on_text(text: &str, media: &CallMedia, control: &impl CallControl) {
     }
 }
 
-/// Sends caller audio and text as it is queued; returns only on a send error.
-async fn write_loop(sink: &mut (impl SinkExt<Message, Error = WsError> + Unpin), media: &CallMedia) -> WsError {
+/// Sends caller audio and text as it is queued, and pings; returns only on a send error.
+async fn write_loop(
+    sink: &mut (impl SinkExt<Message, Error = WsError> + Unpin),
+    media: &CallMedia,
+    control: &impl CallControl,
+    ping_interval: Duration,
+) -> WsError {
     let mut batch = VecDeque::new();
+    let mut pings = (!ping_interval.is_zero()).then(|| {
+        let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        interval
+    });
     loop {
-        media.next_uplink_batch(&mut batch).await;
+        let ping_due = async {
+            match pings.as_mut() {
+                Some(interval) => interval.tick().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = media.next_uplink_batch(&mut batch) => {}
+            _ = ping_due => {
+                if let Err(error) = sink.send(Message::Ping(Default::default())).await {
+                    return error;
+                }
+                continue;
+            }
+        }
         while let Some(item) = batch.pop_front() {
             let message = match item {
                 Outgoing::Audio(frame) => {
@@ -284,6 +413,11 @@ async fn write_loop(sink: &mut (impl SinkExt<Message, Error = WsError> + Unpin),
                     Message::Binary(frame)
                 }
                 Outgoing::Text(text) => Message::text(text),
+                Outgoing::Mark { name, cleared } => {
+                    let text = protocol::mark_event(&name, cleared);
+                    control.event(CallEvent::Mark { name, cleared });
+                    Message::text(text)
+                }
             };
             if let Err(error) = sink.feed(message).await {
                 return error;
@@ -324,11 +458,19 @@ mod tests {
         fn send_dtmf(&self, digits: &str, duration_ms: u32) {
             self.0.lock().unwrap().push(format!("dtmf {digits} {duration_ms}"));
         }
+        fn event(&self, event: CallEvent) {
+            self.0.lock().unwrap().push(format!("event {}", event.kind()));
+        }
     }
 
     impl Recorder {
+        /// What the session did to the call, events left out.
         fn events(&self) -> Vec<String> {
-            self.0.lock().unwrap().clone()
+            self.0.lock().unwrap().iter().filter(|e| !e.starts_with("event ")).cloned().collect()
+        }
+
+        fn announced(&self) -> Vec<String> {
+            self.0.lock().unwrap().iter().filter_map(|e| e.strip_prefix("event ").map(str::to_string)).collect()
         }
     }
 
@@ -337,7 +479,7 @@ mod tests {
             uri: Some(format!("ws://127.0.0.1:{port}/call")),
             content_type: Some(format!("audio/l16;rate={rate}")),
             headers: Some(r#"{"caller":"447700900123"}"#.into()),
-            destination: None,
+            ..RawSettings::default()
         }
         .resolve()
         .unwrap()
@@ -403,6 +545,7 @@ mod tests {
         let end = task.await.unwrap();
         assert_eq!(end, SessionEnd::ServerClosed { code: Some(1001), reason: "bye".into() });
         assert_eq!(control.events(), vec!["answer", "hangup NORMAL_CLEARING"]);
+        assert_eq!(control.announced(), vec!["connect", "message", "disconnect"]);
     }
 
     #[tokio::test]
@@ -434,6 +577,7 @@ mod tests {
         let end = run(settings(port, 16000), media, control.clone(), SessionOptions::default()).await;
         assert_eq!(end.hangup_cause(), Some(HangupCause::DestinationOutOfOrder));
         assert_eq!(control.events(), vec!["hangup DESTINATION_OUT_OF_ORDER"]);
+        assert_eq!(control.announced(), vec!["error"]);
     }
 
     #[tokio::test]
@@ -563,5 +707,37 @@ mod tests {
             let end = task.await.unwrap();
             assert_eq!(end.hangup_cause(), Some(HangupCause::ProtocolError), "{end:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_server_that_stops_answering_pings_is_hung_up() {
+        let (listener, port) = listener().await;
+        let media = Arc::new(CallMedia::new(ContentType::default(), MediaLimits::default()));
+        let control = Recorder::default();
+        let options = SessionOptions {
+            ping_interval: Duration::from_millis(100),
+            dead_peer_timeout: Duration::from_millis(400),
+            ..SessionOptions::default()
+        };
+        let task = tokio::spawn(run(settings(port, 16000), media, control.clone(), options));
+        let mut server = accept(&listener, true).await;
+        server.next().await.unwrap().unwrap();
+        // Answer pings (tungstenite does, while we read) for a while, then go silent.
+        let mut pings = 0;
+        let answering = tokio::time::timeout(Duration::from_millis(700), async {
+            while let Some(Ok(message)) = server.next().await {
+                if message.is_ping() {
+                    pings += 1;
+                }
+            }
+        });
+        let _ = answering.await;
+        assert!(pings >= 4, "pings every 100 ms: {pings}");
+        assert!(!task.is_finished(), "a server that answers pings stays connected");
+        let started = std::time::Instant::now();
+        let end = task.await.unwrap();
+        assert_eq!(end.hangup_cause(), Some(HangupCause::RecoveryOnTimerExpire), "{end:?}");
+        assert!(started.elapsed() < Duration::from_millis(900));
+        drop(server);
     }
 }

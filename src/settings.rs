@@ -152,17 +152,51 @@ pub struct CallSettings {
     pub headers: Map<String, Value>,
 }
 
+/// How the first message looks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FirstMessageStyle {
+    /// Byte-compatible with the original module.
+    #[default]
+    Wsbridge,
+    /// `{"event":"websocket:connected","content-type":...,<headers>}`, as Vonage's successor sends.
+    Vonage,
+}
+
+impl FirstMessageStyle {
+    pub fn parse(text: &str) -> Option<FirstMessageStyle> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "wsbridge" | "original" => Some(FirstMessageStyle::Wsbridge),
+            "vonage" => Some(FirstMessageStyle::Vonage),
+            _ => None,
+        }
+    }
+}
+
 impl CallSettings {
-    /// A space, then compact JSON: the header keys in order, `content-type` last.
-    pub fn first_message(&self) -> String {
-        let mut message = Map::with_capacity(self.headers.len() + 1);
+    /// `Wsbridge`: a space, then compact JSON, the header keys in order and
+    /// `content-type` last. `Vonage`: the event and content type first.
+    pub fn first_message(&self, style: FirstMessageStyle) -> String {
+        let reserved = |key: &str| {
+            key.eq_ignore_ascii_case("content-type") || (style == FirstMessageStyle::Vonage && key == "event")
+        };
+        let mut message = Map::with_capacity(self.headers.len() + 2);
+        let content_type = Value::String(self.content_type.to_string());
+        if style == FirstMessageStyle::Vonage {
+            message.insert("event".to_string(), Value::String("websocket:connected".into()));
+            message.insert("content-type".to_string(), content_type.clone());
+        }
         for (key, value) in &self.headers {
-            if !key.eq_ignore_ascii_case("content-type") {
+            if !reserved(key) {
                 message.insert(key.clone(), value.clone());
             }
         }
-        message.insert("content-type".to_string(), Value::String(self.content_type.to_string()));
-        format!(" {}", Value::Object(message))
+        match style {
+            FirstMessageStyle::Wsbridge => {
+                message.insert("content-type".to_string(), content_type);
+                format!(" {}", Value::Object(message))
+            }
+            FirstMessageStyle::Vonage => Value::Object(message).to_string(),
+        }
     }
 }
 
@@ -172,7 +206,7 @@ pub enum SettingsError {
     InvalidUri { uri: String, why: String },
     UnsupportedScheme { uri: String },
     BadEncoding { variable: &'static str },
-    HeadersTooLong { bytes: usize },
+    HeadersTooLong { bytes: usize, limit: usize },
     HeadersNotObject,
     HeadersInvalidJson { why: String },
     UnsupportedContentType { content_type: String },
@@ -208,8 +242,8 @@ impl fmt::Display for SettingsError {
                 write!(f, "unsupported scheme in '{uri}': use ws, wss, http or https")
             }
             SettingsError::BadEncoding { variable } => write!(f, "{variable} is not valid URL encoding of UTF-8 text"),
-            SettingsError::HeadersTooLong { bytes } => {
-                write!(f, "{HEADERS_VARIABLE} is {bytes} bytes after decoding; the limit is {MAX_HEADERS_BYTES}")
+            SettingsError::HeadersTooLong { bytes, limit } => {
+                write!(f, "{HEADERS_VARIABLE} is {bytes} bytes after decoding; the limit is {limit}")
             }
             SettingsError::HeadersNotObject => write!(f, "{HEADERS_VARIABLE} must be a JSON object"),
             SettingsError::HeadersInvalidJson { why } => write!(f, "{HEADERS_VARIABLE} is not valid JSON: {why}"),
@@ -268,13 +302,32 @@ pub fn lookup(name: &str, originate: &dyn VariableSource, a_leg: Option<&dyn Var
 }
 
 /// Raw (still URL-encoded) values as found for one call.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawSettings {
     pub uri: Option<String>,
     pub content_type: Option<String>,
     pub headers: Option<String>,
     /// What followed `wsbridge/` in the dial string, if anything.
     pub destination: Option<String>,
+    /// Used when neither a variable nor the destination names a server.
+    pub default_uri: Option<String>,
+    /// Used when no variable sets the content type.
+    pub default_content_type: Option<String>,
+    pub max_headers_bytes: usize,
+}
+
+impl Default for RawSettings {
+    fn default() -> Self {
+        RawSettings {
+            uri: None,
+            content_type: None,
+            headers: None,
+            destination: None,
+            default_uri: None,
+            default_content_type: None,
+            max_headers_bytes: MAX_HEADERS_BYTES,
+        }
+    }
 }
 
 impl RawSettings {
@@ -288,6 +341,7 @@ impl RawSettings {
             content_type: lookup(CONTENT_TYPE_VARIABLE, originate, a_leg),
             headers: lookup(HEADERS_VARIABLE, originate, a_leg),
             destination: destination.map(str::trim).filter(|d| !d.is_empty()).map(str::to_string),
+            ..RawSettings::default()
         }
     }
 
@@ -295,12 +349,10 @@ impl RawSettings {
     pub fn resolve(&self) -> Result<CallSettings, SettingsError> {
         let without_spaces = |text: &str| text.chars().filter(|c| !c.is_whitespace()).collect::<String>();
 
-        let uri_text = match (&self.uri, &self.destination) {
-            (Some(uri), _) => url_decode(uri).ok_or(SettingsError::BadEncoding { variable: URI_VARIABLE })?,
-            (None, Some(destination)) => {
-                url_decode(destination).ok_or(SettingsError::BadEncoding { variable: URI_VARIABLE })?
-            }
-            (None, None) => return Err(SettingsError::MissingUri),
+        let chosen = self.uri.as_ref().or(self.destination.as_ref()).or(self.default_uri.as_ref());
+        let uri_text = match chosen {
+            Some(uri) => url_decode(uri).ok_or(SettingsError::BadEncoding { variable: URI_VARIABLE })?,
+            None => return Err(SettingsError::MissingUri),
         };
         let uri_text = without_spaces(&uri_text);
         if uri_text.is_empty() {
@@ -308,7 +360,7 @@ impl RawSettings {
         }
         let uri = ServerUri::parse(&uri_text)?;
 
-        let content_type = match &self.content_type {
+        let content_type = match self.content_type.as_ref().or(self.default_content_type.as_ref()) {
             None => ContentType::default(),
             Some(raw) => {
                 let decoded = url_decode(raw).ok_or(SettingsError::BadEncoding { variable: CONTENT_TYPE_VARIABLE })?;
@@ -319,17 +371,17 @@ impl RawSettings {
 
         let headers = match &self.headers {
             None => Map::new(),
-            Some(raw) => parse_headers(raw)?,
+            Some(raw) => parse_headers(raw, self.max_headers_bytes)?,
         };
 
         Ok(CallSettings { uri, content_type, headers })
     }
 }
 
-fn parse_headers(raw: &str) -> Result<Map<String, Value>, SettingsError> {
+fn parse_headers(raw: &str, limit: usize) -> Result<Map<String, Value>, SettingsError> {
     let decoded = url_decode(raw).ok_or(SettingsError::BadEncoding { variable: HEADERS_VARIABLE })?;
-    if decoded.len() > MAX_HEADERS_BYTES {
-        return Err(SettingsError::HeadersTooLong { bytes: decoded.len() });
+    if decoded.len() > limit {
+        return Err(SettingsError::HeadersTooLong { bytes: decoded.len(), limit });
     }
     match serde_json::from_str::<Value>(&decoded) {
         Ok(Value::Object(map)) => Ok(map),
@@ -353,7 +405,7 @@ mod tests {
             uri: uri.map(Into::into),
             content_type: content_type.map(Into::into),
             headers: headers.map(Into::into),
-            destination: None,
+            ..RawSettings::default()
         }
     }
 
@@ -487,6 +539,31 @@ mod tests {
     }
 
     #[test]
+    fn vonage_style_first_message() {
+        let settings = raw(Some("ws://h/"), Some("audio/l16;rate=8000"), Some(r#"{"from":"4477","event":"x"}"#))
+            .resolve()
+            .unwrap();
+        assert_eq!(
+            settings.first_message(FirstMessageStyle::Vonage),
+            r#"{"event":"websocket:connected","content-type":"audio/l16;rate=8000","from":"4477"}"#
+        );
+    }
+
+    #[test]
+    fn configured_defaults_come_last() {
+        let mut input = raw(None, None, None);
+        input.default_uri = Some("ws://default/".into());
+        input.default_content_type = Some("audio/l16;rate=8000".into());
+        let settings = input.resolve().unwrap();
+        assert_eq!((settings.uri.host.as_str(), settings.content_type.rate), ("default", 8000));
+        input.destination = Some("ws://dialled/".into());
+        assert_eq!(input.resolve().unwrap().uri.host, "dialled");
+        input.max_headers_bytes = 4;
+        input.headers = Some("{\"a\":1}".into());
+        assert_eq!(input.resolve().unwrap_err().cause(), HangupCause::MandatoryIeLengthError);
+    }
+
+    #[test]
     fn headers_limit_applies_after_decoding() {
         // 1024 decoded bytes pass even though the encoded text is three times longer.
         let value = "é".repeat((MAX_HEADERS_BYTES - 8) / 2);
@@ -497,7 +574,7 @@ mod tests {
         let too_long = format!("{{\"a\":\"{value}x\"}}");
         assert_eq!(
             raw(Some("ws://h/"), None, Some(&too_long)).resolve().unwrap_err(),
-            SettingsError::HeadersTooLong { bytes: MAX_HEADERS_BYTES + 1 }
+            SettingsError::HeadersTooLong { bytes: MAX_HEADERS_BYTES + 1, limit: MAX_HEADERS_BYTES }
         );
     }
 
@@ -506,10 +583,10 @@ mod tests {
         let headers = "%7B%22to%22%3A%22447700900123%22%2C%22content-type%22%3A%22x%22%2C%22from%22%3A1%2C%22n%22%3A%7B%22b%22%3Atrue%7D%7D";
         let settings = raw(Some("ws://h/"), Some("audio/L16;rate=8000"), Some(headers)).resolve().unwrap();
         assert_eq!(
-            settings.first_message(),
+            settings.first_message(FirstMessageStyle::Wsbridge),
             r#" {"to":"447700900123","from":1,"n":{"b":true},"content-type":"audio/l16;rate=8000"}"#
         );
         let settings = raw(Some("ws://h/"), None, None).resolve().unwrap();
-        assert_eq!(settings.first_message(), r#" {"content-type":"audio/l16;rate=16000"}"#);
+        assert_eq!(settings.first_message(FirstMessageStyle::Wsbridge), r#" {"content-type":"audio/l16;rate=16000"}"#);
     }
 }

@@ -9,6 +9,22 @@ use bytes::Bytes;
 pub enum Outgoing {
     Audio(Bytes),
     Text(String),
+    /// A mark reached, or dropped by a clear: sent as text, and announced.
+    Mark {
+        name: String,
+        cleared: bool,
+    },
+}
+
+impl Outgoing {
+    /// The text sent for a non-audio item.
+    pub fn text(&self) -> Option<String> {
+        match self {
+            Outgoing::Audio(_) => None,
+            Outgoing::Text(text) => Some(text.clone()),
+            Outgoing::Mark { name, cleared } => Some(crate::protocol::mark_event(name, *cleared)),
+        }
+    }
 }
 
 /// A runaway producer of text (DTMF) must not grow the queue either.
@@ -58,12 +74,12 @@ impl UplinkQueue {
         outcome
     }
 
-    /// Returns false when the text was refused because too many are waiting.
-    pub fn push_text(&mut self, text: String) -> bool {
+    /// Queues a text item; false when refused because too many are waiting.
+    pub fn push_text(&mut self, item: Outgoing) -> bool {
         if self.text_messages >= MAX_TEXT_MESSAGES {
             return false;
         }
-        self.items.push_back(Outgoing::Text(text));
+        self.items.push_back(item);
         self.text_messages += 1;
         true
     }
@@ -101,7 +117,7 @@ mod tests {
     fn overflow_drops_the_oldest_audio_and_keeps_text() {
         let mut queue = UplinkQueue::new(3);
         queue.push_audio(audio(1));
-        assert!(queue.push_text("digit".into()));
+        assert!(queue.push_text(Outgoing::Text("digit".into())));
         queue.push_audio(audio(2));
         queue.push_audio(audio(3));
         assert_eq!(queue.push_audio(audio(4)), PushOutcome::DroppedOldest { first_of_episode: true });
@@ -129,7 +145,7 @@ mod tests {
     #[test]
     fn text_is_bounded_too() {
         let mut queue = UplinkQueue::new(1);
-        let accepted = (0..MAX_TEXT_MESSAGES + 10).filter(|i| queue.push_text(i.to_string())).count();
+        let accepted = (0..MAX_TEXT_MESSAGES + 10).filter(|i| queue.push_text(Outgoing::Text(i.to_string()))).count();
         assert_eq!(accepted, MAX_TEXT_MESSAGES);
     }
 }

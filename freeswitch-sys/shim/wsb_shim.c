@@ -73,3 +73,45 @@ int wsb_codec_ready(switch_codec_t *codec)
 {
 	return switch_core_codec_ready(codec) ? 1 : 0;
 }
+
+int wsb_config_params(const char *name, wsb_param_callback callback, void *context)
+{
+	switch_xml_t xml, cfg, settings, param;
+
+	if (!(xml = switch_xml_open_cfg(name, &cfg, NULL))) {
+		return -1;
+	}
+	if ((settings = switch_xml_child(cfg, "settings"))) {
+		for (param = switch_xml_child(settings, "param"); param; param = param->next) {
+			callback(context, switch_xml_attr_soft(param, "name"), switch_xml_attr_soft(param, "value"));
+		}
+	}
+	switch_xml_free(xml);
+	return 0;
+}
+
+void wsb_stream_write(switch_stream_handle_t *stream, const char *text)
+{
+	stream->write_function(stream, "%s", text);
+}
+
+switch_status_t wsb_fire_custom_event(switch_core_session_t *session, const char *subclass, const char *const *names,
+									  const char *const *values, int count, const char *body)
+{
+	switch_event_t *event = NULL;
+	int i;
+
+	if (switch_event_create_subclass(&event, SWITCH_EVENT_CUSTOM, subclass) != SWITCH_STATUS_SUCCESS) {
+		return SWITCH_STATUS_FALSE;
+	}
+	if (session) {
+		switch_channel_event_set_data(switch_core_session_get_channel(session), event);
+	}
+	for (i = 0; i < count; i++) {
+		switch_event_add_header_string(event, SWITCH_STACK_BOTTOM, names[i], values[i]);
+	}
+	if (body) {
+		switch_event_add_body(event, "%s", body);
+	}
+	return switch_event_fire(&event);
+}

@@ -21,4 +21,12 @@ switch_status_t wsb_codec_init(switch_codec_t *codec, const char *name, uint32_t
 
 int wsb_codec_ready(switch_codec_t *codec);
 
+typedef void (*wsb_param_callback)(void *context, const char *name, const char *value);
+/* Calls back with each <settings><param> of a configuration; -1 when it is missing. */
+int wsb_config_params(const char *name, wsb_param_callback callback, void *context);
+void wsb_stream_write(switch_stream_handle_t *stream, const char *text);
+/* Fires a CUSTOM event with the channel's headers plus the given ones. */
+switch_status_t wsb_fire_custom_event(switch_core_session_t *session, const char *subclass, const char *const *names,
+									  const char *const *values, int count, const char *body);
+
 #endif

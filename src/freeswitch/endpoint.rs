@@ -10,6 +10,7 @@ use bytes::Bytes;
 use freeswitch_sys as fs;
 use tracing::Instrument;
 
+use super::admin;
 use super::api::{cause_by_name, cause_code, copy_c_str, Channel, EventHeaders, LocatedSession, Session};
 use super::guard::{guard, guard_session};
 use super::runtime;
@@ -18,7 +19,7 @@ use crate::comfort_noise::DownlinkMixer;
 use crate::media::CallMedia;
 use crate::options::CallOptions;
 use crate::reframe::Reframer;
-use crate::session::{self, CallControl};
+use crate::session::{self, CallControl, CallEvent};
 use crate::settings::{CallSettings, RawSettings, VariableSource, FRAME_MS};
 use crate::uplink::PushOutcome;
 
@@ -214,6 +215,10 @@ impl CallControl for LocatedCall {
         }
     }
 
+    fn event(&self, event: CallEvent) {
+        admin::fire(&self.uuid, &event);
+    }
+
     fn send_dtmf(&self, digits: &str, duration_ms: u32) {
         if let Some(located) = LocatedSession::find(&self.uuid) {
             let channel = located.session().channel();
@@ -250,15 +255,30 @@ unsafe extern "C" fn outgoing_channel(
         // originate writes "service" where the dial string has no destination.
         let destination = unsafe { copy_c_str(profile.destination_number) }.filter(|d| d != "service");
         let a_leg_channel = a_leg.map(Session::channel);
-        let raw = RawSettings::gather(
+        let config = admin::config();
+        // Tuning comes from the dial string, the A-leg, then wsbridge.conf; never from SIP headers.
+        let (options, problems) = CallOptions::from_variables(&|name: &str| {
+            originate
+                .get(name)
+                .or_else(|| a_leg_channel.and_then(|channel| channel.variable(name)))
+                .or_else(|| config.value(name))
+        });
+        for problem in problems {
+            tracing::warn!("{problem}");
+        }
+        let mut raw = RawSettings::gather(
             &originate,
             a_leg_channel.as_ref().map(|c| c as &dyn VariableSource),
             destination.as_deref(),
         );
+        raw.default_uri = config.default_uri.clone();
+        raw.default_content_type = config.default_content_type.clone();
+        raw.max_headers_bytes = options.max_headers_bytes;
         let settings = match raw.resolve() {
             Ok(settings) => settings,
             Err(error) => {
                 let cause = error.cause();
+                admin::CALLS_REFUSED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::error!("refusing the call: {error} ({cause})");
                 return cause_code(cause);
             }
@@ -282,13 +302,6 @@ unsafe extern "C" fn outgoing_channel(
         unsafe {
             *new_session = raw_session;
             fs::switch_core_session_add_stream(raw_session, std::ptr::null_mut());
-        }
-        // Tuning comes from the dial string or the A-leg, never from SIP headers.
-        let (options, problems) = CallOptions::from_variables(&|name: &str| {
-            originate.get(name).or_else(|| a_leg_channel.and_then(|channel| channel.variable(name)))
-        });
-        for problem in problems {
-            tracing::warn!("{problem}");
         }
         let uri_text = settings.uri.text.clone();
         let call = Box::into_raw(Call::new(settings, options));
@@ -333,6 +346,14 @@ unsafe extern "C" fn on_init(session: *mut fs::switch_core_session_t) -> fs::swi
             call.options.session.clone(),
         )
         .instrument(tracing::info_span!("call", uuid = uuid.as_str()));
+        admin::register(
+            &uuid,
+            admin::CallEntry {
+                uri: call.settings.uri.text.clone(),
+                media: call.media.clone(),
+                started: std::time::Instant::now(),
+            },
+        );
         if !runtime::spawn(task) {
             tracing::error!(uuid = uuid.as_str(), "mod_wsbridge is shutting down; refusing the call");
             channel.hangup(HangupCause::DestinationOutOfOrder);
@@ -349,6 +370,10 @@ unsafe extern "C" fn on_hangup(session: *mut fs::switch_core_session_t) -> fs::s
         let Some(session) = session else { return SUCCESS };
         if let Some(call) = Call::of(session) {
             call.media.caller_hung_up();
+            if call.media.is_open() {
+                // Unless the server closed first, the session is about to send this.
+                call.media.record_close(1000, "caller hung up");
+            }
             let channel = session.channel();
             for (name, value) in call.media.report() {
                 channel.set_variable(name, &value);
@@ -367,6 +392,7 @@ unsafe extern "C" fn on_destroy(session: *mut fs::switch_core_session_t) -> fs::
             return SUCCESS;
         }
         unsafe { session.set_private(std::ptr::null_mut()) };
+        admin::unregister(&session.uuid());
         // SAFETY: created by Box::into_raw in outgoing_channel; the private
         // pointer was its only copy and is now cleared, so this runs once.
         let call = unsafe { Box::from_raw(call) };

@@ -1,6 +1,7 @@
 //! The FreeSWITCH side of the module: entry points, the endpoint and the
 //! thin wrappers over the C API. Built only where FreeSWITCH was found.
 
+mod admin;
 pub mod api;
 mod endpoint;
 mod guard;
@@ -17,6 +18,12 @@ use crate::logging::{LogSink, SinkLayer};
 use guard::guard;
 
 const SUCCESS: fs::switch_status_t = fs::switch_status_t::SWITCH_STATUS_SUCCESS;
+
+type ApiFunction = unsafe extern "C" fn(
+    *const std::ffi::c_char,
+    *mut fs::switch_core_session_t,
+    *mut fs::switch_stream_handle_t,
+) -> fs::switch_status_t;
 
 /// The symbol FreeSWITCH looks up after loading `mod_wsbridge.so`.
 #[no_mangle]
@@ -45,9 +52,7 @@ impl LogSink for FreeSwitchLog {
 }
 
 fn install_logging() {
-    let subscriber = tracing_subscriber::registry()
-        .with(tracing_subscriber::filter::LevelFilter::DEBUG)
-        .with(SinkLayer::new(FreeSwitchLog));
+    let subscriber = tracing_subscriber::registry().with(SinkLayer::new(FreeSwitchLog));
     // Already set when FreeSWITCH kept the library mapped across a reload: the old one still works.
     let _ = tracing::subscriber::set_global_default(subscriber);
     std::panic::set_hook(Box::new(|info| tracing::error!("{info}")));
@@ -63,6 +68,8 @@ unsafe extern "C" fn load(
             tracing::error!("cannot start the WebSocket runtime: {error}");
             return fs::switch_status_t::SWITCH_STATUS_FALSE;
         }
+        admin::load_config();
+        admin::reserve_event_subclasses();
         // SAFETY: FreeSWITCH hands us the slot and the module's pool.
         unsafe {
             *module_interface = fs::switch_loadable_module_create_module_interface(pool, c"mod_wsbridge".as_ptr());
@@ -74,6 +81,26 @@ unsafe extern "C" fn load(
             (*endpoint).io_routines = endpoint::IO_ROUTINES.as_ptr();
             (*endpoint).state_handler = endpoint::STATE_HANDLERS.as_ptr();
             endpoint::ENDPOINT.store(endpoint, Ordering::Release);
+            for (name, description, function) in [
+                (c"wsbridge", c"mod_wsbridge status and control", admin::api_wsbridge as ApiFunction),
+                (c"wsbridge_debug", c"mod_wsbridge debug logging (the original's command)", admin::api_wsbridge_debug),
+            ] {
+                let api = fs::switch_loadable_module_create_interface(
+                    *module_interface,
+                    fs::switch_module_interface_name_t::SWITCH_API_INTERFACE,
+                ) as *mut fs::switch_api_interface_t;
+                (*api).interface_name = name.as_ptr();
+                (*api).desc = description.as_ptr();
+                (*api).syntax = c"status | list [json] | kill <uuid> [cause] | debug on|off".as_ptr();
+                (*api).function = Some(function);
+            }
+            fs::switch_event_bind(
+                c"mod_wsbridge".as_ptr(),
+                fs::switch_event_types_t::SWITCH_EVENT_RELOADXML,
+                std::ptr::null(),
+                Some(admin::on_reloadxml),
+                std::ptr::null_mut(),
+            );
         }
         tracing::info!("mod_wsbridge {} loaded", env!("CARGO_PKG_VERSION"));
         SUCCESS
@@ -83,6 +110,9 @@ unsafe extern "C" fn load(
 unsafe extern "C" fn shutdown() -> fs::switch_status_t {
     guard("shutdown", fs::switch_status_t::SWITCH_STATUS_NOUNLOAD, || {
         endpoint::ENDPOINT.store(std::ptr::null_mut(), Ordering::Release);
+        // SAFETY: bound at load.
+        unsafe { fs::switch_event_unbind_callback(Some(admin::on_reloadxml)) };
+        admin::free_event_subclasses();
         if runtime::stop(Duration::from_secs(2)) {
             tracing::info!("mod_wsbridge stopped");
             SUCCESS

@@ -109,6 +109,9 @@ impl Esl {
                     event.insert(key.to_string(), url_decode(value));
                 }
             }
+            if event.contains_key("Content-Length") {
+                event.insert("_body".to_string(), lines.collect::<Vec<_>>().join("\n"));
+            }
             if wanted(&event) {
                 return Some(event);
             }

@@ -63,6 +63,7 @@ fn inline_xml(text: &str) -> String {
 fn config(dir: &Path, esl_port: u16, sip_port: u16, rtp_start: u16, ws_base: &str) -> String {
     let log = dir.join("log").display().to_string();
     let samples = inline_xml(&repo_file("dialplan/wsbridge.xml"));
+    let wsbridge_conf = inline_xml(&repo_file("autoload_configs/wsbridge.conf.xml"));
     format!(
         r#"<?xml version="1.0"?>
 <document type="freeswitch/xml">
@@ -100,6 +101,9 @@ fn config(dir: &Path, esl_port: u16, sip_port: u16, rtp_start: u16, ws_base: &st
         <param name="uuid" value="true"/>
       </settings><mappings><map name="all" value="debug,info,notice,warning,err,crit,alert"/></mappings></profile></profiles>
     </configuration>
+    <!-- wsbridge.conf begin -->
+{wsbridge_conf}
+    <!-- wsbridge.conf end -->
     <configuration name="event_socket.conf" description="esl">
       <settings>
         <param name="listen-ip" value="127.0.0.1"/>
@@ -237,6 +241,18 @@ impl FreeSwitch {
 
     pub fn version(&self) -> String {
         self.esl().api("version").trim().to_string()
+    }
+
+    /// Replaces the wsbridge.conf section of the running config (then `reloadxml`).
+    pub fn set_wsbridge_conf(&self, params: &str) {
+        let path = self.dir.join("conf/freeswitch.xml");
+        let text = fs::read_to_string(&path).unwrap();
+        let begin = text.find("<!-- wsbridge.conf begin -->").unwrap();
+        let end = text.find("<!-- wsbridge.conf end -->").unwrap();
+        let section = format!(
+            "<!-- wsbridge.conf begin -->\n<configuration name=\"wsbridge.conf\" description=\"test\"><settings>{params}</settings></configuration>\n"
+        );
+        fs::write(&path, format!("{}{section}{}", &text[..begin], &text[end..])).unwrap();
     }
 
     pub fn log_path(&self) -> PathBuf {

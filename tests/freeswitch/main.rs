@@ -9,6 +9,7 @@ mod audio;
 mod esl;
 mod instance;
 mod media;
+mod operating;
 mod ws_server;
 
 use std::sync::{Mutex, OnceLock};
@@ -278,7 +279,7 @@ fn uplink_wideband_rates() {
 
 /// `reload` and `unload`/`load` of the module, idle and with a call up, in
 /// a FreeSWITCH of its own so that no other test's calls are cut.
-fn reload_and_unload() {
+fn reload_and_unload_and_config_file() {
     let router = &world().router;
     let freeswitch = FreeSwitch::start(&router.base(), 1);
     let mut esl = freeswitch.esl();
@@ -337,6 +338,7 @@ fn reload_and_unload() {
     let (uuid, _connection) = call_works(&mut esl, "/reload-2");
     assert!(esl.api(&format!("uuid_kill {uuid}")).starts_with("+OK"));
     wait_gone_on(&mut esl, &uuid, Duration::from_secs(5));
+    operating::config_file_and_reloadxml(&freeswitch);
     assert!(freeswitch.stop(), "FreeSWITCH must shut down cleanly after reloads");
 }
 
@@ -429,10 +431,13 @@ fn main() {
         ("sip_call_with_p_wsbridge_headers", sip_call_with_p_wsbridge_headers),
         ("caller_hangup_closes_with_1000", caller_hangup_closes_with_1000),
         ("uplink_wideband_rates", uplink_wideband_rates),
-        ("reload_and_unload", reload_and_unload),
+        ("reload_and_unload_and_config_file", reload_and_unload_and_config_file),
         ("connect_refused_is_destination_out_of_order", connect_refused_is_destination_out_of_order),
         ("bad_input_gets_its_hangup_cause", bad_input_gets_its_hangup_cause),
         ("dialplan_samples_reach_their_servers", dialplan_samples_reach_their_servers),
+        ("api_status_list_kill_and_debug", operating::api_status_list_kill_and_debug),
+        ("events_and_cdr_variables", operating::events_and_cdr_variables),
+        ("demo_server_echoes_and_records", operating::demo_server_echoes_and_records),
         ("media_burst_30s_in_one_message", media::burst_30s_in_one_message),
         ("media_burst_30s_in_1500_messages", media::burst_30s_in_1500_messages),
         ("media_odd_sized_messages_play_continuously", media::odd_sized_messages_play_continuously),

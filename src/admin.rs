@@ -1,0 +1,141 @@
+//! The `wsbridge` API command: parsing and the text it prints.
+
+use serde_json::json;
+
+pub const USAGE: &str = "usage: wsbridge status | list [json] | kill <uuid> [cause] | debug on|off";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Status,
+    List { json: bool },
+    Kill { uuid: String, cause: Option<String> },
+    Debug(bool),
+}
+
+pub fn parse(arguments: &str) -> Result<Command, String> {
+    let words: Vec<&str> = arguments.split_whitespace().collect();
+    match words.as_slice() {
+        [] | ["status"] => Ok(Command::Status),
+        ["list"] => Ok(Command::List { json: false }),
+        ["list", "json"] => Ok(Command::List { json: true }),
+        ["kill", uuid] => Ok(Command::Kill { uuid: uuid.to_string(), cause: None }),
+        ["kill", uuid, cause] => Ok(Command::Kill { uuid: uuid.to_string(), cause: Some(cause.to_ascii_uppercase()) }),
+        ["debug", flag] | [flag] if matches!(*flag, "on" | "off") => Ok(Command::Debug(*flag == "on")),
+        _ => Err(format!("-ERR {USAGE}\n")),
+    }
+}
+
+/// One call, as the list shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallSnapshot {
+    pub uuid: String,
+    pub uri: String,
+    pub state: &'static str,
+    pub frames_sent: u64,
+    pub frames_received: u64,
+    pub buffered_ms: u64,
+    pub underruns: u64,
+    pub dropped: u64,
+    pub age_s: f64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub calls: u64,
+    pub refused: u64,
+    pub failed: u64,
+}
+
+pub fn status(version: &str, active: usize, totals: &Totals, debug: bool, settings: &[(String, String)]) -> String {
+    let mut text = format!(
+        "mod_wsbridge {version}\nactive calls: {active}\ncalls since load: {}\nrefused (bad settings): {}\nfailed (server unreachable or broken): {}\ndebug: {}\n",
+        totals.calls,
+        totals.refused,
+        totals.failed,
+        if debug { "on" } else { "off" }
+    );
+    for (name, value) in settings {
+        if !value.is_empty() {
+            text.push_str(&format!("{name} = {value}\n"));
+        }
+    }
+    text
+}
+
+pub fn list(calls: &[CallSnapshot], as_json: bool) -> String {
+    if as_json {
+        let rows: Vec<_> = calls
+            .iter()
+            .map(|call| {
+                json!({
+                    "uuid": call.uuid, "uri": call.uri, "state": call.state,
+                    "frames_sent": call.frames_sent, "frames_received": call.frames_received,
+                    "buffered_ms": call.buffered_ms, "underruns": call.underruns,
+                    "dropped_frames": call.dropped, "age_s": (call.age_s * 10.0).round() / 10.0,
+                })
+            })
+            .collect();
+        return format!("{}\n", json!(rows));
+    }
+    let mut text =
+        String::from("uuid,uri,state,frames_sent,frames_received,buffered_ms,underruns,dropped_frames,age_s\n");
+    for call in calls {
+        text.push_str(&format!(
+            "{},{},{},{},{},{},{},{},{:.1}\n",
+            call.uuid,
+            call.uri,
+            call.state,
+            call.frames_sent,
+            call.frames_received,
+            call.buffered_ms,
+            call.underruns,
+            call.dropped,
+            call.age_s
+        ));
+    }
+    text.push_str(&format!("{} call(s)\n", calls.len()));
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_parse_and_junk_gets_the_usage() {
+        assert_eq!(parse(""), Ok(Command::Status));
+        assert_eq!(parse(" status "), Ok(Command::Status));
+        assert_eq!(parse("list"), Ok(Command::List { json: false }));
+        assert_eq!(parse("list json"), Ok(Command::List { json: true }));
+        assert_eq!(parse("kill abc"), Ok(Command::Kill { uuid: "abc".into(), cause: None }));
+        assert_eq!(
+            parse("kill abc user_busy"),
+            Ok(Command::Kill { uuid: "abc".into(), cause: Some("USER_BUSY".into()) })
+        );
+        assert_eq!(parse("debug on"), Ok(Command::Debug(true)));
+        assert_eq!(parse("off"), Ok(Command::Debug(false)), "wsbridge_debug off");
+        for junk in ["kill", "list xml", "debug maybe", "dance", "kill a b c"] {
+            assert!(parse(junk).unwrap_err().contains("usage:"), "{junk}");
+        }
+    }
+
+    #[test]
+    fn list_prints_every_figure() {
+        let call = CallSnapshot {
+            uuid: "u1".into(),
+            uri: "ws://h/".into(),
+            state: "open",
+            frames_sent: 10,
+            frames_received: 20,
+            buffered_ms: 40,
+            underruns: 1,
+            dropped: 2,
+            age_s: 3.25,
+        };
+        let text = list(std::slice::from_ref(&call), false);
+        assert!(text.contains("u1,ws://h/,open,10,20,40,1,2,3.2"), "{text}");
+        let parsed: serde_json::Value = serde_json::from_str(&list(&[call], true)).unwrap();
+        assert_eq!(parsed[0]["dropped_frames"], 2);
+        assert_eq!(parsed[0]["state"], "open");
+    }
+}

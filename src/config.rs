@@ -1,0 +1,150 @@
+//! `wsbridge.conf`: module-wide defaults for everything a call can set.
+//!
+//! Each per-call variable `wsbridge_foo_bar` has a param `foo-bar`; a call's
+//! own variable wins over the param, and the param over the built-in default.
+
+use std::collections::BTreeMap;
+
+use crate::options::{CallOptions, VARIABLES};
+use crate::settings::ContentType;
+
+pub const DEFAULT_URI: &str = "default-uri";
+pub const DEFAULT_CONTENT_TYPE: &str = "default-content-type";
+pub const DEBUG: &str = "debug";
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ModuleConfig {
+    /// Valid values by the per-call variable they stand in for.
+    values: BTreeMap<&'static str, String>,
+    pub default_uri: Option<String>,
+    pub default_content_type: Option<String>,
+    pub debug: bool,
+}
+
+/// `playout-max-ms` → `wsbridge_playout_max_ms`, for the params that have one.
+pub fn variable_of(param: &str) -> Option<&'static str> {
+    let wanted = format!("wsbridge_{}", param.trim().replace('-', "_"));
+    VARIABLES.iter().copied().find(|variable| *variable == wanted)
+}
+
+/// `wsbridge_playout_max_ms` → `playout-max-ms`.
+pub fn param_of(variable: &str) -> String {
+    variable.trim_start_matches("wsbridge_").replace('_', "-")
+}
+
+fn parse_flag(text: &str) -> Option<bool> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "true" | "yes" | "on" | "1" | "enabled" => Some(true),
+        "false" | "no" | "off" | "0" | "disabled" => Some(false),
+        _ => None,
+    }
+}
+
+impl ModuleConfig {
+    /// Reads `<param name value/>` pairs. Returns the config and a line for
+    /// each param ignored: unknown, or a bad value (whose default stays).
+    pub fn from_params(params: &[(String, String)]) -> (ModuleConfig, Vec<String>) {
+        let mut config = ModuleConfig::default();
+        let mut problems = Vec::new();
+        for (name, value) in params {
+            let value = value.trim().to_string();
+            match name.trim() {
+                DEFAULT_URI => config.default_uri = Some(value).filter(|v| !v.is_empty()),
+                DEFAULT_CONTENT_TYPE => match ContentType::parse(&value) {
+                    Some(_) => config.default_content_type = Some(value),
+                    None => problems.push(format!(
+                        "param {DEFAULT_CONTENT_TYPE}='{value}' is not audio/l16;rate=N for a supported N; using audio/l16;rate=16000"
+                    )),
+                },
+                DEBUG => match parse_flag(&value) {
+                    Some(flag) => config.debug = flag,
+                    None => problems.push(format!("param {DEBUG}='{value}' is not true or false; using false")),
+                },
+                other => match variable_of(other) {
+                    Some(variable) => {
+                        let (_, mut bad) = CallOptions::read(
+                            &|asked: &str| (asked == variable).then(|| value.clone()),
+                            &|variable: &str| format!("param {}", param_of(variable)),
+                        );
+                        if bad.is_empty() {
+                            config.values.insert(variable, value);
+                        } else {
+                            problems.append(&mut bad);
+                        }
+                    }
+                    None => problems.push(format!("unknown param '{other}' ignored")),
+                },
+            }
+        }
+        (config, problems)
+    }
+
+    /// The configured default for a per-call variable.
+    pub fn value(&self, variable: &str) -> Option<String> {
+        self.values.get(variable).cloned()
+    }
+
+    /// Every setting in force, as `param = value`, for the status API.
+    pub fn describe(&self) -> Vec<(String, String)> {
+        let mut lines = vec![
+            (DEFAULT_URI.to_string(), self.default_uri.clone().unwrap_or_default()),
+            (DEFAULT_CONTENT_TYPE.to_string(), self.default_content_type.clone().unwrap_or_default()),
+            (DEBUG.to_string(), self.debug.to_string()),
+        ];
+        lines.extend(self.values.iter().map(|(variable, value)| (param_of(variable), value.clone())));
+        lines
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn params(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn every_variable_has_a_param_and_back() {
+        for variable in VARIABLES {
+            assert_eq!(variable_of(&param_of(variable)), Some(variable));
+        }
+        assert_eq!(variable_of("playout-max-ms"), Some("wsbridge_playout_max_ms"));
+        assert_eq!(variable_of("no-such-thing"), None);
+    }
+
+    #[test]
+    fn params_become_defaults_that_calls_can_override() {
+        let (config, problems) = ModuleConfig::from_params(&params(&[
+            ("playout-max-ms", "6000"),
+            ("comfort-noise-dbov", "-50"),
+            ("default-uri", "ws://127.0.0.1:8080/default"),
+            ("default-content-type", "audio/l16;rate=8000"),
+            ("debug", "on"),
+        ]));
+        assert!(problems.is_empty(), "{problems:?}");
+        assert!(config.debug);
+        let call_variables = |name: &str| (name == "wsbridge_comfort_noise_dbov").then(|| "-40".to_string());
+        let (options, _) =
+            CallOptions::from_variables(&|name: &str| call_variables(name).or_else(|| config.value(name)));
+        assert_eq!(options.media.playout_capacity, Duration::from_secs(6), "from the config");
+        assert_eq!(options.comfort_noise_dbov, -40.0, "the call's own variable wins");
+    }
+
+    #[test]
+    fn bad_and_unknown_params_are_named_and_skipped() {
+        let (config, problems) = ModuleConfig::from_params(&params(&[
+            ("playout-max-ms", "soon"),
+            ("first-message", "telegram"),
+            ("default-content-type", "audio/pcmu"),
+            ("colour", "blue"),
+            ("debug", "perhaps"),
+        ]));
+        assert_eq!(config, ModuleConfig::default());
+        assert_eq!(problems.len(), 5, "{problems:?}");
+        assert!(problems[0].starts_with("param playout-max-ms='soon'"), "{}", problems[0]);
+        assert!(problems[1].starts_with("param first-message='telegram'"), "{}", problems[1]);
+        assert!(problems[3].contains("unknown param 'colour'"));
+    }
+}

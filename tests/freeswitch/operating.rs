@@ -1,0 +1,196 @@
+//! Operating it: the `wsbridge` API, CUSTOM events, CDR variables, config reload.
+
+use std::time::{Duration, Instant};
+
+use futures_util::SinkExt;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::audio::tone;
+use crate::esl::Headers;
+use crate::instance::FreeSwitch;
+use crate::ws_server::runtime;
+use crate::{esl, ok_uuid, uri, wait_gone_on, world};
+
+pub fn api_status_list_kill_and_debug() {
+    let path = "/api";
+    let mut incoming = world().router.expect(path);
+    let mut events = esl();
+    events.subscribe("CHANNEL_HANGUP_COMPLETE");
+    let mut esl = esl();
+    let uuid = ok_uuid(&esl.api(&format!("originate wsbridge/{} tone_60000ms XML wsbridge-test", uri(path))));
+    let mut connection = incoming.next(Duration::from_secs(5));
+    runtime().block_on(connection.first_text());
+    std::thread::sleep(Duration::from_millis(1000));
+
+    let status = esl.api("wsbridge status");
+    assert!(status.starts_with(&format!("mod_wsbridge {}", env!("CARGO_PKG_VERSION"))), "{status}");
+    assert!(status.contains("active calls: ") && status.contains("calls since load: "), "{status}");
+
+    let list = esl.api("wsbridge list");
+    let row = list.lines().find(|line| line.starts_with(&uuid)).unwrap_or_else(|| panic!("{uuid} not listed: {list}"));
+    assert!(row.contains(&format!(",{},open,", uri(path))), "{row}");
+    let json: serde_json::Value = serde_json::from_str(&esl.api("wsbridge list json")).expect("list json is JSON");
+    let call = json.as_array().unwrap().iter().find(|c| c["uuid"] == uuid.as_str()).expect("listed in JSON");
+    let sent = call["frames_sent"].as_u64().unwrap();
+    assert!((40..=70).contains(&sent), "about 50 frames a second: {sent} after 1 s");
+    assert!(call["age_s"].as_f64().unwrap() >= 1.0);
+
+    for junk in ["wsbridge dance", "wsbridge kill", "wsbridge list xml"] {
+        assert!(esl.api(junk).starts_with("-ERR usage: wsbridge"), "{junk}");
+    }
+    assert!(esl.api("wsbridge kill no-such-call").starts_with("-ERR no wsbridge call"));
+    assert!(esl.api(&format!("wsbridge kill {uuid} NO_SUCH_CAUSE")).starts_with("-ERR unknown hangup cause"));
+
+    assert_eq!(esl.api("wsbridge_debug on").trim(), "+OK debug on");
+    assert!(esl.api("wsbridge status").contains("debug: on"));
+    assert_eq!(esl.api("wsbridge debug off").trim(), "+OK debug off");
+    assert!(esl.api("wsbridge_debug maybe").starts_with("-ERR usage: wsbridge_debug on|off"));
+
+    assert!(esl.api(&format!("wsbridge kill {uuid} user_busy")).starts_with("+OK"));
+    let hangup = events.wait_event(Duration::from_secs(5), |e| e.get("Unique-ID") == Some(&uuid)).expect("hangup");
+    assert_eq!(hangup["Hangup-Cause"], "USER_BUSY");
+    let received = runtime().block_on(connection.receive_all(Duration::from_secs(3)));
+    assert_eq!(received.close_code, Some(1000));
+    assert!(!esl.api("wsbridge list").contains(&uuid), "a call leaves the list when it ends");
+}
+
+fn wait_custom(events: &mut crate::esl::Esl, uuid: &str, subclass: &str) -> Headers {
+    events
+        .wait_event(Duration::from_secs(5), |e| {
+            e.get("Event-Subclass").map(String::as_str) == Some(subclass)
+                && e.get("Unique-ID").map(String::as_str) == Some(uuid)
+        })
+        .unwrap_or_else(|| panic!("no {subclass} event for {uuid}"))
+}
+
+/// CUSTOM events carry the channel's headers; CDR variables reach CHANNEL_HANGUP_COMPLETE.
+pub fn events_and_cdr_variables() {
+    let path = "/events";
+    let mut incoming = world().router.expect(path);
+    let mut events = esl();
+    events.subscribe(
+        "CHANNEL_HANGUP_COMPLETE CUSTOM wsbridge::connect wsbridge::disconnect wsbridge::error wsbridge::message wsbridge::mark",
+    );
+    let mut esl = esl();
+    let uuid = ok_uuid(&esl.api(&format!("originate wsbridge/{} tone_60000ms XML wsbridge-test", uri(path))));
+    let mut connection = incoming.next(Duration::from_secs(5));
+    let started = Instant::now();
+    runtime().block_on(async {
+        connection.first_text().await;
+        connection.send_pcm(&tone(1000.0, 16000, 0.2, 8000.0), 6400).await;
+        connection.ws.send(Message::text(r#"{"action":"mark","name":"m1"}"#)).await.unwrap();
+    });
+    let connect = wait_custom(&mut events, &uuid, "wsbridge::connect");
+    assert_eq!(connect["WSBridge-URI"], uri(path));
+    assert!(connect["Channel-Name"].starts_with("wsbridge/"), "the channel's own headers come along");
+    let message = wait_custom(&mut events, &uuid, "wsbridge::message");
+    assert_eq!(
+        message.get("_body").map(String::as_str),
+        Some(r#"{"action":"mark","name":"m1"}"#),
+        "the text as received"
+    );
+    let mark = wait_custom(&mut events, &uuid, "wsbridge::mark");
+    assert_eq!(mark["WSBridge-Mark-Name"], "m1");
+    assert_eq!(mark["WSBridge-Mark-Cleared"], "false");
+    std::thread::sleep(Duration::from_millis(500).saturating_sub(started.elapsed()));
+    runtime().block_on(async {
+        let close = CloseFrame { code: CloseCode::Normal, reason: "bye now".into() };
+        let _ = connection.ws.close(Some(close)).await;
+    });
+    let disconnect = wait_custom(&mut events, &uuid, "wsbridge::disconnect");
+    assert_eq!(disconnect["WSBridge-Close-Code"], "1000");
+    assert_eq!(disconnect["WSBridge-Close-Reason"], "bye now");
+    let hangup = events
+        .wait_event(Duration::from_secs(5), |e| {
+            e.get("Event-Name").map(String::as_str) == Some("CHANNEL_HANGUP_COMPLETE")
+                && e.get("Unique-ID") == Some(&uuid)
+        })
+        .expect("hangup complete");
+    assert_eq!(hangup["Hangup-Cause"], "NORMAL_CLEARING");
+    assert_eq!(hangup["variable_wsbridge_close_code"], "1000");
+    assert_eq!(hangup["variable_wsbridge_close_reason"], "bye now");
+    assert_eq!(hangup["variable_wsbridge_frames_received"], "10");
+    assert_eq!(hangup["variable_wsbridge_frames_played"], "10");
+    let sent: u64 = hangup["variable_wsbridge_frames_sent"].parse().unwrap();
+    assert!(sent >= 20, "caller frames sent: {sent}");
+    for name in ["variable_wsbridge_underruns", "variable_wsbridge_dropped_frames", "variable_wsbridge_connect_ms"] {
+        assert!(hangup[name].parse::<u64>().is_ok(), "{name} = {:?}", hangup.get(name));
+    }
+
+    // A failed connection fires wsbridge::error.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let reply = esl.api(&format!(
+        "originate {{origination_uuid=wsbridge-error-test-{port}}}wsbridge/ws://127.0.0.1:{port}/x &park"
+    ));
+    assert_eq!(reply.trim(), "-ERR DESTINATION_OUT_OF_ORDER");
+    let error = wait_custom(&mut events, &format!("wsbridge-error-test-{port}"), "wsbridge::error");
+    assert!(error["WSBridge-Error"].contains("Connection refused"), "{:?}", error.get("WSBridge-Error"));
+}
+
+/// wsbridge.conf: defaults for new calls, re-read by reloadxml; bad params named in the log.
+pub fn config_file_and_reloadxml(freeswitch: &FreeSwitch) {
+    let router = &world().router;
+    let mut esl = freeswitch.esl();
+    freeswitch.set_wsbridge_conf(&format!(
+        r#"<param name="default-uri" value="{}/configured"/><param name="first-message" value="vonage"/><param name="default-content-type" value="audio/l16;rate=8000"/><param name="playout-max-ms" value="soon"/><param name="no-such-param" value="1"/>"#,
+        router.base()
+    ));
+    assert!(esl.api("reloadxml").contains("+OK"));
+    let mut incoming = router.expect("/configured");
+    let uuid = ok_uuid(&esl.api("originate wsbridge tone_2000ms XML wsbridge-test"));
+    let mut connection = incoming.next(Duration::from_secs(5));
+    let first = runtime().block_on(connection.first_text());
+    assert_eq!(first, r#"{"event":"websocket:connected","content-type":"audio/l16;rate=8000"}"#);
+    let received = runtime().block_on(connection.receive_all(Duration::from_secs(5)));
+    assert!(received.frames.iter().all(|(_, f)| f.len() == 320), "8 kHz frames from the configured default");
+    wait_gone_on(&mut esl, &uuid, Duration::from_secs(5));
+    let log = std::fs::read_to_string(freeswitch.log_path()).unwrap();
+    assert!(log.contains("wsbridge.conf: param playout-max-ms='soon'"), "a bad param is named in the log");
+    assert!(log.contains("wsbridge.conf: unknown param 'no-such-param' ignored"));
+    let status = esl.api("wsbridge status");
+    assert!(status.contains(&format!("default-uri = {}/configured", router.base())), "{status}");
+}
+
+/// The demo server from the quick start: echoes the caller and records the call.
+pub fn demo_server_echoes_and_records() {
+    let dir = world().dir.join("demo");
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut demo = std::process::Command::new(env!("CARGO_BIN_EXE_wsbridge-demo"))
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--mode", "echo", "--record-dir"])
+        .arg(&dir)
+        .stdout(std::fs::File::create(dir.join("stdout.txt")).unwrap())
+        .spawn()
+        .expect("starting wsbridge-demo");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "wsbridge-demo did not listen");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut esl = esl();
+    let uuid = ok_uuid(&esl.api(&format!(
+        "originate {{RECORD_READ_ONLY=true}}wsbridge/ws://127.0.0.1:{port}/quick-start tone_2000ms XML wsbridge-test"
+    )));
+    let heard = dir.join("heard.wav");
+    assert!(esl.api(&format!("uuid_record {uuid} start {}", heard.display())).starts_with("+OK"));
+    wait_gone_on(&mut esl, &uuid, Duration::from_secs(8));
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = demo.kill();
+    let _ = demo.wait();
+
+    let (samples, rate) = crate::audio::read_wav(&heard);
+    let (start, end) = crate::audio::loud_span(&samples, rate, 1000.0).expect("the caller hears its own echo");
+    assert!(end - start > 1.7, "echo heard for {:.2} s of 2 s", end - start);
+    let middle = ((start + end) / 2.0 * rate as f64) as usize;
+    crate::audio::assert_tone(&samples[middle - rate as usize / 4..middle + rate as usize / 4], rate, 1000.0, "echo");
+
+    let recorded = dir.join("call-1-quick-start.wav");
+    let (samples, rate) = crate::audio::read_wav(&recorded);
+    assert_eq!(rate, 16000);
+    let (start, end) = crate::audio::loud_span(&samples, rate, 1000.0).expect("the demo recorded the caller");
+    assert!((end - start - 2.0).abs() <= 0.06, "recorded {:.3} s of a 2 s tone", end - start);
+    let printed = std::fs::read_to_string(dir.join("stdout.txt")).unwrap();
+    assert!(printed.contains(r#"first message  {"content-type":"audio/l16;rate=16000"}"#), "{printed}");
+}
