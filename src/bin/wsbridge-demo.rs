@@ -83,7 +83,7 @@ fn bytes_of(samples: &[i16]) -> Vec<u8> {
     samples.iter().flat_map(|s| s.to_le_bytes()).collect()
 }
 
-async fn serve(tcp: TcpStream, options: Options, call_number: u64) -> Result<(), String> {
+async fn serve(tcp: TcpStream, options: Options) -> Result<(), String> {
     let peer = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
     let mut path = String::new();
     let ws = tokio_tungstenite::accept_hdr_async(tcp, |request: &Request, mut response: Response| {
@@ -95,6 +95,9 @@ async fn serve(tcp: TcpStream, options: Options, call_number: u64) -> Result<(),
     })
     .await
     .map_err(|e| format!("handshake with {peer}: {e}"))?;
+    // Counted once the handshake is done, so port probes are not calls.
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+    let call_number = CALLS.fetch_add(1, Ordering::Relaxed) + 1;
     let (mut sink, mut stream) = ws.split();
     let first = match stream.next().await {
         Some(Ok(Message::Text(text))) => text.to_string(),
@@ -198,14 +201,12 @@ async fn main() {
         options.mode,
         options.record_dir.display()
     );
-    static CALLS: AtomicU64 = AtomicU64::new(0);
     loop {
         let Ok((tcp, _)) = listener.accept().await else { continue };
         let options = options.clone();
-        let number = CALLS.fetch_add(1, Ordering::Relaxed) + 1;
         tokio::spawn(async move {
-            if let Err(error) = serve(tcp, options, number).await {
-                eprintln!("call {number}: {error}");
+            if let Err(error) = serve(tcp, options).await {
+                eprintln!("{error}");
             }
         });
     }

@@ -27,12 +27,14 @@ pub fn cause_code(cause: HangupCause) -> fs::switch_call_cause_t {
     unsafe { fs::switch_channel_str2cause(name.as_ptr()) }
 }
 
-/// The cause FreeSWITCH knows by `name`, if any.
+/// The cause FreeSWITCH knows by `name` (or number), if any. str2cause
+/// answers NORMAL_CLEARING for any name it does not know, hence the round trip.
 pub fn cause_by_name(name: &str) -> Option<fs::switch_call_cause_t> {
-    let name = c_string(name);
+    let text = c_string(name);
     // SAFETY: a valid C string; str2cause only reads it.
-    let code = unsafe { fs::switch_channel_str2cause(name.as_ptr()) };
-    (code != fs::switch_call_cause_t::SWITCH_CAUSE_NONE).then_some(code)
+    let code = unsafe { fs::switch_channel_str2cause(text.as_ptr()) };
+    let known = name.chars().all(|c| c.is_ascii_digit()) || cause_name(code).eq_ignore_ascii_case(name);
+    (known && code != fs::switch_call_cause_t::SWITCH_CAUSE_NONE).then_some(code)
 }
 
 pub fn cause_name(cause: fs::switch_call_cause_t) -> String {
