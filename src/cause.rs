@@ -15,6 +15,8 @@ pub enum HangupCause {
     ProtocolError,
     /// The server stopped answering pings.
     RecoveryOnTimerExpire,
+    /// The URI is outside the allowlist, or came from where policy forbids.
+    OutgoingCallBarred,
     /// A panic inside the module.
     Crash,
 }
@@ -32,6 +34,7 @@ impl HangupCause {
             HangupCause::ServiceNotImplemented => "SERVICE_NOT_IMPLEMENTED",
             HangupCause::ProtocolError => "PROTOCOL_ERROR",
             HangupCause::RecoveryOnTimerExpire => "RECOVERY_ON_TIMER_EXPIRE",
+            HangupCause::OutgoingCallBarred => "OUTGOING_CALL_BARRED",
             HangupCause::Crash => "CRASH",
         }
     }

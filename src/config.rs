@@ -11,14 +11,38 @@ use crate::settings::ContentType;
 pub const DEFAULT_URI: &str = "default-uri";
 pub const DEFAULT_CONTENT_TYPE: &str = "default-content-type";
 pub const DEBUG: &str = "debug";
+pub const ALLOWED_HOSTS: &str = "allowed-hosts";
+pub const ALLOW_SIP_HEADER_URI: &str = "allow-sip-header-uri";
+pub const MAX_CONNECTING: &str = "max-connecting";
 
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ModuleConfig {
     /// Valid values by the per-call variable they stand in for.
     values: BTreeMap<&'static str, String>,
     pub default_uri: Option<String>,
     pub default_content_type: Option<String>,
     pub debug: bool,
+    /// Empty: any host. Policy, so it has no per-call variable.
+    pub allowed_hosts: Vec<crate::security::HostPattern>,
+    allowed_hosts_text: String,
+    /// Whether an inbound INVITE's header may choose the server.
+    pub allow_sip_header_uri: bool,
+    pub max_connecting: usize,
+}
+
+impl Default for ModuleConfig {
+    fn default() -> Self {
+        ModuleConfig {
+            values: BTreeMap::new(),
+            default_uri: None,
+            default_content_type: None,
+            debug: false,
+            allowed_hosts: Vec::new(),
+            allowed_hosts_text: String::new(),
+            allow_sip_header_uri: true,
+            max_connecting: 200,
+        }
+    }
 }
 
 /// `playout-max-ms` → `wsbridge_playout_max_ms`, for the params that have one.
@@ -60,6 +84,26 @@ impl ModuleConfig {
                     Some(flag) => config.debug = flag,
                     None => problems.push(format!("param {DEBUG}='{value}' is not true or false; using false")),
                 },
+                ALLOWED_HOSTS => match crate::security::parse_allowlist(&value) {
+                    Ok(patterns) => {
+                        config.allowed_hosts = patterns;
+                        config.allowed_hosts_text = value;
+                    }
+                    // Failing closed: a broken allowlist must not open every host.
+                    Err(why) => {
+                        problems.push(format!("param {ALLOWED_HOSTS}: {why}; no host is allowed until it is fixed"));
+                        config.allowed_hosts = crate::security::parse_allowlist("0.0.0.0:1").expect("valid");
+                        config.allowed_hosts_text = "(invalid: nothing allowed)".into();
+                    }
+                },
+                ALLOW_SIP_HEADER_URI => match parse_flag(&value) {
+                    Some(flag) => config.allow_sip_header_uri = flag,
+                    None => problems.push(format!("param {ALLOW_SIP_HEADER_URI}='{value}' is not true or false; using true")),
+                },
+                MAX_CONNECTING => match value.parse::<usize>() {
+                    Ok(limit) if (1..=100_000).contains(&limit) => config.max_connecting = limit,
+                    _ => problems.push(format!("param {MAX_CONNECTING}='{value}' is not a number from 1 to 100000; using 200")),
+                },
                 other => match variable_of(other) {
                     Some(variable) => {
                         let (_, mut bad) = CallOptions::read(
@@ -90,6 +134,9 @@ impl ModuleConfig {
             (DEFAULT_URI.to_string(), self.default_uri.clone().unwrap_or_default()),
             (DEFAULT_CONTENT_TYPE.to_string(), self.default_content_type.clone().unwrap_or_default()),
             (DEBUG.to_string(), self.debug.to_string()),
+            (ALLOWED_HOSTS.to_string(), self.allowed_hosts_text.clone()),
+            (ALLOW_SIP_HEADER_URI.to_string(), self.allow_sip_header_uri.to_string()),
+            (MAX_CONNECTING.to_string(), self.max_connecting.to_string()),
         ];
         lines.extend(self.values.iter().map(|(variable, value)| (param_of(variable), value.clone())));
         lines
@@ -130,6 +177,14 @@ mod tests {
             CallOptions::from_variables(&|name: &str| call_variables(name).or_else(|| config.value(name)));
         assert_eq!(options.media.playout_capacity, Duration::from_secs(6), "from the config");
         assert_eq!(options.comfort_noise_dbov, -40.0, "the call's own variable wins");
+    }
+
+    #[test]
+    fn a_broken_allowlist_fails_closed() {
+        let (config, problems) = ModuleConfig::from_params(&params(&[("allowed-hosts", "good.example.com, bad/host")]));
+        assert_eq!(problems.len(), 1);
+        let uri = crate::settings::ServerUri::parse("ws://good.example.com/").unwrap();
+        assert!(!crate::security::allows(&config.allowed_hosts, &uri));
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod options;
 pub mod playout;
 pub mod protocol;
 pub mod reframe;
+pub mod security;
 pub mod session;
 pub mod settings;
 pub mod uplink;

@@ -21,9 +21,15 @@ pub const PING_INTERVAL_MS: &str = "wsbridge_ping_interval_ms";
 pub const DEAD_PEER_TIMEOUT_MS: &str = "wsbridge_dead_peer_timeout_ms";
 pub const MAX_HEADERS_BYTES: &str = "wsbridge_max_headers_bytes";
 pub const FIRST_MESSAGE: &str = "wsbridge_first_message";
+pub const TLS_CA_FILE: &str = "wsbridge_tls_ca_file";
+pub const TLS_CERT_FILE: &str = "wsbridge_tls_cert_file";
+pub const TLS_KEY_FILE: &str = "wsbridge_tls_key_file";
+pub const TLS_INSECURE: &str = "wsbridge_tls_insecure";
+/// A JSON object of extra HTTP headers for the upgrade request.
+pub const HTTP_HEADERS: &str = "wsbridge_http_headers";
 
 /// Every variable read here, for documentation and lookups.
-pub const VARIABLES: [&str; 13] = [
+pub const VARIABLES: [&str; 18] = [
     PLAYOUT_MAX_MS,
     PLAYOUT_HIGH_WATER_MS,
     PLAYOUT_LOW_WATER_MS,
@@ -37,6 +43,11 @@ pub const VARIABLES: [&str; 13] = [
     DEAD_PEER_TIMEOUT_MS,
     MAX_HEADERS_BYTES,
     FIRST_MESSAGE,
+    TLS_CA_FILE,
+    TLS_CERT_FILE,
+    TLS_KEY_FILE,
+    TLS_INSECURE,
+    HTTP_HEADERS,
 ];
 
 #[derive(Debug, Clone)]
@@ -49,6 +60,8 @@ pub struct CallOptions {
     pub session: SessionOptions,
     /// Limit on the decoded `P-wsbridge-websocket-headers`.
     pub max_headers_bytes: usize,
+    /// Set when the upgrade headers are unusable: the call must be refused.
+    pub invalid_http_headers: Option<String>,
 }
 
 impl Default for CallOptions {
@@ -59,6 +72,7 @@ impl Default for CallOptions {
             cng_frames: false,
             session: SessionOptions::default(),
             max_headers_bytes: crate::settings::MAX_HEADERS_BYTES,
+            invalid_http_headers: None,
         }
     }
 }
@@ -165,6 +179,21 @@ impl CallOptions {
         if let Some(bytes) = reader.number::<usize>(MAX_HEADERS_BYTES, 2..=(64 << 10)) {
             options.max_headers_bytes = bytes;
         }
+        let path = |name: &str| {
+            source(name).map(|p| p.trim().to_string()).filter(|p| !p.is_empty()).map(std::path::PathBuf::from)
+        };
+        options.session.tls.ca_file = path(TLS_CA_FILE);
+        options.session.tls.cert_file = path(TLS_CERT_FILE);
+        options.session.tls.key_file = path(TLS_KEY_FILE);
+        if let Some(insecure) = reader.flag(TLS_INSECURE) {
+            options.session.tls.insecure = insecure;
+        }
+        if let Some(text) = source(HTTP_HEADERS).filter(|t| !t.trim().is_empty()) {
+            match crate::security::parse_http_headers(&text) {
+                Ok(headers) => options.session.http_headers = headers,
+                Err(why) => options.invalid_http_headers = Some(format!("{} {why}", display(HTTP_HEADERS))),
+            }
+        }
         if let Some(text) = source(FIRST_MESSAGE) {
             match FirstMessageStyle::parse(&text) {
                 Some(style) => options.session.first_message = style,
@@ -232,6 +261,21 @@ mod tests {
         let (options, problems) = read(&[(CNG_FRAMES, "maybe")]);
         assert!(!options.cng_frames);
         assert_eq!(problems.len(), 1);
+    }
+
+    #[test]
+    fn tls_and_upgrade_headers() {
+        let (options, problems) = read(&[
+            (TLS_CA_FILE, "/etc/ca.pem"),
+            (TLS_INSECURE, "yes"),
+            (HTTP_HEADERS, r#"{"Authorization":"Bearer t"}"#),
+        ]);
+        assert!(problems.is_empty());
+        assert_eq!(options.session.tls.ca_file.as_deref(), Some(std::path::Path::new("/etc/ca.pem")));
+        assert!(options.session.tls.insecure);
+        assert_eq!(options.session.http_headers, vec![("Authorization".to_string(), "Bearer t".to_string())]);
+        let (options, _) = read(&[(HTTP_HEADERS, r#"{"Bad Name":"x"}"#)]);
+        assert!(options.invalid_http_headers.unwrap().starts_with("wsbridge_http_headers header name"));
     }
 
     #[test]

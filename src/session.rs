@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::time::timeout;
+use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
@@ -19,7 +20,7 @@ use crate::media::CallMedia;
 use crate::protocol::{self, Control};
 use crate::settings::{CallSettings, FirstMessageStyle};
 use crate::uplink::Outgoing;
-use crate::websocket::{self, Connection};
+use crate::websocket::{self, Connection, TlsOptions};
 
 /// What the task may do to its call. Implementations must not block.
 pub trait CallControl: Send + Sync + 'static {
@@ -86,6 +87,33 @@ pub struct SessionOptions {
     /// Hang up when nothing at all comes from the server for this long; zero: never.
     pub dead_peer_timeout: Duration,
     pub first_message: FirstMessageStyle,
+    pub tls: TlsOptions,
+    /// Extra headers for the upgrade request, already validated.
+    pub http_headers: Vec<(String, String)>,
+    /// Most connection attempts in progress at once, module-wide.
+    pub max_connecting: usize,
+}
+
+static CONNECTING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Counts one connection attempt for as long as it lives.
+struct ConnectingSlot;
+
+impl ConnectingSlot {
+    fn take(limit: usize) -> Option<ConnectingSlot> {
+        let before = CONNECTING.fetch_add(1, Ordering::AcqRel);
+        if before >= limit {
+            CONNECTING.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(ConnectingSlot)
+    }
+}
+
+impl Drop for ConnectingSlot {
+    fn drop(&mut self) {
+        CONNECTING.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Default for SessionOptions {
@@ -98,6 +126,9 @@ impl Default for SessionOptions {
             ping_interval: Duration::from_secs(20),
             dead_peer_timeout: Duration::from_secs(60),
             first_message: FirstMessageStyle::Wsbridge,
+            tls: TlsOptions::default(),
+            http_headers: Vec::new(),
+            max_connecting: 200,
         }
     }
 }
@@ -138,10 +169,12 @@ pub async fn run(
         control.event(CallEvent::Disconnect { code, reason });
     }
     match &end {
-        SessionEnd::CallerHungUp => tracing::info!("caller hung up; WebSocket to {} closed", settings.uri.text),
+        SessionEnd::CallerHungUp => {
+            tracing::info!("caller hung up; WebSocket to {} closed", crate::security::redact_uri(&settings.uri.text))
+        }
         SessionEnd::ServerClosed { code, reason } => tracing::info!(
             "server {} closed the WebSocket (code {}, reason '{reason}'); hanging up",
-            settings.uri.text,
+            crate::security::redact_uri(&settings.uri.text),
             code.map_or("none".to_string(), |c| c.to_string())
         ),
         SessionEnd::Failed { cause, why } => tracing::warn!("{why}; hanging up with {cause}"),
@@ -215,14 +248,23 @@ async fn converse(
     control: &impl CallControl,
     options: &SessionOptions,
 ) -> SessionEnd {
-    let uri = &settings.uri.text;
+    // Tokens in the query never reach a log or an event.
+    let uri = &crate::security::redact_uri(&settings.uri.text);
     let mut config = WebSocketConfig::default();
     let largest = options.max_message_bytes.max(options.max_text_bytes);
     config.max_message_size = Some(largest);
     config.max_frame_size = Some(largest);
 
+    let Some(slot) = ConnectingSlot::take(options.max_connecting) else {
+        return failed(
+            HangupCause::DestinationOutOfOrder,
+            format!("{} connection attempts already in progress; not connecting to {uri}", options.max_connecting),
+        );
+    };
     let opening = async {
-        let mut connection = websocket::connect(&settings.uri, config).await.map_err(|error| error.to_string())?;
+        let mut connection = websocket::connect(&settings.uri, config, &options.tls, &options.http_headers)
+            .await
+            .map_err(|error| error.to_string())?;
         connection
             .send(Message::text(settings.first_message(options.first_message)))
             .await
@@ -238,6 +280,7 @@ async fn converse(
             Ok(Ok(connection)) => connection,
         },
     };
+    drop(slot);
     tracing::info!("WebSocket to {uri} open ({}); answering", settings.content_type);
     media.mark_open();
     control.event(CallEvent::Connect { uri: uri.clone(), connect_ms: media.connect_ms().unwrap_or(0) });
@@ -289,6 +332,11 @@ async fn converse(
         }
         Ended::Read(ReadEnd::Eof) => {
             SessionEnd::ServerClosed { code: None, reason: "connection closed without a close frame".into() }
+        }
+        Ended::Read(ReadEnd::Error(WsError::Protocol(error)))
+            if !matches!(error, ProtocolError::ResetWithoutClosingHandshake) =>
+        {
+            failed(HangupCause::ProtocolError, format!("{uri} broke the WebSocket protocol: {error}"))
         }
         Ended::Read(ReadEnd::Error(error)) => {
             failed(HangupCause::NetworkOutOfOrder, format!("WebSocket to {uri} failed: {error}"))

@@ -291,14 +291,23 @@ impl<F: Fn(&str) -> Option<String>> VariableSource for F {
 /// `sip_h_`), then the A-leg's bare variable, then the A-leg's `sip_h_` one.
 /// Empty values count as unset.
 pub fn lookup(name: &str, originate: &dyn VariableSource, a_leg: Option<&dyn VariableSource>) -> Option<String> {
+    lookup_with_origin(name, originate, a_leg).map(|(value, _)| value)
+}
+
+/// As [`lookup`]; the flag tells whether the value came from a SIP header (`sip_h_`).
+pub fn lookup_with_origin(
+    name: &str,
+    originate: &dyn VariableSource,
+    a_leg: Option<&dyn VariableSource>,
+) -> Option<(String, bool)> {
     let sip_name = format!("{SIP_HEADER_PREFIX}{name}");
     let mut sources: Vec<&dyn VariableSource> = vec![originate];
     sources.extend(a_leg);
     sources
         .into_iter()
-        .flat_map(|source| [source.variable(name), source.variable(&sip_name)])
-        .flatten()
-        .find(|value| !value.is_empty())
+        .flat_map(|source| [(source.variable(name), false), (source.variable(&sip_name), true)])
+        .filter_map(|(value, from_sip)| value.filter(|v| !v.is_empty()).map(|v| (v, from_sip)))
+        .next()
 }
 
 /// Raw (still URL-encoded) values as found for one call.
@@ -309,6 +318,8 @@ pub struct RawSettings {
     pub headers: Option<String>,
     /// What followed `wsbridge/` in the dial string, if anything.
     pub destination: Option<String>,
+    /// The URI came from an inbound INVITE's header.
+    pub uri_from_sip_header: bool,
     /// Used when neither a variable nor the destination names a server.
     pub default_uri: Option<String>,
     /// Used when no variable sets the content type.
@@ -323,6 +334,7 @@ impl Default for RawSettings {
             content_type: None,
             headers: None,
             destination: None,
+            uri_from_sip_header: false,
             default_uri: None,
             default_content_type: None,
             max_headers_bytes: MAX_HEADERS_BYTES,
@@ -336,8 +348,10 @@ impl RawSettings {
         a_leg: Option<&dyn VariableSource>,
         destination: Option<&str>,
     ) -> Self {
+        let uri = lookup_with_origin(URI_VARIABLE, originate, a_leg);
         RawSettings {
-            uri: lookup(URI_VARIABLE, originate, a_leg),
+            uri_from_sip_header: uri.as_ref().is_some_and(|(_, from_sip)| *from_sip),
+            uri: uri.map(|(value, _)| value),
             content_type: lookup(CONTENT_TYPE_VARIABLE, originate, a_leg),
             headers: lookup(HEADERS_VARIABLE, originate, a_leg),
             destination: destination.map(str::trim).filter(|d| !d.is_empty()).map(str::to_string),
@@ -478,6 +492,7 @@ mod tests {
 
         let a_leg = source(&[("sip_h_P-wsbridge-websocket-uri", "ws://sip/")]);
         assert_eq!(lookup(URI_VARIABLE, &originate, Some(&a_leg)).as_deref(), Some("ws://sip/"));
+        assert!(RawSettings::gather(&originate, Some(&a_leg), None).uri_from_sip_header);
 
         let originate = source(&[("P-wsbridge-websocket-uri", "ws://dial/")]);
         let a_leg = source(&[("P-wsbridge-websocket-uri", "ws://bare/")]);

@@ -4,9 +4,11 @@
 //! its client fails a server that does not echo the requested subprotocol,
 //! and the original module's servers are not required to.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::io;
-use std::sync::{Arc, OnceLock};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -32,7 +34,8 @@ pub type Connection = WebSocketStream<Box<dyn Io>>;
 #[derive(Debug)]
 pub enum ConnectError {
     Tcp(io::Error),
-    Tls(io::Error),
+    /// What failed: unknown issuer, hostname mismatch, expired, or the handshake.
+    Tls(String),
     Handshake(String),
 }
 
@@ -40,17 +43,66 @@ impl fmt::Display for ConnectError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ConnectError::Tcp(error) => write!(f, "TCP connect failed: {error}"),
-            ConnectError::Tls(error) => write!(f, "TLS handshake failed: {error}"),
+            ConnectError::Tls(why) => write!(f, "TLS failed: {why}"),
             ConnectError::Handshake(why) => write!(f, "WebSocket handshake failed: {why}"),
         }
     }
 }
 
-impl std::error::Error for ConnectError {}
+/// How wss:// servers are checked, and who we are to them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct TlsOptions {
+    /// Trust these CAs (a PEM bundle) instead of the system's.
+    pub ca_file: Option<PathBuf>,
+    /// A client certificate chain and its key, both PEM.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// Accept any certificate. Logged loudly; for tests and labs only.
+    pub insecure: bool,
+}
 
-fn tls_config() -> Arc<rustls::ClientConfig> {
-    static CONFIG: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
-    CONFIG
+/// Accepts any server certificate, still checking handshake signatures.
+#[derive(Debug)]
+struct AcceptAnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        signature: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, signature, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        signature: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, signature, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+fn system_roots() -> Arc<rustls::RootCertStore> {
+    static ROOTS: OnceLock<Arc<rustls::RootCertStore>> = OnceLock::new();
+    ROOTS
         .get_or_init(|| {
             let mut roots = rustls::RootCertStore::empty();
             let native = rustls_native_certs::load_native_certs();
@@ -59,32 +111,132 @@ fn tls_config() -> Arc<rustls::ClientConfig> {
             }
             let (added, ignored) = roots.add_parsable_certificates(native.certs);
             tracing::debug!("TLS: {added} system CA certificates loaded, {ignored} ignored");
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
-            let config = rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .expect("ring supports the default TLS versions")
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-            Arc::new(config)
+            Arc::new(roots)
         })
         .clone()
 }
 
+fn read_certificates(path: &PathBuf) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
+    use rustls::pki_types::pem::PemObject;
+    let certificates = rustls::pki_types::CertificateDer::pem_file_iter(path)
+        .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+        .map_err(|error| format!("cannot read certificates from {}: {error}", path.display()))?;
+    if certificates.is_empty() {
+        return Err(format!("no certificate in {}", path.display()));
+    }
+    Ok(certificates)
+}
+
+fn build_client_config(tls: &TlsOptions) -> Result<Arc<rustls::ClientConfig>, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|error| error.to_string())?;
+    let builder = if tls.insecure {
+        builder.dangerous().with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider)))
+    } else {
+        let roots = match &tls.ca_file {
+            None => system_roots(),
+            Some(path) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for certificate in read_certificates(path)? {
+                    roots
+                        .add(certificate)
+                        .map_err(|error| format!("bad CA certificate in {}: {error}", path.display()))?;
+                }
+                Arc::new(roots)
+            }
+        };
+        builder.with_root_certificates(roots)
+    };
+    let config = match (&tls.cert_file, &tls.key_file) {
+        (Some(cert), Some(key)) => {
+            use rustls::pki_types::pem::PemObject;
+            let chain = read_certificates(cert)?;
+            let key = rustls::pki_types::PrivateKeyDer::from_pem_file(key)
+                .map_err(|error| format!("cannot read the private key {}: {error}", key.display()))?;
+            builder.with_client_auth_cert(chain, key).map_err(|error| format!("client certificate: {error}"))?
+        }
+        (None, None) => builder.with_no_client_auth(),
+        _ => return Err("a client certificate needs both tls-cert-file and tls-key-file".into()),
+    };
+    Ok(Arc::new(config))
+}
+
+static TLS_CONFIGS: Mutex<Option<HashMap<TlsOptions, Arc<rustls::ClientConfig>>>> = Mutex::new(None);
+
+/// The client config for `tls`, built once per distinct set of options.
+fn client_config(tls: &TlsOptions) -> Result<Arc<rustls::ClientConfig>, String> {
+    let mut cache = TLS_CONFIGS.lock().unwrap_or_else(|p| p.into_inner());
+    let cache = cache.get_or_insert_with(HashMap::new);
+    if let Some(config) = cache.get(tls) {
+        return Ok(config.clone());
+    }
+    let config = build_client_config(tls)?;
+    if cache.len() >= 64 {
+        cache.clear();
+    }
+    cache.insert(tls.clone(), config.clone());
+    Ok(config)
+}
+
+/// Forgets cached TLS configs, so changed files are read again (on reload).
+pub fn clear_tls_cache() {
+    *TLS_CONFIGS.lock().unwrap_or_else(|p| p.into_inner()) = None;
+}
+
+/// Names what went wrong in a TLS handshake.
+fn describe_tls_failure(error: &io::Error) -> String {
+    use rustls::CertificateError as Cert;
+    let Some(tls) = error.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) else {
+        return format!("handshake: {error}");
+    };
+    match tls {
+        rustls::Error::InvalidCertificate(Cert::UnknownIssuer) => {
+            "unknown issuer: the server's certificate is not signed by a trusted CA".into()
+        }
+        rustls::Error::InvalidCertificate(Cert::NotValidForName | Cert::NotValidForNameContext { .. }) => {
+            "hostname mismatch: the server's certificate is for another name".into()
+        }
+        rustls::Error::InvalidCertificate(Cert::Expired | Cert::ExpiredContext { .. }) => {
+            "expired: the server's certificate has expired".into()
+        }
+        other => format!("handshake: {other}"),
+    }
+}
+
+impl std::error::Error for ConnectError {}
+
 /// Connects and upgrades. The caller bounds the time this takes.
-pub async fn connect(uri: &ServerUri, config: WebSocketConfig) -> Result<Connection, ConnectError> {
+pub async fn connect(
+    uri: &ServerUri,
+    config: WebSocketConfig,
+    tls: &TlsOptions,
+    headers: &[(String, String)],
+) -> Result<Connection, ConnectError> {
+    // A TLS setup that cannot work fails before any traffic.
+    let client = match uri.scheme {
+        Scheme::Ws => None,
+        Scheme::Wss => Some(client_config(tls).map_err(ConnectError::Tls)?),
+    };
     let tcp = connect_tcp(&uri.host, uri.port).await.map_err(ConnectError::Tcp)?;
     let _ = tcp.set_nodelay(true);
-    let io: Box<dyn Io> = match uri.scheme {
-        Scheme::Ws => Box::new(tcp),
-        Scheme::Wss => {
+    let io: Box<dyn Io> = match client {
+        None => Box::new(tcp),
+        Some(client) => {
+            if tls.insecure {
+                tracing::warn!("TLS certificate checks are OFF for {} (insecure)", uri.host);
+            }
             let name = rustls::pki_types::ServerName::try_from(uri.host.clone())
-                .map_err(|error| ConnectError::Tls(io::Error::new(io::ErrorKind::InvalidInput, error)))?;
-            let tls =
-                tokio_rustls::TlsConnector::from(tls_config()).connect(name, tcp).await.map_err(ConnectError::Tls)?;
-            Box::new(tls)
+                .map_err(|error| ConnectError::Tls(format!("bad server name: {error}")))?;
+            let stream = tokio_rustls::TlsConnector::from(client)
+                .connect(name, tcp)
+                .await
+                .map_err(|error| ConnectError::Tls(describe_tls_failure(&error)))?;
+            Box::new(stream)
         }
     };
-    upgrade(io, uri, config).await
+    upgrade(io, uri, config, headers).await
 }
 
 async fn connect_tcp(host: &str, port: u16) -> io::Result<TcpStream> {
@@ -100,15 +252,25 @@ async fn connect_tcp(host: &str, port: u16) -> io::Result<TcpStream> {
     Err(last_error.unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("{host} has no address"))))
 }
 
-async fn upgrade(mut io: Box<dyn Io>, uri: &ServerUri, config: WebSocketConfig) -> Result<Connection, ConnectError> {
+async fn upgrade(
+    mut io: Box<dyn Io>,
+    uri: &ServerUri,
+    config: WebSocketConfig,
+    headers: &[(String, String)],
+) -> Result<Connection, ConnectError> {
     let key = generate_key();
-    let request = format!(
+    let mut request = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n\
-         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: {SUBPROTOCOL}\r\nUser-Agent: mod_wsbridge/{}\r\n\r\n",
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: {SUBPROTOCOL}\r\nUser-Agent: mod_wsbridge/{}\r\n",
         uri.resource,
         uri.host_header(),
         env!("CARGO_PKG_VERSION"),
     );
+    for (name, value) in headers {
+        // Validated by security::parse_http_headers: no CR, LF or reserved names.
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
     let write_error = |error: io::Error| ConnectError::Handshake(format!("sending the upgrade request: {error}"));
     io.write_all(request.as_bytes()).await.map_err(write_error)?;
     io.flush().await.map_err(write_error)?;
@@ -176,5 +338,185 @@ fn check_response(response: &httparse::Response<'_, '_>, key: &str) -> Result<()
             Err(ConnectError::Handshake(format!("the server chose subprotocol '{protocol}', not {SUBPROTOCOL}")))
         }
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::result_large_err)] // tungstenite's handshake callback type
+mod tests {
+    use super::*;
+    use futures_util::{SinkExt, StreamExt};
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use std::path::Path;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use tokio::net::TcpListener;
+    use tokio_tungstenite::tungstenite::Message;
+
+    struct Pki {
+        ca_file: PathBuf,
+        server_chain: Vec<CertificateDer<'static>>,
+        server_key: PrivateKeyDer<'static>,
+        client_cert_file: PathBuf,
+        client_key_file: PathBuf,
+        ca_der: CertificateDer<'static>,
+    }
+
+    /// A CA, a server certificate for `server_name` (expired if asked) and a client certificate.
+    fn pki(server_name: &str, expired: bool) -> Pki {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "wsbridge-tls-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params.distinguished_name.push(rcgen::DnType::CommonName, "wsbridge test CA");
+        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap()).unwrap();
+        let server_key = rcgen::KeyPair::generate().unwrap();
+        let mut server_params = rcgen::CertificateParams::new(vec![server_name.to_string()]).unwrap();
+        if expired {
+            server_params.not_before = rcgen::date_time_ymd(2001, 1, 1);
+            server_params.not_after = rcgen::date_time_ymd(2002, 1, 1);
+        }
+        let server_cert = server_params.signed_by(&server_key, &ca).unwrap();
+        let client_key = rcgen::KeyPair::generate().unwrap();
+        let client_cert =
+            rcgen::CertificateParams::new(vec!["client".to_string()]).unwrap().signed_by(&client_key, &ca).unwrap();
+        let write = |name: &str, text: String| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        Pki {
+            ca_file: write("ca.pem", ca.pem()),
+            server_chain: vec![server_cert.der().clone()],
+            server_key: PrivateKeyDer::try_from(server_key.serialize_der()).unwrap(),
+            client_cert_file: write("client.pem", client_cert.pem()),
+            client_key_file: write("client.key", client_key.serialize_pem()),
+            ca_der: ca.der().clone(),
+        }
+    }
+
+    /// Serves one wss connection; returns its port and the first message it gets.
+    async fn tls_server(pki: &Pki, require_client_cert: bool) -> (u16, tokio::task::JoinHandle<Option<String>>) {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap();
+        let builder = if require_client_cert {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(pki.ca_der.clone()).unwrap();
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider).build().unwrap();
+            builder.with_client_cert_verifier(verifier)
+        } else {
+            builder.with_no_client_auth()
+        };
+        let config = builder.with_single_cert(pki.server_chain.clone(), pki.server_key.clone_key()).unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let task = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.ok()?;
+            let tls = acceptor.accept(tcp).await.ok()?;
+            let mut ws = tokio_tungstenite::accept_async(tls).await.ok()?;
+            match ws.next().await {
+                Some(Ok(Message::Text(text))) => Some(text.to_string()),
+                _ => None,
+            }
+        });
+        (port, task)
+    }
+
+    async fn try_wss(port: u16, tls: &TlsOptions) -> Result<(), String> {
+        let uri = ServerUri::parse(&format!("wss://localhost:{port}/secure")).unwrap();
+        let mut connection = connect(&uri, WebSocketConfig::default(), tls, &[]).await.map_err(|e| e.to_string())?;
+        connection.send(Message::text("hello over TLS")).await.map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    fn trusting(pki: &Pki) -> TlsOptions {
+        TlsOptions { ca_file: Some(pki.ca_file.clone()), ..TlsOptions::default() }
+    }
+
+    #[tokio::test]
+    async fn a_trusted_ca_lets_the_call_through() {
+        let pki = pki("localhost", false);
+        let (port, server) = tls_server(&pki, false).await;
+        try_wss(port, &trusting(&pki)).await.unwrap();
+        assert_eq!(server.await.unwrap().as_deref(), Some("hello over TLS"));
+    }
+
+    #[tokio::test]
+    async fn untrusted_mismatched_and_expired_certificates_are_refused_by_name() {
+        let pki_ok = pki("localhost", false);
+        let (port, _server) = tls_server(&pki_ok, false).await;
+        let error = try_wss(port, &TlsOptions::default()).await.unwrap_err();
+        assert!(error.contains("unknown issuer"), "{error}");
+
+        let wrong_name = pki("wrong.example", false);
+        let (port, _server) = tls_server(&wrong_name, false).await;
+        let error = try_wss(port, &trusting(&wrong_name)).await.unwrap_err();
+        assert!(error.contains("hostname mismatch"), "{error}");
+
+        let expired = pki("localhost", true);
+        let (port, _server) = tls_server(&expired, false).await;
+        let error = try_wss(port, &trusting(&expired)).await.unwrap_err();
+        assert!(error.contains("expired"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn insecure_skips_the_checks() {
+        let pki = pki("wrong.example", true);
+        let (port, server) = tls_server(&pki, false).await;
+        try_wss(port, &TlsOptions { insecure: true, ..TlsOptions::default() }).await.unwrap();
+        assert_eq!(server.await.unwrap().as_deref(), Some("hello over TLS"));
+    }
+
+    #[tokio::test]
+    async fn a_server_that_requires_a_client_certificate_gets_it_only_when_given() {
+        let pki = pki("localhost", false);
+        let (port, server) = tls_server(&pki, true).await;
+        assert!(try_wss(port, &trusting(&pki)).await.is_err(), "no client certificate");
+        assert_eq!(server.await.unwrap(), None);
+        let (port, server) = tls_server(&pki, true).await;
+        let with_cert = TlsOptions {
+            cert_file: Some(pki.client_cert_file.clone()),
+            key_file: Some(pki.client_key_file.clone()),
+            ..trusting(&pki)
+        };
+        try_wss(port, &with_cert).await.unwrap();
+        assert_eq!(server.await.unwrap().as_deref(), Some("hello over TLS"));
+        let error = try_wss(port, &TlsOptions { cert_file: Some(pki.client_cert_file.clone()), ..trusting(&pki) })
+            .await
+            .unwrap_err();
+        assert!(error.contains("needs both"), "{error}");
+        let missing = TlsOptions { ca_file: Some(Path::new("/no/such/ca.pem").into()), ..TlsOptions::default() };
+        let error = try_wss(port, &missing).await.unwrap_err();
+        assert!(error.contains("/no/such/ca.pem"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn upgrade_headers_are_sent() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut seen = None;
+            let callback =
+                |request: &tokio_tungstenite::tungstenite::handshake::server::Request,
+                 response: tokio_tungstenite::tungstenite::handshake::server::Response| {
+                    seen = request.headers().get("Authorization").map(|v| v.to_str().unwrap().to_string());
+                    Ok(response)
+                };
+            let _ws = tokio_tungstenite::accept_hdr_async(tcp, callback).await.unwrap();
+            seen
+        });
+        let uri = ServerUri::parse(&format!("ws://127.0.0.1:{port}/")).unwrap();
+        let headers = vec![("Authorization".to_string(), "Bearer secret".to_string())];
+        let _connection = connect(&uri, WebSocketConfig::default(), &TlsOptions::default(), &headers).await.unwrap();
+        assert_eq!(server.await.unwrap().as_deref(), Some("Bearer secret"));
     }
 }

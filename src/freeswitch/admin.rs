@@ -80,6 +80,7 @@ pub fn load_config() {
         tracing::warn!("wsbridge.conf: {problem}");
     }
     logging::set_debug(config.debug);
+    crate::websocket::clear_tls_cache();
     tracing::info!("wsbridge.conf: {} settings loaded", params.len());
     *CONFIG.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(config));
 }

@@ -274,15 +274,29 @@ unsafe extern "C" fn outgoing_channel(
         raw.default_uri = config.default_uri.clone();
         raw.default_content_type = config.default_content_type.clone();
         raw.max_headers_bytes = options.max_headers_bytes;
+        let refuse = |why: String, cause: HangupCause| {
+            admin::CALLS_REFUSED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::error!("refusing the call: {why} ({cause})");
+            cause_code(cause)
+        };
         let settings = match raw.resolve() {
             Ok(settings) => settings,
-            Err(error) => {
-                let cause = error.cause();
-                admin::CALLS_REFUSED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tracing::error!("refusing the call: {error} ({cause})");
-                return cause_code(cause);
-            }
+            Err(error) => return refuse(error.to_string(), error.cause()),
         };
+        let shown_uri = crate::security::redact_uri(&settings.uri.text);
+        if raw.uri_from_sip_header && !config.allow_sip_header_uri {
+            let why = format!("the URI {shown_uri} came from a SIP header, and allow-sip-header-uri is false");
+            return refuse(why, HangupCause::OutgoingCallBarred);
+        }
+        if !crate::security::allows(&config.allowed_hosts, &settings.uri) {
+            let why = format!("{}:{} is not in allowed-hosts", settings.uri.host, settings.uri.port);
+            return refuse(why, HangupCause::OutgoingCallBarred);
+        }
+        if let Some(why) = &options.invalid_http_headers {
+            return refuse(why.clone(), HangupCause::InvalidIeContents);
+        }
+        let mut options = options;
+        options.session.max_connecting = config.max_connecting;
 
         let endpoint = ENDPOINT.load(Ordering::Acquire);
         // SAFETY: our endpoint interface; pool and flags are originate's.
@@ -303,7 +317,7 @@ unsafe extern "C" fn outgoing_channel(
             *new_session = raw_session;
             fs::switch_core_session_add_stream(raw_session, std::ptr::null_mut());
         }
-        let uri_text = settings.uri.text.clone();
+        let uri_text = shown_uri;
         let call = Box::into_raw(Call::new(settings, options));
         // From here on_destroy owns the call, on failure too.
         unsafe { leg.set_private(call as *mut c_void) };
@@ -349,7 +363,7 @@ unsafe extern "C" fn on_init(session: *mut fs::switch_core_session_t) -> fs::swi
         admin::register(
             &uuid,
             admin::CallEntry {
-                uri: call.settings.uri.text.clone(),
+                uri: crate::security::redact_uri(&call.settings.uri.text),
                 media: call.media.clone(),
                 started: std::time::Instant::now(),
             },

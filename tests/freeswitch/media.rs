@@ -201,23 +201,26 @@ pub fn mark_echo_matches_end_of_audio() {
     assert!(lag.abs() <= 0.040, "mark echoed {:.0} ms from the end of its audio", lag * 1000.0);
 }
 
-/// What the caller hears while the server is silent, recorded write-only.
+/// What the wsbridge leg plays while the server is silent: its own read
+/// stream, recorded (a write-only recording of the A-leg loses its start).
 fn silence_heard(path: &str, level: Option<&str>) -> Vec<i16> {
     let mut incoming = world().router.expect(path);
     let recording = recording_path(path.trim_start_matches('/'));
     let mut variables =
-        format!("P-wsbridge-websocket-content-type={},RECORD_WRITE_ONLY=true", encode("audio/l16;rate=8000"));
+        format!("P-wsbridge-websocket-content-type={},RECORD_READ_ONLY=true", encode("audio/l16;rate=8000"));
     if let Some(level) = level {
         variables.push_str(&format!(",wsbridge_comfort_noise_dbov={level}"));
     }
-    let a_leg = bridged_call(path, &variables, &recording);
+    let leg = ok_uuid(&esl().api(&format!("originate {{{variables}}}wsbridge/{} &park", uri(path))));
+    let record = esl().api(&format!("uuid_record {leg} start {}", recording.display()));
+    assert!(record.starts_with("+OK"), "uuid_record: {record}");
     let mut connection = incoming.next(Duration::from_secs(5));
     runtime().block_on(async {
         connection.first_text().await;
         tokio::time::sleep(Duration::from_millis(2500)).await;
         connection.close().await;
     });
-    wait_gone(&a_leg, Duration::from_secs(5));
+    wait_gone(&leg, Duration::from_secs(5));
     let (samples, rate) = read_wav(&recording);
     assert_eq!(rate, 8000);
     assert!(samples.len() > 12000, "only {:.2} s recorded", seconds(samples.len(), rate));
