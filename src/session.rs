@@ -367,6 +367,7 @@ async fn read_loop(
 ) -> ReadEnd {
     let frame_bytes = media.format.bytes_per_frame() as u64;
     let mut partial_bytes = 0u64;
+    let mut message_events = EventBudget::new(MESSAGE_EVENTS_PER_SECOND);
     loop {
         // Flow control: while the playout is full, leave data in the socket so TCP pushes back.
         media.wait_for_playout_room().await;
@@ -389,12 +390,50 @@ async fn read_loop(
                 if text.len() > options.max_text_bytes {
                     return ReadEnd::TooBig(format!("a text message of {} bytes", text.len()));
                 }
-                control.event(CallEvent::Message { body: text.to_string() });
+                if message_events.allow() {
+                    control.event(CallEvent::Message { body: text.to_string() });
+                }
                 act_on_text(text.as_str(), media, control);
             }
             Some(Ok(Message::Close(frame))) => return ReadEnd::Closed(frame),
             Some(Ok(_)) => {}
         }
+    }
+}
+
+/// A server flooding text must not flood FreeSWITCH's event system.
+const MESSAGE_EVENTS_PER_SECOND: u32 = 100;
+
+struct EventBudget {
+    per_second: u32,
+    window: tokio::time::Instant,
+    used: u32,
+    dropped: u64,
+}
+
+impl EventBudget {
+    fn new(per_second: u32) -> Self {
+        EventBudget { per_second, window: tokio::time::Instant::now(), used: 0, dropped: 0 }
+    }
+
+    fn allow(&mut self) -> bool {
+        if self.window.elapsed() >= Duration::from_secs(1) {
+            if self.dropped > 0 {
+                tracing::warn!(
+                    "the server sent too many text messages; {} wsbridge::message events skipped",
+                    self.dropped
+                );
+            }
+            self.window = tokio::time::Instant::now();
+            self.used = 0;
+            self.dropped = 0;
+        }
+        self.used += 1;
+        if self.used > self.per_second {
+            self.dropped += 1;
+            return false;
+        }
+        true
     }
 }
 

@@ -7,6 +7,7 @@
 
 mod audio;
 mod esl;
+mod hostile;
 mod instance;
 mod media;
 mod operating;
@@ -423,8 +424,9 @@ fn dialplan_samples_reach_their_servers() {
 fn main() {
     let arguments = Arguments::from_args();
     let tests: Vec<(&str, fn())> = vec![
-        // The longest first, so the rest run beside it.
+        // The longest first, so the rest run beside them.
         ("media_ten_minute_burst_into_a_small_buffer", media::ten_minute_burst_into_a_small_buffer),
+        ("hostile_deaf_for_a_minute", hostile::deaf_for_a_minute),
         ("uplink_16k_originate_destination", uplink_16k_originate_destination),
         ("uplink_8k_dial_string_variables", uplink_8k_dial_string_variables),
         ("downlink_burst_bridge_from_dialplan", downlink_burst_bridge_from_dialplan),
@@ -435,6 +437,15 @@ fn main() {
         ("connect_refused_is_destination_out_of_order", connect_refused_is_destination_out_of_order),
         ("bad_input_gets_its_hangup_cause", bad_input_gets_its_hangup_cause),
         ("dialplan_samples_reach_their_servers", dialplan_samples_reach_their_servers),
+        ("hostile_never_answers_the_upgrade", hostile::never_answers_the_upgrade),
+        ("hostile_garbage_or_refusal_instead_of_101", hostile::garbage_or_refusal_instead_of_101),
+        ("hostile_sixteen_mib_binary_message", hostile::sixteen_mib_binary_message),
+        ("hostile_protocol_violations", hostile::protocol_violations),
+        ("hostile_tcp_reset_mid_call", hostile::tcp_reset_mid_call),
+        ("hostile_half_close", hostile::half_close),
+        ("hostile_text_and_ping_floods", hostile::text_and_ping_floods),
+        ("hostile_thousand_calls_churn", hostile::thousand_calls_churn),
+        ("wss_with_a_private_ca", hostile::wss_with_a_private_ca),
         ("api_status_list_kill_and_debug", operating::api_status_list_kill_and_debug),
         ("events_and_cdr_variables", operating::events_and_cdr_variables),
         ("demo_server_echoes_and_records", operating::demo_server_echoes_and_records),

@@ -151,6 +151,30 @@ pub fn config_file_and_reloadxml(freeswitch: &FreeSwitch) {
     assert!(log.contains("wsbridge.conf: unknown param 'no-such-param' ignored"));
     let status = esl.api("wsbridge status");
     assert!(status.contains(&format!("default-uri = {}/configured", router.base())), "{status}");
+
+    // The allowlist and the SIP-header policy bar calls whoever sets the URI.
+    freeswitch.set_wsbridge_conf(&format!(
+        r#"<param name="allowed-hosts" value="127.0.0.1:{}"/><param name="allow-sip-header-uri" value="false"/>"#,
+        router.port
+    ));
+    assert!(esl.api("reloadxml").contains("+OK"));
+    let barred = esl.api("originate wsbridge/ws://127.0.0.1:9/elsewhere &park");
+    assert_eq!(barred.trim(), "-ERR OUTGOING_CALL_BARRED", "a host outside allowed-hosts");
+    let barred = esl.api("originate {P-wsbridge-websocket-uri=ws%3A%2F%2Fexample.com%2F}wsbridge &park");
+    assert_eq!(barred.trim(), "-ERR OUTGOING_CALL_BARRED", "a dial-string variable is barred too");
+    let from_sip =
+        format!("sip_h_P-wsbridge-websocket-uri={}", crate::encode(&format!("{}/configured", router.base())));
+    let barred = esl.api(&format!("originate {{{from_sip}}}wsbridge &park"));
+    assert_eq!(barred.trim(), "-ERR OUTGOING_CALL_BARRED", "a URI from a SIP header, with allow-sip-header-uri=false");
+    let log = std::fs::read_to_string(freeswitch.log_path()).unwrap();
+    assert!(log.contains("127.0.0.1:9 is not in allowed-hosts"));
+    assert!(log.contains("came from a SIP header, and allow-sip-header-uri is false"));
+    let mut incoming = router.expect("/allowed");
+    let uuid = ok_uuid(&esl.api(&format!("originate wsbridge/{}/allowed &park", router.base())));
+    let mut connection = incoming.next(Duration::from_secs(5));
+    runtime().block_on(connection.first_text());
+    assert!(esl.api(&format!("uuid_kill {uuid}")).starts_with("+OK"));
+    wait_gone_on(&mut esl, &uuid, Duration::from_secs(5));
 }
 
 /// The demo server from the quick start: echoes the caller and records the call.

@@ -1,0 +1,427 @@
+//! Hostile and broken servers: FreeSWITCH stays up, each call ends in
+//! bounded time with a specific cause (or goes on where that is right), and
+//! FreeSWITCH's memory and file descriptors stay bounded.
+
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+use crate::media::freeswitch_rss_kib;
+use crate::ws_server::runtime;
+use crate::{esl, world};
+
+type Behaviour = fn(TcpStream) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// A one-port server that treats every connection with `behaviour`.
+fn hostile(behaviour: Behaviour) -> u16 {
+    let listener = runtime().block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    runtime().spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(behaviour(tcp));
+        }
+    });
+    port
+}
+
+/// Answers the upgrade by hand, so that what follows can break the rules.
+async fn raw_upgrade(tcp: &mut TcpStream) -> Option<()> {
+    let mut request = Vec::new();
+    let mut buffer = [0u8; 1024];
+    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+        let count = tcp.read(&mut buffer).await.ok()?;
+        if count == 0 {
+            return None;
+        }
+        request.extend_from_slice(&buffer[..count]);
+    }
+    let text = String::from_utf8_lossy(&request);
+    let key = text.lines().find_map(|line| line.strip_prefix("Sec-WebSocket-Key: "))?.trim().to_string();
+    let response = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+        derive_accept_key(key.as_bytes())
+    );
+    tcp.write_all(response.as_bytes()).await.ok()
+}
+
+/// The upgrade and the first message, then a WebSocket to misuse once
+/// the call is up (misbehaving at once would fail the originate instead).
+async fn accepted(mut tcp: TcpStream) -> Option<WebSocketStream<TcpStream>> {
+    raw_upgrade(&mut tcp).await?;
+    tokio::time::sleep(CALL_UP).await;
+    Some(WebSocketStream::from_raw_socket(tcp, Role::Server, None).await)
+}
+
+const CALL_UP: Duration = Duration::from_millis(300);
+static CHURN_ACCEPTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+fn originate(port: u16, path: &str, extra: &str) -> (String, Instant) {
+    let mut esl = esl();
+    let started = Instant::now();
+    let reply = esl.api(&format!("originate {{{extra}}}wsbridge/ws://127.0.0.1:{port}{path} &park"));
+    (reply.trim().to_string(), started)
+}
+
+fn hangup_cause(events: &mut crate::esl::Esl, uuid: &str, limit: Duration) -> String {
+    events
+        .wait_event(limit, |e| e.get("Unique-ID").map(String::as_str) == Some(uuid))
+        .map(|e| e["Hangup-Cause"].clone())
+        .unwrap_or_else(|| panic!("{uuid} still up after {limit:?}"))
+}
+
+fn assert_alive(what: &str) {
+    assert!(esl().api("status").contains("is ready"), "FreeSWITCH must survive {what}");
+}
+
+fn mid_call(behaviour: Behaviour, name: &str, expected: &str, limit: Duration) {
+    let port = hostile(behaviour);
+    let mut events = esl();
+    events.subscribe("CHANNEL_HANGUP_COMPLETE");
+    let uuid = format!("hostile-{name}-{port}");
+    let rss_before = freeswitch_rss_kib();
+    let (reply, started) = originate(port, &format!("/{name}"), &format!("origination_uuid={uuid}"));
+    assert_eq!(reply, format!("+OK {uuid}"), "{name}: the call should connect first");
+    let cause = hangup_cause(&mut events, &uuid, limit);
+    let took = started.elapsed();
+    let growth = freeswitch_rss_kib().saturating_sub(rss_before);
+    println!("hostile {name}: {cause} after {:.2} s; RSS grew {growth} KiB", took.as_secs_f64());
+    assert_eq!(cause, expected, "{name}");
+    assert!(growth < 48 * 1024, "{name}: FreeSWITCH grew {growth} KiB");
+    assert_alive(name);
+}
+
+pub fn never_answers_the_upgrade() {
+    let port = hostile(|tcp| {
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_secs(20)).await;
+            drop(tcp);
+        })
+    });
+    let (reply, started) = originate(port, "/silent", "wsbridge_connect_timeout_ms=1500");
+    assert_eq!(reply, "-ERR DESTINATION_OUT_OF_ORDER");
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(1400) && took < Duration::from_secs(4), "gave up after {took:?}");
+    assert_alive("a server that never answers");
+}
+
+pub fn garbage_or_refusal_instead_of_101() {
+    let garbage = hostile(|mut tcp| {
+        Box::pin(async move {
+            let mut buffer = [0u8; 4096];
+            let _ = tcp.read(&mut buffer).await;
+            let noise: Vec<u8> = (0..5000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+            let _ = tcp.write_all(&noise).await;
+        })
+    });
+    let refusal = hostile(|mut tcp| {
+        Box::pin(async move {
+            let mut buffer = [0u8; 4096];
+            let _ = tcp.read(&mut buffer).await;
+            let _ = tcp.write_all(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n").await;
+        })
+    });
+    for port in [garbage, refusal] {
+        let (reply, started) = originate(port, "/garbage", "");
+        assert_eq!(reply, "-ERR DESTINATION_OUT_OF_ORDER");
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+    assert_alive("garbage upgrade answers");
+}
+
+pub fn sixteen_mib_binary_message() {
+    mid_call(
+        |tcp| {
+            Box::pin(async move {
+                let Some(mut ws) = accepted(tcp).await else { return };
+                let _ = ws.send(Message::Binary(vec![0u8; 16 << 20].into())).await;
+                while let Some(Ok(_)) = ws.next().await {}
+            })
+        },
+        "16mib",
+        "PROTOCOL_ERROR",
+        Duration::from_secs(10),
+    );
+}
+
+/// Masked frames and reserved bits break RFC 6455: protocol error, hang up.
+pub fn protocol_violations() {
+    let masked: Behaviour = |mut tcp| {
+        Box::pin(async move {
+            if raw_upgrade(&mut tcp).await.is_some() {
+                tokio::time::sleep(CALL_UP).await;
+                // A server must never mask its frames.
+                let _ =
+                    tcp.write_all(&[0x81, 0x85, 1, 2, 3, 4, b'h' ^ 1, b'e' ^ 2, b'l' ^ 3, b'l' ^ 4, b'o' ^ 1]).await;
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        })
+    };
+    let reserved_bits: Behaviour = |mut tcp| {
+        Box::pin(async move {
+            if raw_upgrade(&mut tcp).await.is_some() {
+                tokio::time::sleep(CALL_UP).await;
+                // RSV1 set with no extension negotiated.
+                let _ = tcp.write_all(&[0xC1, 0x01, b'x']).await;
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        })
+    };
+    mid_call(masked, "masked", "PROTOCOL_ERROR", Duration::from_secs(5));
+    mid_call(reserved_bits, "reserved-bits", "PROTOCOL_ERROR", Duration::from_secs(5));
+}
+
+pub fn tcp_reset_mid_call() {
+    mid_call(
+        |tcp| {
+            Box::pin(async move {
+                let Some(ws) = accepted(tcp).await else { return };
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let tcp = ws.into_inner();
+                // Linger 0: close() sends a reset, not a FIN.
+                #[allow(deprecated)]
+                let _ = tcp.set_linger(Some(Duration::ZERO));
+                drop(tcp);
+            })
+        },
+        "reset",
+        "NETWORK_OUT_OF_ORDER",
+        Duration::from_secs(5),
+    );
+}
+
+pub fn half_close() {
+    mid_call(
+        |tcp| {
+            Box::pin(async move {
+                let Some(ws) = accepted(tcp).await else { return };
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let mut tcp = ws.into_inner();
+                let _ = tcp.shutdown().await;
+                // Keeps reading: only the server's sending half is closed.
+                let mut sink = [0u8; 4096];
+                while matches!(tcp.read(&mut sink).await, Ok(n) if n > 0) {}
+            })
+        },
+        "half-close",
+        "NETWORK_OUT_OF_ORDER",
+        Duration::from_secs(5),
+    );
+}
+
+/// Floods of text or pings: the call goes on, FreeSWITCH stays responsive and bounded.
+pub fn text_and_ping_floods() {
+    for (name, flood) in [("text-flood", true), ("ping-flood", false)] {
+        let behaviour: Behaviour = if flood {
+            |tcp| {
+                Box::pin(async move {
+                    let Some(mut ws) = accepted(tcp).await else { return };
+                    for n in 0..100_000u32 {
+                        if ws.feed(Message::text(format!(r#"{{"junk":{n}}}"#))).await.is_err() {
+                            return;
+                        }
+                    }
+                    let _ = ws.flush().await;
+                    while let Some(Ok(_)) = ws.next().await {}
+                })
+            }
+        } else {
+            |tcp| {
+                Box::pin(async move {
+                    let Some(mut ws) = accepted(tcp).await else { return };
+                    for _ in 0..100_000u32 {
+                        if ws.feed(Message::Ping(vec![7u8; 16].into())).await.is_err() {
+                            return;
+                        }
+                    }
+                    let _ = ws.flush().await;
+                    while let Some(Ok(_)) = ws.next().await {}
+                })
+            }
+        };
+        let port = hostile(behaviour);
+        let uuid = format!("hostile-{name}-{port}");
+        let rss_before = freeswitch_rss_kib();
+        let (reply, _) = originate(port, &format!("/{name}"), &format!("origination_uuid={uuid}"));
+        assert_eq!(reply, format!("+OK {uuid}"));
+        std::thread::sleep(Duration::from_secs(4));
+        let mut esl = esl();
+        assert_eq!(esl.api(&format!("uuid_exists {uuid}")).trim(), "true", "{name}: the call must go on");
+        let started = Instant::now();
+        assert!(esl.api("status").contains("is ready"));
+        assert!(started.elapsed() < Duration::from_secs(1), "{name}: FreeSWITCH slow to answer");
+        let growth = freeswitch_rss_kib().saturating_sub(rss_before);
+        println!("hostile {name}: call up after 100000 messages; RSS grew {growth} KiB");
+        assert!(growth < 48 * 1024, "{name}: FreeSWITCH grew {growth} KiB");
+        assert!(esl.api(&format!("uuid_kill {uuid}")).starts_with("+OK"));
+    }
+}
+
+/// A server that stops reading for a minute: the call stays up, memory bounded.
+pub fn deaf_for_a_minute() {
+    let port = hostile(|tcp| {
+        Box::pin(async move {
+            let Some(ws) = accepted(tcp).await else { return };
+            tokio::time::sleep(Duration::from_secs(65)).await;
+            drop(ws);
+        })
+    });
+    let uuid = format!("hostile-deaf-{port}");
+    let reply = esl().api(&format!(
+        "originate {{origination_uuid={uuid},P-wsbridge-websocket-content-type=audio%2Fl16%3Brate%3D48000}}wsbridge/ws://127.0.0.1:{port}/deaf tone_70000ms XML wsbridge-test"
+    ));
+    assert_eq!(reply.trim(), format!("+OK {uuid}"));
+    // Steady state: once the socket buffers and the backlog are full (10 s),
+    // memory must stay flat for the rest of the minute.
+    std::thread::sleep(Duration::from_secs(10));
+    let rss_before = freeswitch_rss_kib();
+    let mut peak = 0;
+    for _ in 0..25 {
+        std::thread::sleep(Duration::from_secs(2));
+        peak = peak.max(freeswitch_rss_kib());
+    }
+    let mut esl = esl();
+    assert_eq!(esl.api(&format!("uuid_exists {uuid}")).trim(), "true", "the call stays up while the server is deaf");
+    let listed = esl.api("wsbridge list json");
+    let calls: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    let call = calls.as_array().unwrap().iter().find(|c| c["uuid"] == uuid.as_str()).expect("listed");
+    let dropped = call["dropped_frames"].as_u64().unwrap();
+    let growth = peak.saturating_sub(rss_before);
+    println!("hostile deaf-60s: {dropped} caller frames dropped in 60 s; RSS grew {growth} KiB from 10 s to 60 s");
+    assert!(dropped > 2000, "60 s of a deaf server must drop caller audio: {dropped}");
+    assert!(growth < 16 * 1024, "FreeSWITCH grew {growth} KiB while the server stayed deaf");
+    assert!(esl.api(&format!("uuid_kill {uuid}")).starts_with("+OK"));
+}
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+}
+
+/// 1,000 calls set up and torn down in a row against a server that accepts
+/// then closes at once: no leaked sessions, tasks, memory or descriptors.
+pub fn thousand_calls_churn() {
+    // A FreeSWITCH of its own: other tests' calls would blur the figures.
+    let freeswitch = crate::instance::FreeSwitch::start(&world().router.base(), 2);
+    let port = hostile(|mut tcp| {
+        Box::pin(async move {
+            if raw_upgrade(&mut tcp).await.is_some() {
+                CHURN_ACCEPTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                // A close frame (1000) at once, then gone.
+                let _ = tcp.write_all(&[0x88, 0x02, 0x03, 0xE8]).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    });
+    let pid = freeswitch.pid();
+    let rss = || {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap().to_string();
+        line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap()
+    };
+    let mut esl = freeswitch.esl();
+    // Warm up, so that one-time allocations are not counted as leaks.
+    for _ in 0..50 {
+        let _ = esl.api(&format!("originate wsbridge/ws://127.0.0.1:{port}/churn &park"));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let (rss_before, fds_before) = (rss(), open_fds(pid));
+    let started = Instant::now();
+    let accepted_before = CHURN_ACCEPTED.load(std::sync::atomic::Ordering::Relaxed);
+    let mut ended_cleanly = 0;
+    for _ in 0..1000 {
+        let reply = esl.api(&format!("originate wsbridge/ws://127.0.0.1:{port}/churn &park"));
+        // Answered then closed at once: originate reports either.
+        if reply.starts_with("+OK") || reply.trim() == "-ERR NORMAL_CLEARING" {
+            ended_cleanly += 1;
+        }
+    }
+    let answered = CHURN_ACCEPTED.load(std::sync::atomic::Ordering::Relaxed) - accepted_before;
+    let took = started.elapsed();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while esl.api("wsbridge list").contains("/churn") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let (rss_after, fds_after) = (rss(), open_fds(pid));
+    println!(
+        "hostile churn: 1000 calls in {:.1} s ({answered} reached the server, {ended_cleanly} ended NORMAL_CLEARING); RSS {rss_before} -> {rss_after} KiB; fds {fds_before} -> {fds_after}",
+        took.as_secs_f64()
+    );
+    assert_eq!(answered, 1000, "every call must reach the server");
+    assert_eq!(ended_cleanly, 1000, "a server close is NORMAL_CLEARING");
+    assert!(
+        rss_after.saturating_sub(rss_before) <= 5 * 1024,
+        "RSS grew {} KiB over 1000 calls",
+        rss_after - rss_before
+    );
+    assert!(fds_after <= fds_before + 5, "file descriptors {fds_before} -> {fds_after}: leaked sockets");
+    assert!(!esl.api("wsbridge list").contains("/churn"), "no wsbridge call left over");
+    assert!(esl.api("status").contains("is ready"));
+    assert!(freeswitch.stop(), "FreeSWITCH must shut down cleanly after 1000 calls");
+}
+
+/// wss:// inside FreeSWITCH: a server certificate from a CA named per call
+/// is trusted; without that CA the call is refused, and the log says why.
+pub fn wss_with_a_private_ca() {
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap()).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap().signed_by(&key, &ca).unwrap();
+    let ca_file = world().dir.join("test-ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+
+    let provider = std::sync::Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            tokio_rustls::rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = runtime().block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (sender, mut received) = tokio::sync::mpsc::unbounded_channel();
+    runtime().spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, sender) = (acceptor.clone(), sender.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else { return };
+                let Ok(mut ws) = tokio_tungstenite::accept_async(tls).await else { return };
+                let mut samples = Vec::new();
+                while let Some(Ok(message)) = ws.next().await {
+                    if let Message::Binary(data) = message {
+                        samples.extend(data.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])));
+                    }
+                }
+                let _ = sender.send(samples);
+            });
+        }
+    });
+
+    let mut esl = esl();
+    let reply = esl.api(&format!(
+        "originate {{wsbridge_tls_ca_file={}}}wsbridge/wss://localhost:{port}/tls tone_2000ms XML wsbridge-test",
+        ca_file.display()
+    ));
+    assert!(reply.starts_with("+OK"), "a trusted CA lets the call through: {reply}");
+    let samples = runtime()
+        .block_on(async { tokio::time::timeout(Duration::from_secs(8), received.recv()).await })
+        .expect("the call ends")
+        .unwrap();
+    assert!(samples.len() >= 30000, "audio flowed over TLS: {} samples", samples.len());
+    crate::audio::assert_tone(&samples[8000..24000], 16000, 1000.0, "over wss");
+
+    let reply = esl.api(&format!("originate wsbridge/wss://localhost:{port}/tls &park"));
+    assert_eq!(reply.trim(), "-ERR DESTINATION_OUT_OF_ORDER", "the system CAs do not know the test CA");
+    let log = std::fs::read_to_string(world().dir.join("log/freeswitch.log")).unwrap();
+    assert!(log.contains("TLS failed: unknown issuer"), "the log names the TLS failure");
+}
