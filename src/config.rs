@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::options::{CallOptions, VARIABLES};
+use crate::options::{parse_flag, CallOptions, VARIABLES};
 use crate::settings::ContentType;
 
 pub const DEFAULT_URI: &str = "default-uri";
@@ -54,14 +54,6 @@ pub fn variable_of(param: &str) -> Option<&'static str> {
 /// `wsbridge_playout_max_ms` → `playout-max-ms`.
 pub fn param_of(variable: &str) -> String {
     variable.trim_start_matches("wsbridge_").replace('_', "-")
-}
-
-fn parse_flag(text: &str) -> Option<bool> {
-    match text.trim().to_ascii_lowercase().as_str() {
-        "true" | "yes" | "on" | "1" | "enabled" => Some(true),
-        "false" | "no" | "off" | "0" | "disabled" => Some(false),
-        _ => None,
-    }
 }
 
 impl ModuleConfig {

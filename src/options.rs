@@ -106,18 +106,23 @@ impl Reader<'_> {
     }
 }
 
+/// The usual spellings of a FreeSWITCH boolean.
+pub fn parse_flag(text: &str) -> Option<bool> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "true" | "yes" | "on" | "1" | "enabled" => Some(true),
+        "false" | "no" | "off" | "0" | "disabled" => Some(false),
+        _ => None,
+    }
+}
+
 impl Reader<'_> {
     fn flag(&mut self, name: &str) -> Option<bool> {
         let text = (self.source)(name)?;
-        match text.trim().to_ascii_lowercase().as_str() {
-            "true" | "yes" | "on" | "1" | "enabled" => Some(true),
-            "false" | "no" | "off" | "0" | "disabled" => Some(false),
-            _ => {
-                self.problems
-                    .push(format!("{}='{text}' is not true or false; using the default", (self.display)(name)));
-                None
-            }
+        let flag = parse_flag(&text);
+        if flag.is_none() {
+            self.problems.push(format!("{}='{text}' is not true or false; using the default", (self.display)(name)));
         }
+        flag
     }
 }
 
