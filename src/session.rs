@@ -827,4 +827,20 @@ mod tests {
         assert!(started.elapsed() < Duration::from_millis(900));
         drop(server);
     }
+
+    #[tokio::test]
+    async fn connection_attempts_beyond_the_cap_fail_at_once() {
+        let (listener, port) = listener().await;
+        let media = Arc::new(CallMedia::new(ContentType::default(), MediaLimits::default()));
+        let options = SessionOptions { max_connecting: 0, ..SessionOptions::default() };
+        let started = std::time::Instant::now();
+        let end = run(settings(port, 16000), media, Recorder::default(), options).await;
+        assert!(
+            matches!(&end, SessionEnd::Failed { cause: HangupCause::DestinationOutOfOrder, why } if why.contains("already in progress")),
+            "{end:?}"
+        );
+        assert!(started.elapsed() < Duration::from_millis(100), "no waiting, no connecting");
+        let nothing = tokio::time::timeout(Duration::from_millis(100), listener.accept()).await;
+        assert!(nothing.is_err(), "the server must not have been contacted");
+    }
 }
