@@ -62,10 +62,25 @@ pub fn loud_span(samples: &[i16], rate: u32, threshold: f64) -> Option<(f64, f64
     Some((first as f64 / 100.0, (last + 1) as f64 / 100.0))
 }
 
-pub fn read_wav(path: &std::path::Path) -> (Vec<i16>, u32) {
-    let mut reader = hound::WavReader::open(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+fn try_read_wav(path: &std::path::Path) -> Result<(Vec<i16>, u32), String> {
+    let mut reader = hound::WavReader::open(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
     let spec = reader.spec();
     assert_eq!(spec.channels, 1, "mono recording expected");
-    let samples = reader.samples::<i16>().map(Result::unwrap).collect();
-    (samples, spec.sample_rate)
+    let samples = reader.samples::<i16>().collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())?;
+    Ok((samples, spec.sample_rate))
+}
+
+/// A recording FreeSWITCH has finished: its thread writes the WAV header's
+/// length after the channel is gone, so wait for that, for up to 5 s.
+pub fn read_wav(path: &std::path::Path) -> (Vec<i16>, u32) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let result = try_read_wav(path);
+        match result {
+            Ok((samples, rate)) if !samples.is_empty() => return (samples, rate),
+            _ if std::time::Instant::now() < deadline => std::thread::sleep(std::time::Duration::from_millis(100)),
+            Ok(read) => return read,
+            Err(why) => panic!("{why}"),
+        }
+    }
 }

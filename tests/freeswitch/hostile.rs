@@ -318,11 +318,7 @@ pub fn thousand_calls_churn() {
         })
     });
     let pid = freeswitch.pid();
-    let rss = || {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap().to_string();
-        line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap()
-    };
+    let rss = || crate::media::rss_kib(pid);
     let mut esl = freeswitch.esl();
     // Warm up, so that one-time allocations are not counted as leaks.
     for _ in 0..50 {

@@ -10,11 +10,16 @@ use crate::audio::{self, assert_tone, loud_span, power_at, read_wav, rms, tone};
 use crate::ws_server::{runtime, Connection};
 use crate::{encode, esl, ok_uuid, recording_path, uri, wait_gone, world};
 
-/// FreeSWITCH's resident memory, in KiB.
-pub fn freeswitch_rss_kib() -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", world().pid)).unwrap();
+/// A process's resident memory, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS");
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// The shared FreeSWITCH's resident memory, in KiB.
+pub fn freeswitch_rss_kib() -> u64 {
+    rss_kib(world().pid)
 }
 
 /// A null A-leg that bridges to wsbridge from the dialplan, recorded (read
