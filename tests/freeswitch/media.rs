@@ -399,7 +399,7 @@ pub fn ten_minute_burst_into_a_small_buffer() {
     let a_leg = ok_uuid(&reply);
     let mut connection = incoming.next(Duration::from_secs(5));
     let total_frames = (minutes * 60.0 * 50.0) as u64;
-    let (rss_peak, elapsed) = runtime().block_on(async {
+    let (rss_peak, second_half, elapsed) = runtime().block_on(async {
         connection.first_text().await;
         let started = Instant::now();
         let one_second = tone(1000.0, 16000, 1.0, 8000.0);
@@ -411,9 +411,17 @@ pub fn ten_minute_burst_into_a_small_buffer() {
             wait_text(&mut connection, r#""name":"all""#, Duration::from_secs_f64(minutes * 60.0 + 30.0)).await;
         };
         let mut rss_peak = 0;
+        // RSS at half time, and the most it reached after: the other tests
+        // sharing this FreeSWITCH are done by then, so growth there is ours.
+        let mut second_half: Option<(u64, u64)> = None;
         let watch = async {
             loop {
-                rss_peak = rss_peak.max(freeswitch_rss_kib());
+                let rss = freeswitch_rss_kib();
+                rss_peak = rss_peak.max(rss);
+                if started.elapsed() >= Duration::from_secs_f64(minutes * 30.0) {
+                    let (_, peak) = second_half.get_or_insert((rss, rss));
+                    *peak = (*peak).max(rss);
+                }
                 tokio::time::sleep(Duration::from_secs(2)).await;
             }
         };
@@ -423,7 +431,7 @@ pub fn ten_minute_burst_into_a_small_buffer() {
         }
         let elapsed = started.elapsed().as_secs_f64();
         connection.close().await;
-        (rss_peak, elapsed)
+        (rss_peak, second_half, elapsed)
     });
     let hangup = events
         .wait_event(Duration::from_secs(5), |e| {
@@ -433,6 +441,8 @@ pub fn ten_minute_burst_into_a_small_buffer() {
     wait_gone(&a_leg, Duration::from_secs(5));
     let played: u64 = hangup["variable_wsbridge_frames_played"].parse().unwrap();
     let growth = rss_peak.saturating_sub(rss_before);
+    let (at_half, peak_after) = second_half.expect("sampled after half time");
+    let second_half_growth = peak_after.saturating_sub(at_half);
     println!(
         "{path}: {played} of {total_frames} frames played in {elapsed:.1} s; FreeSWITCH RSS peak {} KiB over the start",
         growth
@@ -440,5 +450,10 @@ pub fn ten_minute_burst_into_a_small_buffer() {
     assert_eq!(played, total_frames, "frames lost or duplicated");
     let expected = minutes * 60.0;
     assert!((elapsed - expected).abs() <= 0.005 * expected, "{elapsed:.1} s to play {expected} s: not real-time");
-    assert!(growth < 32 * 1024, "FreeSWITCH grew {growth} KiB while 19 MB of audio went through a 2 s buffer");
+    println!("{path}: FreeSWITCH RSS grew {second_half_growth} KiB over the second five minutes");
+    assert!(
+        second_half_growth < 4 * 1024,
+        "FreeSWITCH grew {second_half_growth} KiB in the second half while 9.6 MB more audio went through a 2 s buffer"
+    );
+    assert!(growth < 64 * 1024, "FreeSWITCH grew {growth} KiB (other tests share this FreeSWITCH)");
 }
