@@ -281,15 +281,21 @@ impl CallMedia {
     pub async fn next_uplink_batch(&self, batch: &mut VecDeque<Outgoing>) {
         loop {
             let notified = self.uplink_ready.notified();
-            {
-                let mut uplink = lock(&self.uplink);
-                if !uplink.is_empty() {
-                    uplink.take_all(batch);
-                    return;
-                }
+            if self.take_uplink(batch) {
+                return;
             }
             notified.await;
         }
+    }
+
+    /// Moves whatever caller audio or text is queued into `batch`; false when none was.
+    pub fn take_uplink(&self, batch: &mut VecDeque<Outgoing>) -> bool {
+        let mut uplink = lock(&self.uplink);
+        if uplink.is_empty() {
+            return false;
+        }
+        uplink.take_all(batch);
+        true
     }
 
     pub fn count_sent(&self) {

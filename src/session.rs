@@ -299,6 +299,10 @@ async fn converse(
     match ended {
         Ended::CallerGone => {
             media.record_close(1000, "caller hung up");
+            // The caller's last frames were queued before the hangup: they go before the close.
+            let mut rest = VecDeque::new();
+            media.take_uplink(&mut rest);
+            let _ = timeout(options.close_timeout, send_batch(&mut sink, &mut rest, media, control)).await;
             let close = CloseFrame { code: CloseCode::Normal, reason: "caller hung up".into() };
             if timeout(options.close_timeout, sink.send(Message::Close(Some(close)))).await.is_ok() {
                 // Give the server its chance to answer the close.
@@ -493,27 +497,35 @@ async fn write_loop(
                 continue;
             }
         }
-        while let Some(item) = batch.pop_front() {
-            let message = match item {
-                Outgoing::Audio(frame) => {
-                    media.count_sent();
-                    Message::Binary(frame)
-                }
-                Outgoing::Text(text) => Message::text(text),
-                Outgoing::Mark { name, cleared } => {
-                    let text = protocol::mark_event(&name, cleared);
-                    control.event(CallEvent::Mark { name, cleared });
-                    Message::text(text)
-                }
-            };
-            if let Err(error) = sink.feed(message).await {
-                return error;
-            }
-        }
-        if let Err(error) = sink.flush().await {
+        if let Err(error) = send_batch(sink, &mut batch, media, control).await {
             return error;
         }
     }
+}
+
+/// Sends every queued item, then flushes once.
+async fn send_batch(
+    sink: &mut (impl SinkExt<Message, Error = WsError> + Unpin),
+    batch: &mut VecDeque<Outgoing>,
+    media: &CallMedia,
+    control: &impl CallControl,
+) -> Result<(), WsError> {
+    while let Some(item) = batch.pop_front() {
+        let message = match item {
+            Outgoing::Audio(frame) => {
+                media.count_sent();
+                Message::Binary(frame)
+            }
+            Outgoing::Text(text) => Message::text(text),
+            Outgoing::Mark { name, cleared } => {
+                let text = protocol::mark_event(&name, cleared);
+                control.event(CallEvent::Mark { name, cleared });
+                Message::text(text)
+            }
+        };
+        sink.feed(message).await?;
+    }
+    sink.flush().await
 }
 
 #[cfg(test)]
@@ -643,13 +655,20 @@ mod tests {
         let task = tokio::spawn(run(settings(port, 16000), media.clone(), control.clone(), SessionOptions::default()));
         let mut server = accept(&listener, true).await;
         server.next().await.unwrap().unwrap();
+        // The caller's last frames, queued just before the hangup, still go out first.
+        for byte in 1..=3u8 {
+            media.send_audio(Bytes::from(vec![byte; 640]));
+        }
         media.caller_hung_up();
+        let mut frames = Vec::new();
         let close = loop {
             match server.next().await.unwrap().unwrap() {
                 Message::Close(frame) => break frame.unwrap(),
+                Message::Binary(data) => frames.push(data[0]),
                 _ => continue,
             }
         };
+        assert_eq!(frames, [1, 2, 3]);
         assert_eq!(close.code, CloseCode::Normal);
         assert_eq!(task.await.unwrap(), SessionEnd::CallerHungUp);
         assert_eq!(control.events(), vec!["answer"], "the caller's own hangup is not repeated");
