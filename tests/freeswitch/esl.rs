@@ -91,11 +91,20 @@ impl Esl {
         let deadline = Instant::now() + limit;
         loop {
             let left = deadline.checked_duration_since(Instant::now())?;
+            let event = self.next_event(left)?;
+            if wanted(&event) {
+                return Some(event);
+            }
+        }
+    }
+
+    /// The next event of any kind, within `limit`.
+    pub fn next_event(&mut self, limit: Duration) -> Option<Headers> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.checked_duration_since(Instant::now())?;
             self.writer.set_read_timeout(Some(left.max(Duration::from_millis(1)))).ok()?;
-            let (headers, body) = match self.read_message() {
-                Ok(message) => message,
-                Err(_) => return None,
-            };
+            let (headers, body) = self.read_message().ok()?;
             if headers.get("Content-Type").map(String::as_str) != Some("text/event-plain") {
                 continue;
             }
@@ -112,9 +121,7 @@ impl Esl {
             if event.contains_key("Content-Length") {
                 event.insert("_body".to_string(), lines.collect::<Vec<_>>().join("\n"));
             }
-            if wanted(&event) {
-                return Some(event);
-            }
+            return Some(event);
         }
     }
 }

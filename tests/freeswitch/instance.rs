@@ -60,7 +60,7 @@ fn inline_xml(text: &str) -> String {
         .join("\n")
 }
 
-fn config(dir: &Path, esl_port: u16, sip_port: u16, rtp_start: u16, ws_base: &str) -> String {
+fn config(dir: &Path, esl_port: u16, sip_port: u16, rtp_start: u16, ws_base: &str, log_level: &str) -> String {
     let log = dir.join("log").display().to_string();
     let samples = inline_xml(&repo_file("dialplan/wsbridge.xml"));
     let wsbridge_conf = inline_xml(&repo_file("autoload_configs/wsbridge.conf.xml"));
@@ -72,7 +72,7 @@ fn config(dir: &Path, esl_port: u16, sip_port: u16, rtp_start: u16, ws_base: &st
     <configuration name="switch.conf" description="core">
       <settings>
         <param name="colorize-console" value="false"/>
-        <param name="loglevel" value="debug"/>
+        <param name="loglevel" value="{log_level}"/>
         <param name="max-sessions" value="2000"/>
         <param name="sessions-per-second" value="2000"/>
         <param name="rtp-start-port" value="{rtp_start}"/>
@@ -169,6 +169,11 @@ fn config(dir: &Path, esl_port: u16, sip_port: u16, rtp_start: u16, ws_base: &st
 impl FreeSwitch {
     /// `instance` tells apart several FreeSWITCHes of one test run.
     pub fn start(ws_base: &str, instance: u16) -> FreeSwitch {
+        Self::start_with_log_level(ws_base, instance, "debug")
+    }
+
+    /// The benchmark logs only warnings and worse, so logging is not what it measures.
+    pub fn start_with_log_level(ws_base: &str, instance: u16, log_level: &str) -> FreeSwitch {
         let prefix = env!("WSBRIDGE_FS_PREFIX");
         let binary = Path::new(prefix).join("bin/freeswitch");
         assert!(binary.exists(), "{} is missing", binary.display());
@@ -191,7 +196,8 @@ impl FreeSwitch {
         let esl_port = free_port();
         let sip_port = free_port();
         let rtp_start = 20000 + ((std::process::id() % 10) as u16 * 2 + instance % 2) * 2000;
-        fs::write(dir.join("conf/freeswitch.xml"), config(&dir, esl_port, sip_port, rtp_start, ws_base)).unwrap();
+        fs::write(dir.join("conf/freeswitch.xml"), config(&dir, esl_port, sip_port, rtp_start, ws_base, log_level))
+            .unwrap();
 
         let arg = |sub: &str| dir.join(sub).display().to_string();
         let child = Command::new(&binary)

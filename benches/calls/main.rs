@@ -1,0 +1,367 @@
+//! `cargo bench --bench calls`: hundreds of real calls through a real
+//! FreeSWITCH, each playing a 1 kHz tone into `wsbridge` and hearing it
+//! echoed back by a WebSocket server, side by side with the same load on
+//! FreeSWITCH's `null` endpoint, the floor any endpoint costs.
+//!
+//! Every run gets a fresh FreeSWITCH from a temporary loopback config, as the
+//! integration tests do. Prints one table, writes calls.csv, calls.md and
+//! calls.png. Options (after `--`): `--calls 50,200,500`, `--seconds 60`,
+//! `--rate 50` (call attempts per second), `--endpoints null,wsbridge`,
+//! `--out <dir>` (default target/calls-bench).
+
+#[allow(dead_code)]
+#[path = "../../tests/freeswitch/esl.rs"]
+mod esl;
+#[allow(dead_code)]
+#[path = "../../tests/freeswitch/instance.rs"]
+mod instance;
+
+mod echo_server;
+mod proc_stats;
+mod report;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use echo_server::EchoServer;
+use instance::FreeSwitch;
+use report::{Media, Row};
+
+const RATE: u32 = 16000;
+const FRAME_BYTES: usize = 640;
+const TONE_HZ: f64 = 1000.0;
+const FRAMES_PER_SECOND: u64 = 50;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Endpoint {
+    Null,
+    Wsbridge,
+}
+
+impl Endpoint {
+    fn name(self) -> &'static str {
+        match self {
+            Endpoint::Null => "null",
+            Endpoint::Wsbridge => "wsbridge",
+        }
+    }
+}
+
+struct Options {
+    calls: Vec<usize>,
+    seconds: u64,
+    rate: f64,
+    endpoints: Vec<Endpoint>,
+    out: PathBuf,
+}
+
+const USAGE: &str = "usage: cargo bench --bench calls -- [--calls 50,200,500] [--seconds 60] [--rate 50] \
+                     [--endpoints null,wsbridge] [--out target/calls-bench]";
+
+fn parse_options() -> Result<Options, String> {
+    let mut options = Options {
+        calls: vec![50, 200, 500],
+        seconds: 60,
+        rate: 50.0,
+        endpoints: vec![Endpoint::Null, Endpoint::Wsbridge],
+        out: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/calls-bench"),
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = || args.next().ok_or(format!("{arg} needs a value"));
+        match arg.as_str() {
+            // cargo bench passes this to every bench binary.
+            "--bench" => {}
+            "--calls" => {
+                options.calls = value()?
+                    .split(',')
+                    .map(|n| n.trim().parse().ok().filter(|n| *n > 0).ok_or(format!("bad call count '{n}'")))
+                    .collect::<Result<_, _>>()?
+            }
+            "--seconds" => options.seconds = value()?.parse().map_err(|_| "bad --seconds")?,
+            "--rate" => options.rate = value()?.parse().ok().filter(|r: &f64| *r > 0.0).ok_or("bad --rate")?,
+            "--endpoints" => {
+                options.endpoints = value()?
+                    .split(',')
+                    .map(|name| match name.trim() {
+                        "null" => Ok(Endpoint::Null),
+                        "wsbridge" => Ok(Endpoint::Wsbridge),
+                        other => Err(format!("unknown endpoint '{other}'")),
+                    })
+                    .collect::<Result<_, _>>()?
+            }
+            "--out" => options.out = PathBuf::from(value()?),
+            other => return Err(format!("unknown argument '{other}'")),
+        }
+    }
+    Ok(options)
+}
+
+/// When a call was originated, and what the event socket then told about it.
+#[derive(Default)]
+struct CallEvents {
+    originated: Option<Instant>,
+    /// When the CHANNEL_ANSWER event reached us. FreeSWITCH's own event
+    /// timestamps move in 20 ms timer steps, too coarse for setup times.
+    answered: Option<Instant>,
+    hangup: Option<esl::Headers>,
+}
+
+type Calls = Arc<Mutex<HashMap<String, CallEvents>>>;
+
+/// Reads channel events until `stop`, keeping those of this run's calls.
+fn collect_events(mut esl: esl::Esl, prefix: String, calls: Calls, stop: Arc<AtomicBool>) {
+    while !stop.load(Ordering::Relaxed) {
+        let Some(event) = esl.next_event(Duration::from_secs(1)) else { continue };
+        let Some(uuid) = event.get("Unique-ID").filter(|uuid| uuid.starts_with(&prefix)) else { continue };
+        let mut calls = calls.lock().unwrap();
+        let call = calls.entry(uuid.clone()).or_default();
+        match event.get("Event-Name").map(String::as_str) {
+            Some("CHANNEL_ANSWER") => call.answered = Some(Instant::now()),
+            Some("CHANNEL_HANGUP_COMPLETE") => call.hangup = Some(event),
+            _ => {}
+        }
+    }
+}
+
+fn count(calls: &Calls, done: impl Fn(&CallEvents) -> bool) -> usize {
+    calls.lock().unwrap().values().filter(|call| done(call)).count()
+}
+
+fn wait_for(calls: &Calls, wanted: usize, deadline: Instant, done: impl Fn(&CallEvents) -> bool) -> usize {
+    loop {
+        let reached = count(calls, &done);
+        if reached >= wanted || Instant::now() >= deadline {
+            return reached;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn ms(us: u64) -> f64 {
+    us as f64 / 1000.0
+}
+
+fn percentile_ms(values: &mut [u64], quantile: f64) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values.sort_unstable();
+    let index = ((values.len() as f64 * quantile).ceil() as usize).clamp(1, values.len()) - 1;
+    ms(values[index])
+}
+
+fn variable_sum(calls: &HashMap<String, CallEvents>, name: &str) -> u64 {
+    calls
+        .values()
+        .filter_map(|call| call.hangup.as_ref())
+        .filter_map(|hangup| hangup.get(&format!("variable_{name}")).and_then(|v| v.parse::<u64>().ok()))
+        .sum()
+}
+
+fn run(options: &Options, endpoint: Endpoint, calls: usize, run_number: u16, runtime: &tokio::runtime::Runtime) -> Row {
+    let server = (endpoint == Endpoint::Wsbridge).then(|| EchoServer::start(runtime, FRAME_BYTES, TONE_HZ, RATE));
+    let freeswitch = FreeSwitch::start_with_log_level("ws://127.0.0.1:9", 10 + run_number, "warning");
+    let pid = freeswitch.pid().to_string();
+
+    let prefix = format!("{:08x}-", 0xbe_0000 + run_number as u32);
+    let events: Calls = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let collector = {
+        let mut esl = freeswitch.esl();
+        esl.subscribe("CHANNEL_ANSWER CHANNEL_HANGUP_COMPLETE");
+        let (prefix, events, stop) = (prefix.clone(), events.clone(), stop.clone());
+        std::thread::spawn(move || collect_events(esl, prefix, events, stop))
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    let idle_rss_kib = proc_stats::rss_kib(&pid);
+
+    let mut control = freeswitch.esl();
+    let tone_ms = options.seconds * 1000;
+    let started = Instant::now();
+    for call in 0..calls {
+        let uuid = format!("{prefix}0000-4000-8000-{call:012x}");
+        let target = match endpoint {
+            Endpoint::Null => format!("{{origination_uuid={uuid},rate={RATE}}}null/bench"),
+            Endpoint::Wsbridge => {
+                let port = server.as_ref().unwrap().port;
+                format!("{{origination_uuid={uuid}}}wsbridge/ws://127.0.0.1:{port}/bench/{call}")
+            }
+        };
+        events.lock().unwrap().entry(uuid.clone()).or_default().originated = Some(Instant::now());
+        let reply = control.command(&format!("bgapi originate {target} tone_{tone_ms}ms XML wsbridge-test"));
+        assert!(reply.as_deref().is_ok_and(|r| r.starts_with("+OK")), "bgapi originate: {reply:?}");
+        let next = started + Duration::from_secs_f64((call + 1) as f64 / options.rate);
+        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+    }
+    let ramp = started.elapsed();
+    let answered = wait_for(&events, calls, Instant::now() + Duration::from_secs(30), |c| c.answered.is_some());
+    if answered < calls {
+        eprintln!("{}: only {answered} of {calls} calls were answered", endpoint.name());
+    }
+
+    // The measuring window: every call up, none ended yet.
+    let window_start = Instant::now() + Duration::from_secs(2);
+    let window_end = started + Duration::from_secs(options.seconds) - Duration::from_secs(2);
+    assert!(
+        window_end > window_start + Duration::from_secs(5),
+        "calls of {} s leave no steady window after a {:.1} s ramp; raise --seconds or --rate",
+        options.seconds,
+        ramp.as_secs_f64()
+    );
+    std::thread::sleep(window_start - Instant::now());
+    let cpu_before = proc_stats::cpu_us(&pid);
+    let bench_cpu_before = proc_stats::cpu_us("self");
+    let measured_from = Instant::now();
+    let mut peak_rss_kib = proc_stats::rss_kib(&pid);
+    while Instant::now() + Duration::from_secs(1) < window_end {
+        std::thread::sleep(Duration::from_secs(1));
+        peak_rss_kib = peak_rss_kib.max(proc_stats::rss_kib(&pid));
+    }
+    std::thread::sleep(window_end.saturating_duration_since(Instant::now()));
+    let cpu_used_us = proc_stats::cpu_us(&pid) - cpu_before;
+    let window = measured_from.elapsed();
+    let bench_cpu_used_us = proc_stats::cpu_us("self") - bench_cpu_before;
+    let up_during_window = calls - count(&events, |c| c.hangup.is_some());
+
+    let hangup_deadline = started + Duration::from_secs(options.seconds) + ramp + Duration::from_secs(30);
+    wait_for(&events, answered, hangup_deadline, |c| c.hangup.is_some());
+    stop.store(true, Ordering::Relaxed);
+    collector.join().unwrap();
+    drop(control);
+    let version = freeswitch.version();
+    if !freeswitch.stop() {
+        eprintln!("{}: FreeSWITCH did not shut down cleanly", endpoint.name());
+    }
+
+    let events = events.lock().unwrap();
+    let completed = events
+        .values()
+        .filter(|call| call.answered.is_some())
+        .filter(|call| call.hangup.as_ref().and_then(|h| h.get("Hangup-Cause")).is_some_and(|c| c == "NORMAL_CLEARING"))
+        .count();
+    let mut setup_us: Vec<u64> = events
+        .values()
+        .filter_map(|call| Some(call.answered?.saturating_duration_since(call.originated?).as_micros() as u64))
+        .collect();
+    let media = server.map(|server| {
+        // The last connections close as their calls hang up.
+        std::thread::sleep(Duration::from_millis(500));
+        let tally = server.finish();
+        let per_call = options.seconds * FRAMES_PER_SECOND;
+        let mut frames_per_call = tally.frames_per_call.clone();
+        frames_per_call.resize(calls.max(frames_per_call.len()), 0);
+        Media {
+            frames_expected: per_call * calls as u64,
+            frames_sent: variable_sum(&events, "wsbridge_frames_sent"),
+            frames_received: tally.frames_per_call.iter().sum(),
+            frames_lost: frames_per_call.iter().map(|frames| per_call.saturating_sub(*frames)).sum(),
+            frames_dropped_by_module: variable_sum(&events, "wsbridge_dropped_frames"),
+            jitter_p50_ms: ms(tally.jitter_us.value_at_quantile(0.5)),
+            jitter_p99_ms: ms(tally.jitter_us.value_at_quantile(0.99)),
+            jitter_max_ms: ms(tally.jitter_us.max()),
+            frames_echoed: tally.echoed_frames,
+            frames_played: variable_sum(&events, "wsbridge_frames_played"),
+            underruns: variable_sum(&events, "wsbridge_underruns"),
+            mark_delay_p50_ms: ms(tally.mark_delay_us.value_at_quantile(0.5)),
+            mark_delay_p99_ms: ms(tally.mark_delay_us.value_at_quantile(0.99)),
+            marks_sent: tally.marks_sent,
+            marks_back: tally.marks_back,
+            tone_checked: tally.tone_checked,
+            tone_found: tally.tone_found,
+        }
+    });
+    let row = Row {
+        endpoint: endpoint.name(),
+        calls,
+        completed,
+        cpu_us_per_call_second: cpu_used_us as f64 / (calls as f64 * window.as_secs_f64()),
+        cpu_ratio_to_null: None,
+        rss_kib_per_call: peak_rss_kib.saturating_sub(idle_rss_kib) as f64 / calls as f64,
+        setup_p50_ms: percentile_ms(&mut setup_us, 0.5),
+        setup_p99_ms: percentile_ms(&mut setup_us, 0.99),
+        bench_cpu_percent: bench_cpu_used_us as f64 / window.as_micros() as f64 * 100.0,
+        media,
+    };
+    println!(
+        "{:>8} {:>4} calls: {completed} completed, {up_during_window} up through a {:.1} s window, ramp {:.1} s; \
+         FreeSWITCH used {:.2} CPU-s, RSS {idle_rss_kib} -> {peak_rss_kib} KiB ({version})",
+        endpoint.name(),
+        calls,
+        window.as_secs_f64(),
+        ramp.as_secs_f64(),
+        cpu_used_us as f64 / 1e6,
+    );
+    if let Some(media) = &row.media {
+        println!(
+            "{:>8} {:>4} calls: module sent {} frames, dropped {}; {} underruns; marks {} sent, {} back; \
+             1 kHz tone in {} of {} checked frames",
+            "",
+            calls,
+            media.frames_sent,
+            media.frames_dropped_by_module,
+            media.underruns,
+            media.marks_sent,
+            media.marks_back,
+            media.tone_found,
+            media.tone_checked
+        );
+    }
+    row
+}
+
+fn main() {
+    let missing = env!("WSBRIDGE_FS_MISSING");
+    if !missing.is_empty() {
+        println!("SKIPPED: the calls benchmark needs FreeSWITCH, and {missing}");
+        return;
+    }
+    let options = match parse_options() {
+        Ok(options) => options,
+        Err(why) => {
+            eprintln!("{why}\n{USAGE}");
+            std::process::exit(2);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    // The module is built once, before any run, so no build is timed.
+    instance::built_module();
+
+    let mut rows = Vec::new();
+    let mut run_number = 0;
+    for &calls in &options.calls {
+        for &endpoint in &options.endpoints {
+            rows.push(run(&options, endpoint, calls, run_number, &runtime));
+            run_number += 1;
+        }
+    }
+    let floors: HashMap<usize, f64> =
+        rows.iter().filter(|row| row.endpoint == "null").map(|row| (row.calls, row.cpu_us_per_call_second)).collect();
+    for row in rows.iter_mut() {
+        row.cpu_ratio_to_null = floors.get(&row.calls).map(|floor| row.cpu_us_per_call_second / floor);
+    }
+
+    let table = report::table(&rows);
+    println!("\n{} s per call, {} call attempts per second, {} cores\n", options.seconds, options.rate, cores());
+    println!("{table}");
+    std::fs::create_dir_all(&options.out).expect("creating the output directory");
+    let write = |name: &str, text: &str| {
+        let path = options.out.join(name);
+        std::fs::write(&path, text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        println!("wrote {}", path.display());
+    };
+    write("calls.csv", &report::csv(&rows));
+    write("calls.md", &table);
+    let png = options.out.join("calls.png");
+    match report::plot(&rows, &png) {
+        Ok(()) => println!("wrote {}", png.display()),
+        Err(why) => println!("no plot: {why}"),
+    }
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}

@@ -1,0 +1,23 @@
+//! What the benchmark reads from /proc: a process's CPU time and RSS.
+//! (/proc/stat's machine-wide figures are sampled at ticks and miss
+//! FreeSWITCH's short, timer-aligned bursts, so they are not used.)
+
+/// Linux reports process times in USER_HZ ticks, 100 per second on every mainstream ABI.
+const TICKS_PER_SECOND: u64 = 100;
+
+/// User plus system CPU time of the process and all its threads, dead or alive, in µs.
+pub fn cpu_us(pid: &str) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("reading /proc/<pid>/stat");
+    // The command name may hold spaces; fields are counted after its closing parenthesis.
+    let after_name = &stat[stat.rfind(')').expect("stat format") + 2..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    ticks * 1_000_000 / TICKS_PER_SECOND
+}
+
+pub fn rss_kib(pid: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("reading /proc/<pid>/status");
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS");
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}

@@ -1,0 +1,247 @@
+//! The benchmark's figures: one row per endpoint and call count, printed as a
+//! table, written as CSV, and plotted as a PNG.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use plotters::prelude::*;
+
+#[derive(Debug, Clone, Default)]
+pub struct Row {
+    pub endpoint: &'static str,
+    pub calls: usize,
+    /// Calls that were answered and ended with NORMAL_CLEARING.
+    pub completed: usize,
+    pub cpu_us_per_call_second: f64,
+    /// Against the null endpoint at the same number of calls.
+    pub cpu_ratio_to_null: Option<f64>,
+    pub rss_kib_per_call: f64,
+    pub setup_p50_ms: f64,
+    pub setup_p99_ms: f64,
+    /// CPU the benchmark itself used (echo server, event socket), percent of one core.
+    pub bench_cpu_percent: f64,
+    pub media: Option<Media>,
+}
+
+/// What only a call through a WebSocket has: frames both ways and their timing.
+#[derive(Debug, Clone, Default)]
+pub struct Media {
+    pub frames_expected: u64,
+    /// Caller frames the module sent, by its CDR variables.
+    pub frames_sent: u64,
+    /// Caller frames the server received.
+    pub frames_received: u64,
+    /// Frames short of the expected count, summed over calls.
+    pub frames_lost: u64,
+    pub frames_dropped_by_module: u64,
+    pub jitter_p50_ms: f64,
+    pub jitter_p99_ms: f64,
+    pub jitter_max_ms: f64,
+    pub frames_echoed: u64,
+    pub frames_played: u64,
+    pub underruns: u64,
+    /// From the server sending a mark after an echoed frame to its echo: the playout delay.
+    pub mark_delay_p50_ms: f64,
+    pub mark_delay_p99_ms: f64,
+    pub marks_sent: u64,
+    pub marks_back: u64,
+    pub tone_checked: u64,
+    pub tone_found: u64,
+}
+
+fn or_dash(value: Option<String>) -> String {
+    value.unwrap_or_else(|| "-".to_string())
+}
+
+pub fn table(rows: &[Row]) -> String {
+    let mut out = String::new();
+    out.push_str(
+        "| endpoint | calls | completed | FS CPU µs per call-second | × null | RSS KiB per call | \
+         caller frames expected / received / lost | server frames echoed / played | \
+         uplink jitter p50 / p99 / max ms | setup p50 / p99 ms | playout delay p50 / p99 ms | bench process CPU |\n",
+    );
+    out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    for row in rows {
+        let media = row.media.as_ref();
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {:.0} | {} | {:.0} | {} | {} | {} | {:.1} / {:.1} | {} | {:.0}% |",
+            row.endpoint,
+            row.calls,
+            row.completed,
+            row.cpu_us_per_call_second,
+            or_dash(row.cpu_ratio_to_null.map(|r| format!("{r:.2}"))),
+            row.rss_kib_per_call,
+            or_dash(media.map(|m| format!("{} / {} / {}", m.frames_expected, m.frames_received, m.frames_lost))),
+            or_dash(media.map(|m| format!("{} / {}", m.frames_echoed, m.frames_played))),
+            or_dash(media.map(|m| format!("{:.2} / {:.2} / {:.1}", m.jitter_p50_ms, m.jitter_p99_ms, m.jitter_max_ms))),
+            row.setup_p50_ms,
+            row.setup_p99_ms,
+            or_dash(media.map(|m| format!("{:.1} / {:.1}", m.mark_delay_p50_ms, m.mark_delay_p99_ms))),
+            row.bench_cpu_percent,
+        );
+    }
+    out
+}
+
+pub fn csv(rows: &[Row]) -> String {
+    let mut out = String::from(
+        "endpoint,calls,completed,cpu_us_per_call_second,cpu_ratio_to_null,rss_kib_per_call,setup_p50_ms,setup_p99_ms,\
+         bench_cpu_percent,frames_expected,frames_sent,frames_received,frames_lost,frames_dropped_by_module,\
+         jitter_p50_ms,jitter_p99_ms,jitter_max_ms,frames_echoed,frames_played,underruns,mark_delay_p50_ms,\
+         mark_delay_p99_ms,marks_sent,marks_back,tone_checked,tone_found\n",
+    );
+    for row in rows {
+        let _ = write!(
+            out,
+            "{},{},{},{:.1},{},{:.1},{:.2},{:.2},{:.1}",
+            row.endpoint,
+            row.calls,
+            row.completed,
+            row.cpu_us_per_call_second,
+            row.cpu_ratio_to_null.map(|r| format!("{r:.3}")).unwrap_or_default(),
+            row.rss_kib_per_call,
+            row.setup_p50_ms,
+            row.setup_p99_ms,
+            row.bench_cpu_percent,
+        );
+        match &row.media {
+            Some(m) => {
+                let _ = writeln!(
+                    out,
+                    ",{},{},{},{},{},{:.3},{:.3},{:.3},{},{},{},{:.2},{:.2},{},{},{},{}",
+                    m.frames_expected,
+                    m.frames_sent,
+                    m.frames_received,
+                    m.frames_lost,
+                    m.frames_dropped_by_module,
+                    m.jitter_p50_ms,
+                    m.jitter_p99_ms,
+                    m.jitter_max_ms,
+                    m.frames_echoed,
+                    m.frames_played,
+                    m.underruns,
+                    m.mark_delay_p50_ms,
+                    m.mark_delay_p99_ms,
+                    m.marks_sent,
+                    m.marks_back,
+                    m.tone_checked,
+                    m.tone_found,
+                );
+            }
+            // 17 empty media columns.
+            None => out.push_str(&format!("{}\n", ",".repeat(17))),
+        }
+    }
+    out
+}
+
+const FONT_CANDIDATES: &[&str] = &[
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+    "/usr/share/fonts/truetype/freefont/FreeSans.ttf",
+];
+
+/// plotters draws text with a font it is given; the machine's own is used.
+fn register_font() -> Result<(), String> {
+    let path = FONT_CANDIDATES
+        .iter()
+        .find(|path| Path::new(path).exists())
+        .ok_or("no TrueType font found; install fonts-dejavu-core")?;
+    let bytes: &'static [u8] = Box::leak(std::fs::read(path).map_err(|e| e.to_string())?.into_boxed_slice());
+    plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).map_err(|_| format!("{path} is not a font"))
+}
+
+type Series<'a> = (&'a str, RGBColor, Vec<(f64, f64)>);
+
+fn panel(
+    area: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>,
+    title: &str,
+    y_label: &str,
+    series: &[Series<'_>],
+    target: Option<(f64, &str)>,
+) -> Result<(), String> {
+    let max_x = series.iter().flat_map(|(_, _, points)| points.iter().map(|p| p.0)).fold(1.0, f64::max);
+    let max_y = series
+        .iter()
+        .flat_map(|(_, _, points)| points.iter().map(|p| p.1))
+        .chain(target.map(|t| t.0))
+        .fold(1e-3, f64::max);
+    let mut chart = ChartBuilder::on(area)
+        .caption(title, ("sans-serif", 22))
+        .margin(16)
+        .x_label_area_size(44)
+        .y_label_area_size(64)
+        .build_cartesian_2d(0.0..max_x * 1.08, 0.0..max_y * 1.2)
+        .map_err(|e| e.to_string())?;
+    chart
+        .configure_mesh()
+        .x_desc("concurrent calls")
+        .y_desc(y_label)
+        .label_style(("sans-serif", 15))
+        .draw()
+        .map_err(|e| e.to_string())?;
+    for (name, color, points) in series {
+        let color = *color;
+        chart
+            .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
+            .map_err(|e| e.to_string())?
+            .label(*name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+        chart
+            .draw_series(points.iter().map(|point| Circle::new(*point, 4, color.filled())))
+            .map_err(|e| e.to_string())?;
+    }
+    if let Some((value, name)) = target {
+        let grey = RGBColor(120, 120, 120);
+        chart
+            .draw_series(LineSeries::new(vec![(0.0, value), (max_x * 1.08, value)], grey.stroke_width(1)))
+            .map_err(|e| e.to_string())?
+            .label(name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], grey));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .label_font(("sans-serif", 15))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| e.to_string())
+}
+
+/// CPU per call against the number of calls for both endpoints, and the
+/// uplink jitter the server saw.
+pub fn plot(rows: &[Row], path: &Path) -> Result<(), String> {
+    register_font()?;
+    let points = |endpoint: &str, value: &dyn Fn(&Row) -> Option<f64>| -> Vec<(f64, f64)> {
+        rows.iter()
+            .filter(|row| row.endpoint == endpoint)
+            .filter_map(|row| value(row).map(|v| (row.calls as f64, v)))
+            .collect()
+    };
+    let root = BitMapBackend::new(path, (1280, 520)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let (left, right) = root.split_horizontally(640);
+    let cpu = |row: &Row| Some(row.cpu_us_per_call_second);
+    panel(
+        &left,
+        "FreeSWITCH CPU per call",
+        "CPU µs per call-second",
+        &[("null endpoint (floor)", BLUE, points("null", &cpu)), ("wsbridge", RED, points("wsbridge", &cpu))],
+        None,
+    )?;
+    let jitter = |pick: fn(&Media) -> f64| move |row: &Row| row.media.as_ref().map(pick);
+    panel(
+        &right,
+        "Uplink jitter at the server (wsbridge)",
+        "|arrival gap - 20 ms|, ms",
+        &[
+            ("p50", GREEN, points("wsbridge", &jitter(|m| m.jitter_p50_ms))),
+            ("p99", RED, points("wsbridge", &jitter(|m| m.jitter_p99_ms))),
+            ("max", BLACK, points("wsbridge", &jitter(|m| m.jitter_max_ms))),
+        ],
+        Some((5.0, "p99 target, 5 ms")),
+    )?;
+    root.present().map_err(|e| e.to_string())
+}
