@@ -80,9 +80,14 @@ pub struct EchoServer {
 }
 
 impl EchoServer {
-    pub fn start(runtime: &tokio::runtime::Runtime, frame_bytes: usize, tone_hz: f64, rate: u32) -> EchoServer {
-        let listener = runtime.block_on(TcpListener::bind("127.0.0.1:0")).expect("echo server listen");
+    pub fn start(runtime: &tokio::runtime::Handle, frame_bytes: usize, tone_hz: f64, rate: u32) -> EchoServer {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("echo server listen");
         let port = listener.local_addr().unwrap().port();
+        listener.set_nonblocking(true).unwrap();
+        let listener = {
+            let _inside = runtime.enter();
+            TcpListener::from_std(listener).unwrap()
+        };
         let tally = Arc::new(Mutex::new(Tally::new()));
         let shared = tally.clone();
         let accept = runtime.spawn(async move {
@@ -153,7 +158,7 @@ async fn serve(tcp: TcpStream, frame_bytes: usize, tone_hz: f64, rate: u32) -> T
                 }
                 if let Some(previous) = last_arrival.filter(|_| frames > WARM_UP_FRAMES) {
                     let gap = arrival - previous;
-                    let off = if gap > FRAME { gap - FRAME } else { FRAME - gap };
+                    let off = gap.abs_diff(FRAME);
                     call.jitter_us.saturating_record(off.as_micros() as u64);
                 }
                 last_arrival = Some(arrival);

@@ -21,3 +21,13 @@ pub fn rss_kib(pid: &str) -> u64 {
     let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS");
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
+
+/// CPU time of the process's live threads named `name`, in µs.
+pub fn threads_cpu_us(pid: &str, name: &str) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
+    tasks
+        .filter_map(|task| task.ok())
+        .filter(|task| std::fs::read_to_string(task.path().join("comm")).is_ok_and(|comm| comm.trim_end() == name))
+        .map(|task| cpu_us(&format!("{pid}/task/{}", task.file_name().to_string_lossy())))
+        .sum()
+}

@@ -490,13 +490,13 @@ unsafe extern "C" fn write_frame(
         };
         let mut reframer = lock(&call.uplink_reframer);
         reframer.push(data, |chunk| {
-            let little_endian: Vec<u8> = chunk
-                .chunks_exact(2)
-                .flat_map(|sample| i16::from_ne_bytes([sample[0], sample[1]]).to_le_bytes())
-                .collect();
-            if let PushOutcome::DroppedOldest { first_of_episode: true } =
-                call.media.send_audio(Bytes::from(little_endian))
-            {
+            // FreeSWITCH's L16 is in host order; the wire is little-endian.
+            let little_endian = if cfg!(target_endian = "little") {
+                Bytes::copy_from_slice(chunk)
+            } else {
+                chunk.chunks_exact(2).flat_map(|s| i16::from_ne_bytes([s[0], s[1]]).to_le_bytes()).collect()
+            };
+            if let PushOutcome::DroppedOldest { first_of_episode: true } = call.media.send_audio(little_endian) {
                 tracing::warn!(
                     uuid = session.map(Session::uuid).unwrap_or_default().as_str(),
                     "the server is not keeping up; dropping the oldest caller audio"

@@ -64,11 +64,12 @@ unsafe extern "C" fn load(
 ) -> fs::switch_status_t {
     guard("load", fs::switch_status_t::SWITCH_STATUS_FALSE, || {
         install_logging();
-        if let Err(error) = runtime::start() {
+        admin::load_config();
+        let threads = admin::config().runtime_threads;
+        if let Err(error) = runtime::start(threads) {
             tracing::error!("cannot start the WebSocket runtime: {error}");
             return fs::switch_status_t::SWITCH_STATUS_FALSE;
         }
-        admin::load_config();
         admin::reserve_event_subclasses();
         // SAFETY: FreeSWITCH hands us the slot and the module's pool.
         unsafe {
@@ -102,7 +103,7 @@ unsafe extern "C" fn load(
                 std::ptr::null_mut(),
             );
         }
-        tracing::info!("mod_wsbridge {} loaded", env!("CARGO_PKG_VERSION"));
+        tracing::info!("mod_wsbridge {} loaded; {threads} runtime thread(s)", env!("CARGO_PKG_VERSION"));
         SUCCESS
     })
 }

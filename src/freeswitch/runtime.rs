@@ -8,8 +8,7 @@ use std::time::Duration;
 static RUNTIME: Mutex<Option<tokio::runtime::Runtime>> = Mutex::new(None);
 static LIVE_THREADS: AtomicUsize = AtomicUsize::new(0);
 
-pub fn start() -> std::io::Result<()> {
-    let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 4);
+pub fn start(workers: usize) -> std::io::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
         .thread_name("wsbridge")
