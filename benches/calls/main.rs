@@ -18,8 +18,10 @@ mod esl;
 #[path = "../../tests/freeswitch/instance.rs"]
 mod instance;
 
-mod echo_server;
+#[path = "../../tests/freeswitch/proc_stats.rs"]
 mod proc_stats;
+
+mod echo_server;
 mod report;
 
 use std::collections::HashMap;
@@ -36,6 +38,7 @@ const RATE: u32 = 16000;
 const FRAME_BYTES: usize = 640;
 const TONE_HZ: f64 = 1000.0;
 const FRAMES_PER_SECOND: u64 = 50;
+const RUNTIME_THREADS: usize = 1;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Endpoint {
@@ -168,6 +171,14 @@ fn run(options: &Options, endpoint: Endpoint, calls: usize, run_number: u16, ser
     let server = (endpoint == Endpoint::Wsbridge).then(|| EchoServer::start(server, FRAME_BYTES, TONE_HZ, RATE));
     let freeswitch = FreeSwitch::start_with_log_level("ws://127.0.0.1:9", 10 + run_number, "warning");
     let pid = freeswitch.pid().to_string();
+    if endpoint == Endpoint::Wsbridge {
+        // The published run's setting: one runtime thread costs the least CPU.
+        freeswitch.set_wsbridge_conf(&format!(r#"<param name="runtime-threads" value="{RUNTIME_THREADS}"/>"#));
+        let mut esl = freeswitch.esl();
+        esl.api("reloadxml");
+        let reply = esl.api("reload mod_wsbridge");
+        assert!(reply.contains("+OK"), "reload mod_wsbridge: {reply}");
+    }
 
     let prefix = format!("{:08x}-", 0xbe_0000 + run_number as u32);
     let events: Calls = Arc::default();

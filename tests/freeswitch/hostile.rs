@@ -318,7 +318,7 @@ pub fn thousand_calls_churn() {
         })
     });
     let pid = freeswitch.pid();
-    let rss = || crate::media::rss_kib(pid);
+    let rss = || crate::proc_stats::rss_kib(pid);
     let mut esl = freeswitch.esl();
     // Warm up, so that one-time allocations are not counted as leaks.
     for _ in 0..50 {

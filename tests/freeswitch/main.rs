@@ -11,6 +11,8 @@ mod hostile;
 mod instance;
 mod media;
 mod operating;
+#[allow(dead_code)] // the CPU readers are the calls benchmark's
+mod proc_stats;
 mod ws_server;
 
 use std::sync::{Mutex, OnceLock};

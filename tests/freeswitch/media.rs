@@ -7,15 +7,9 @@ use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::audio::{self, assert_tone, loud_span, power_at, read_wav, rms, tone};
+use crate::proc_stats::rss_kib;
 use crate::ws_server::{runtime, Connection};
 use crate::{encode, esl, ok_uuid, recording_path, uri, wait_gone, world};
-
-/// A process's resident memory, in KiB.
-pub fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS");
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
 
 /// The shared FreeSWITCH's resident memory, in KiB.
 pub fn freeswitch_rss_kib() -> u64 {

@@ -1,4 +1,4 @@
-//! What the benchmark reads from /proc: a process's CPU time and RSS.
+//! What the tests and the calls benchmark read from /proc: a process's CPU time and RSS.
 //! (/proc/stat's machine-wide figures are sampled at ticks and miss
 //! FreeSWITCH's short, timer-aligned bursts, so they are not used.)
 
@@ -6,7 +6,7 @@
 const TICKS_PER_SECOND: u64 = 100;
 
 /// User plus system CPU time of the process and all its threads, dead or alive, in µs.
-pub fn cpu_us(pid: &str) -> u64 {
+pub fn cpu_us(pid: impl std::fmt::Display) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("reading /proc/<pid>/stat");
     // The command name may hold spaces; fields are counted after its closing parenthesis.
     let after_name = &stat[stat.rfind(')').expect("stat format") + 2..];
@@ -16,18 +16,19 @@ pub fn cpu_us(pid: &str) -> u64 {
     ticks * 1_000_000 / TICKS_PER_SECOND
 }
 
-pub fn rss_kib(pid: &str) -> u64 {
+/// A process's resident memory, in KiB.
+pub fn rss_kib(pid: impl std::fmt::Display) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("reading /proc/<pid>/status");
     let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS");
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
 /// CPU time of the process's live threads named `name`, in µs.
-pub fn threads_cpu_us(pid: &str, name: &str) -> u64 {
+pub fn threads_cpu_us(pid: impl std::fmt::Display, name: &str) -> u64 {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
     tasks
         .filter_map(|task| task.ok())
         .filter(|task| std::fs::read_to_string(task.path().join("comm")).is_ok_and(|comm| comm.trim_end() == name))
-        .map(|task| cpu_us(&format!("{pid}/task/{}", task.file_name().to_string_lossy())))
+        .map(|task| cpu_us(format!("{pid}/task/{}", task.file_name().to_string_lossy())))
         .sum()
 }
