@@ -347,8 +347,6 @@ fn main() {
     // another, and so would charge its own queueing to the module's jitter.
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let server = runtime.handle().clone();
-    // The module is built once, before any run, so no build is timed.
-    instance::built_module();
 
     let mut rows = Vec::new();
     let mut run_number = 0;
