@@ -5,7 +5,7 @@ use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 
 /// About the noise floor of a quiet line.
-pub const DEFAULT_LEVEL_DBOV: f64 = -65.0;
+pub const DEFAULT_LEVEL_DBOV: f64 = crate::settings::COMFORT_NOISE_DBOV.level_default();
 
 pub struct ComfortNoise {
     rng: SmallRng,

@@ -2,17 +2,24 @@
 //! servers.
 //!
 //! Everything but [`freeswitch`] is plain Rust that knows nothing of
-//! FreeSWITCH and is tested without it. [`freeswitch`] (built only where
-//! FreeSWITCH was found) is the one unsafe layer: the module entry points,
-//! the endpoint callbacks and thin wrappers over the C API.
+//! FreeSWITCH and is tested without it:
+//! - [`settings`]: every setting, with one table of defaults;
+//! - [`call_plan`]: from a call's variables to the server it reaches, or a refusal;
+//! - [`session`]: one call's WebSocket conversation, over [`websocket`];
+//! - [`media`]: what a call's FreeSWITCH thread and its task share:
+//!   [`playout`], [`uplink`], [`reframe`], [`comfort_noise`];
+//! - [`protocol`]: the text messages; [`command`]: the API's arguments.
+//!
+//! [`freeswitch`] (built only where FreeSWITCH was found) holds the module's
+//! entry points and the endpoint; its `ffi` module is the one place with
+//! unsafe code.
 
-pub mod admin;
+pub mod call_plan;
 pub mod cause;
 pub mod comfort_noise;
-pub mod config;
+pub mod command;
 pub mod logging;
 pub mod media;
-pub mod options;
 pub mod playout;
 pub mod protocol;
 pub mod reframe;

@@ -22,9 +22,19 @@ pub fn debug() -> bool {
     DEBUG.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+/// The text of a panic's payload.
+pub fn describe_panic(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|text| text.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-text panic".to_string())
+}
+
 /// Where finished log lines go.
 pub trait LogSink: Send + Sync + 'static {
-    fn log(&self, level: Level, uuid: Option<&str>, text: &str);
+    /// `file` and `line` name the Rust source of the line.
+    fn log(&self, level: Level, uuid: Option<&str>, file: &str, line: u32, text: &str);
 }
 
 pub struct SinkLayer<S> {
@@ -90,7 +100,9 @@ impl<S: LogSink, R: Subscriber + for<'a> LookupSpan<'a>> Layer<R> for SinkLayer<
             context.event_scope(event)?.find_map(|span| span.extensions().get::<CallUuid>().map(|uuid| uuid.0.clone()))
         });
         collect.message.push_str(&collect.fields);
-        self.sink.log(*event.metadata().level(), uuid.as_deref(), &collect.message);
+        let metadata = event.metadata();
+        let (file, line) = (metadata.file().unwrap_or("mod_wsbridge"), metadata.line().unwrap_or(0));
+        self.sink.log(*metadata.level(), uuid.as_deref(), file, line, &collect.message);
     }
 }
 
@@ -100,14 +112,15 @@ mod tests {
     use std::sync::{Arc, Mutex};
     use tracing_subscriber::layer::SubscriberExt;
 
-    type Line = (Level, Option<String>, String);
+    type Line = (Level, Option<String>, String, String);
 
     #[derive(Clone, Default)]
     struct Lines(Arc<Mutex<Vec<Line>>>);
 
     impl LogSink for Lines {
-        fn log(&self, level: Level, uuid: Option<&str>, text: &str) {
-            self.0.lock().unwrap().push((level, uuid.map(str::to_string), text.to_string()));
+        fn log(&self, level: Level, uuid: Option<&str>, file: &str, line: u32, text: &str) {
+            let source = format!("{file}:{}", line > 0);
+            self.0.lock().unwrap().push((level, uuid.map(str::to_string), source, text.to_string()));
         }
     }
 
@@ -126,9 +139,14 @@ mod tests {
         assert_eq!(
             lines,
             vec![
-                (Level::INFO, None, "no call".to_string()),
-                (Level::WARN, Some("abc-123".to_string()), "100% %s %n safe frames=3".to_string()),
-                (Level::ERROR, Some("direct".to_string()), "explicit".to_string()),
+                (Level::INFO, None, "src/logging.rs:true".to_string(), "no call".to_string()),
+                (
+                    Level::WARN,
+                    Some("abc-123".to_string()),
+                    "src/logging.rs:true".to_string(),
+                    "100% %s %n safe frames=3".to_string()
+                ),
+                (Level::ERROR, Some("direct".to_string()), "src/logging.rs:true".to_string(), "explicit".to_string()),
             ]
         );
     }

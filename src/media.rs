@@ -28,20 +28,32 @@ pub struct MediaLimits {
     pub uplink_backlog: Duration,
 }
 
+impl MediaLimits {
+    /// A playout of `capacity`, with reading stopped above 5/6 of it and resumed below 2/3.
+    pub fn for_capacity(capacity: Duration, uplink_backlog: Duration) -> Self {
+        let capacity_ms = capacity.as_millis() as u64;
+        MediaLimits {
+            playout_capacity: capacity,
+            playout_high_water: Duration::from_millis(capacity_ms * 5 / 6),
+            playout_low_water: Duration::from_millis(capacity_ms * 2 / 3),
+            uplink_backlog,
+        }
+    }
+}
+
 impl Default for MediaLimits {
     fn default() -> Self {
-        MediaLimits {
-            playout_capacity: Duration::from_secs(60),
-            playout_high_water: Duration::from_secs(50),
-            playout_low_water: Duration::from_secs(40),
-            uplink_backlog: Duration::from_secs(1),
-        }
+        use crate::settings::{PLAYOUT_MAX_MS, UPLINK_BACKLOG_MS};
+        MediaLimits::for_capacity(
+            Duration::from_millis(PLAYOUT_MAX_MS.integer_default()),
+            Duration::from_millis(UPLINK_BACKLOG_MS.integer_default()),
+        )
     }
 }
 
 #[derive(Default)]
 pub struct MediaStats {
-    /// Caller frames sent to the server.
+    /// Caller frames handed to the socket (taken off the uplink queue).
     pub frames_sent: AtomicU64,
     /// Server frames received (whole frames' worth of bytes).
     pub frames_received: AtomicU64,
@@ -63,8 +75,13 @@ pub struct CallMedia {
     started: std::time::Instant,
     connect_ms: AtomicU64,
     close: Mutex<Option<(u16, String)>>,
+    /// The caller hung up on an open socket: what is queued will still be sent.
+    caller_flush: AtomicBool,
     pub stats: MediaStats,
 }
+
+/// The close reason when the caller hangs up.
+pub const CALLER_HUNG_UP: &str = "caller hung up";
 
 fn bytes_for(format: ContentType, duration: Duration) -> usize {
     let frames = (duration.as_millis() as usize).div_ceil(crate::settings::FRAME_MS as usize).max(1);
@@ -95,6 +112,7 @@ impl CallMedia {
             started: std::time::Instant::now(),
             connect_ms: AtomicU64::new(u64::MAX),
             close: Mutex::new(None),
+            caller_flush: AtomicBool::new(false),
             stats: MediaStats::default(),
         }
     }
@@ -165,6 +183,22 @@ impl CallMedia {
         lock(&self.close).get_or_insert_with(|| (code, reason.to_string()));
     }
 
+    /// The caller hung up while the socket was open: the task sends what is
+    /// queued, then closes with 1000. Returns whether that flush is to come.
+    pub fn caller_closes(&self) -> bool {
+        self.caller_hung_up();
+        if !self.is_open() {
+            return false;
+        }
+        let mut close = lock(&self.close);
+        let first = close.is_none();
+        close.get_or_insert_with(|| (1000, CALLER_HUNG_UP.to_string()));
+        if first {
+            self.caller_flush.store(true, Ordering::Release);
+        }
+        first
+    }
+
     pub fn close_info(&self) -> Option<(u16, String)> {
         lock(&self.close).clone()
     }
@@ -183,10 +217,18 @@ impl CallMedia {
         }
     }
 
+    /// Caller frames the server gets: those sent, plus those the flush after
+    /// a caller hangup will send. Read under the queue's lock, so none is counted twice.
+    fn frames_to_server(&self) -> u64 {
+        let uplink = lock(&self.uplink);
+        let queued = if self.caller_flush.load(Ordering::Acquire) { uplink.audio_frames() as u64 } else { 0 };
+        self.stats.frames_sent.load(Ordering::Relaxed) + queued
+    }
+
     /// The call's figures as `wsbridge_*` channel variables, for CDRs.
     pub fn report(&self) -> Vec<(&'static str, String)> {
         let mut report = vec![
-            ("wsbridge_frames_sent", self.stats.frames_sent.load(Ordering::Relaxed).to_string()),
+            ("wsbridge_frames_sent", self.frames_to_server().to_string()),
             ("wsbridge_frames_received", self.stats.frames_received.load(Ordering::Relaxed).to_string()),
             ("wsbridge_frames_played", self.stats.frames_played.load(Ordering::Relaxed).to_string()),
             ("wsbridge_underruns", self.underruns().to_string()),
@@ -288,18 +330,16 @@ impl CallMedia {
         }
     }
 
-    /// Moves whatever caller audio or text is queued into `batch`; false when none was.
+    /// Moves whatever caller audio or text is queued into `batch` for the
+    /// socket, counting its frames as sent; false when none was queued.
     pub fn take_uplink(&self, batch: &mut VecDeque<Outgoing>) -> bool {
         let mut uplink = lock(&self.uplink);
         if uplink.is_empty() {
             return false;
         }
-        uplink.take_all(batch);
+        let frames = uplink.take_all(batch);
+        self.stats.frames_sent.fetch_add(frames as u64, Ordering::Relaxed);
         true
-    }
-
-    pub fn count_sent(&self) {
-        self.stats.frames_sent.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn count_received(&self, frames: u64) {
@@ -384,7 +424,14 @@ mod tests {
         assert!(!media.next_downlink_frame(&mut frame), "nothing plays after a clear");
         let mut batch = VecDeque::new();
         media.next_uplink_batch(&mut batch).await;
-        let texts: Vec<String> = batch.iter().map(|item| item.text().expect("text items only")).collect();
+        let texts: Vec<String> = batch
+            .iter()
+            .map(|item| match item {
+                Outgoing::Text(text) => text.clone(),
+                Outgoing::Mark { name, cleared } => protocol::mark_event(name, *cleared),
+                Outgoing::Audio(_) => panic!("text items only"),
+            })
+            .collect();
         assert_eq!(
             texts,
             [

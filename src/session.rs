@@ -8,7 +8,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use std::panic::AssertUnwindSafe;
+
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -16,7 +18,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::cause::HangupCause;
-use crate::media::CallMedia;
+use crate::media::{CallMedia, CALLER_HUNG_UP};
 use crate::protocol::{self, Control};
 use crate::settings::{CallSettings, FirstMessageStyle};
 use crate::uplink::Outgoing;
@@ -118,17 +120,19 @@ impl Drop for ConnectingSlot {
 
 impl Default for SessionOptions {
     fn default() -> Self {
+        use crate::settings::*;
+        let ms = |setting: &Setting| Duration::from_millis(setting.integer_default());
         SessionOptions {
-            connect_timeout: Duration::from_secs(5),
+            connect_timeout: ms(&CONNECT_TIMEOUT_MS),
             close_timeout: Duration::from_secs(1),
-            max_message_bytes: 1 << 20,
-            max_text_bytes: 64 << 10,
-            ping_interval: Duration::from_secs(20),
-            dead_peer_timeout: Duration::from_secs(60),
+            max_message_bytes: MAX_MESSAGE_BYTES.integer_default() as usize,
+            max_text_bytes: MAX_TEXT_BYTES.integer_default() as usize,
+            ping_interval: ms(&PING_INTERVAL_MS),
+            dead_peer_timeout: ms(&DEAD_PEER_TIMEOUT_MS),
             first_message: FirstMessageStyle::Wsbridge,
             tls: TlsOptions::default(),
             http_headers: Vec::new(),
-            max_connecting: 200,
+            max_connecting: MAX_CONNECTING.integer_default() as usize,
         }
     }
 }
@@ -153,14 +157,36 @@ impl SessionEnd {
 }
 
 /// Runs the call's WebSocket session to its end and hangs the call up
-/// unless the caller already did.
+/// unless the caller already did. A panic anywhere in it is logged and
+/// hangs the call up with `CRASH`: nobody would feed the call otherwise.
 pub async fn run(
     settings: CallSettings,
     media: Arc<CallMedia>,
     control: impl CallControl,
     options: SessionOptions,
 ) -> SessionEnd {
-    let end = converse(&settings, &media, &control, &options).await;
+    let run = AssertUnwindSafe(run_to_end(&settings, &media, &control, &options));
+    match run.catch_unwind().await {
+        Ok(end) => end,
+        Err(payload) => {
+            let why = format!("panic in the WebSocket task: {}", crate::logging::describe_panic(payload.as_ref()));
+            let _ = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                tracing::error!("{why}; hanging up with {}", HangupCause::Crash);
+                media.caller_hung_up();
+                control.hangup(HangupCause::Crash);
+            }));
+            failed(HangupCause::Crash, why)
+        }
+    }
+}
+
+async fn run_to_end(
+    settings: &CallSettings,
+    media: &CallMedia,
+    control: &impl CallControl,
+    options: &SessionOptions,
+) -> SessionEnd {
+    let end = converse(settings, media, control, options).await;
     if let SessionEnd::Failed { why, .. } = &end {
         control.event(CallEvent::Error { what: why.clone() });
     }
@@ -245,6 +271,10 @@ impl Liveness {
 /// Several 20 ms frames at 48 kHz per read; larger messages take more reads.
 const READ_BUFFER_BYTES: usize = 8 * 1024;
 
+type Sink = futures_util::stream::SplitSink<Connection, Message>;
+type Stream = futures_util::stream::SplitStream<Connection>;
+
+/// Opens, runs and finishes the session.
 async fn converse(
     settings: &CallSettings,
     media: &CallMedia,
@@ -253,6 +283,25 @@ async fn converse(
 ) -> SessionEnd {
     // Tokens in the query never reach a log or an event.
     let uri = &crate::security::redact_uri(&settings.uri.text);
+    let connection = match open(settings, media, control, options, uri).await {
+        Ok(connection) => connection,
+        Err(end) => return end,
+    };
+    let (mut sink, mut stream) = connection.split();
+    // Taken off the queue but not yet sent; kept across a caller hangup so the flush sends it.
+    let mut unsent = VecDeque::new();
+    let ended = exchange(&mut sink, &mut stream, &mut unsent, media, control, options).await;
+    finish(ended, &mut sink, &mut stream, &mut unsent, media, control, options, uri).await
+}
+
+/// Connects, sends the first message and answers the call.
+async fn open(
+    settings: &CallSettings,
+    media: &CallMedia,
+    control: &impl CallControl,
+    options: &SessionOptions,
+    uri: &str,
+) -> Result<Connection, SessionEnd> {
     let mut config = WebSocketConfig::default();
     // tungstenite zero-fills this much before every socket read; its 128 KiB
     // default costs more than the read itself and stays resident per call.
@@ -262,10 +311,10 @@ async fn converse(
     config.max_frame_size = Some(largest);
 
     let Some(slot) = ConnectingSlot::take(options.max_connecting) else {
-        return failed(
+        return Err(failed(
             HangupCause::DestinationOutOfOrder,
             format!("{} connection attempts already in progress; not connecting to {uri}", options.max_connecting),
-        );
+        ));
     };
     let opening = async {
         let mut connection = websocket::connect(&settings.uri, config, &options.tls, &options.http_headers)
@@ -278,38 +327,61 @@ async fn converse(
         Ok::<Connection, String>(connection)
     };
     let connection = tokio::select! {
-        _ = media.caller_gone() => return SessionEnd::CallerHungUp,
+        _ = media.caller_gone() => return Err(SessionEnd::CallerHungUp),
         opened = timeout(options.connect_timeout, opening) => match opened {
-            Err(_) => return failed(HangupCause::DestinationOutOfOrder, format!(
-                "no WebSocket session with {uri} within {} ms", options.connect_timeout.as_millis())),
-            Ok(Err(why)) => return failed(HangupCause::DestinationOutOfOrder, format!("cannot reach {uri}: {why}")),
+            Err(_) => return Err(failed(HangupCause::DestinationOutOfOrder, format!(
+                "no WebSocket session with {uri} within {} ms", options.connect_timeout.as_millis()))),
+            Ok(Err(why)) => return Err(failed(HangupCause::DestinationOutOfOrder, format!("cannot reach {uri}: {why}"))),
             Ok(Ok(connection)) => connection,
         },
     };
     drop(slot);
     tracing::info!("WebSocket to {uri} open ({}); answering", settings.content_type);
     media.mark_open();
-    control.event(CallEvent::Connect { uri: uri.clone(), connect_ms: media.connect_ms().unwrap_or(0) });
+    control.event(CallEvent::Connect { uri: uri.to_string(), connect_ms: media.connect_ms().unwrap_or(0) });
     if !control.answer() {
         media.caller_hung_up();
     }
+    Ok(connection)
+}
 
-    let (mut sink, mut stream) = connection.split();
+/// Moves audio and messages both ways until one side ends the session.
+async fn exchange(
+    sink: &mut Sink,
+    stream: &mut Stream,
+    unsent: &mut VecDeque<Outgoing>,
+    media: &CallMedia,
+    control: &impl CallControl,
+    options: &SessionOptions,
+) -> Ended {
     let liveness = Liveness::new();
-    let ended = tokio::select! {
+    tokio::select! {
         _ = media.caller_gone() => Ended::CallerGone,
-        end = read_loop(&mut stream, media, control, options, &liveness) => Ended::Read(end),
-        error = write_loop(&mut sink, media, control, options.ping_interval) => Ended::Write(error),
+        end = read_loop(stream, media, control, options, &liveness) => Ended::Read(end),
+        error = write_loop(sink, unsent, media, control, options.ping_interval) => Ended::Write(error),
         silent = liveness.wait_dead(options.dead_peer_timeout) => Ended::DeadPeer(silent),
-    };
+    }
+}
+
+/// Closes the socket as the way it ended calls for, and says how it ended.
+#[allow(clippy::too_many_arguments)] // one call's whole session state, in one place
+async fn finish(
+    ended: Ended,
+    sink: &mut Sink,
+    stream: &mut Stream,
+    unsent: &mut VecDeque<Outgoing>,
+    media: &CallMedia,
+    control: &impl CallControl,
+    options: &SessionOptions,
+    uri: &str,
+) -> SessionEnd {
     match ended {
         Ended::CallerGone => {
-            media.record_close(1000, "caller hung up");
+            media.record_close(1000, CALLER_HUNG_UP);
             // The caller's last frames were queued before the hangup: they go before the close.
-            let mut rest = VecDeque::new();
-            media.take_uplink(&mut rest);
-            let _ = timeout(options.close_timeout, send_batch(&mut sink, &mut rest, media, control)).await;
-            let close = CloseFrame { code: CloseCode::Normal, reason: "caller hung up".into() };
+            media.take_uplink(unsent);
+            let _ = timeout(options.close_timeout, send_batch(sink, unsent, control)).await;
+            let close = CloseFrame { code: CloseCode::Normal, reason: CALLER_HUNG_UP.into() };
             if timeout(options.close_timeout, sink.send(Message::Close(Some(close)))).await.is_ok() {
                 // Give the server its chance to answer the close.
                 let _ = timeout(options.close_timeout, async {
@@ -477,11 +549,11 @@ fn act_on_text(text: &str, media: &CallMedia, control: &impl CallControl) {
 /// Sends caller audio and text as it is queued, and pings; returns only on a send error.
 async fn write_loop(
     sink: &mut (impl SinkExt<Message, Error = WsError> + Unpin),
+    batch: &mut VecDeque<Outgoing>,
     media: &CallMedia,
     control: &impl CallControl,
     ping_interval: Duration,
 ) -> WsError {
-    let mut batch = VecDeque::new();
     let mut pings = (!ping_interval.is_zero()).then(|| {
         let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -495,7 +567,7 @@ async fn write_loop(
             }
         };
         tokio::select! {
-            _ = media.next_uplink_batch(&mut batch) => {}
+            _ = media.next_uplink_batch(batch) => {}
             _ = ping_due => {
                 if let Err(error) = sink.send(Message::Ping(Default::default())).await {
                     return error;
@@ -503,33 +575,29 @@ async fn write_loop(
                 continue;
             }
         }
-        if let Err(error) = send_batch(sink, &mut batch, media, control).await {
+        if let Err(error) = send_batch(sink, batch, control).await {
             return error;
         }
     }
 }
 
-/// Sends every queued item, then flushes once.
+/// Sends every item of `batch`, then flushes once. An item leaves the batch
+/// only once the sink has taken it, so a send cut short loses nothing.
 async fn send_batch(
     sink: &mut (impl SinkExt<Message, Error = WsError> + Unpin),
     batch: &mut VecDeque<Outgoing>,
-    media: &CallMedia,
     control: &impl CallControl,
 ) -> Result<(), WsError> {
-    while let Some(item) = batch.pop_front() {
+    while let Some(item) = batch.front() {
         let message = match item {
-            Outgoing::Audio(frame) => {
-                media.count_sent();
-                Message::Binary(frame)
-            }
-            Outgoing::Text(text) => Message::text(text),
-            Outgoing::Mark { name, cleared } => {
-                let text = protocol::mark_event(&name, cleared);
-                control.event(CallEvent::Mark { name, cleared });
-                Message::text(text)
-            }
+            Outgoing::Audio(frame) => Message::Binary(frame.clone()),
+            Outgoing::Text(text) => Message::text(text.clone()),
+            Outgoing::Mark { name, cleared } => Message::text(protocol::mark_event(name, *cleared)),
         };
         sink.feed(message).await?;
+        if let Some(Outgoing::Mark { name, cleared }) = batch.pop_front() {
+            control.event(CallEvent::Mark { name, cleared });
+        }
     }
     sink.flush().await
 }
@@ -586,7 +654,7 @@ mod tests {
             headers: Some(r#"{"caller":"447700900123"}"#.into()),
             ..RawSettings::default()
         }
-        .resolve()
+        .resolve(1024)
         .unwrap()
     }
 
@@ -665,7 +733,9 @@ mod tests {
         for byte in 1..=3u8 {
             media.send_audio(Bytes::from(vec![byte; 640]));
         }
-        media.caller_hung_up();
+        assert!(media.caller_closes(), "the flush is to come");
+        // The figures at hangup already count the frames the flush sends.
+        let reported = media.report().into_iter().find(|(name, _)| *name == "wsbridge_frames_sent").unwrap().1;
         let mut frames = Vec::new();
         let close = loop {
             match server.next().await.unwrap().unwrap() {
@@ -675,6 +745,7 @@ mod tests {
             }
         };
         assert_eq!(frames, [1, 2, 3]);
+        assert_eq!(reported, frames.len().to_string(), "wsbridge_frames_sent matches what the server got");
         assert_eq!(close.code, CloseCode::Normal);
         assert_eq!(task.await.unwrap(), SessionEnd::CallerHungUp);
         assert_eq!(control.events(), vec!["answer"], "the caller's own hangup is not repeated");
@@ -867,5 +938,43 @@ mod tests {
         assert!(started.elapsed() < Duration::from_millis(100), "no waiting, no connecting");
         let nothing = tokio::time::timeout(Duration::from_millis(100), listener.accept()).await;
         assert!(nothing.is_err(), "the server must not have been contacted");
+    }
+
+    /// A CallControl whose answer panics, as a bug anywhere in the task would.
+    #[derive(Default, Clone)]
+    struct PanicsOnAnswer(Recorder);
+
+    impl CallControl for PanicsOnAnswer {
+        fn answer(&self) -> bool {
+            panic!("bug while answering");
+        }
+        fn hangup(&self, cause: HangupCause) {
+            self.0.hangup(cause)
+        }
+        fn hangup_named(&self, cause: &str) {
+            self.0.hangup_named(cause)
+        }
+        fn send_dtmf(&self, digits: &str, duration_ms: u32) {
+            self.0.send_dtmf(digits, duration_ms)
+        }
+        fn event(&self, event: CallEvent) {
+            self.0.event(event)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panic_in_the_task_hangs_the_call_up_with_crash() {
+        let (listener, port) = listener().await;
+        let media = Arc::new(CallMedia::new(ContentType { rate: 8000 }, MediaLimits::default()));
+        let control = PanicsOnAnswer::default();
+        let task = tokio::spawn(run(settings(port, 8000), media.clone(), control.clone(), SessionOptions::default()));
+        let _server = accept(&listener, true).await;
+        let end = timeout(Duration::from_secs(5), task).await.expect("the task ends").expect("no panic escapes");
+        assert!(
+            matches!(&end, SessionEnd::Failed { cause: HangupCause::Crash, why } if why.contains("bug while answering")),
+            "{end:?}"
+        );
+        assert_eq!(control.0.events(), vec!["hangup CRASH"]);
+        assert!(media.is_caller_gone(), "the call's media is told it is over");
     }
 }

@@ -16,17 +16,6 @@ pub enum Outgoing {
     },
 }
 
-impl Outgoing {
-    /// The text sent for a non-audio item.
-    pub fn text(&self) -> Option<String> {
-        match self {
-            Outgoing::Audio(_) => None,
-            Outgoing::Text(text) => Some(text.clone()),
-            Outgoing::Mark { name, cleared } => Some(crate::protocol::mark_event(name, *cleared)),
-        }
-    }
-}
-
 /// A runaway producer of text (DTMF) must not grow the queue either.
 const MAX_TEXT_MESSAGES: usize = 1024;
 
@@ -84,20 +73,23 @@ impl UplinkQueue {
         true
     }
 
-    /// Moves everything queued into `batch`, in order.
-    pub fn take_all(&mut self, batch: &mut VecDeque<Outgoing>) {
+    /// Moves everything queued into `batch`, in order; returns the audio frames moved.
+    pub fn take_all(&mut self, batch: &mut VecDeque<Outgoing>) -> usize {
+        let frames = self.audio_frames;
         batch.append(&mut self.items);
         self.audio_frames = 0;
         self.text_messages = 0;
         self.dropping = false;
+        frames
+    }
+
+    /// Audio frames waiting.
+    pub fn audio_frames(&self) -> usize {
+        self.audio_frames
     }
 
     pub fn dropped_frames(&self) -> u64 {
         self.dropped_frames
-    }
-
-    pub fn len(&self) -> usize {
-        self.items.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -124,7 +116,7 @@ mod tests {
         assert_eq!(queue.push_audio(audio(5)), PushOutcome::DroppedOldest { first_of_episode: false });
         assert_eq!(queue.dropped_frames(), 2);
         let mut batch = VecDeque::new();
-        queue.take_all(&mut batch);
+        assert_eq!(queue.take_all(&mut batch), 3);
         let expected = vec![
             Outgoing::Text("digit".into()),
             Outgoing::Audio(audio(3)),

@@ -57,11 +57,6 @@ void wsb_session_destroy(switch_core_session_t **session)
 	switch_core_session_destroy(session);
 }
 
-char *wsb_session_strdup(switch_core_session_t *session, const char *text)
-{
-	return switch_core_session_strdup(session, text);
-}
-
 switch_status_t wsb_codec_init(switch_codec_t *codec, const char *name, uint32_t rate, int ms,
 							   switch_memory_pool_t *pool)
 {

@@ -15,7 +15,6 @@ const char *wsb_event_get_header(switch_event_t *event, const char *name);
 switch_core_session_t *wsb_session_locate(const char *uuid);
 void *wsb_session_get_private(switch_core_session_t *session);
 void wsb_session_destroy(switch_core_session_t **session);
-char *wsb_session_strdup(switch_core_session_t *session, const char *text);
 switch_status_t wsb_codec_init(switch_codec_t *codec, const char *name, uint32_t rate, int ms,
 							   switch_memory_pool_t *pool);
 

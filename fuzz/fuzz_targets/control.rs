@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mod_wsbridge::config::ModuleConfig;
+use mod_wsbridge::settings::ModuleConfig;
 use mod_wsbridge::protocol::{mark_event, parse_control, Control};
 
 fuzz_target!(|data: &[u8]| {

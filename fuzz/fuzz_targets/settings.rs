@@ -18,7 +18,7 @@ fuzz_target!(|data: &[u8]| {
         default_uri: next(),
         ..RawSettings::default()
     };
-    if let Ok(settings) = raw.resolve() {
+    if let Ok(settings) = raw.resolve(1024) {
         let first = settings.first_message(FirstMessageStyle::Wsbridge);
         assert!(first.starts_with(" {") && first.ends_with("\"}"));
         let _ = settings.first_message(FirstMessageStyle::Vonage);

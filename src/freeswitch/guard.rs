@@ -1,26 +1,19 @@
-//! The one place panics are stopped before they reach FreeSWITCH.
+//! The one place panics are stopped before they reach FreeSWITCH. Every
+//! `extern "C"` entry point of the module runs its body through [`guard`]
+//! (the trampolines in `ffi` do it once for all callbacks).
 
-use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
+use super::ffi::Channel;
 use crate::cause::HangupCause;
-use crate::freeswitch::api::Session;
-
-fn describe(payload: &(dyn Any + Send)) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|text| text.to_string())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "non-text panic".to_string())
-}
+use crate::logging::describe_panic;
 
 /// Runs `body`; a panic is logged and becomes `failed`.
-/// Every `extern "C"` entry point of the module goes through here.
 pub fn guard<R>(callback: &str, failed: R, body: impl FnOnce() -> R) -> R {
     match catch_unwind(AssertUnwindSafe(body)) {
         Ok(value) => value,
         Err(payload) => {
-            let why = describe(payload.as_ref());
+            let why = describe_panic(payload.as_ref());
             // Logging could panic too (allocation); never let that escape.
             let _ = catch_unwind(|| tracing::error!("panic in {callback}: {why}"));
             failed
@@ -28,8 +21,8 @@ pub fn guard<R>(callback: &str, failed: R, body: impl FnOnce() -> R) -> R {
     }
 }
 
-/// [`guard`] for callbacks on a live session: a panic also hangs the call up.
-pub fn guard_session<R>(session: Option<Session>, callback: &str, failed: R, body: impl FnOnce() -> R) -> R {
+/// [`guard`] for callbacks on a live session: a panic also hangs the call up with CRASH.
+pub fn guard_session<R>(channel: Option<Channel<'_>>, callback: &str, failed: R, body: impl FnOnce() -> R) -> R {
     let mut panicked = true;
     let result = guard(callback, failed, || {
         let value = body();
@@ -37,8 +30,8 @@ pub fn guard_session<R>(session: Option<Session>, callback: &str, failed: R, bod
         value
     });
     if panicked {
-        if let Some(session) = session {
-            let _ = catch_unwind(AssertUnwindSafe(|| session.channel().hangup(HangupCause::Crash)));
+        if let Some(channel) = channel {
+            let _ = catch_unwind(AssertUnwindSafe(|| channel.hangup(HangupCause::Crash)));
         }
     }
     result

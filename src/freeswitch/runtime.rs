@@ -7,6 +7,12 @@ use std::time::Duration;
 
 static RUNTIME: Mutex<Option<tokio::runtime::Runtime>> = Mutex::new(None);
 static LIVE_THREADS: AtomicUsize = AtomicUsize::new(0);
+/// The worker threads the running runtime was built with.
+static WORKERS: AtomicUsize = AtomicUsize::new(0);
+
+pub fn workers() -> usize {
+    WORKERS.load(Ordering::Relaxed)
+}
 
 pub fn start(workers: usize) -> std::io::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -21,6 +27,7 @@ pub fn start(workers: usize) -> std::io::Result<()> {
         })
         .build()?;
     *RUNTIME.lock().unwrap_or_else(|p| p.into_inner()) = Some(runtime);
+    WORKERS.store(workers, Ordering::Relaxed);
     Ok(())
 }
 

@@ -1,8 +1,24 @@
-//! The `wsbridge` API command: parsing and the text it prints.
+//! The `wsbridge` API command: parsing its arguments and the text it prints.
+
+use std::ffi::CStr;
 
 use serde_json::json;
 
-pub const USAGE: &str = "usage: wsbridge status | list [json] | kill <uuid> [cause] | debug on|off";
+/// The arguments `wsbridge` takes; the one place they are spelled out.
+macro_rules! syntax {
+    () => {
+        "status | list [json] | kill <uuid> [cause] | debug on|off"
+    };
+}
+
+/// The syntax FreeSWITCH shows for the command.
+pub const SYNTAX: &CStr = match CStr::from_bytes_with_nul(concat!(syntax!(), "\0").as_bytes()) {
+    Ok(text) => text,
+    Err(_) => panic!("the syntax has no NUL"),
+};
+pub const USAGE: &str = concat!("usage: wsbridge ", syntax!());
+/// The original module's command.
+pub const DEBUG_USAGE: &str = "usage: wsbridge_debug on|off";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
@@ -46,16 +62,32 @@ pub struct Totals {
     pub failed: u64,
 }
 
-pub fn status(version: &str, active: usize, totals: &Totals, debug: bool, settings: &[(String, String)]) -> String {
+/// The `status` text. `running_threads` is what the runtime started with,
+/// which a `reloadxml` does not change; the configured number follows it when they differ.
+pub fn status(
+    version: &str,
+    active: usize,
+    totals: &Totals,
+    debug: bool,
+    settings: &[(String, String)],
+    running_threads: usize,
+) -> String {
     let mut text = format!(
-        "mod_wsbridge {version}\nactive calls: {active}\ncalls since load: {}\nrefused (bad settings): {}\nfailed (server unreachable or broken): {}\ndebug: {}\n",
+        "mod_wsbridge {version}\nactive calls: {active}\ncalls since load: {}\nrefused (bad settings): {}\nfailed (server unreachable or broken): {}\ndebug: {}\nruntime threads running: {running_threads}\n",
         totals.calls,
         totals.refused,
         totals.failed,
         if debug { "on" } else { "off" }
     );
     for (name, value) in settings {
-        if !value.is_empty() {
+        if value.is_empty() {
+            continue;
+        }
+        if name == "runtime-threads" && value != &running_threads.to_string() {
+            text.push_str(&format!(
+                "{name} = {value} (configured; {running_threads} running until reload mod_wsbridge)\n"
+            ));
+        } else {
             text.push_str(&format!("{name} = {value}\n"));
         }
     }
@@ -117,6 +149,17 @@ mod tests {
         for junk in ["kill", "list xml", "debug maybe", "dance", "kill a b c"] {
             assert!(parse(junk).unwrap_err().contains("usage:"), "{junk}");
         }
+    }
+
+    #[test]
+    fn status_tells_configured_threads_from_running_ones() {
+        let settings =
+            vec![("runtime-threads".to_string(), "2".to_string()), ("debug".to_string(), "false".to_string())];
+        let same = status("1", 0, &Totals::default(), false, &settings, 2);
+        assert!(same.contains("runtime threads running: 2\n") && same.contains("runtime-threads = 2\n"), "{same}");
+        let changed = status("1", 0, &Totals::default(), false, &settings, 1);
+        assert!(changed.contains("runtime threads running: 1\n"), "{changed}");
+        assert!(changed.contains("runtime-threads = 2 (configured; 1 running until reload mod_wsbridge)"), "{changed}");
     }
 
     #[test]

@@ -1,4 +1,6 @@
-//! Per-call settings: where they are looked up, how they are decoded and
+//! The `P-wsbridge-websocket-*` values: which server a call reaches, in what
+//! audio format, and what its first message says. Where they are looked up
+//! (dial string, A-leg, inbound SIP headers), how they are decoded and
 //! validated, and the first message they produce.
 
 use std::fmt;
@@ -12,8 +14,6 @@ pub const CONTENT_TYPE_VARIABLE: &str = "P-wsbridge-websocket-content-type";
 pub const HEADERS_VARIABLE: &str = "P-wsbridge-websocket-headers";
 /// mod_sofia stores an inbound INVITE header `P-Foo` as the variable `sip_h_P-Foo`.
 pub const SIP_HEADER_PREFIX: &str = "sip_h_";
-/// The original module's limit on the decoded headers JSON.
-pub const MAX_HEADERS_BYTES: usize = 1024;
 pub const FRAME_MS: u32 = 20;
 pub const SUPPORTED_RATES: [u32; 5] = [8000, 16000, 24000, 32000, 48000];
 
@@ -311,7 +311,7 @@ pub fn lookup_with_origin(
 }
 
 /// Raw (still URL-encoded) values as found for one call.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RawSettings {
     pub uri: Option<String>,
     pub content_type: Option<String>,
@@ -324,22 +324,6 @@ pub struct RawSettings {
     pub default_uri: Option<String>,
     /// Used when no variable sets the content type.
     pub default_content_type: Option<String>,
-    pub max_headers_bytes: usize,
-}
-
-impl Default for RawSettings {
-    fn default() -> Self {
-        RawSettings {
-            uri: None,
-            content_type: None,
-            headers: None,
-            destination: None,
-            uri_from_sip_header: false,
-            default_uri: None,
-            default_content_type: None,
-            max_headers_bytes: MAX_HEADERS_BYTES,
-        }
-    }
 }
 
 impl RawSettings {
@@ -360,7 +344,8 @@ impl RawSettings {
     }
 
     /// Decodes copies of the values and validates them; the inputs are untouched.
-    pub fn resolve(&self) -> Result<CallSettings, SettingsError> {
+    /// `max_headers_bytes` bounds the decoded headers JSON.
+    pub fn resolve(&self, max_headers_bytes: usize) -> Result<CallSettings, SettingsError> {
         let without_spaces = |text: &str| text.chars().filter(|c| !c.is_whitespace()).collect::<String>();
 
         let chosen = self.uri.as_ref().or(self.destination.as_ref()).or(self.default_uri.as_ref());
@@ -385,7 +370,7 @@ impl RawSettings {
 
         let headers = match &self.headers {
             None => Map::new(),
-            Some(raw) => parse_headers(raw, self.max_headers_bytes)?,
+            Some(raw) => parse_headers(raw, max_headers_bytes)?,
         };
 
         Ok(CallSettings { uri, content_type, headers })
@@ -408,6 +393,14 @@ fn parse_headers(raw: &str, limit: usize) -> Result<Map<String, Value>, Settings
 mod tests {
     use super::*;
     use std::collections::HashMap;
+
+    const MAX_HEADERS_BYTES: usize = crate::settings::MAX_HEADERS_BYTES.integer_default() as usize;
+
+    impl RawSettings {
+        fn resolve_default(&self) -> Result<CallSettings, SettingsError> {
+            self.resolve(MAX_HEADERS_BYTES)
+        }
+    }
 
     fn source(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
         let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
@@ -505,21 +498,24 @@ mod tests {
 
     #[test]
     fn destination_is_the_uri_when_no_variable_is_set() {
-        let settings = RawSettings::gather(&source(&[]), None, Some("ws://127.0.0.1:9/x")).resolve().unwrap();
+        let settings = RawSettings::gather(&source(&[]), None, Some("ws://127.0.0.1:9/x")).resolve_default().unwrap();
         assert_eq!(settings.uri.port, 9);
         let settings =
             RawSettings::gather(&source(&[("P-wsbridge-websocket-uri", "ws%3A%2F%2Fh%2Fv")]), None, Some("ws://d/"))
-                .resolve()
+                .resolve_default()
                 .unwrap();
         assert_eq!(settings.uri.host, "h", "the variable wins over the destination");
-        assert_eq!(RawSettings::gather(&source(&[]), None, Some("")).resolve().unwrap_err(), SettingsError::MissingUri);
+        assert_eq!(
+            RawSettings::gather(&source(&[]), None, Some("")).resolve_default().unwrap_err(),
+            SettingsError::MissingUri
+        );
     }
 
     #[test]
     fn decoding_works_on_a_copy_and_gives_the_same_result_twice() {
         let raw = raw(Some("ws%3A%2F%2Fh%2F%2541"), None, Some("%7B%22a%22%3A%22%2541%22%7D"));
-        let first = raw.resolve().unwrap();
-        let second = raw.resolve().unwrap();
+        let first = raw.resolve_default().unwrap();
+        let second = raw.resolve_default().unwrap();
         assert_eq!(first, second);
         assert_eq!(first.uri.resource, "/%41");
         assert_eq!(first.headers["a"], "%41");
@@ -527,7 +523,7 @@ mod tests {
 
     #[test]
     fn spaces_are_stripped_from_uri_and_content_type() {
-        let settings = raw(Some(" ws://h:1/p "), Some("audio/l16; rate=8000"), None).resolve().unwrap();
+        let settings = raw(Some(" ws://h:1/p "), Some("audio/l16; rate=8000"), None).resolve_default().unwrap();
         assert_eq!(settings.uri.text, "ws://h:1/p");
         assert_eq!(settings.content_type.rate, 8000);
     }
@@ -547,7 +543,7 @@ mod tests {
             (raw(uri, Some("audio/pcmu"), None), HangupCause::ServiceNotImplemented),
         ];
         for (input, cause) in cases {
-            let error = input.resolve().unwrap_err();
+            let error = input.resolve_default().unwrap_err();
             assert_eq!(error.cause(), cause, "{input:?}: {error}");
             assert!(!error.to_string().is_empty());
         }
@@ -556,7 +552,7 @@ mod tests {
     #[test]
     fn vonage_style_first_message() {
         let settings = raw(Some("ws://h/"), Some("audio/l16;rate=8000"), Some(r#"{"from":"4477","event":"x"}"#))
-            .resolve()
+            .resolve_default()
             .unwrap();
         assert_eq!(
             settings.first_message(FirstMessageStyle::Vonage),
@@ -569,13 +565,12 @@ mod tests {
         let mut input = raw(None, None, None);
         input.default_uri = Some("ws://default/".into());
         input.default_content_type = Some("audio/l16;rate=8000".into());
-        let settings = input.resolve().unwrap();
+        let settings = input.resolve_default().unwrap();
         assert_eq!((settings.uri.host.as_str(), settings.content_type.rate), ("default", 8000));
         input.destination = Some("ws://dialled/".into());
-        assert_eq!(input.resolve().unwrap().uri.host, "dialled");
-        input.max_headers_bytes = 4;
+        assert_eq!(input.resolve_default().unwrap().uri.host, "dialled");
         input.headers = Some("{\"a\":1}".into());
-        assert_eq!(input.resolve().unwrap_err().cause(), HangupCause::MandatoryIeLengthError);
+        assert_eq!(input.resolve(4).unwrap_err().cause(), HangupCause::MandatoryIeLengthError);
     }
 
     #[test]
@@ -585,10 +580,10 @@ mod tests {
         let json = format!("{{\"a\":\"{value}\"}}");
         assert_eq!(json.len(), MAX_HEADERS_BYTES);
         let encoded = percent_encoding::utf8_percent_encode(&json, percent_encoding::NON_ALPHANUMERIC).to_string();
-        assert!(raw(Some("ws://h/"), None, Some(&encoded)).resolve().is_ok());
+        assert!(raw(Some("ws://h/"), None, Some(&encoded)).resolve_default().is_ok());
         let too_long = format!("{{\"a\":\"{value}x\"}}");
         assert_eq!(
-            raw(Some("ws://h/"), None, Some(&too_long)).resolve().unwrap_err(),
+            raw(Some("ws://h/"), None, Some(&too_long)).resolve_default().unwrap_err(),
             SettingsError::HeadersTooLong { bytes: MAX_HEADERS_BYTES + 1, limit: MAX_HEADERS_BYTES }
         );
     }
@@ -596,12 +591,12 @@ mod tests {
     #[test]
     fn first_message_keeps_key_order_and_puts_content_type_last_once() {
         let headers = "%7B%22to%22%3A%22447700900123%22%2C%22content-type%22%3A%22x%22%2C%22from%22%3A1%2C%22n%22%3A%7B%22b%22%3Atrue%7D%7D";
-        let settings = raw(Some("ws://h/"), Some("audio/L16;rate=8000"), Some(headers)).resolve().unwrap();
+        let settings = raw(Some("ws://h/"), Some("audio/L16;rate=8000"), Some(headers)).resolve_default().unwrap();
         assert_eq!(
             settings.first_message(FirstMessageStyle::Wsbridge),
             r#" {"to":"447700900123","from":1,"n":{"b":true},"content-type":"audio/l16;rate=8000"}"#
         );
-        let settings = raw(Some("ws://h/"), None, None).resolve().unwrap();
+        let settings = raw(Some("ws://h/"), None, None).resolve_default().unwrap();
         assert_eq!(settings.first_message(FirstMessageStyle::Wsbridge), r#" {"content-type":"audio/l16;rate=16000"}"#);
     }
 }

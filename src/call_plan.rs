@@ -1,0 +1,210 @@
+//! Planning a call: everything decided before a `wsbridge` leg exists, as
+//! pure code. `outgoing_channel` gathers the sources, asks [`plan_call`],
+//! and either refuses the call with the [`Refusal`]'s cause or builds the
+//! leg from the [`CallPlan`].
+
+use std::fmt;
+
+use crate::cause::HangupCause;
+use crate::security;
+use crate::settings::server::{RawSettings, VariableSource};
+use crate::settings::tuning::Reader;
+use crate::settings::{CallSettings, CallTuning, ModuleConfig, MAX_HEADERS_BYTES};
+
+/// Where a call's settings come from.
+pub struct CallSources<'a> {
+    /// The originate variables: the dial string's `{...}` and what the A-leg exported.
+    pub originate: &'a dyn VariableSource,
+    /// The A-leg's own channel variables (`sip_h_*` included), when there is an A-leg.
+    pub a_leg: Option<&'a dyn VariableSource>,
+    /// What followed `wsbridge/` in the dial string, if anything.
+    pub destination: Option<&'a str>,
+}
+
+/// What a call will do: reach `server`, tuned by `tuning`.
+#[derive(Debug, Clone)]
+pub struct CallPlan {
+    pub server: CallSettings,
+    pub tuning: CallTuning,
+    /// The server URI with token-like query values hidden, for names and logs.
+    pub shown_uri: String,
+}
+
+/// Why a call is refused, and the cause it is refused with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub why: String,
+    pub cause: HangupCause,
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.why, self.cause)
+    }
+}
+
+fn refuse(why: impl Into<String>, cause: HangupCause) -> Refusal {
+    Refusal { why: why.into(), cause }
+}
+
+/// Decides a call from its sources and the module's config. Values ignored
+/// for being bad are logged as warnings; they never refuse the call.
+pub fn plan_call(sources: &CallSources<'_>, config: &ModuleConfig) -> Result<CallPlan, Refusal> {
+    // Tuning comes from the dial string, the A-leg, then wsbridge.conf; never from SIP headers.
+    let tuning_source = |name: &str| {
+        (sources.originate.variable(name))
+            .or_else(|| sources.a_leg.and_then(|a_leg| a_leg.variable(name)))
+            .or_else(|| config.value(name))
+    };
+    let tuning = match CallTuning::from_variables(&tuning_source) {
+        Ok((tuning, problems)) => {
+            for problem in problems {
+                tracing::warn!("{problem}");
+            }
+            Ok(tuning)
+        }
+        Err(why) => Err(why),
+    };
+    // Reported above when bad; read quietly here.
+    let max_headers_bytes = Reader::of_variables(&tuning_source).integer_or_default(&MAX_HEADERS_BYTES) as usize;
+
+    let mut raw = RawSettings::gather(sources.originate, sources.a_leg, sources.destination);
+    raw.default_uri = config.default_uri.clone();
+    raw.default_content_type = config.default_content_type.clone();
+    let server = raw.resolve(max_headers_bytes).map_err(|error| refuse(error.to_string(), error.cause()))?;
+
+    let shown_uri = security::redact_uri(&server.uri.text);
+    if raw.uri_from_sip_header && !config.allow_sip_header_uri {
+        let why = format!("the URI {shown_uri} came from a SIP header, and allow-sip-header-uri is false");
+        return Err(refuse(why, HangupCause::OutgoingCallBarred));
+    }
+    if !security::allows(&config.allowed_hosts, &server.uri) {
+        let why = format!("{}:{} is not in allowed-hosts", server.uri.host, server.uri.port);
+        return Err(refuse(why, HangupCause::OutgoingCallBarred));
+    }
+    let mut tuning = tuning.map_err(|why| refuse(why, HangupCause::InvalidIeContents))?;
+    tuning.session.max_connecting = config.max_connecting;
+    Ok(CallPlan { server, tuning, shown_uri })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+    use std::time::Duration;
+
+    struct Vars(HashMap<String, String>);
+
+    impl Vars {
+        fn of(pairs: &[(&str, &str)]) -> Vars {
+            Vars(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+        }
+    }
+
+    impl VariableSource for Vars {
+        fn variable(&self, name: &str) -> Option<String> {
+            self.0.get(name).cloned()
+        }
+    }
+
+    fn config(params: &[(&str, &str)]) -> ModuleConfig {
+        let params: Vec<(String, String)> = params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let (config, problems) = ModuleConfig::from_params(&params);
+        assert!(problems.is_empty(), "{problems:?}");
+        config
+    }
+
+    fn plan(
+        originate: &[(&str, &str)],
+        a_leg: Option<&[(&str, &str)]>,
+        destination: Option<&str>,
+        config: &ModuleConfig,
+    ) -> Result<CallPlan, Refusal> {
+        let originate = Vars::of(originate);
+        let a_leg = a_leg.map(Vars::of);
+        let sources =
+            CallSources { originate: &originate, a_leg: a_leg.as_ref().map(|a| a as &dyn VariableSource), destination };
+        plan_call(&sources, config)
+    }
+
+    fn refusal(originate: &[(&str, &str)], a_leg: Option<&[(&str, &str)]>, config: &ModuleConfig) -> HangupCause {
+        let refusal = plan(originate, a_leg, None, config).unwrap_err();
+        assert!(!refusal.why.is_empty());
+        refusal.cause
+    }
+
+    const URI: &str = "P-wsbridge-websocket-uri";
+    const CONTENT_TYPE: &str = "P-wsbridge-websocket-content-type";
+    const HEADERS: &str = "P-wsbridge-websocket-headers";
+
+    #[test]
+    fn each_refusal_has_its_cause() {
+        let open = ModuleConfig::default();
+        assert_eq!(refusal(&[], None, &open), HangupCause::DestinationOutOfOrder, "no URI at all");
+        assert_eq!(refusal(&[(URI, "gopher://h/")], None, &open), HangupCause::InvalidUrl);
+        assert_eq!(refusal(&[(URI, "ws%3A%2F%2Fh%2")], None, &open), HangupCause::InvalidUrl);
+        assert_eq!(
+            refusal(&[(URI, "ws://h/"), (CONTENT_TYPE, "audio/pcmu")], None, &open),
+            HangupCause::ServiceNotImplemented
+        );
+        assert_eq!(refusal(&[(URI, "ws://h/"), (HEADERS, "%7B%22a%22")], None, &open), HangupCause::InvalidIeContents);
+        assert_eq!(
+            refusal(
+                &[(URI, "ws://h/"), (HEADERS, "{\"a\":\"long\"}"), ("wsbridge_max_headers_bytes", "4")],
+                None,
+                &open
+            ),
+            HangupCause::MandatoryIeLengthError,
+            "the call's own limit"
+        );
+        assert_eq!(
+            refusal(&[(URI, "ws://h/"), ("wsbridge_http_headers", "{\"Bad Name\":\"x\"}")], None, &open),
+            HangupCause::InvalidIeContents
+        );
+        let guarded = config(&[("allowed-hosts", "bots.example.com"), ("allow-sip-header-uri", "false")]);
+        assert_eq!(refusal(&[(URI, "ws://elsewhere/")], None, &guarded), HangupCause::OutgoingCallBarred);
+        let sip = [("sip_h_P-wsbridge-websocket-uri", "ws://bots.example.com/")];
+        assert_eq!(refusal(&[], Some(&sip), &guarded), HangupCause::OutgoingCallBarred, "URI from a SIP header");
+        assert!(plan(&[], Some(&[(URI, "ws://bots.example.com/")]), None, &guarded).is_ok(), "a bare A-leg variable");
+    }
+
+    #[test]
+    fn tuning_comes_from_the_dial_string_then_the_a_leg_then_the_config() {
+        let conf = config(&[("comfort-noise-dbov", "-50"), ("uplink-backlog-ms", "300"), ("max-connecting", "7")]);
+        let plan = plan(
+            &[("wsbridge_comfort_noise_dbov", "-40")],
+            Some(&[("wsbridge_comfort_noise_dbov", "-30"), ("wsbridge_connect_timeout_ms", "900")]),
+            Some("ws://h:9/p?token=secret"),
+            &conf,
+        )
+        .unwrap();
+        assert_eq!(plan.tuning.comfort_noise_dbov, -40.0);
+        assert_eq!(plan.tuning.session.connect_timeout, Duration::from_millis(900));
+        assert_eq!(plan.tuning.media.uplink_backlog, Duration::from_millis(300));
+        assert_eq!(plan.tuning.session.max_connecting, 7);
+        assert_eq!(plan.server.uri.port, 9);
+        assert_eq!(plan.shown_uri, "ws://h:9/p?token=***");
+    }
+
+    #[test]
+    fn tuning_never_comes_from_sip_headers() {
+        let plan =
+            plan(&[], Some(&[("sip_h_wsbridge_comfort_noise_dbov", "-20")]), Some("ws://h/"), &config(&[])).unwrap();
+        assert_eq!(plan.tuning.comfort_noise_dbov, -65.0);
+    }
+
+    #[test]
+    fn config_defaults_name_the_server_last() {
+        let conf = config(&[("default-uri", "ws://default/"), ("default-content-type", "audio/l16;rate=8000")]);
+        let plan = plan(&[], None, None, &conf).unwrap();
+        assert_eq!((plan.server.uri.host.as_str(), plan.server.content_type.rate), ("default", 8000));
+        let dialled = super::tests::plan(&[], None, Some("ws://dialled/"), &conf).unwrap();
+        assert_eq!(dialled.server.uri.host, "dialled");
+    }
+
+    #[test]
+    fn bad_tuning_is_ignored_not_refused() {
+        let plan = plan(&[("wsbridge_playout_max_ms", "lots")], None, Some("ws://h/"), &config(&[])).unwrap();
+        assert_eq!(plan.tuning.media.playout_capacity, Duration::from_secs(60));
+    }
+}

@@ -1,0 +1,81 @@
+//! The API commands `wsbridge` and the original's `wsbridge_debug`.
+
+use std::ffi::CStr;
+
+use super::ffi::{ApiCommand, CauseCode, LocatedSession};
+use super::{config_store, registry, runtime};
+use crate::cause::HangupCause;
+use crate::command::{self, Command};
+use crate::logging;
+
+fn run(arguments: &str) -> String {
+    let command = match command::parse(arguments) {
+        Ok(command) => command,
+        Err(usage) => return usage,
+    };
+    match command {
+        Command::Status => command::status(
+            env!("CARGO_PKG_VERSION"),
+            registry::active_calls(),
+            &registry::totals(),
+            logging::debug(),
+            &config_store::config().describe(),
+            runtime::workers(),
+        ),
+        Command::List { json } => command::list(&registry::snapshots(), json),
+        Command::Kill { uuid, cause } => kill(&uuid, cause.as_deref()),
+        Command::Debug(on) => {
+            logging::set_debug(on);
+            format!("+OK debug {}\n", if on { "on" } else { "off" })
+        }
+    }
+}
+
+fn kill(uuid: &str, cause: Option<&str>) -> String {
+    if !registry::is_up(uuid) {
+        return format!("-ERR no wsbridge call {uuid}\n");
+    }
+    let code = match cause {
+        None => CauseCode::of(HangupCause::NormalClearing),
+        Some(name) => match CauseCode::by_name(name) {
+            Some(code) => code,
+            None => return format!("-ERR unknown hangup cause {name}\n"),
+        },
+    };
+    match LocatedSession::find(uuid) {
+        Some(located) => {
+            located.session().channel().hangup_with(code);
+            format!("+OK {uuid} hung up\n")
+        }
+        None => format!("-ERR no wsbridge call {uuid}\n"),
+    }
+}
+
+/// `wsbridge <status|list [json]|kill <uuid> [cause]|debug on|off>`
+pub struct Wsbridge;
+
+impl ApiCommand for Wsbridge {
+    const NAME: &'static CStr = c"wsbridge";
+    const DESCRIPTION: &'static CStr = c"mod_wsbridge status and control";
+    const SYNTAX: &'static CStr = command::SYNTAX;
+
+    fn run(arguments: &str) -> String {
+        run(arguments)
+    }
+}
+
+/// The original module's `wsbridge_debug on|off`.
+pub struct WsbridgeDebug;
+
+impl ApiCommand for WsbridgeDebug {
+    const NAME: &'static CStr = c"wsbridge_debug";
+    const DESCRIPTION: &'static CStr = c"mod_wsbridge debug logging (the original's command)";
+    const SYNTAX: &'static CStr = c"on|off";
+
+    fn run(arguments: &str) -> String {
+        match arguments.trim() {
+            flag @ ("on" | "off") => run(&format!("debug {flag}")),
+            _ => format!("-ERR {}\n", command::DEBUG_USAGE),
+        }
+    }
+}

@@ -1,0 +1,53 @@
+//! The CUSTOM events `wsbridge::<kind>` that event-socket consumers see.
+
+use std::ffi::CStr;
+
+use super::ffi::{self, LocatedSession};
+use super::registry;
+use crate::session::CallEvent;
+
+pub const SUBCLASSES: [&CStr; 5] =
+    [c"wsbridge::connect", c"wsbridge::disconnect", c"wsbridge::error", c"wsbridge::message", c"wsbridge::mark"];
+const OWNER: &CStr = c"mod_wsbridge";
+
+pub fn reserve_subclasses() -> Result<(), String> {
+    SUBCLASSES.iter().try_for_each(|subclass| ffi::reserve_subclass(OWNER, subclass))
+}
+
+pub fn free_subclasses() {
+    for subclass in SUBCLASSES {
+        ffi::free_subclass(OWNER, subclass);
+    }
+}
+
+/// The headers and body of a call's event.
+fn describe(event: &CallEvent) -> (Vec<(&'static str, String)>, Option<&str>) {
+    match event {
+        CallEvent::Connect { uri, connect_ms } => {
+            (vec![("WSBridge-URI", uri.clone()), ("WSBridge-Connect-MS", connect_ms.to_string())], None)
+        }
+        CallEvent::Disconnect { code, reason } => (
+            vec![
+                ("WSBridge-Close-Code", code.map_or_else(String::new, |c| c.to_string())),
+                ("WSBridge-Close-Reason", reason.clone()),
+            ],
+            None,
+        ),
+        CallEvent::Error { what } => (vec![("WSBridge-Error", what.clone())], None),
+        CallEvent::Message { body } => (Vec::new(), Some(body.as_str())),
+        CallEvent::Mark { name, cleared } => {
+            (vec![("WSBridge-Mark-Name", name.clone()), ("WSBridge-Mark-Cleared", cleared.to_string())], None)
+        }
+    }
+}
+
+/// Fires `wsbridge::<kind>` with the channel's own headers.
+pub fn fire(uuid: &str, event: &CallEvent) {
+    if let CallEvent::Error { .. } = event {
+        registry::count_failed();
+    }
+    let (headers, body) = describe(event);
+    let located = LocatedSession::find(uuid);
+    let session = located.as_ref().map(LocatedSession::session);
+    ffi::fire_custom_event(session, &format!("wsbridge::{}", event.kind()), &headers, body);
+}

@@ -1,0 +1,83 @@
+//! The calls up, by UUID, and the module's call counters: what `wsbridge
+//! status`, `list` and `kill` report on.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use crate::command::{CallSnapshot, Totals};
+use crate::media::CallMedia;
+
+pub struct CallEntry {
+    uri: String,
+    media: Arc<CallMedia>,
+    started: Instant,
+}
+
+impl CallEntry {
+    pub fn new(uri: String, media: Arc<CallMedia>) -> Self {
+        CallEntry { uri, media, started: Instant::now() }
+    }
+}
+
+static CALLS: Mutex<BTreeMap<String, Arc<CallEntry>>> = Mutex::new(BTreeMap::new());
+static CALLS_TOTAL: AtomicU64 = AtomicU64::new(0);
+static CALLS_REFUSED: AtomicU64 = AtomicU64::new(0);
+static CALLS_FAILED: AtomicU64 = AtomicU64::new(0);
+
+fn calls() -> MutexGuard<'static, BTreeMap<String, Arc<CallEntry>>> {
+    CALLS.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+pub fn register(uuid: &str, entry: CallEntry) {
+    CALLS_TOTAL.fetch_add(1, Ordering::Relaxed);
+    calls().insert(uuid.to_string(), Arc::new(entry));
+}
+
+pub fn unregister(uuid: &str) {
+    calls().remove(uuid);
+}
+
+pub fn is_up(uuid: &str) -> bool {
+    calls().contains_key(uuid)
+}
+
+pub fn active_calls() -> usize {
+    calls().len()
+}
+
+/// A call refused before its leg existed (bad settings or policy).
+pub fn count_refused() {
+    CALLS_REFUSED.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A call whose server was unreachable or broke.
+pub fn count_failed() {
+    CALLS_FAILED.fetch_add(1, Ordering::Relaxed);
+}
+
+pub fn totals() -> Totals {
+    Totals {
+        calls: CALLS_TOTAL.load(Ordering::Relaxed),
+        refused: CALLS_REFUSED.load(Ordering::Relaxed),
+        failed: CALLS_FAILED.load(Ordering::Relaxed),
+    }
+}
+
+pub fn snapshots() -> Vec<CallSnapshot> {
+    calls()
+        .iter()
+        .map(|(uuid, call)| CallSnapshot {
+            uuid: uuid.clone(),
+            uri: call.uri.clone(),
+            state: call.media.state(),
+            frames_sent: call.media.stats.frames_sent.load(Ordering::Relaxed),
+            frames_received: call.media.stats.frames_received.load(Ordering::Relaxed),
+            buffered_ms: call.media.buffered_playout().as_millis() as u64,
+            underruns: call.media.underruns(),
+            dropped: call.media.dropped_uplink_frames(),
+            age_s: call.started.elapsed().as_secs_f64(),
+        })
+        .collect()
+}

@@ -1,0 +1,353 @@
+//! Every setting of the module, in one room.
+//!
+//! - [`server`]: the `P-wsbridge-websocket-*` values that say which server a
+//!   call reaches and what it is told first (they may come from SIP headers).
+//! - [`tuning`]: the `wsbridge_*` channel variables that tune one call.
+//! - [`module_conf`]: `wsbridge.conf`, module-wide defaults for the tuning
+//!   plus the params that only the module has.
+//!
+//! [`TABLE`] names every tuning variable and param once, with its default,
+//! its range and its meaning. The code reads defaults and ranges from it, and
+//! the README's settings table is generated from it (a unit test keeps the
+//! two equal).
+
+pub mod module_conf;
+pub mod server;
+pub mod tuning;
+
+pub use module_conf::ModuleConfig;
+pub use server::{
+    url_decode, CallSettings, ContentType, FirstMessageStyle, RawSettings, Scheme, ServerUri, SettingsError,
+    VariableSource, FRAME_MS, SUPPORTED_RATES,
+};
+pub use tuning::CallTuning;
+
+/// What values a setting takes, and its default.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Kind {
+    /// A whole number within `min..=max`; `default: None` when it follows another setting.
+    Integer { default: Option<u64>, min: u64, max: u64 },
+    /// A level in dBov within `min..=max`.
+    Level { default: f64, min: f64, max: f64 },
+    /// true/false, yes/no, on/off, 1/0, enabled/disabled.
+    Flag { default: bool },
+    /// One of the listed words.
+    Choice { default: &'static str, choices: &'static [&'static str] },
+    /// Free text (a path, a URI); unset by default.
+    Text,
+    /// A JSON value, given plain or URL-encoded (dial strings split `{...}`
+    /// variables on commas, so operators encode JSON there); unset by default.
+    Json,
+}
+
+/// Whether a call can set it with a channel variable, or only `wsbridge.conf`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// `wsbridge_<param with _ for ->` per call, and the param as the module's default.
+    PerCall,
+    /// Only the param in `wsbridge.conf`.
+    ModuleOnly,
+}
+
+/// One row of [`TABLE`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Setting {
+    /// The `wsbridge.conf` param, e.g. `playout-max-ms`.
+    pub param: &'static str,
+    pub scope: Scope,
+    pub kind: Kind,
+    /// How the default reads in the docs, where the kind alone cannot say it.
+    pub default_text: Option<&'static str>,
+    pub meaning: &'static str,
+}
+
+impl Setting {
+    /// The channel variable, e.g. `wsbridge_playout_max_ms`; none for module-only params.
+    pub fn variable(&self) -> Option<String> {
+        (self.scope == Scope::PerCall).then(|| format!("wsbridge_{}", self.param.replace('-', "_")))
+    }
+
+    /// The default of an integer setting. Used in consts, so a wrong kind fails the build.
+    pub const fn integer_default(&self) -> u64 {
+        match self.kind {
+            Kind::Integer { default: Some(default), .. } => default,
+            _ => panic!("not an integer setting with a fixed default"),
+        }
+    }
+
+    pub const fn integer_range(&self) -> (u64, u64) {
+        match self.kind {
+            Kind::Integer { min, max, .. } => (min, max),
+            _ => panic!("not an integer setting"),
+        }
+    }
+
+    pub const fn level_default(&self) -> f64 {
+        match self.kind {
+            Kind::Level { default, .. } => default,
+            _ => panic!("not a level setting"),
+        }
+    }
+
+    pub const fn flag_default(&self) -> bool {
+        match self.kind {
+            Kind::Flag { default } => default,
+            _ => panic!("not a flag setting"),
+        }
+    }
+
+    /// The default as the README shows it.
+    pub fn default_shown(&self) -> String {
+        if let Some(text) = self.default_text {
+            return text.to_string();
+        }
+        match self.kind {
+            Kind::Integer { default: Some(default), .. } => default.to_string(),
+            Kind::Integer { default: None, .. } | Kind::Text | Kind::Json => "unset".to_string(),
+            Kind::Level { default, .. } => default.to_string(),
+            Kind::Flag { default } => default.to_string(),
+            Kind::Choice { default, .. } => default.to_string(),
+        }
+    }
+
+    /// The values taken, as the README shows them.
+    pub fn range_shown(&self) -> String {
+        match self.kind {
+            Kind::Integer { min, max, .. } => format!("{min} to {max}"),
+            Kind::Level { min, max, .. } => format!("{min} to {max}"),
+            Kind::Flag { .. } => "true or false".to_string(),
+            Kind::Choice { choices, .. } => choices.join(" or "),
+            Kind::Text => "text".to_string(),
+            Kind::Json => "JSON, plain or URL-encoded".to_string(),
+        }
+    }
+}
+
+const fn per_call(param: &'static str, kind: Kind, meaning: &'static str) -> Setting {
+    Setting { param, scope: Scope::PerCall, kind, default_text: None, meaning }
+}
+
+const fn module_only(param: &'static str, kind: Kind, meaning: &'static str) -> Setting {
+    Setting { param, scope: Scope::ModuleOnly, kind, default_text: None, meaning }
+}
+
+const fn integer(default: u64, min: u64, max: u64) -> Kind {
+    Kind::Integer { default: Some(default), min, max }
+}
+
+const HOUR_MS: u64 = 3_600_000;
+
+pub const PLAYOUT_MAX_MS: Setting =
+    per_call("playout-max-ms", integer(60_000, 100, HOUR_MS), "most server audio held for playout");
+pub const PLAYOUT_HIGH_WATER_MS: Setting = Setting {
+    default_text: Some("5/6 of the max"),
+    ..per_call(
+        "playout-high-water-ms",
+        Kind::Integer { default: None, min: 20, max: HOUR_MS },
+        "stop reading the socket above this (at most the max)",
+    )
+};
+pub const PLAYOUT_LOW_WATER_MS: Setting = Setting {
+    default_text: Some("2/3 of the max"),
+    ..per_call(
+        "playout-low-water-ms",
+        Kind::Integer { default: None, min: 0, max: HOUR_MS },
+        "read again below this (at most the high-water mark)",
+    )
+};
+pub const UPLINK_BACKLOG_MS: Setting =
+    per_call("uplink-backlog-ms", integer(1000, 20, 60_000), "most caller audio held for a slow server");
+pub const COMFORT_NOISE_DBOV: Setting = per_call(
+    "comfort-noise-dbov",
+    Kind::Level { default: -65.0, min: -96.0, max: 0.0 },
+    "comfort noise level; 0 turns it off",
+);
+pub const CONNECT_TIMEOUT_MS: Setting =
+    per_call("connect-timeout-ms", integer(5000, 100, 120_000), "TCP, TLS, upgrade and first message together");
+pub const MAX_MESSAGE_BYTES: Setting =
+    per_call("max-message-bytes", integer(1 << 20, 1024, 256 << 20), "largest message from the server");
+pub const MAX_TEXT_BYTES: Setting =
+    per_call("max-text-bytes", integer(64 << 10, 256, 16 << 20), "largest text message from the server");
+pub const MAX_HEADERS_BYTES: Setting = per_call(
+    "max-headers-bytes",
+    integer(1024, 2, 64 << 10),
+    "largest decoded `P-wsbridge-websocket-headers` (the original module's limit)",
+);
+pub const PING_INTERVAL_MS: Setting =
+    per_call("ping-interval-ms", integer(20_000, 0, HOUR_MS), "how often the module pings the server; 0: never");
+pub const DEAD_PEER_TIMEOUT_MS: Setting = per_call(
+    "dead-peer-timeout-ms",
+    integer(60_000, 0, HOUR_MS),
+    "hang up (`RECOVERY_ON_TIMER_EXPIRE`) when nothing, not even a pong, has come from the server for this long; 0: never",
+);
+pub const FIRST_MESSAGE: Setting = per_call(
+    "first-message",
+    Kind::Choice { default: "wsbridge", choices: &["wsbridge", "vonage"] },
+    "`wsbridge`: the original's first message; `vonage`: `{\"event\":\"websocket:connected\",\"content-type\":...,<headers>}`",
+);
+pub const CNG_FRAMES: Setting = per_call(
+    "cng-frames",
+    Kind::Flag { default: false },
+    "flag comfort-noise frames as CNG (`SFF_CNG`) so a leg with RFC 3389 comfort noise sends CN instead of the noise; off, every leg and recording hears the noise itself",
+);
+pub const TLS_CA_FILE: Setting = per_call(
+    "tls-ca-file",
+    Kind::Text,
+    "PEM file of the CAs that may sign the server's certificate, instead of the system's",
+);
+pub const TLS_CERT_FILE: Setting =
+    per_call("tls-cert-file", Kind::Text, "client certificate (PEM) for servers that ask for one");
+pub const TLS_KEY_FILE: Setting = per_call("tls-key-file", Kind::Text, "the client certificate's private key (PEM)");
+pub const TLS_INSECURE: Setting = per_call(
+    "tls-insecure",
+    Kind::Flag { default: false },
+    "skip every certificate check (logged at each call); for labs only",
+);
+pub const HTTP_HEADERS: Setting =
+    per_call("http-headers", Kind::Json, "an object of extra upgrade request headers; values are never logged");
+
+pub const DEFAULT_URI: Setting =
+    module_only("default-uri", Kind::Text, "the server for calls that name none (no variable, no `wsbridge/<uri>`)");
+pub const DEFAULT_CONTENT_TYPE: Setting = Setting {
+    default_text: Some("audio/l16;rate=16000"),
+    ..module_only("default-content-type", Kind::Text, "the content type for calls that set none")
+};
+pub const DEBUG: Setting =
+    module_only("debug", Kind::Flag { default: false }, "debug logging, as the API's `wsbridge debug on` and `off`");
+pub const ALLOWED_HOSTS: Setting = Setting {
+    default_text: Some("any host"),
+    ..module_only(
+        "allowed-hosts",
+        Kind::Text,
+        "hosts or host:port that calls may reach, `*` as a wildcard; a bad list allows nothing",
+    )
+};
+pub const ALLOW_SIP_HEADER_URI: Setting = module_only(
+    "allow-sip-header-uri",
+    Kind::Flag { default: true },
+    "whether an inbound INVITE's `P-wsbridge-websocket-uri` may choose the server",
+);
+pub const MAX_CONNECTING: Setting = module_only(
+    "max-connecting",
+    integer(200, 1, 100_000),
+    "most connection attempts in progress at once; beyond it calls fail at once",
+);
+pub const RUNTIME_THREADS: Setting = Setting {
+    default_text: Some("one per core, up to 4"),
+    ..module_only(
+        "runtime-threads",
+        Kind::Integer { default: None, min: 1, max: 64 },
+        "threads that carry every call's WebSocket; read when the module loads",
+    )
+};
+
+/// Every setting, in the order the README lists them.
+pub const TABLE: &[Setting] = &[
+    PLAYOUT_MAX_MS,
+    PLAYOUT_HIGH_WATER_MS,
+    PLAYOUT_LOW_WATER_MS,
+    UPLINK_BACKLOG_MS,
+    COMFORT_NOISE_DBOV,
+    CONNECT_TIMEOUT_MS,
+    MAX_MESSAGE_BYTES,
+    MAX_TEXT_BYTES,
+    MAX_HEADERS_BYTES,
+    PING_INTERVAL_MS,
+    DEAD_PEER_TIMEOUT_MS,
+    FIRST_MESSAGE,
+    CNG_FRAMES,
+    TLS_CA_FILE,
+    TLS_CERT_FILE,
+    TLS_KEY_FILE,
+    TLS_INSECURE,
+    HTTP_HEADERS,
+    DEFAULT_URI,
+    DEFAULT_CONTENT_TYPE,
+    DEBUG,
+    ALLOWED_HOSTS,
+    ALLOW_SIP_HEADER_URI,
+    MAX_CONNECTING,
+    RUNTIME_THREADS,
+];
+
+/// The row for a param name, if there is one.
+pub fn by_param(param: &str) -> Option<&'static Setting> {
+    TABLE.iter().find(|setting| setting.param == param.trim())
+}
+
+/// The README's settings table, generated from [`TABLE`].
+pub fn markdown_table() -> String {
+    let mut text = String::from("| variable / param | default | values | meaning |\n|---|---|---|---|\n");
+    for setting in TABLE {
+        let name = match setting.variable() {
+            Some(variable) => format!("`{variable}` / `{}`", setting.param),
+            None => format!("`{}` (wsbridge.conf only)", setting.param),
+        };
+        text.push_str(&format!(
+            "| {name} | {} | {} | {} |\n",
+            setting.default_shown(),
+            setting.range_shown(),
+            setting.meaning
+        ));
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const README_BEGIN: &str = "<!-- settings table: generated from src/settings/mod.rs; begin -->\n";
+    const README_END: &str = "<!-- settings table: end -->";
+
+    /// The README's table is the generated one; `WSBRIDGE_BLESS=1 cargo test` rewrites it.
+    #[test]
+    fn readme_settings_table_is_generated_from_the_table() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/README.md");
+        let readme = std::fs::read_to_string(path).unwrap();
+        let start = readme.find(README_BEGIN).expect("README settings table begin marker") + README_BEGIN.len();
+        let end = readme[start..].find(README_END).expect("README settings table end marker") + start;
+        let expected = markdown_table();
+        if readme[start..end] != expected {
+            if std::env::var_os("WSBRIDGE_BLESS").is_some() {
+                std::fs::write(path, format!("{}{expected}{}", &readme[..start], &readme[end..])).unwrap();
+            } else {
+                panic!(
+                    "README's settings table is stale; run WSBRIDGE_BLESS=1 cargo test --lib. Expected:\n{expected}"
+                );
+            }
+        }
+    }
+
+    /// The sample wsbridge.conf shows each default it sets as the table has it.
+    #[test]
+    fn sample_config_shows_the_table_defaults() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/autoload_configs/wsbridge.conf.xml");
+        let sample = std::fs::read_to_string(path).unwrap();
+        let mut checked = 0;
+        for line in sample.lines().map(str::trim).filter(|l| l.starts_with("<param ")) {
+            let attribute = |name: &str| {
+                let from = line.find(&format!("{name}=\""))? + name.len() + 2;
+                line[from..].split('"').next().map(str::to_string)
+            };
+            let (param, value) = (attribute("name").unwrap(), attribute("value").unwrap());
+            let setting = by_param(&param).unwrap_or_else(|| panic!("sample param {param} is not in the table"));
+            assert_eq!(value, setting.default_shown(), "sample value of {param}");
+            checked += 1;
+        }
+        assert!(checked > 10, "only {checked} params checked");
+    }
+
+    #[test]
+    fn names_are_unique_and_variables_follow_params() {
+        for (index, setting) in TABLE.iter().enumerate() {
+            assert!(TABLE[..index].iter().all(|other| other.param != setting.param), "{}", setting.param);
+            if let Some(variable) = setting.variable() {
+                assert_eq!(variable, format!("wsbridge_{}", setting.param.replace('-', "_")));
+            }
+            if let Kind::Integer { default: Some(default), min, max } = setting.kind {
+                assert!((min..=max).contains(&default), "{}", setting.param);
+            }
+        }
+    }
+}

@@ -1,0 +1,237 @@
+//! `wsbridge.conf`: module-wide defaults for every per-call setting, plus
+//! the params only the module has. A call's own variable wins over the
+//! param, and the param over the built-in default in [`super::TABLE`].
+
+use std::collections::BTreeMap;
+
+use super::server::ContentType;
+use super::tuning::{parse_flag, Reader};
+use super::{by_param, CallTuning, Scope, Setting};
+use super::{
+    ALLOWED_HOSTS, ALLOW_SIP_HEADER_URI, DEBUG, DEFAULT_CONTENT_TYPE, DEFAULT_URI, MAX_CONNECTING, RUNTIME_THREADS,
+};
+use crate::security::HostPattern;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModuleConfig {
+    /// Valid values of per-call settings, by param.
+    per_call: BTreeMap<&'static str, String>,
+    pub default_uri: Option<String>,
+    pub default_content_type: Option<String>,
+    pub debug: bool,
+    /// Empty: any host. Policy, so it has no per-call variable.
+    pub allowed_hosts: Vec<HostPattern>,
+    allowed_hosts_text: String,
+    /// Whether an inbound INVITE's header may choose the server.
+    pub allow_sip_header_uri: bool,
+    pub max_connecting: usize,
+    /// Threads that run every call's WebSocket; read when the module loads.
+    pub runtime_threads: usize,
+}
+
+/// One per core, up to 4. One alone costs less CPU (see the README's benchmark),
+/// but its RSS grew 8-12 MiB over 1,000 churned calls, against 4 MiB with two.
+fn default_runtime_threads() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 4)
+}
+
+impl Default for ModuleConfig {
+    fn default() -> Self {
+        ModuleConfig {
+            per_call: BTreeMap::new(),
+            default_uri: None,
+            default_content_type: None,
+            debug: DEBUG.flag_default(),
+            allowed_hosts: Vec::new(),
+            allowed_hosts_text: String::new(),
+            allow_sip_header_uri: ALLOW_SIP_HEADER_URI.flag_default(),
+            max_connecting: MAX_CONNECTING.integer_default() as usize,
+            runtime_threads: default_runtime_threads(),
+        }
+    }
+}
+
+fn named(setting: &Setting) -> String {
+    format!("param {}", setting.param)
+}
+
+impl ModuleConfig {
+    /// Reads `<param name value/>` pairs. Returns the config and a line for
+    /// each param ignored: unknown, or a bad value (whose default stays).
+    pub fn from_params(params: &[(String, String)]) -> (ModuleConfig, Vec<String>) {
+        let mut config = ModuleConfig::default();
+        let mut problems = Vec::new();
+        for (name, value) in params {
+            let value = value.trim().to_string();
+            let Some(setting) = by_param(name) else {
+                problems.push(format!("unknown param '{}' ignored", name.trim()));
+                continue;
+            };
+            match setting.scope {
+                Scope::PerCall => config.set_per_call(setting, value, &mut problems),
+                Scope::ModuleOnly => config.set_module_only(setting, value, &mut problems),
+            }
+        }
+        (config, problems)
+    }
+
+    /// Keeps a per-call default when the call's own reader would accept it.
+    fn set_per_call(&mut self, setting: &'static Setting, value: String, problems: &mut Vec<String>) {
+        let variable = setting.variable();
+        let source = |asked: &str| (Some(asked) == variable.as_deref()).then(|| value.clone());
+        let mut reader = Reader::new(&source, &named);
+        let refused = CallTuning::read(&mut reader).err();
+        let mut bad = reader.problems;
+        bad.extend(refused);
+        if bad.is_empty() {
+            self.per_call.insert(setting.param, value);
+        } else {
+            problems.append(&mut bad);
+        }
+    }
+
+    fn set_module_only(&mut self, setting: &'static Setting, value: String, problems: &mut Vec<String>) {
+        let param = setting.param;
+        let source = |_: &str| Some(value.clone());
+        match param {
+            _ if param == DEFAULT_URI.param => self.default_uri = Some(value).filter(|v| !v.is_empty()),
+            _ if param == DEFAULT_CONTENT_TYPE.param => match ContentType::parse(&value) {
+                Some(_) => self.default_content_type = Some(value),
+                None => problems.push(format!(
+                    "param {param}='{value}' is not audio/l16;rate=N for a supported N; using {}",
+                    setting.default_shown()
+                )),
+            },
+            _ if param == DEBUG.param || param == ALLOW_SIP_HEADER_URI.param => match parse_flag(&value) {
+                Some(flag) if param == DEBUG.param => self.debug = flag,
+                Some(flag) => self.allow_sip_header_uri = flag,
+                None => problems
+                    .push(format!("param {param}='{value}' is not true or false; using {}", setting.default_shown())),
+            },
+            _ if param == ALLOWED_HOSTS.param => match crate::security::parse_allowlist(&value) {
+                Ok(patterns) => {
+                    self.allowed_hosts = patterns;
+                    self.allowed_hosts_text = value;
+                }
+                // Failing closed: a broken allowlist must not open every host.
+                Err(why) => {
+                    problems.push(format!("param {param}: {why}; no host is allowed until it is fixed"));
+                    self.allowed_hosts = crate::security::parse_allowlist("0.0.0.0:1").expect("valid");
+                    self.allowed_hosts_text = "(invalid: nothing allowed)".into();
+                }
+            },
+            _ => {
+                // The integer params: max-connecting and runtime-threads.
+                let mut reader = Reader::new(&source, &named);
+                let value = reader.integer(setting);
+                problems.append(&mut reader.problems);
+                match value {
+                    Some(value) if param == MAX_CONNECTING.param => self.max_connecting = value as usize,
+                    Some(value) if param == RUNTIME_THREADS.param => self.runtime_threads = value as usize,
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// The configured default for a per-call variable (`wsbridge_*`).
+    pub fn value(&self, variable: &str) -> Option<String> {
+        let param = variable.strip_prefix("wsbridge_")?.replace('_', "-");
+        self.per_call.get(param.as_str()).cloned()
+    }
+
+    /// Every setting in force, as `param = value`, for the status API.
+    pub fn describe(&self) -> Vec<(String, String)> {
+        let mut lines = vec![
+            (DEFAULT_URI.param.to_string(), self.default_uri.clone().unwrap_or_default()),
+            (DEFAULT_CONTENT_TYPE.param.to_string(), self.default_content_type.clone().unwrap_or_default()),
+            (DEBUG.param.to_string(), self.debug.to_string()),
+            (ALLOWED_HOSTS.param.to_string(), self.allowed_hosts_text.clone()),
+            (ALLOW_SIP_HEADER_URI.param.to_string(), self.allow_sip_header_uri.to_string()),
+            (MAX_CONNECTING.param.to_string(), self.max_connecting.to_string()),
+            (RUNTIME_THREADS.param.to_string(), self.runtime_threads.to_string()),
+        ];
+        lines.extend(self.per_call.iter().map(|(param, value)| (param.to_string(), value.clone())));
+        lines
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::TABLE;
+    use super::*;
+    use std::time::Duration;
+
+    fn params(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn every_per_call_param_is_a_default_for_its_variable() {
+        for setting in TABLE.iter().filter(|s| s.scope == Scope::PerCall) {
+            let sample = match setting.kind {
+                super::super::Kind::Flag { .. } => "true".to_string(),
+                super::super::Kind::Json => "{}".to_string(),
+                _ => setting.default_shown().replace("5/6 of the max", "50000").replace("2/3 of the max", "40000"),
+            };
+            let sample = if sample == "unset" { "/x".to_string() } else { sample };
+            let (config, problems) = ModuleConfig::from_params(&params(&[(setting.param, &sample)]));
+            assert!(problems.is_empty(), "{}: {problems:?}", setting.param);
+            assert_eq!(config.value(&setting.variable().unwrap()), Some(sample), "{}", setting.param);
+        }
+    }
+
+    #[test]
+    fn params_become_defaults_that_calls_can_override() {
+        let (config, problems) = ModuleConfig::from_params(&params(&[
+            ("playout-max-ms", "6000"),
+            ("comfort-noise-dbov", "-50"),
+            ("default-uri", "ws://127.0.0.1:8080/default"),
+            ("default-content-type", "audio/l16;rate=8000"),
+            ("debug", "on"),
+            ("runtime-threads", "7"),
+        ]));
+        assert!(problems.is_empty(), "{problems:?}");
+        assert!(config.debug);
+        assert_eq!(config.runtime_threads, 7);
+        let call_variables = |name: &str| (name == "wsbridge_comfort_noise_dbov").then(|| "-40".to_string());
+        let (tuning, _) =
+            CallTuning::from_variables(&|name: &str| call_variables(name).or_else(|| config.value(name))).unwrap();
+        assert_eq!(tuning.media.playout_capacity, Duration::from_secs(6), "from the config");
+        assert_eq!(tuning.comfort_noise_dbov, -40.0, "the call's own variable wins");
+    }
+
+    #[test]
+    fn a_broken_allowlist_fails_closed() {
+        let (config, problems) = ModuleConfig::from_params(&params(&[("allowed-hosts", "good.example.com, bad/host")]));
+        assert_eq!(problems.len(), 1);
+        let uri = crate::settings::ServerUri::parse("ws://good.example.com/").unwrap();
+        assert!(!crate::security::allows(&config.allowed_hosts, &uri));
+    }
+
+    #[test]
+    fn bad_and_unknown_params_are_named_and_skipped() {
+        let (config, problems) = ModuleConfig::from_params(&params(&[
+            ("playout-max-ms", "soon"),
+            ("first-message", "telegram"),
+            ("default-content-type", "audio/pcmu"),
+            ("colour", "blue"),
+            ("debug", "perhaps"),
+            ("runtime-threads", "0"),
+            ("max-connecting", "0"),
+            ("http-headers", "{\"Bad Name\":\"x\"}"),
+        ]));
+        assert_eq!(config, ModuleConfig::default());
+        assert_eq!(problems.len(), 8, "{problems:?}");
+        assert!(problems[0].starts_with("param playout-max-ms='soon'"), "{}", problems[0]);
+        assert!(problems[1].starts_with("param first-message='telegram'"), "{}", problems[1]);
+        assert!(problems[3].contains("unknown param 'colour'"));
+        assert!(problems[5].starts_with("param runtime-threads='0' is not a number from 1 to 64"), "{}", problems[5]);
+        assert!(
+            problems[6].starts_with("param max-connecting='0' is not a number from 1 to 100000"),
+            "{}",
+            problems[6]
+        );
+        assert!(problems[7].starts_with("param http-headers header name"), "{}", problems[7]);
+    }
+}
