@@ -1,24 +1,28 @@
-# Builds mod_wsbridge and installs it into FreeSWITCH's modules directory.
-export PKG_CONFIG_PATH := $(if $(PKG_CONFIG_PATH),$(PKG_CONFIG_PATH):)/usr/local/freeswitch/lib/pkgconfig
+# Builds mod_wsbridge and installs it into FreeSWITCH's modules directory,
+# found by scripts/modules-dir.sh (set MODULES_DIR to choose another).
+# GNU Make does not pass exported variables to $(shell), so the script gets
+# what it needs on its own command line.
+MODULES_DIR ?= $(shell FREESWITCH_PREFIX='$(FREESWITCH_PREFIX)' PKG_CONFIG_PATH='$(PKG_CONFIG_PATH)' FS_ROOT='$(FS_ROOT)' sh scripts/modules-dir.sh)
+MODULE_SO ?= target/release/libmod_wsbridge.so
 
-ifdef FREESWITCH_PREFIX
-MODULES_DIR ?= $(FREESWITCH_PREFIX)/mod
-else
-MODULES_DIR ?= $(shell pkg-config --variable=modulesdir freeswitch 2>/dev/null)
-endif
-
-.PHONY: all build install test clean
+.PHONY: all build install install-module modules-dir demo test clean
 
 all: build
 
 build:
-	cargo build --release
+	PKG_CONFIG_PATH='$(if $(PKG_CONFIG_PATH),$(PKG_CONFIG_PATH):)/usr/local/freeswitch/lib/pkgconfig' cargo build --release
 
-install: build
-	@test -n "$(MODULES_DIR)" || { echo "FreeSWITCH's modules directory is unknown: set FREESWITCH_PREFIX or MODULES_DIR"; exit 1; }
+install: build install-module
+
+# Installs an already built module (what `install` does after building).
+install-module:
+	@test -n "$(MODULES_DIR)" || { echo "FreeSWITCH's modules directory was not found (no freeswitch.pc, no /usr/local/freeswitch/mod, /usr/local/freeswitch/lib/freeswitch/mod or /usr/lib/freeswitch/mod): set FREESWITCH_PREFIX or MODULES_DIR"; exit 1; }
 	install -d $(DESTDIR)$(MODULES_DIR)
-	install -m 0755 target/release/libmod_wsbridge.so $(DESTDIR)$(MODULES_DIR)/mod_wsbridge.so
+	install -m 0755 $(MODULE_SO) $(DESTDIR)$(MODULES_DIR)/mod_wsbridge.so
 	@echo "installed $(DESTDIR)$(MODULES_DIR)/mod_wsbridge.so"
+
+modules-dir:
+	@echo "$(MODULES_DIR)"
 
 test:
 	cargo test
