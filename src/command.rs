@@ -53,6 +53,9 @@ pub struct CallSnapshot {
     pub underruns: u64,
     pub dropped: u64,
     pub age_s: f64,
+    /// The jitter buffer's target and the recent arrival jitter (95th percentile).
+    pub target_ms: u64,
+    pub jitter_ms: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -104,16 +107,18 @@ pub fn list(calls: &[CallSnapshot], as_json: bool) -> String {
                     "frames_sent": call.frames_sent, "frames_received": call.frames_received,
                     "buffered_ms": call.buffered_ms, "underruns": call.underruns,
                     "dropped_frames": call.dropped, "age_s": (call.age_s * 10.0).round() / 10.0,
+                    "target_ms": call.target_ms, "jitter_ms": call.jitter_ms,
                 })
             })
             .collect();
         return format!("{}\n", json!(rows));
     }
-    let mut text =
-        String::from("uuid,uri,state,frames_sent,frames_received,buffered_ms,underruns,dropped_frames,age_s\n");
+    let mut text = String::from(
+        "uuid,uri,state,frames_sent,frames_received,buffered_ms,underruns,dropped_frames,age_s,target_ms,jitter_ms\n",
+    );
     for call in calls {
         text.push_str(&format!(
-            "{},{},{},{},{},{},{},{},{:.1}\n",
+            "{},{},{},{},{},{},{},{},{:.1},{},{}\n",
             call.uuid,
             call.uri,
             call.state,
@@ -122,7 +127,9 @@ pub fn list(calls: &[CallSnapshot], as_json: bool) -> String {
             call.buffered_ms,
             call.underruns,
             call.dropped,
-            call.age_s
+            call.age_s,
+            call.target_ms,
+            call.jitter_ms
         ));
     }
     text.push_str(&format!("{} call(s)\n", calls.len()));
@@ -174,11 +181,14 @@ mod tests {
             underruns: 1,
             dropped: 2,
             age_s: 3.25,
+            target_ms: 60,
+            jitter_ms: 12,
         };
         let text = list(std::slice::from_ref(&call), false);
-        assert!(text.contains("u1,ws://h/,open,10,20,40,1,2,3.2"), "{text}");
+        assert!(text.contains("u1,ws://h/,open,10,20,40,1,2,3.2,60,12"), "{text}");
         let parsed: serde_json::Value = serde_json::from_str(&list(&[call], true)).unwrap();
         assert_eq!(parsed[0]["dropped_frames"], 2);
         assert_eq!(parsed[0]["state"], "open");
+        assert_eq!((parsed[0]["target_ms"].as_u64(), parsed[0]["jitter_ms"].as_u64()), (Some(60), Some(12)));
     }
 }

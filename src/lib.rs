@@ -18,6 +18,8 @@ pub mod call_plan;
 pub mod cause;
 pub mod comfort_noise;
 pub mod command;
+pub mod concealment;
+pub mod jitter;
 pub mod logging;
 pub mod media;
 pub mod playout;

@@ -11,7 +11,8 @@ use bytes::Bytes;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::playout::{MarkOutcome, PlayoutBuffer};
+use crate::jitter::JitterLimits;
+use crate::playout::{Downlink, MarkOutcome, PlayoutBuffer};
 use crate::protocol;
 use crate::settings::ContentType;
 use crate::uplink::{Outgoing, PushOutcome, UplinkQueue};
@@ -26,6 +27,8 @@ pub struct MediaLimits {
     pub playout_low_water: Duration,
     /// Most caller audio held while the server is slow to take it.
     pub uplink_backlog: Duration,
+    /// The jitter buffer's target range; a minimum of 0 turns it off.
+    pub jitter: JitterLimits,
 }
 
 impl MediaLimits {
@@ -37,6 +40,7 @@ impl MediaLimits {
             playout_high_water: Duration::from_millis(capacity_ms * 5 / 6),
             playout_low_water: Duration::from_millis(capacity_ms * 2 / 3),
             uplink_backlog,
+            jitter: JitterLimits::default(),
         }
     }
 }
@@ -101,7 +105,12 @@ impl CallMedia {
         let uplink_frames = bytes_for(format, limits.uplink_backlog) / format.bytes_per_frame();
         CallMedia {
             format,
-            playout: Mutex::new(PlayoutBuffer::new(format.bytes_per_frame(), capacity)),
+            playout: Mutex::new(PlayoutBuffer::with_jitter(
+                format.bytes_per_frame(),
+                capacity,
+                format.rate,
+                limits.jitter,
+            )),
             playout_space: Notify::new(),
             high_water_bytes: high_water,
             low_water_bytes: low_water,
@@ -119,17 +128,17 @@ impl CallMedia {
 
     // ---- session thread side: never waits ----
 
-    /// The next frame of server audio, or false when none is queued.
-    pub fn next_downlink_frame(&self, out: &mut [i16]) -> bool {
+    /// The next frame for the caller: server audio, a concealed gap, or nothing.
+    pub fn next_downlink_frame(&self, out: &mut [i16]) -> Downlink {
         let mut reached = Vec::new();
-        let (played, crossed_low_water) = {
+        let (heard, crossed_low_water) = {
             let mut playout = lock(&self.playout);
             let before = playout.buffered_bytes();
-            let played = playout.pop_frame(out);
+            let heard = playout.next_frame(std::time::Instant::now(), out);
             if playout.has_marks() {
                 playout.take_reached_marks(&mut reached);
             }
-            (played, before > self.low_water_bytes && playout.buffered_bytes() <= self.low_water_bytes)
+            (heard, before > self.low_water_bytes && playout.buffered_bytes() <= self.low_water_bytes)
         };
         if crossed_low_water {
             self.playout_space.notify_one();
@@ -137,10 +146,16 @@ impl CallMedia {
         for name in reached {
             self.send_mark(name, false);
         }
-        if played {
+        if heard == Downlink::Audio {
             self.stats.frames_played.fetch_add(1, Ordering::Relaxed);
         }
-        played
+        heard
+    }
+
+    /// The jitter buffer's target and recent jitter, in ms, for the status API.
+    pub fn jitter_now(&self) -> (f64, f64) {
+        let playout = lock(&self.playout);
+        (playout.jitter().target_ms(), playout.jitter().recent_jitter_ms())
     }
 
     /// Queues one frame of caller audio (little-endian bytes).
@@ -227,11 +242,22 @@ impl CallMedia {
 
     /// The call's figures as `wsbridge_*` channel variables, for CDRs.
     pub fn report(&self) -> Vec<(&'static str, String)> {
+        let (underruns, jitter_ms, target_ms, concealed, drift_dropped) = {
+            let playout = lock(&self.playout);
+            let jitter = playout.jitter();
+            let figures =
+                (jitter.call_jitter_ms(), jitter.target_ms(), jitter.concealed_frames, jitter.drift_dropped_frames);
+            (playout.underruns(), figures.0, figures.1, figures.2, figures.3)
+        };
         let mut report = vec![
             ("wsbridge_frames_sent", self.frames_to_server().to_string()),
             ("wsbridge_frames_received", self.stats.frames_received.load(Ordering::Relaxed).to_string()),
             ("wsbridge_frames_played", self.stats.frames_played.load(Ordering::Relaxed).to_string()),
-            ("wsbridge_underruns", self.underruns().to_string()),
+            ("wsbridge_underruns", underruns.to_string()),
+            ("wsbridge_jitter_ms", format!("{jitter_ms:.0}")),
+            ("wsbridge_playout_target_ms", format!("{target_ms:.0}")),
+            ("wsbridge_concealed_frames", concealed.to_string()),
+            ("wsbridge_drift_dropped_frames", drift_dropped.to_string()),
             ("wsbridge_dropped_frames", self.dropped_uplink_frames().to_string()),
         ];
         let connect_ms = self.connect_ms.load(Ordering::Relaxed);
@@ -358,6 +384,7 @@ mod tests {
             playout_high_water: Duration::from_millis(100),
             playout_low_water: Duration::from_millis(60),
             uplink_backlog: Duration::from_millis(60),
+            jitter: JitterLimits::OFF,
         }
     }
 
@@ -376,7 +403,7 @@ mod tests {
         let mut frame = vec![0i16; format.samples_per_frame()];
         while played.len() < samples.len() {
             assert!(media.buffered_playout() <= Duration::from_millis(200), "capacity exceeded");
-            if media.next_downlink_frame(&mut frame) {
+            if media.next_downlink_frame(&mut frame) == Downlink::Audio {
                 played.extend_from_slice(&frame);
             } else {
                 tokio::task::yield_now().await;
@@ -399,12 +426,12 @@ mod tests {
         for _ in 0..2 {
             tokio::task::yield_now().await;
             assert!(!waiter.is_finished(), "must wait until low water");
-            assert!(media.next_downlink_frame(&mut frame));
+            assert!(media.next_downlink_frame(&mut frame) == Downlink::Audio);
         }
         // 80 ms left: still above 60 ms.
         tokio::time::sleep(Duration::from_millis(10)).await;
         assert!(!waiter.is_finished());
-        assert!(media.next_downlink_frame(&mut frame));
+        assert!(media.next_downlink_frame(&mut frame) == Downlink::Audio);
         tokio::time::timeout(Duration::from_secs(1), waiter).await.expect("woken at low water").unwrap();
     }
 
@@ -418,10 +445,10 @@ mod tests {
         media.queue_playout(&[0u8; 320]).await;
         assert!(media.add_mark("dropped".into()));
         let mut frame = vec![0i16; 160];
-        assert!(media.next_downlink_frame(&mut frame));
-        assert!(media.next_downlink_frame(&mut frame));
+        assert!(media.next_downlink_frame(&mut frame) == Downlink::Audio);
+        assert!(media.next_downlink_frame(&mut frame) == Downlink::Audio);
         media.clear_playout();
-        assert!(!media.next_downlink_frame(&mut frame), "nothing plays after a clear");
+        assert_eq!(media.next_downlink_frame(&mut frame), Downlink::Nothing, "nothing plays after a clear");
         let mut batch = VecDeque::new();
         media.next_uplink_batch(&mut batch).await;
         let texts: Vec<String> = batch

@@ -1,12 +1,56 @@
 //! The downlink queue: server audio waiting to be played, re-framed on the
-//! way out so that message boundaries do not matter.
+//! way out so that message boundaries do not matter. [`JitterControl`]
+//! decides when each frame plays; [`Concealer`] fills the gaps of a live
+//! stream that runs dry.
 
 use std::collections::VecDeque;
 use std::io::Read;
+use std::time::Instant;
+
+use crate::concealment::Concealer;
+use crate::jitter::{JitterControl, JitterLimits, Tick};
+
+/// What a playout tick produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Downlink {
+    /// A frame of the server's audio.
+    Audio,
+    /// A frame concealing a gap in a live stream.
+    Concealed,
+    /// Nothing: comfort noise is due.
+    Nothing,
+}
+
+impl Downlink {
+    /// Whether the caller hears sound from the server (real or concealed) rather than comfort noise.
+    pub fn is_sound(self) -> bool {
+        self != Downlink::Nothing
+    }
+}
+
+/// Near-silence, about -40 dBov: such frames may go when a live stream runs fast.
+const QUIET_RMS: f64 = 330.0;
+
+/// Whether the first frame queued in `bytes` is near-silence.
+fn is_quiet(bytes: &VecDeque<u8>, frame_bytes: usize) -> bool {
+    let mut energy = 0f64;
+    let mut pairs = bytes.range(..frame_bytes.min(bytes.len()));
+    while let (Some(low), Some(high)) = (pairs.next(), pairs.next()) {
+        let sample = i16::from_le_bytes([*low, *high]) as f64;
+        energy += sample * sample;
+    }
+    (energy / (frame_bytes / 2) as f64).sqrt() < QUIET_RMS
+}
 
 pub struct PlayoutBuffer {
     bytes: VecDeque<u8>,
     frame_bytes: usize,
+    /// Bytes per millisecond of audio.
+    bytes_per_ms: f64,
+    jitter: JitterControl,
+    concealer: Concealer,
+    /// Concealing a gap: more concealed frames follow until audio returns or the fade ends.
+    in_gap: bool,
     capacity_bytes: usize,
     /// Set once audio has played, so that running dry counts as an underrun.
     playing: bool,
@@ -30,11 +74,23 @@ pub enum MarkOutcome {
 }
 
 impl PlayoutBuffer {
+    /// Plays each 20 ms frame as soon as it is complete (no jitter buffer).
     pub fn new(frame_bytes: usize, capacity_bytes: usize) -> Self {
+        let rate = (frame_bytes / 2 * 50) as u32;
+        Self::with_jitter(frame_bytes, capacity_bytes, rate, JitterLimits { target_min_ms: 0.0, target_max_ms: 0.0 })
+    }
+
+    /// 20 ms frames of `frame_bytes` at `rate`, played through a jitter buffer within `limits`.
+    pub fn with_jitter(frame_bytes: usize, capacity_bytes: usize, rate: u32, limits: JitterLimits) -> Self {
         assert!(frame_bytes > 0 && capacity_bytes >= frame_bytes);
+        let bytes_per_ms = rate as f64 * 2.0 / 1000.0;
         PlayoutBuffer {
             bytes: VecDeque::new(),
             frame_bytes,
+            bytes_per_ms,
+            jitter: JitterControl::new(limits, frame_bytes as f64 / bytes_per_ms),
+            concealer: Concealer::new(rate),
+            in_gap: false,
             capacity_bytes,
             playing: false,
             underruns: 0,
@@ -54,10 +110,61 @@ impl PlayoutBuffer {
 
     /// Queues as much of `data` as fits and returns how much that was.
     pub fn push(&mut self, data: &[u8]) -> usize {
+        self.push_at(data, Instant::now())
+    }
+
+    /// As [`push`](Self::push), for a message that arrived at `now`.
+    pub fn push_at(&mut self, data: &[u8], now: Instant) -> usize {
         let taken = data.len().min(self.free_bytes());
+        let buffered_ms = self.bytes.len() as f64 / self.bytes_per_ms;
+        self.jitter.on_arrival(now, taken as f64 / self.bytes_per_ms, buffered_ms);
         self.bytes.extend(&data[..taken]);
         self.queued_total += taken as u64;
         taken
+    }
+
+    /// The frame to play at the tick at `now`: audio, a concealed gap, or nothing.
+    pub fn next_frame(&mut self, now: Instant, out: &mut [i16]) -> Downlink {
+        let buffered_ms = self.bytes.len() as f64 / self.bytes_per_ms;
+        let (bytes, frame_bytes) = (&self.bytes, self.frame_bytes);
+        let tick = self.jitter.tick(now, buffered_ms, || is_quiet(bytes, frame_bytes));
+        if !self.jitter.is_adaptive() {
+            return if self.pop_frame(out) { Downlink::Audio } else { Downlink::Nothing };
+        }
+        match tick {
+            Tick::Play | Tick::DropThenPlay => {
+                if tick == Tick::DropThenPlay {
+                    self.pop_frame(out);
+                }
+                if !self.pop_frame(out) {
+                    return self.conceal(out);
+                }
+                self.in_gap = false;
+                self.concealer.take_real(out);
+                Downlink::Audio
+            }
+            Tick::Underrun => {
+                self.underruns += 1;
+                self.in_gap = true;
+                self.conceal(out)
+            }
+            Tick::Wait if self.in_gap => self.conceal(out),
+            Tick::Wait => Downlink::Nothing,
+        }
+    }
+
+    fn conceal(&mut self, out: &mut [i16]) -> Downlink {
+        if self.in_gap && self.concealer.conceal(out) {
+            self.jitter.concealed_frames += 1;
+            return Downlink::Concealed;
+        }
+        self.in_gap = false;
+        Downlink::Nothing
+    }
+
+    /// The jitter buffer's figures: target, recent jitter, and the call's.
+    pub fn jitter(&self) -> &JitterControl {
+        &self.jitter
     }
 
     /// Fills `out` (one frame) with the next samples, or returns false when
@@ -89,6 +196,10 @@ impl PlayoutBuffer {
         self.bytes.clear();
         self.played_total = self.queued_total;
         self.playing = false;
+        // Nothing of the cleared audio may be heard again, not even concealed.
+        self.in_gap = false;
+        self.concealer.reset();
+        self.jitter.restart();
         self.release_idle_memory();
         self.marks.drain(..).map(|(_, name)| name).collect()
     }
@@ -216,5 +327,205 @@ mod tests {
         assert!(!buffer.pop_frame(&mut out));
         assert!(!buffer.pop_frame(&mut out));
         assert_eq!(buffer.underruns(), 1);
+    }
+
+    /// A live stream through the jitter buffer, simulated on seeded traces.
+    mod simulation {
+        use super::super::*;
+        use rand::rngs::SmallRng;
+        use rand::{RngExt, SeedableRng};
+        use std::time::Duration;
+
+        struct Trace {
+            rate: u32,
+            message_bytes: usize,
+            /// The sender's period relative to ours: below 1 its clock runs fast.
+            clock: f64,
+            max_delay_ms: f64,
+            seconds: f64,
+            /// The sender's sample `n`.
+            signal: fn(usize, u32) -> i16,
+        }
+
+        #[derive(Default)]
+        struct Outcome {
+            ticks: Vec<Downlink>,
+            /// Send-to-play latency of each played frame, in ms.
+            latency_ms: Vec<f64>,
+            /// Loud frames sent, and loud frames played.
+            loud_sent: usize,
+            loud_played: usize,
+            target_ms: f64,
+            concealed: u64,
+            dropped: u64,
+        }
+
+        fn tone(n: usize, rate: u32) -> i16 {
+            (7000.0 * (2.0 * std::f64::consts::PI * 1000.0 * n as f64 / rate as f64).sin()) as i16
+        }
+
+        /// 2 s of tone, then 1 s of near-silence, over and over.
+        fn tone_bursts(n: usize, rate: u32) -> i16 {
+            if (n / rate as usize) % 3 == 2 {
+                ((n % 7) as i16) - 3
+            } else {
+                tone(n, rate)
+            }
+        }
+
+        fn run(trace: &Trace, seed: u64) -> Outcome {
+            let limits = JitterLimits { target_min_ms: 40.0, target_max_ms: 200.0 };
+            let frame_bytes = (trace.rate / 50 * 2) as usize;
+            let mut buffer = PlayoutBuffer::with_jitter(frame_bytes, 1 << 24, trace.rate, limits);
+            let mut rng = SmallRng::seed_from_u64(seed);
+            let base = Instant::now();
+            let at = |ms: f64| base + Duration::from_secs_f64(ms / 1000.0);
+            let samples_per_message = trace.message_bytes / 2;
+            let messages = (trace.seconds * trace.rate as f64) as usize / samples_per_message;
+            let mut arrivals = Vec::with_capacity(messages);
+            let mut last_arrival = 0.0f64;
+            for index in 0..messages {
+                let sent = (index + 1) as f64 * samples_per_message as f64 * 1000.0 / trace.rate as f64 * trace.clock;
+                let arrival = (sent + rng.random_range(0.0..=trace.max_delay_ms.max(0.0))).max(last_arrival);
+                last_arrival = arrival;
+                arrivals.push((arrival, sent));
+            }
+            let mut outcome = Outcome::default();
+            let frame_samples = frame_bytes / 2;
+            let mut next_message = 0;
+            let mut sent_peaks: Vec<bool> = Vec::new();
+            let mut played_samples = 0usize;
+            let mut out = vec![0i16; frame_samples];
+            let ticks = ((last_arrival + 1000.0) / 20.0) as usize;
+            for tick in 0..ticks {
+                let now_ms = tick as f64 * 20.0 + 0.5;
+                while next_message < messages && arrivals[next_message].0 <= now_ms {
+                    let first = next_message * samples_per_message;
+                    let samples: Vec<i16> =
+                        (first..first + samples_per_message).map(|n| (trace.signal)(n, trace.rate)).collect();
+                    sent_peaks.extend(samples.iter().map(|s| (*s as i64).abs() > 1000));
+                    let bytes: Vec<u8> = samples.iter().flat_map(|s| s.to_le_bytes()).collect();
+                    buffer.push_at(&bytes, at(arrivals[next_message].0));
+                    next_message += 1;
+                }
+                let heard = buffer.next_frame(at(now_ms), &mut out);
+                if heard == Downlink::Audio {
+                    played_samples = (buffer.played_total / 2) as usize;
+                    let first = played_samples - frame_samples;
+                    let sent_ms = arrivals[(first / samples_per_message).min(messages - 1)].1;
+                    outcome.latency_ms.push(now_ms - sent_ms);
+                    if out.iter().map(|s| (*s as i64).abs()).max().unwrap_or(0) > 1000 {
+                        outcome.loud_played += 1;
+                    }
+                }
+                outcome.ticks.push(heard);
+            }
+            assert!(played_samples > 0);
+            outcome.loud_sent =
+                sent_peaks.chunks_exact(frame_samples).filter(|frame| frame.iter().any(|peak| *peak)).count();
+            outcome.target_ms = buffer.jitter().target_ms();
+            outcome.concealed = buffer.jitter().concealed_frames;
+            outcome.dropped = buffer.jitter().drift_dropped_frames;
+            outcome
+        }
+
+        /// Ticks that were not the server's audio, after playout began plus `settle` ticks,
+        /// and before the stream's end.
+        fn gaps_after(outcome: &Outcome, settle: usize) -> usize {
+            let start = outcome.ticks.iter().position(|t| *t == Downlink::Audio).expect("audio played");
+            let end = outcome.ticks.iter().rposition(|t| *t == Downlink::Audio).unwrap();
+            outcome.ticks[start + settle..end].iter().filter(|t| **t != Downlink::Audio).count()
+        }
+
+        #[test]
+        fn real_time_streams_play_without_a_gap() {
+            for rate in [16000, 8000] {
+                for message_bytes in [334, 640] {
+                    let message_bytes = if rate == 8000 && message_bytes == 640 { 320 } else { message_bytes };
+                    let trace =
+                        Trace { rate, message_bytes, clock: 1.0, max_delay_ms: 0.0, seconds: 30.0, signal: tone };
+                    let outcome = run(&trace, 1);
+                    assert_eq!(gaps_after(&outcome, 0), 0, "{rate} Hz, {message_bytes}-byte messages");
+                    assert_eq!(outcome.loud_played, outcome.loud_sent);
+                }
+            }
+        }
+
+        #[test]
+        fn jittered_arrivals_play_without_a_gap_after_the_first_second() {
+            for seed in 1..=3 {
+                let trace = Trace {
+                    rate: 16000,
+                    message_bytes: 640,
+                    clock: 1.0,
+                    max_delay_ms: 60.0,
+                    seconds: 40.0,
+                    signal: tone,
+                };
+                let outcome = run(&trace, seed);
+                assert_eq!(gaps_after(&outcome, 50), 0, "seed {seed}");
+                assert!(outcome.target_ms <= 200.0);
+                let mean = outcome.latency_ms.iter().sum::<f64>() / outcome.latency_ms.len() as f64;
+                assert!(mean < 140.0, "mean latency {mean:.0} ms");
+            }
+        }
+
+        #[test]
+        fn a_fast_clock_is_steered_back_through_silences_only() {
+            let trace = Trace {
+                rate: 16000,
+                message_bytes: 640,
+                clock: 0.995,
+                max_delay_ms: 10.0,
+                seconds: 120.0,
+                signal: tone_bursts,
+            };
+            let outcome = run(&trace, 7);
+            let final_latency = outcome.latency_ms[outcome.latency_ms.len() - 50..].iter().cloned().fold(0.0, f64::max);
+            assert!(
+                final_latency <= outcome.target_ms + 100.0,
+                "latency {final_latency:.0} ms, target {:.0}",
+                outcome.target_ms
+            );
+            assert!(outcome.dropped > 0, "frames of silence are dropped");
+            assert_eq!(outcome.loud_played, outcome.loud_sent, "no frame of tone is dropped");
+        }
+
+        #[test]
+        fn a_slow_clock_has_its_gaps_concealed() {
+            let trace =
+                Trace { rate: 16000, message_bytes: 640, clock: 1.005, max_delay_ms: 0.0, seconds: 60.0, signal: tone };
+            let outcome = run(&trace, 3);
+            let start = outcome.ticks.iter().position(|t| *t == Downlink::Audio).unwrap();
+            let end = outcome.ticks.iter().rposition(|t| *t == Downlink::Audio).unwrap();
+            let silent: Vec<usize> = (start..end).filter(|index| outcome.ticks[*index] == Downlink::Nothing).collect();
+            assert!(silent.is_empty(), "every gap mid-stream is concealed; silent ticks {silent:?} of {end}");
+            assert!(outcome.concealed > 0);
+            assert_eq!(outcome.loud_played, outcome.loud_sent);
+        }
+
+        #[test]
+        fn a_burst_is_played_whole() {
+            let frame_bytes = 640;
+            let mut buffer = PlayoutBuffer::with_jitter(
+                frame_bytes,
+                1 << 24,
+                16000,
+                JitterLimits { target_min_ms: 40.0, target_max_ms: 200.0 },
+            );
+            let base = Instant::now();
+            let burst: Vec<u8> = (0..160_000).flat_map(|n| tone_bursts(n, 16000).to_le_bytes()).collect();
+            buffer.push_at(&burst, base);
+            let mut out = vec![0i16; 320];
+            let mut played = Vec::new();
+            for tick in 0..600 {
+                if buffer.next_frame(base + Duration::from_millis(tick * 20), &mut out) == Downlink::Audio {
+                    played.extend_from_slice(&out);
+                }
+            }
+            assert_eq!(played.len(), 160_000, "10 s in, 10 s out: silences included");
+            assert_eq!(buffer.jitter().drift_dropped_frames, 0);
+            assert_eq!(played[..1000], (0..1000).map(|n| tone_bursts(n, 16000)).collect::<Vec<_>>()[..]);
+        }
     }
 }

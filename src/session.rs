@@ -607,6 +607,7 @@ async fn send_batch(
 mod tests {
     use super::*;
     use crate::media::MediaLimits;
+    use crate::playout::Downlink;
     use crate::settings::{ContentType, RawSettings};
     use bytes::Bytes;
     use std::sync::Mutex;
@@ -700,7 +701,7 @@ mod tests {
         let mut frame = [0i16; 160];
         let mut got = Vec::new();
         for _ in 0..200 {
-            if media.next_downlink_frame(&mut frame) {
+            if media.next_downlink_frame(&mut frame) == Downlink::Audio {
                 got.extend_from_slice(&frame);
             }
             if got.len() == 320 {
@@ -850,7 +851,7 @@ mod tests {
         let mut frame = [0i16; 160];
         let mut frames = 0;
         while frames < 2 {
-            if media.next_downlink_frame(&mut frame) {
+            if media.next_downlink_frame(&mut frame) == Downlink::Audio {
                 frames += 1;
             } else {
                 tokio::time::sleep(Duration::from_millis(5)).await;

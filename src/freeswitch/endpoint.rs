@@ -171,9 +171,9 @@ impl Endpoint for WsbridgeCall {
         let read = &mut *read;
         read.timer.next();
         let samples = read.frame.samples_mut();
-        let is_audio = self.media.next_downlink_frame(samples);
-        read.mixer.finish_frame(samples, is_audio);
-        Some(read.frame.publish(&self.read_codec, !is_audio && self.plan.tuning.cng_frames))
+        let heard = self.media.next_downlink_frame(samples).is_sound();
+        read.mixer.finish_frame(samples, heard);
+        Some(read.frame.publish(&self.read_codec, !heard && self.plan.tuning.cng_frames))
     }
 
     fn write_frame(&self, session: Session<'_>, frame: WrittenFrame<'_>) {

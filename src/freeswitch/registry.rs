@@ -68,7 +68,8 @@ pub fn totals() -> Totals {
 pub fn snapshots() -> Vec<CallSnapshot> {
     calls()
         .iter()
-        .map(|(uuid, call)| CallSnapshot {
+        .map(|(uuid, call)| (uuid, call, call.media.jitter_now()))
+        .map(|(uuid, call, (target_ms, jitter_ms))| CallSnapshot {
             uuid: uuid.clone(),
             uri: call.uri.clone(),
             state: call.media.state(),
@@ -78,6 +79,8 @@ pub fn snapshots() -> Vec<CallSnapshot> {
             underruns: call.media.underruns(),
             dropped: call.media.dropped_uplink_frames(),
             age_s: call.started.elapsed().as_secs_f64(),
+            target_ms: target_ms.round() as u64,
+            jitter_ms: jitter_ms.round() as u64,
         })
         .collect()
 }

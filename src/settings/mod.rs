@@ -155,6 +155,13 @@ pub const PLAYOUT_LOW_WATER_MS: Setting = Setting {
         "read again below this (at most the high-water mark)",
     )
 };
+pub const PLAYOUT_TARGET_MS: Setting = per_call(
+    "playout-target-ms",
+    integer(40, 0, 1000),
+    "the jitter buffer's smallest target: server audio plays once this much is queued, and the target grows with the measured jitter; 0 plays each frame as soon as it is complete",
+);
+pub const PLAYOUT_TARGET_MAX_MS: Setting =
+    per_call("playout-target-max-ms", integer(200, 20, 5000), "the largest target the jitter buffer grows to");
 pub const UPLINK_BACKLOG_MS: Setting =
     per_call("uplink-backlog-ms", integer(1000, 20, 60_000), "most caller audio held for a slow server");
 pub const COMFORT_NOISE_DBOV: Setting = per_call(
@@ -246,6 +253,8 @@ pub const TABLE: &[Setting] = &[
     PLAYOUT_MAX_MS,
     PLAYOUT_HIGH_WATER_MS,
     PLAYOUT_LOW_WATER_MS,
+    PLAYOUT_TARGET_MS,
+    PLAYOUT_TARGET_MAX_MS,
     UPLINK_BACKLOG_MS,
     COMFORT_NOISE_DBOV,
     CONNECT_TIMEOUT_MS,

@@ -165,6 +165,13 @@ impl CallTuning {
             media.playout_low_water = ms(low);
         }
         media.playout_low_water = media.playout_low_water.min(media.playout_high_water);
+        if let Some(target) = reader.integer(&PLAYOUT_TARGET_MS) {
+            media.jitter.target_min_ms = target as f64;
+        }
+        if let Some(max) = reader.integer(&PLAYOUT_TARGET_MAX_MS) {
+            media.jitter.target_max_ms = max as f64;
+        }
+        media.jitter.target_max_ms = media.jitter.target_max_ms.max(media.jitter.target_min_ms);
         if let Some(backlog) = reader.integer(&UPLINK_BACKLOG_MS) {
             media.uplink_backlog = ms(backlog);
         }
