@@ -11,7 +11,7 @@ const HISTORY_MS: u32 = 48;
 /// Unattenuated at first, as G.711 Appendix I does.
 const FULL_LEVEL_MS: u32 = 10;
 /// Then the level falls this much per millisecond...
-const FADE_DB_PER_MS: f32 = 0.4;
+const FADE_DB_PER_MS: f32 = 0.3;
 /// ...until it is this far down, where comfort noise takes over.
 const FADE_FLOOR_DB: f32 = -36.0;
 /// The overlap-add when real audio returns.

@@ -11,7 +11,9 @@
 //!   allows raises it at once to its jitter plus one frame (a message can
 //!   complete a frame only when the next one arrives), up to `target_max`.
 //! - After an underrun it grows at once by half, or by a frame at least,
-//!   up to `target_max`: a late stream must not stutter twice.
+//!   up to `target_max`: a late stream must not stutter twice. Concealment
+//!   bridges the gap while the queue refills, for at most
+//!   [`MAX_REFILL_TICKS`]; then playout resumes with what has come.
 //! - While arrivals are steady it shrinks by [`DECAY_MS_PER_S`], down to the
 //!   95th percentile of recent jitter plus one frame, so a spike does not
 //!   leave its delay for the rest of the call.
@@ -38,6 +40,10 @@ pub const RATE_WINDOW: Duration = Duration::from_secs(2);
 pub const BURST_MS: f64 = 500.0;
 /// Above the target by this much, near-silent frames are dropped.
 pub const DRIFT_MARGIN_MS: f64 = 40.0;
+/// After an underrun, concealment bridges at most this many ticks while the
+/// queue refills; then playout resumes with what there is. A slow sender
+/// never refills to the target, and a longer concealment fades too far.
+pub const MAX_REFILL_TICKS: u32 = 2;
 /// After this long without audio arriving, a new stream starts afresh.
 const IDLE_GAP: Duration = Duration::from_millis(500);
 
@@ -81,6 +87,8 @@ pub struct JitterControl {
     frame_ms: f64,
     target_ms: f64,
     playing: bool,
+    /// Ticks since an underrun while refilling; `None` when not refilling after one.
+    refill_ticks: Option<u32>,
     /// Media time received so far in this stream, in ms.
     received_ms: f64,
     stream_start: Option<Instant>,
@@ -107,6 +115,7 @@ impl JitterControl {
             frame_ms,
             target_ms: limits.target_min_ms,
             playing: false,
+            refill_ticks: None,
             received_ms: 0.0,
             stream_start: None,
             last_arrival: None,
@@ -273,6 +282,7 @@ impl JitterControl {
     /// After a `clear`: fill to the target before playing again.
     pub fn restart(&mut self) {
         self.playing = false;
+        self.refill_ticks = None;
     }
 }
 

@@ -350,6 +350,8 @@ mod tests {
         #[derive(Default)]
         struct Outcome {
             ticks: Vec<Downlink>,
+            /// Everything the caller hears, zeros where nothing played.
+            heard: Vec<i16>,
             /// Send-to-play latency of each played frame, in ms.
             latency_ms: Vec<f64>,
             /// Loud frames sent, and loud frames played.
@@ -417,6 +419,11 @@ mod tests {
                     if out.iter().map(|s| (*s as i64).abs()).max().unwrap_or(0) > 1000 {
                         outcome.loud_played += 1;
                     }
+                }
+                if heard == Downlink::Nothing {
+                    outcome.heard.extend(std::iter::repeat_n(0, frame_samples));
+                } else {
+                    outcome.heard.extend_from_slice(&out);
                 }
                 outcome.ticks.push(heard);
             }
@@ -500,6 +507,17 @@ mod tests {
             let end = outcome.ticks.iter().rposition(|t| *t == Downlink::Audio).unwrap();
             let silent: Vec<usize> = (start..end).filter(|index| outcome.ticks[*index] == Downlink::Nothing).collect();
             assert!(silent.is_empty(), "every gap mid-stream is concealed; silent ticks {silent:?} of {end}");
+            // No click: the level of consecutive 5 ms blocks never steps by 20 dB.
+            let block = 80;
+            let levels: Vec<f64> = outcome.heard[(start + 1) * 320..end * 320]
+                .chunks_exact(block)
+                .map(|b| {
+                    20.0 * ((b.iter().map(|s| (*s as f64).powi(2)).sum::<f64>() / block as f64).sqrt() + 1.0).log10()
+                })
+                .collect();
+            let step = levels.windows(2).map(|w| (w[1] - w[0]).abs()).fold(0.0, f64::max);
+            assert!(step < 20.0, "a {step:.1} dB step between 5 ms blocks");
+            println!("slow clock: {} concealed frames in 60 s, largest step {step:.1} dB", outcome.concealed);
             assert!(outcome.concealed > 0);
             assert_eq!(outcome.loud_played, outcome.loud_sent);
         }
