@@ -11,16 +11,6 @@
 
 #![allow(clippy::result_large_err)] // tungstenite's handshake callback type
 
-#[allow(dead_code)]
-#[path = "../../tests/freeswitch/esl.rs"]
-mod esl;
-#[allow(dead_code)]
-#[path = "../../tests/freeswitch/instance.rs"]
-mod instance;
-
-#[path = "../../tests/freeswitch/proc_stats.rs"]
-mod proc_stats;
-
 mod echo_server;
 mod report;
 
@@ -31,8 +21,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use echo_server::EchoServer;
-use instance::FreeSwitch;
 use report::{Media, Row};
+use test_support::instance::FreeSwitch;
+use test_support::{esl, proc_stats, BuildEnv};
+
+/// Where this crate's build found FreeSWITCH, and where its sources are.
+const BUILD: BuildEnv = test_support::build_env!();
 
 const RATE: u32 = 16000;
 const FRAME_BYTES: usize = 640;
@@ -169,7 +163,7 @@ fn variable_sum(calls: &HashMap<String, CallEvents>, name: &str) -> u64 {
 
 fn run(options: &Options, endpoint: Endpoint, calls: usize, run_number: u16, server: &tokio::runtime::Handle) -> Row {
     let server = (endpoint == Endpoint::Wsbridge).then(|| EchoServer::start(server, FRAME_BYTES, TONE_HZ, RATE));
-    let freeswitch = FreeSwitch::start_with_log_level("ws://127.0.0.1:9", 10 + run_number, "warning");
+    let freeswitch = FreeSwitch::start_with_log_level(&BUILD, "ws://127.0.0.1:9", 10 + run_number, "warning");
     let pid = freeswitch.pid().to_string();
     if endpoint == Endpoint::Wsbridge {
         // The published run's setting: one runtime thread costs the least CPU.

@@ -6,13 +6,9 @@
 #![allow(clippy::result_large_err)] // tungstenite's handshake callback type
 
 mod audio;
-mod esl;
 mod hostile;
-mod instance;
 mod media;
 mod operating;
-#[allow(dead_code)] // the CPU readers are the calls benchmark's
-mod proc_stats;
 mod ws_server;
 
 use std::sync::{Mutex, OnceLock};
@@ -22,8 +18,12 @@ use libtest_mimic::{Arguments, Trial};
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 
 use audio::{assert_tone, loud_span, read_wav, tone};
-use instance::FreeSwitch;
+use test_support::instance::{self, FreeSwitch};
+use test_support::{esl, BuildEnv};
 use ws_server::{runtime, Router};
+
+/// Where this crate's build found FreeSWITCH, and where its sources are.
+const BUILD: BuildEnv = test_support::build_env!();
 
 struct World {
     freeswitch: Mutex<Option<FreeSwitch>>,
@@ -41,7 +41,7 @@ fn world() -> &'static World {
     let world = WORLD.get_or_init(|| {
         std::panic::catch_unwind(|| {
             let router = Router::start();
-            let freeswitch = FreeSwitch::start(&router.base(), 0);
+            let freeswitch = FreeSwitch::start(&BUILD, &router.base(), 0);
             World {
                 esl_port: freeswitch.esl_port,
                 sip_port: freeswitch.sip_port,
@@ -284,7 +284,7 @@ fn uplink_wideband_rates() {
 /// a FreeSWITCH of its own so that no other test's calls are cut.
 fn reload_and_unload_and_config_file() {
     let router = &world().router;
-    let freeswitch = FreeSwitch::start(&router.base(), 1);
+    let freeswitch = FreeSwitch::start(&BUILD, &router.base(), 1);
     let mut esl = freeswitch.esl();
     let call_works = |esl: &mut esl::Esl, path: &str| {
         let mut incoming = router.expect(path);

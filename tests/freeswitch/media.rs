@@ -4,10 +4,10 @@
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
+use test_support::proc_stats::rss_kib;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::audio::{self, assert_tone, loud_span, power_at, read_wav, rms, tone};
-use crate::proc_stats::rss_kib;
 use crate::ws_server::{runtime, Connection};
 use crate::{encode, esl, ok_uuid, recording_path, uri, wait_gone, world};
 

@@ -3,13 +3,13 @@
 use std::time::{Duration, Instant};
 
 use futures_util::SinkExt;
+use test_support::esl::Headers;
+use test_support::instance::FreeSwitch;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::audio::tone;
-use crate::esl::Headers;
-use crate::instance::FreeSwitch;
 use crate::ws_server::runtime;
 use crate::{esl, ok_uuid, uri, wait_gone_on, world};
 
@@ -56,7 +56,7 @@ pub fn api_status_list_kill_and_debug() {
     assert!(!esl.api("wsbridge list").contains(&uuid), "a call leaves the list when it ends");
 }
 
-fn wait_custom(events: &mut crate::esl::Esl, uuid: &str, subclass: &str) -> Headers {
+fn wait_custom(events: &mut test_support::esl::Esl, uuid: &str, subclass: &str) -> Headers {
     events
         .wait_event(Duration::from_secs(5), |e| {
             e.get("Event-Subclass").map(String::as_str) == Some(subclass)
