@@ -11,6 +11,19 @@ use crate::audio::{self, assert_tone, loud_span, read_wav, tone};
 use crate::ws_server::{self, runtime};
 use crate::{encode, esl, ok_uuid, operating, recording_path, uri, wait_gone, wait_gone_on, world, BUILD};
 
+crate::tests! {
+    uplink_16k_originate_destination,
+    uplink_8k_dial_string_variables,
+    downlink_burst_bridge_from_dialplan,
+    sip_call_with_p_wsbridge_headers,
+    caller_hangup_closes_with_1000,
+    uplink_wideband_rates,
+    reload_and_unload_and_config_file,
+    connect_refused_is_destination_out_of_order,
+    bad_input_gets_its_hangup_cause,
+    dialplan_samples_reach_their_servers,
+}
+
 /// Frames and level per half second, for failure messages.
 fn timeline(received: &ws_server::Received) -> String {
     let mut buckets: std::collections::BTreeMap<u64, (usize, Vec<i16>)> = Default::default();

@@ -16,6 +16,19 @@ use crate::media::freeswitch_rss_kib;
 use crate::ws_server::runtime;
 use crate::{esl, world};
 
+crate::tests! {
+    hostile::deaf_for_a_minute (runs 60 s),
+    hostile::never_answers_the_upgrade,
+    hostile::garbage_or_refusal_instead_of_101,
+    hostile::sixteen_mib_binary_message,
+    hostile::protocol_violations,
+    hostile::tcp_reset_mid_call,
+    hostile::half_close,
+    hostile::text_and_ping_floods,
+    hostile::thousand_calls_churn,
+    wss_with_a_private_ca,
+}
+
 type Behaviour = fn(TcpStream) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 /// A one-port server that treats every connection with `behaviour`.

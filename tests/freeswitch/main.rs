@@ -5,6 +5,56 @@
 
 #![allow(clippy::result_large_err)] // tungstenite's handshake callback type
 
+/// One integration test: the name `cargo test` shows and filters by, and its body.
+#[derive(Clone, Copy)]
+struct Test {
+    name: &'static str,
+    body: fn(),
+    /// About how long the test runs, where that is long enough to matter:
+    /// such tests start first, longest first, so that the rest run beside
+    /// them. The others start in the order they are declared.
+    runs_seconds: u32,
+}
+
+/// Declares the tests of one file as its `TESTS`, which `main` runs:
+///
+/// ```text
+/// crate::tests! {
+///     hostile::half_close,                        // runs as hostile_half_close
+///     hostile::deaf_for_a_minute (runs 60 s),     // started ahead of the rest
+///     wss_with_a_private_ca,                      // runs as wss_with_a_private_ca
+/// }
+/// ```
+///
+/// Each entry names a function of that file; a `prefix::` before it is
+/// joined to the function's name with `_` to make the test's name.
+macro_rules! tests {
+    ($($($part:ident)::+ $((runs $seconds:literal s))?),* $(,)?) => {
+        pub const TESTS: &[$crate::Test] = &[$($crate::tests!(@test [$($part)::+] $($seconds)?)),*];
+    };
+    (@test [$prefix:ident :: $function:ident] $($seconds:literal)?) => {
+        $crate::Test {
+            name: concat!(stringify!($prefix), "_", stringify!($function)),
+            body: $function,
+            runs_seconds: $crate::tests!(@seconds $($seconds)?),
+        }
+    };
+    (@test [$function:ident] $($seconds:literal)?) => {
+        $crate::Test {
+            name: stringify!($function),
+            body: $function,
+            runs_seconds: $crate::tests!(@seconds $($seconds)?),
+        }
+    };
+    (@seconds) => {
+        0
+    };
+    (@seconds $seconds:literal) => {
+        $seconds
+    };
+}
+use tests;
+
 mod audio;
 mod calls;
 mod hostile;
@@ -99,48 +149,19 @@ fn recording_path(name: &str) -> std::path::PathBuf {
 
 fn main() {
     let arguments = Arguments::from_args();
-    let tests: Vec<(&str, fn())> = vec![
-        // The longest first, so the rest run beside them.
-        ("media_ten_minute_burst_into_a_small_buffer", media::ten_minute_burst_into_a_small_buffer),
-        ("hostile_deaf_for_a_minute", hostile::deaf_for_a_minute),
-        ("uplink_16k_originate_destination", calls::uplink_16k_originate_destination),
-        ("uplink_8k_dial_string_variables", calls::uplink_8k_dial_string_variables),
-        ("downlink_burst_bridge_from_dialplan", calls::downlink_burst_bridge_from_dialplan),
-        ("sip_call_with_p_wsbridge_headers", calls::sip_call_with_p_wsbridge_headers),
-        ("caller_hangup_closes_with_1000", calls::caller_hangup_closes_with_1000),
-        ("uplink_wideband_rates", calls::uplink_wideband_rates),
-        ("reload_and_unload_and_config_file", calls::reload_and_unload_and_config_file),
-        ("connect_refused_is_destination_out_of_order", calls::connect_refused_is_destination_out_of_order),
-        ("bad_input_gets_its_hangup_cause", calls::bad_input_gets_its_hangup_cause),
-        ("dialplan_samples_reach_their_servers", calls::dialplan_samples_reach_their_servers),
-        ("hostile_never_answers_the_upgrade", hostile::never_answers_the_upgrade),
-        ("hostile_garbage_or_refusal_instead_of_101", hostile::garbage_or_refusal_instead_of_101),
-        ("hostile_sixteen_mib_binary_message", hostile::sixteen_mib_binary_message),
-        ("hostile_protocol_violations", hostile::protocol_violations),
-        ("hostile_tcp_reset_mid_call", hostile::tcp_reset_mid_call),
-        ("hostile_half_close", hostile::half_close),
-        ("hostile_text_and_ping_floods", hostile::text_and_ping_floods),
-        ("hostile_thousand_calls_churn", hostile::thousand_calls_churn),
-        ("wss_with_a_private_ca", hostile::wss_with_a_private_ca),
-        ("api_status_list_kill_and_debug", operating::api_status_list_kill_and_debug),
-        ("events_and_cdr_variables", operating::events_and_cdr_variables),
-        ("demo_server_echoes_and_records", operating::demo_server_echoes_and_records),
-        ("media_burst_30s_in_one_message", media::burst_30s_in_one_message),
-        ("media_burst_30s_in_1500_messages", media::burst_30s_in_1500_messages),
-        ("media_odd_sized_messages_play_continuously", media::odd_sized_messages_play_continuously),
-        ("media_clear_stops_playback_within_40ms", media::clear_stops_playback_within_40ms),
-        ("media_mark_echo_matches_end_of_audio", media::mark_echo_matches_end_of_audio),
-        ("media_comfort_noise_level_and_spectrum", media::comfort_noise_level_and_spectrum),
-        ("media_dtmf_both_ways_over_sip", media::dtmf_both_ways_over_sip),
-        ("media_server_that_stops_reading_the_uplink", media::server_that_stops_reading_the_uplink),
-    ];
+    // Each file declares its own tests with tests!; a new file needs its
+    // `mod` line above and its TESTS here.
+    let mut tests = [calls::TESTS, hostile::TESTS, operating::TESTS, media::TESTS].concat();
+    // The longest first, so the rest run beside them (a stable sort: the
+    // others keep their order).
+    tests.sort_by_key(|test| std::cmp::Reverse(test.runs_seconds));
     let missing = env!("WSBRIDGE_FS_MISSING");
     if !missing.is_empty() {
         println!("SKIPPED: the mod_wsbridge build and the FreeSWITCH integration tests, because {missing}");
     }
     let trials = tests
         .into_iter()
-        .map(|(name, body)| {
+        .map(|Test { name, body, .. }| {
             Trial::test(name, move || {
                 body();
                 Ok(())

@@ -13,6 +13,12 @@ use crate::audio::tone;
 use crate::ws_server::runtime;
 use crate::{esl, ok_uuid, uri, wait_gone_on, world};
 
+crate::tests! {
+    api_status_list_kill_and_debug,
+    events_and_cdr_variables,
+    demo_server_echoes_and_records,
+}
+
 pub fn api_status_list_kill_and_debug() {
     let path = "/api";
     let mut incoming = world().router.expect(path);
