@@ -11,16 +11,6 @@
 
 #![allow(clippy::result_large_err)] // tungstenite's handshake callback type
 
-#[allow(dead_code)]
-#[path = "../../tests/freeswitch/esl.rs"]
-mod esl;
-#[allow(dead_code)]
-#[path = "../../tests/freeswitch/instance.rs"]
-mod instance;
-
-#[path = "../../tests/freeswitch/proc_stats.rs"]
-mod proc_stats;
-
 mod echo_server;
 mod report;
 
@@ -31,8 +21,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use echo_server::EchoServer;
-use instance::FreeSwitch;
 use report::{Media, Row};
+use test_support::instance::FreeSwitch;
+use test_support::{esl, proc_stats, BuildEnv};
+
+/// Where this crate's build found FreeSWITCH, and where its sources are.
+const BUILD: BuildEnv = test_support::build_env!();
 
 const RATE: u32 = 16000;
 const FRAME_BYTES: usize = 640;
@@ -167,10 +161,91 @@ fn variable_sum(calls: &HashMap<String, CallEvents>, name: &str) -> u64 {
         .sum()
 }
 
+/// One run: an endpoint, a number of calls, and the UUID prefix that marks its calls.
+struct Run<'a> {
+    options: &'a Options,
+    endpoint: Endpoint,
+    calls: usize,
+    prefix: String,
+}
+
+/// When the first call was placed, and how long placing them all took.
+struct Ramp {
+    started: Instant,
+    took: Duration,
+}
+
+/// What FreeSWITCH and the benchmark used while every call was up.
+struct Window {
+    length: Duration,
+    cpu_used_us: u64,
+    runtime_cpu_us: u64,
+    bench_cpu_used_us: u64,
+    peak_rss_kib: u64,
+    calls_up: usize,
+}
+
+/// The thread that keeps the events of a run's calls until it is stopped.
+struct Collector {
+    calls: Calls,
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Collector {
+    fn start(freeswitch: &FreeSwitch, prefix: &str) -> Collector {
+        let calls: Calls = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut esl = freeswitch.esl();
+        esl.subscribe("CHANNEL_ANSWER CHANNEL_HANGUP_COMPLETE");
+        let (prefix, events, stopped) = (prefix.to_string(), calls.clone(), stop.clone());
+        let thread = std::thread::spawn(move || collect_events(esl, prefix, events, stopped));
+        Collector { calls, stop, thread }
+    }
+
+    fn stop(self) -> Calls {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap();
+        self.calls
+    }
+}
+
 fn run(options: &Options, endpoint: Endpoint, calls: usize, run_number: u16, server: &tokio::runtime::Handle) -> Row {
+    let run = Run { options, endpoint, calls, prefix: format!("{:08x}-", 0xbe_0000 + run_number as u32) };
     let server = (endpoint == Endpoint::Wsbridge).then(|| EchoServer::start(server, FRAME_BYTES, TONE_HZ, RATE));
-    let freeswitch = FreeSwitch::start_with_log_level("ws://127.0.0.1:9", 10 + run_number, "warning");
-    let pid = freeswitch.pid().to_string();
+    let freeswitch = start_freeswitch(endpoint, run_number);
+    let pid = freeswitch.pid();
+    let collector = Collector::start(&freeswitch, &run.prefix);
+    std::thread::sleep(Duration::from_secs(2));
+    let idle_rss_kib = proc_stats::rss_kib(pid);
+
+    let mut control = freeswitch.esl();
+    let ramp = run.originate(&mut control, server.as_ref(), &collector.calls);
+    let answered = run.wait_answered(&collector.calls);
+    let window = run.measure_window(&ramp, pid, &collector.calls);
+    let (version, events) = run.tear_down(freeswitch, collector, control, &ramp, answered);
+
+    let events = events.lock().unwrap();
+    let media = server.map(|server| run.media(server, &events));
+    let row = run.row(&events, &window, idle_rss_kib, media);
+    run.print(&row, &window, &ramp, idle_rss_kib, &version);
+    row
+}
+
+/// The most resident memory `pid` had, sampled each second until `end`.
+fn peak_rss_kib_until(pid: u32, end: Instant) -> u64 {
+    let mut peak_rss_kib = proc_stats::rss_kib(pid);
+    while Instant::now() + Duration::from_secs(1) < end {
+        std::thread::sleep(Duration::from_secs(1));
+        peak_rss_kib = peak_rss_kib.max(proc_stats::rss_kib(pid));
+    }
+    std::thread::sleep(end.saturating_duration_since(Instant::now()));
+    peak_rss_kib
+}
+
+/// A fresh FreeSWITCH for one run; for wsbridge, with the published run's settings.
+fn start_freeswitch(endpoint: Endpoint, run_number: u16) -> FreeSwitch {
+    let freeswitch = FreeSwitch::start_with_log_level(&BUILD, "ws://127.0.0.1:9", 10 + run_number, "warning");
     if endpoint == Endpoint::Wsbridge {
         // The published run's setting: one runtime thread costs the least CPU.
         freeswitch.set_wsbridge_conf(&format!(r#"<param name="runtime-threads" value="{RUNTIME_THREADS}"/>"#));
@@ -179,108 +254,107 @@ fn run(options: &Options, endpoint: Endpoint, calls: usize, run_number: u16, ser
         let reply = esl.api("reload mod_wsbridge");
         assert!(reply.contains("+OK"), "reload mod_wsbridge: {reply}");
     }
+    freeswitch
+}
 
-    let prefix = format!("{:08x}-", 0xbe_0000 + run_number as u32);
-    let events: Calls = Arc::default();
-    let stop = Arc::new(AtomicBool::new(false));
-    let collector = {
-        let mut esl = freeswitch.esl();
-        esl.subscribe("CHANNEL_ANSWER CHANNEL_HANGUP_COMPLETE");
-        let (prefix, events, stop) = (prefix.clone(), events.clone(), stop.clone());
-        std::thread::spawn(move || collect_events(esl, prefix, events, stop))
-    };
-    std::thread::sleep(Duration::from_secs(2));
-    let idle_rss_kib = proc_stats::rss_kib(&pid);
-
-    let mut control = freeswitch.esl();
-    let tone_ms = options.seconds * 1000;
-    let started = Instant::now();
-    for call in 0..calls {
-        let uuid = format!("{prefix}0000-4000-8000-{call:012x}");
-        let target = match endpoint {
-            Endpoint::Null => format!("{{origination_uuid={uuid},rate={RATE}}}null/bench"),
-            Endpoint::Wsbridge => {
-                let port = server.as_ref().unwrap().port;
-                format!("{{origination_uuid={uuid}}}wsbridge/ws://127.0.0.1:{port}/bench/{call}")
-            }
-        };
-        events.lock().unwrap().entry(uuid.clone()).or_default().originated = Some(Instant::now());
-        let reply = control.command(&format!("bgapi originate {target} tone_{tone_ms}ms XML wsbridge-test"));
-        assert!(reply.as_deref().is_ok_and(|r| r.starts_with("+OK")), "bgapi originate: {reply:?}");
-        let next = started + Duration::from_secs_f64((call + 1) as f64 / options.rate);
-        std::thread::sleep(next.saturating_duration_since(Instant::now()));
-    }
-    let ramp = started.elapsed();
-    let answered = wait_for(&events, calls, Instant::now() + Duration::from_secs(30), |c| c.answered.is_some());
-    if answered < calls {
-        eprintln!("{}: only {answered} of {calls} calls were answered", endpoint.name());
+impl Run<'_> {
+    /// Places the calls at `--rate` a second, each playing a tone for `--seconds`.
+    fn originate(&self, control: &mut esl::Esl, server: Option<&EchoServer>, events: &Calls) -> Ramp {
+        let tone_ms = self.options.seconds * 1000;
+        let started = Instant::now();
+        for call in 0..self.calls {
+            let uuid = format!("{}0000-4000-8000-{call:012x}", self.prefix);
+            let target = match self.endpoint {
+                Endpoint::Null => format!("{{origination_uuid={uuid},rate={RATE}}}null/bench"),
+                Endpoint::Wsbridge => {
+                    let port = server.unwrap().port;
+                    format!("{{origination_uuid={uuid}}}wsbridge/ws://127.0.0.1:{port}/bench/{call}")
+                }
+            };
+            events.lock().unwrap().entry(uuid.clone()).or_default().originated = Some(Instant::now());
+            let reply = control.command(&format!("bgapi originate {target} tone_{tone_ms}ms XML wsbridge-test"));
+            assert!(reply.as_deref().is_ok_and(|r| r.starts_with("+OK")), "bgapi originate: {reply:?}");
+            let next = started + Duration::from_secs_f64((call + 1) as f64 / self.options.rate);
+            std::thread::sleep(next.saturating_duration_since(Instant::now()));
+        }
+        Ramp { started, took: started.elapsed() }
     }
 
-    // The measuring window: every call up, none ended yet.
-    let window_start = Instant::now() + Duration::from_secs(2);
-    let window_end = started + Duration::from_secs(options.seconds) - Duration::from_secs(2);
-    assert!(
-        window_end > window_start + Duration::from_secs(5),
-        "calls of {} s leave no steady window after a {:.1} s ramp; raise --seconds or --rate",
-        options.seconds,
-        ramp.as_secs_f64()
-    );
-    std::thread::sleep(window_start - Instant::now());
-    let cpu_before = proc_stats::cpu_us(&pid);
-    let runtime_cpu_before = proc_stats::threads_cpu_us(&pid, "wsbridge");
-    let bench_cpu_before = proc_stats::cpu_us("self");
-    let measured_from = Instant::now();
-    let mut peak_rss_kib = proc_stats::rss_kib(&pid);
-    while Instant::now() + Duration::from_secs(1) < window_end {
-        std::thread::sleep(Duration::from_secs(1));
-        peak_rss_kib = peak_rss_kib.max(proc_stats::rss_kib(&pid));
-    }
-    std::thread::sleep(window_end.saturating_duration_since(Instant::now()));
-    let cpu_used_us = proc_stats::cpu_us(&pid) - cpu_before;
-    let runtime_cpu_us = proc_stats::threads_cpu_us(&pid, "wsbridge") - runtime_cpu_before;
-    let window = measured_from.elapsed();
-    let bench_cpu_used_us = proc_stats::cpu_us("self") - bench_cpu_before;
-    let up_during_window = calls - count(&events, |c| c.hangup.is_some());
-
-    let hangup_deadline = started + Duration::from_secs(options.seconds) + ramp + Duration::from_secs(30);
-    wait_for(&events, answered, hangup_deadline, |c| c.hangup.is_some());
-    stop.store(true, Ordering::Relaxed);
-    collector.join().unwrap();
-    drop(control);
-    let version = freeswitch.version();
-    if !freeswitch.stop() {
-        eprintln!("{}: FreeSWITCH did not shut down cleanly", endpoint.name());
+    /// How many calls were answered, waiting up to 30 s for all of them.
+    fn wait_answered(&self, events: &Calls) -> usize {
+        let answered = wait_for(events, self.calls, Instant::now() + Duration::from_secs(30), |c| c.answered.is_some());
+        if answered < self.calls {
+            eprintln!("{}: only {answered} of {} calls were answered", self.endpoint.name(), self.calls);
+        }
+        answered
     }
 
-    let events = events.lock().unwrap();
-    let completed = events
-        .values()
-        .filter(|call| call.answered.is_some())
-        .filter(|call| call.hangup.as_ref().and_then(|h| h.get("Hangup-Cause")).is_some_and(|c| c == "NORMAL_CLEARING"))
-        .count();
-    let mut setup_us: Vec<u64> = events
-        .values()
-        .filter_map(|call| Some(call.answered?.saturating_duration_since(call.originated?).as_micros() as u64))
-        .collect();
-    let media = server.map(|server| {
+    /// The measuring window: every call up, none ended yet.
+    fn measure_window(&self, ramp: &Ramp, pid: u32, events: &Calls) -> Window {
+        let window_start = Instant::now() + Duration::from_secs(2);
+        let window_end = ramp.started + Duration::from_secs(self.options.seconds) - Duration::from_secs(2);
+        assert!(
+            window_end > window_start + Duration::from_secs(5),
+            "calls of {} s leave no steady window after a {:.1} s ramp; raise --seconds or --rate",
+            self.options.seconds,
+            ramp.took.as_secs_f64()
+        );
+        std::thread::sleep(window_start - Instant::now());
+        let cpu_before = proc_stats::cpu_us(pid);
+        let runtime_cpu_before = proc_stats::threads_cpu_us(pid, "wsbridge");
+        let bench_cpu_before = proc_stats::cpu_us("self");
+        let measured_from = Instant::now();
+        let peak_rss_kib = peak_rss_kib_until(pid, window_end);
+        let cpu_used_us = proc_stats::cpu_us(pid) - cpu_before;
+        let runtime_cpu_us = proc_stats::threads_cpu_us(pid, "wsbridge") - runtime_cpu_before;
+        let length = measured_from.elapsed();
+        let bench_cpu_used_us = proc_stats::cpu_us("self") - bench_cpu_before;
+        let calls_up = self.calls - count(events, |c| c.hangup.is_some());
+        Window { length, cpu_used_us, runtime_cpu_us, bench_cpu_used_us, peak_rss_kib, calls_up }
+    }
+
+    /// Waits for the answered calls to hang up, stops the event collector and
+    /// shuts FreeSWITCH down; returns its version and the calls' events.
+    fn tear_down(
+        &self,
+        freeswitch: FreeSwitch,
+        collector: Collector,
+        control: esl::Esl,
+        ramp: &Ramp,
+        answered: usize,
+    ) -> (String, Calls) {
+        let hangup_deadline =
+            ramp.started + Duration::from_secs(self.options.seconds) + ramp.took + Duration::from_secs(30);
+        wait_for(&collector.calls, answered, hangup_deadline, |c| c.hangup.is_some());
+        let events = collector.stop();
+        drop(control);
+        let version = freeswitch.version();
+        if !freeswitch.stop() {
+            eprintln!("{}: FreeSWITCH did not shut down cleanly", self.endpoint.name());
+        }
+        (version, events)
+    }
+
+    /// Frames both ways and their timing, from the echo server and the calls' CDR variables.
+    fn media(&self, server: EchoServer, events: &HashMap<String, CallEvents>) -> Media {
         // The last connections close as their calls hang up.
         std::thread::sleep(Duration::from_millis(500));
         let tally = server.finish();
-        let per_call = options.seconds * FRAMES_PER_SECOND;
+        let per_call = self.options.seconds * FRAMES_PER_SECOND;
         let mut frames_per_call = tally.frames_per_call.clone();
-        frames_per_call.resize(calls.max(frames_per_call.len()), 0);
+        frames_per_call.resize(self.calls.max(frames_per_call.len()), 0);
         Media {
-            frames_expected: per_call * calls as u64,
-            frames_sent: variable_sum(&events, "wsbridge_frames_sent"),
+            frames_expected: per_call * self.calls as u64,
+            frames_sent: variable_sum(events, "wsbridge_frames_sent"),
             frames_received: tally.frames_per_call.iter().sum(),
             frames_lost: frames_per_call.iter().map(|frames| per_call.saturating_sub(*frames)).sum(),
-            frames_dropped_by_module: variable_sum(&events, "wsbridge_dropped_frames"),
+            frames_dropped_by_module: variable_sum(events, "wsbridge_dropped_frames"),
             jitter_p50_ms: ms(tally.jitter_us.value_at_quantile(0.5)),
             jitter_p99_ms: ms(tally.jitter_us.value_at_quantile(0.99)),
             jitter_max_ms: ms(tally.jitter_us.max()),
             frames_echoed: tally.echoed_frames,
-            frames_played: variable_sum(&events, "wsbridge_frames_played"),
-            underruns: variable_sum(&events, "wsbridge_underruns"),
+            frames_played: variable_sum(events, "wsbridge_frames_played"),
+            underruns: variable_sum(events, "wsbridge_underruns"),
             mark_delay_p50_ms: ms(tally.mark_delay_us.value_at_quantile(0.5)),
             mark_delay_p99_ms: ms(tally.mark_delay_us.value_at_quantile(0.99)),
             marks_sent: tally.marks_sent,
@@ -288,46 +362,74 @@ fn run(options: &Options, endpoint: Endpoint, calls: usize, run_number: u16, ser
             tone_checked: tally.tone_checked,
             tone_found: tally.tone_found,
         }
-    });
-    let row = Row {
-        endpoint: endpoint.name(),
-        calls,
-        completed,
-        cpu_us_per_call_second: cpu_used_us as f64 / (calls as f64 * window.as_secs_f64()),
-        cpu_ratio_to_null: None,
-        rss_kib_per_call: peak_rss_kib.saturating_sub(idle_rss_kib) as f64 / calls as f64,
-        setup_p50_ms: percentile_ms(&mut setup_us, 0.5),
-        setup_p99_ms: percentile_ms(&mut setup_us, 0.99),
-        bench_cpu_percent: bench_cpu_used_us as f64 / window.as_micros() as f64 * 100.0,
-        media,
-    };
-    println!(
-        "{:>8} {:>4} calls: {completed} completed, {up_during_window} up through a {:.1} s window, ramp {:.1} s; \
-         FreeSWITCH used {:.2} CPU-s ({:.2} in mod_wsbridge's runtime threads), RSS {idle_rss_kib} -> {peak_rss_kib} KiB \
-         ({version})",
-        endpoint.name(),
-        calls,
-        window.as_secs_f64(),
-        ramp.as_secs_f64(),
-        cpu_used_us as f64 / 1e6,
-        runtime_cpu_us as f64 / 1e6,
-    );
-    if let Some(media) = &row.media {
-        println!(
-            "{:>8} {:>4} calls: module sent {} frames, dropped {}; {} underruns; marks {} sent, {} back; \
-             1 kHz tone in {} of {} checked frames",
-            "",
-            calls,
-            media.frames_sent,
-            media.frames_dropped_by_module,
-            media.underruns,
-            media.marks_sent,
-            media.marks_back,
-            media.tone_found,
-            media.tone_checked
-        );
     }
-    row
+
+    /// The run's row of the table: completed calls, CPU, memory and setup times.
+    fn row(
+        &self,
+        events: &HashMap<String, CallEvents>,
+        window: &Window,
+        idle_rss_kib: u64,
+        media: Option<Media>,
+    ) -> Row {
+        let completed = events
+            .values()
+            .filter(|call| call.answered.is_some())
+            .filter(|call| {
+                call.hangup.as_ref().and_then(|h| h.get("Hangup-Cause")).is_some_and(|c| c == "NORMAL_CLEARING")
+            })
+            .count();
+        let mut setup_us: Vec<u64> = events
+            .values()
+            .filter_map(|call| Some(call.answered?.saturating_duration_since(call.originated?).as_micros() as u64))
+            .collect();
+        let calls = self.calls as f64;
+        Row {
+            endpoint: self.endpoint.name(),
+            calls: self.calls,
+            completed,
+            cpu_us_per_call_second: window.cpu_used_us as f64 / (calls * window.length.as_secs_f64()),
+            cpu_ratio_to_null: None,
+            rss_kib_per_call: window.peak_rss_kib.saturating_sub(idle_rss_kib) as f64 / calls,
+            setup_p50_ms: percentile_ms(&mut setup_us, 0.5),
+            setup_p99_ms: percentile_ms(&mut setup_us, 0.99),
+            bench_cpu_percent: window.bench_cpu_used_us as f64 / window.length.as_micros() as f64 * 100.0,
+            media,
+        }
+    }
+
+    /// The run's one or two lines of progress output.
+    fn print(&self, row: &Row, window: &Window, ramp: &Ramp, idle_rss_kib: u64, version: &str) {
+        println!(
+            "{:>8} {:>4} calls: {} completed, {} up through a {:.1} s window, ramp {:.1} s; \
+             FreeSWITCH used {:.2} CPU-s ({:.2} in mod_wsbridge's runtime threads), RSS {idle_rss_kib} -> {} KiB \
+             ({version})",
+            self.endpoint.name(),
+            self.calls,
+            row.completed,
+            window.calls_up,
+            window.length.as_secs_f64(),
+            ramp.took.as_secs_f64(),
+            window.cpu_used_us as f64 / 1e6,
+            window.runtime_cpu_us as f64 / 1e6,
+            window.peak_rss_kib,
+        );
+        if let Some(media) = &row.media {
+            println!(
+                "{:>8} {:>4} calls: module sent {} frames, dropped {}; {} underruns; marks {} sent, {} back; \
+                 1 kHz tone in {} of {} checked frames",
+                "",
+                self.calls,
+                media.frames_sent,
+                media.frames_dropped_by_module,
+                media.underruns,
+                media.marks_sent,
+                media.marks_back,
+                media.tone_found,
+                media.tone_checked
+            );
+        }
+    }
 }
 
 fn main() {

@@ -16,6 +16,19 @@ use crate::media::freeswitch_rss_kib;
 use crate::ws_server::runtime;
 use crate::{esl, world};
 
+crate::tests! {
+    hostile::deaf_for_a_minute (runs 60 s),
+    hostile::never_answers_the_upgrade,
+    hostile::garbage_or_refusal_instead_of_101,
+    hostile::sixteen_mib_binary_message,
+    hostile::protocol_violations,
+    hostile::tcp_reset_mid_call,
+    hostile::half_close,
+    hostile::text_and_ping_floods,
+    hostile::thousand_calls_churn,
+    wss_with_a_private_ca,
+}
+
 type Behaviour = fn(TcpStream) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 /// A one-port server that treats every connection with `behaviour`.
@@ -68,7 +81,7 @@ fn originate(port: u16, path: &str, extra: &str) -> (String, Instant) {
     (reply.trim().to_string(), started)
 }
 
-fn hangup_cause(events: &mut crate::esl::Esl, uuid: &str, limit: Duration) -> String {
+fn hangup_cause(events: &mut test_support::esl::Esl, uuid: &str, limit: Duration) -> String {
     events
         .wait_event(limit, |e| e.get("Unique-ID").map(String::as_str) == Some(uuid))
         .map(|e| e["Hangup-Cause"].clone())
@@ -306,7 +319,7 @@ fn open_fds(pid: u32) -> usize {
 /// then closes at once: no leaked sessions, tasks, memory or descriptors.
 pub fn thousand_calls_churn() {
     // A FreeSWITCH of its own: other tests' calls would blur the figures.
-    let freeswitch = crate::instance::FreeSwitch::start(&world().router.base(), 2);
+    let freeswitch = test_support::instance::FreeSwitch::start(&crate::BUILD, &world().router.base(), 2);
     let port = hostile(|mut tcp| {
         Box::pin(async move {
             if raw_upgrade(&mut tcp).await.is_some() {
@@ -318,7 +331,7 @@ pub fn thousand_calls_churn() {
         })
     });
     let pid = freeswitch.pid();
-    let rss = || crate::proc_stats::rss_kib(pid);
+    let rss = || test_support::proc_stats::rss_kib(pid);
     let mut esl = freeswitch.esl();
     // Warm up, so that one-time allocations are not counted as leaks.
     for _ in 0..50 {

@@ -4,12 +4,24 @@
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
+use test_support::proc_stats::rss_kib;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::audio::{self, assert_tone, loud_span, power_at, read_wav, rms, tone};
-use crate::proc_stats::rss_kib;
 use crate::ws_server::{runtime, Connection};
 use crate::{encode, esl, ok_uuid, recording_path, uri, wait_gone, world};
+
+crate::tests! {
+    media::ten_minute_burst_into_a_small_buffer (runs 600 s),
+    media::burst_30s_in_one_message,
+    media::burst_30s_in_1500_messages,
+    media::odd_sized_messages_play_continuously,
+    media::clear_stops_playback_within_40ms,
+    media::mark_echo_matches_end_of_audio,
+    media::comfort_noise_level_and_spectrum,
+    media::dtmf_both_ways_over_sip,
+    media::server_that_stops_reading_the_uplink,
+}
 
 /// The shared FreeSWITCH's resident memory, in KiB.
 pub fn freeswitch_rss_kib() -> u64 {

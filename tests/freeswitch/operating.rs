@@ -3,15 +3,21 @@
 use std::time::{Duration, Instant};
 
 use futures_util::SinkExt;
+use test_support::esl::Headers;
+use test_support::instance::FreeSwitch;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::audio::tone;
-use crate::esl::Headers;
-use crate::instance::FreeSwitch;
 use crate::ws_server::runtime;
 use crate::{esl, ok_uuid, uri, wait_gone_on, world};
+
+crate::tests! {
+    api_status_list_kill_and_debug,
+    events_and_cdr_variables,
+    demo_server_echoes_and_records,
+}
 
 pub fn api_status_list_kill_and_debug() {
     let path = "/api";
@@ -56,7 +62,7 @@ pub fn api_status_list_kill_and_debug() {
     assert!(!esl.api("wsbridge list").contains(&uuid), "a call leaves the list when it ends");
 }
 
-fn wait_custom(events: &mut crate::esl::Esl, uuid: &str, subclass: &str) -> Headers {
+fn wait_custom(events: &mut test_support::esl::Esl, uuid: &str, subclass: &str) -> Headers {
     events
         .wait_event(Duration::from_secs(5), |e| {
             e.get("Event-Subclass").map(String::as_str) == Some(subclass)

@@ -11,6 +11,35 @@ use crate::esl::Esl;
 
 pub const PASSWORD: &str = "ClueCon";
 
+/// What the launcher needs to know of the crate under test: where its
+/// sources are (to build the module and read the sample configs) and where
+/// its build script found FreeSWITCH. These are compile-time values of that
+/// crate's own targets, so they are read there, with [`build_env!`].
+#[derive(Debug, Clone, Copy)]
+pub struct BuildEnv {
+    /// The cargo that builds the caller (`env!("CARGO")`).
+    pub cargo: &'static str,
+    /// The root crate's directory: its Cargo.toml, dialplan/ and autoload_configs/.
+    pub manifest_dir: &'static str,
+    /// FreeSWITCH's install prefix (`WSBRIDGE_FS_PREFIX`, from the root crate's build.rs).
+    pub freeswitch_prefix: &'static str,
+    /// FreeSWITCH's modules directory (`WSBRIDGE_FS_MODULES_DIR`, likewise).
+    pub freeswitch_modules_dir: &'static str,
+}
+
+/// The [`BuildEnv`] of the crate whose test or bench target expands it.
+#[macro_export]
+macro_rules! build_env {
+    () => {
+        $crate::BuildEnv {
+            cargo: env!("CARGO"),
+            manifest_dir: env!("CARGO_MANIFEST_DIR"),
+            freeswitch_prefix: env!("WSBRIDGE_FS_PREFIX"),
+            freeswitch_modules_dir: env!("WSBRIDGE_FS_MODULES_DIR"),
+        }
+    };
+}
+
 pub struct FreeSwitch {
     pub dir: PathBuf,
     pub esl_port: u16,
@@ -22,30 +51,34 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// The module, freshly built: `cargo test` builds the library only as an
-/// rlib for the tests, so the cdylib is brought up to date here.
-pub fn built_module() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>");
-    let target_dir = profile_dir.parent().expect("target dir");
-    let mut build = Command::new(env!("CARGO"));
-    build
-        .args(["build", "--lib", "--manifest-path", concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml")])
-        .arg("--target-dir")
-        .arg(target_dir);
-    if profile_dir.file_name().is_some_and(|name| name == "release") {
-        build.arg("--release");
+impl BuildEnv {
+    /// The module, freshly built: `cargo test` builds the library only as an
+    /// rlib for the tests, so the cdylib is brought up to date here.
+    pub fn built_module(&self) -> PathBuf {
+        let exe = std::env::current_exe().unwrap();
+        let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>");
+        let target_dir = profile_dir.parent().expect("target dir");
+        let mut build = Command::new(self.cargo);
+        build
+            .args(["build", "--lib", "--manifest-path"])
+            .arg(Path::new(self.manifest_dir).join("Cargo.toml"))
+            .arg("--target-dir")
+            .arg(target_dir);
+        if profile_dir.file_name().is_some_and(|name| name == "release") {
+            build.arg("--release");
+        }
+        let status = build.status().expect("running cargo build");
+        assert!(status.success(), "cargo build --lib failed");
+        let module = profile_dir.join("libmod_wsbridge.so");
+        assert!(module.exists(), "{} is missing after cargo build", module.display());
+        module
     }
-    let status = build.status().expect("running cargo build");
-    assert!(status.success(), "cargo build --lib failed");
-    let module = profile_dir.join("libmod_wsbridge.so");
-    assert!(module.exists(), "{} is missing after cargo build", module.display());
-    module
-}
 
-pub fn repo_file(path: &str) -> String {
-    let full = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
-    fs::read_to_string(&full).unwrap_or_else(|e| panic!("{}: {e}", full.display()))
+    /// A file of the root crate, such as `dialplan/wsbridge.xml`.
+    pub fn repo_file(&self, path: &str) -> String {
+        let full = Path::new(self.manifest_dir).join(path);
+        fs::read_to_string(&full).unwrap_or_else(|e| panic!("{}: {e}", full.display()))
+    }
 }
 
 /// Strips the XML declaration and the `<include>` wrapper, as FreeSWITCH's
@@ -60,10 +93,18 @@ fn inline_xml(text: &str) -> String {
         .join("\n")
 }
 
-fn config(dir: &Path, esl_port: u16, sip_port: u16, rtp_start: u16, ws_base: &str, log_level: &str) -> String {
+fn config(
+    build: &BuildEnv,
+    dir: &Path,
+    esl_port: u16,
+    sip_port: u16,
+    rtp_start: u16,
+    ws_base: &str,
+    log_level: &str,
+) -> String {
     let log = dir.join("log").display().to_string();
-    let samples = inline_xml(&repo_file("dialplan/wsbridge.xml"));
-    let wsbridge_conf = inline_xml(&repo_file("autoload_configs/wsbridge.conf.xml"));
+    let samples = inline_xml(&build.repo_file("dialplan/wsbridge.xml"));
+    let wsbridge_conf = inline_xml(&build.repo_file("autoload_configs/wsbridge.conf.xml"));
     format!(
         r#"<?xml version="1.0"?>
 <document type="freeswitch/xml">
@@ -168,14 +209,13 @@ fn config(dir: &Path, esl_port: u16, sip_port: u16, rtp_start: u16, ws_base: &st
 
 impl FreeSwitch {
     /// `instance` tells apart several FreeSWITCHes of one test run.
-    pub fn start(ws_base: &str, instance: u16) -> FreeSwitch {
-        Self::start_with_log_level(ws_base, instance, "debug")
+    pub fn start(build: &BuildEnv, ws_base: &str, instance: u16) -> FreeSwitch {
+        Self::start_with_log_level(build, ws_base, instance, "debug")
     }
 
     /// The benchmark logs only warnings and worse, so logging is not what it measures.
-    pub fn start_with_log_level(ws_base: &str, instance: u16, log_level: &str) -> FreeSwitch {
-        let prefix = env!("WSBRIDGE_FS_PREFIX");
-        let binary = Path::new(prefix).join("bin/freeswitch");
+    pub fn start_with_log_level(build: &BuildEnv, ws_base: &str, instance: u16, log_level: &str) -> FreeSwitch {
+        let binary = Path::new(build.freeswitch_prefix).join("bin/freeswitch");
         assert!(binary.exists(), "{} is missing", binary.display());
         let dir = std::env::temp_dir().join(format!("wsbridge-test-{}-{instance}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
@@ -183,21 +223,20 @@ impl FreeSwitch {
             fs::create_dir_all(dir.join(sub)).unwrap();
         }
         // FreeSWITCH's own modules, plus ours under its real name.
-        let modules_dir = env!("WSBRIDGE_FS_MODULES_DIR");
-        for entry in fs::read_dir(modules_dir).unwrap() {
+        for entry in fs::read_dir(build.freeswitch_modules_dir).unwrap() {
             let path = entry.unwrap().path();
             let name = path.file_name().unwrap().to_string_lossy().to_string();
             if name.ends_with(".so") && name != "mod_wsbridge.so" {
                 std::os::unix::fs::symlink(&path, dir.join("mod").join(&name)).unwrap();
             }
         }
-        fs::copy(built_module(), dir.join("mod/mod_wsbridge.so")).unwrap();
+        fs::copy(build.built_module(), dir.join("mod/mod_wsbridge.so")).unwrap();
 
         let esl_port = free_port();
         let sip_port = free_port();
         let rtp_start = 20000 + ((std::process::id() % 10) as u16 * 2 + instance % 2) * 2000;
-        fs::write(dir.join("conf/freeswitch.xml"), config(&dir, esl_port, sip_port, rtp_start, ws_base, log_level))
-            .unwrap();
+        let config = config(build, &dir, esl_port, sip_port, rtp_start, ws_base, log_level);
+        fs::write(dir.join("conf/freeswitch.xml"), config).unwrap();
 
         let arg = |sub: &str| dir.join(sub).display().to_string();
         let child = Command::new(&binary)
