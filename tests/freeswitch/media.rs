@@ -30,7 +30,7 @@ pub fn freeswitch_rss_kib() -> u64 {
 
 /// A null A-leg that bridges to wsbridge from the dialplan, recorded (read
 /// and write mixed) from before the bridge. Returns the A-leg's UUID.
-fn bridged_call(path: &str, variables: &str, recording: &std::path::Path) -> String {
+pub(crate) fn bridged_call(path: &str, variables: &str, recording: &std::path::Path) -> String {
     let vars = if variables.is_empty() { String::new() } else { format!(",{variables}") };
     let reply = esl().api(&format!(
         "originate {{P-wsbridge-websocket-uri={}{vars}}}null/{} record_and_bridge XML wsbridge-test",
@@ -44,7 +44,7 @@ fn bridged_call(path: &str, variables: &str, recording: &std::path::Path) -> Str
 }
 
 /// Reads the server's side until a text message contains `needle`; returns it and when it came.
-async fn wait_text(connection: &mut Connection, needle: &str, limit: Duration) -> (String, Instant) {
+pub(crate) async fn wait_text(connection: &mut Connection, needle: &str, limit: Duration) -> (String, Instant) {
     let deadline = tokio::time::Instant::now() + limit;
     loop {
         match tokio::time::timeout_at(deadline, connection.ws.next()).await {
