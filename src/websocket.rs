@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio_tungstenite::tungstenite::handshake::client::generate_key;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
@@ -68,11 +69,11 @@ struct AcceptAnyCertificate(Arc<rustls::crypto::CryptoProvider>);
 impl rustls::client::danger::ServerCertVerifier for AcceptAnyCertificate {
     fn verify_server_cert(
         &self,
-        _end_entity: &rustls::pki_types::CertificateDer<'_>,
-        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
-        _server_name: &rustls::pki_types::ServerName<'_>,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
         _ocsp: &[u8],
-        _now: rustls::pki_types::UnixTime,
+        _now: UnixTime,
     ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
         Ok(rustls::client::danger::ServerCertVerified::assertion())
     }
@@ -80,7 +81,7 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAnyCertificate {
     fn verify_tls12_signature(
         &self,
         message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
+        cert: &CertificateDer<'_>,
         signature: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
         rustls::crypto::verify_tls12_signature(message, cert, signature, &self.0.signature_verification_algorithms)
@@ -89,7 +90,7 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAnyCertificate {
     fn verify_tls13_signature(
         &self,
         message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
+        cert: &CertificateDer<'_>,
         signature: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
         rustls::crypto::verify_tls13_signature(message, cert, signature, &self.0.signature_verification_algorithms)
@@ -116,9 +117,9 @@ fn system_roots() -> Arc<rustls::RootCertStore> {
         .clone()
 }
 
-fn read_certificates(path: &PathBuf) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
+fn read_certificates(path: &PathBuf) -> Result<Vec<CertificateDer<'static>>, String> {
     use rustls::pki_types::pem::PemObject;
-    let certificates = rustls::pki_types::CertificateDer::pem_file_iter(path)
+    let certificates = CertificateDer::pem_file_iter(path)
         .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
         .map_err(|error| format!("cannot read certificates from {}: {error}", path.display()))?;
     if certificates.is_empty() {
@@ -127,28 +128,235 @@ fn read_certificates(path: &PathBuf) -> Result<Vec<rustls::pki_types::Certificat
     Ok(certificates)
 }
 
+/// The usual checks (webpki against the roots), and one more trust rule:
+/// a server certificate that is byte for byte one of those in
+/// `tls-ca-file` is trusted as it is, as `curl --cacert` does. That is how
+/// a self-signed certificate made by `openssl req -x509` (which marks it
+/// CA:TRUE, so webpki refuses it as a server's own) is trusted by pointing
+/// at its own file. Its dates and names are checked all the same, and the
+/// handshake signatures always are.
+#[derive(Debug)]
+struct ServerTrust {
+    /// None when there are no roots at all (a system without CA certificates).
+    webpki: Option<Arc<rustls::client::WebPkiServerVerifier>>,
+    /// The certificates of `tls-ca-file`, as read.
+    exact: Vec<CertificateDer<'static>>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl ServerTrust {
+    fn new(
+        roots: Arc<rustls::RootCertStore>,
+        exact: Vec<CertificateDer<'static>>,
+        provider: Arc<rustls::crypto::CryptoProvider>,
+    ) -> Result<ServerTrust, String> {
+        let webpki = if roots.is_empty() {
+            None
+        } else {
+            let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
+                .build()
+                .map_err(|error| format!("TLS verifier: {error}"))?;
+            Some(verifier)
+        };
+        Ok(ServerTrust { webpki, exact, provider })
+    }
+}
+
+/// Whether webpki refused a certificate for who signed it, or for being a
+/// CA: the refusals that trusting its exact bytes answers.
+fn is_issuer_refusal(error: &rustls::Error) -> bool {
+    match error {
+        rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer) => true,
+        rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other)) => {
+            matches!(other.0.downcast_ref::<webpki::Error>(), Some(webpki::Error::CaUsedAsEndEntity))
+        }
+        _ => false,
+    }
+}
+
+impl rustls::client::danger::ServerCertVerifier for ServerTrust {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let verdict = match &self.webpki {
+            Some(webpki) => webpki.verify_server_cert(end_entity, intermediates, server_name, ocsp, now),
+            None => Err(rustls::CertificateError::UnknownIssuer.into()),
+        };
+        match verdict {
+            Err(error) if is_issuer_refusal(&error) && self.exact.iter().any(|trusted| trusted == end_entity) => {
+                check_dates_and_name(end_entity, server_name, now)?;
+                Ok(rustls::client::danger::ServerCertVerified::assertion())
+            }
+            verdict => verdict,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        signature: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            signature,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        signature: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            signature,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// What webpki checks of a certificate besides who signed it: that `now`
+/// is within its dates and that it names `server_name` (in its
+/// subjectAltName; an IP address only as an IP entry).
+fn check_dates_and_name(
+    end_entity: &CertificateDer<'_>,
+    server_name: &ServerName<'_>,
+    now: UnixTime,
+) -> Result<(), rustls::Error> {
+    use rustls::CertificateError as Cert;
+    let (not_before, not_after) = validity(end_entity).ok_or(Cert::BadEncoding)?;
+    if now < not_before {
+        return Err(Cert::NotValidYetContext { time: now, not_before }.into());
+    }
+    if now > not_after {
+        return Err(Cert::ExpiredContext { time: now, not_after }.into());
+    }
+    let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
+    rustls::client::verify_server_name(&parsed, server_name)
+}
+
+/// A certificate's notBefore and notAfter (RFC 5280, 4.1.2.5).
+fn validity(certificate: &[u8]) -> Option<(UnixTime, UnixTime)> {
+    const SEQUENCE: u8 = 0x30;
+    let (certificate, _) = der_item(certificate, SEQUENCE)?;
+    let (tbs, _) = der_item(certificate, SEQUENCE)?;
+    // [0] version (absent in v1), serialNumber, signature, issuer, then validity.
+    let rest = match der_item(tbs, 0xa0) {
+        Some((_, rest)) => rest,
+        None => tbs,
+    };
+    let (_, rest) = der_item(rest, 0x02)?;
+    let (_, rest) = der_item(rest, SEQUENCE)?;
+    let (_, rest) = der_item(rest, SEQUENCE)?;
+    let (validity, _) = der_item(rest, SEQUENCE)?;
+    let (not_before, rest) = der_time(validity)?;
+    let (not_after, rest) = der_time(rest)?;
+    rest.is_empty().then_some((not_before, not_after))
+}
+
+/// The contents of the DER item at the start of `input`, if it has `tag`, and what follows it.
+fn der_item(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
+    let (&found, rest) = input.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    if found != tag {
+        return None;
+    }
+    let (length, rest) = match first {
+        0..=0x7f => (usize::from(first), rest),
+        0x81..=0x84 => {
+            let count = usize::from(first & 0x7f);
+            if rest.len() < count {
+                return None;
+            }
+            let (bytes, rest) = rest.split_at(count);
+            (bytes.iter().fold(0usize, |length, &byte| length << 8 | usize::from(byte)), rest)
+        }
+        _ => return None,
+    };
+    (rest.len() >= length).then(|| rest.split_at(length))
+}
+
+/// A UTCTime (YYMMDDHHMMSSZ) or GeneralizedTime (YYYYMMDDHHMMSSZ), as RFC 5280 allows them.
+fn der_time(input: &[u8]) -> Option<(UnixTime, &[u8])> {
+    const UTC_TIME: u8 = 0x17;
+    const GENERALIZED_TIME: u8 = 0x18;
+    let tag = *input.first()?;
+    let (text, rest) = der_item(input, tag)?;
+    let number = |digits: &[u8]| -> Option<i64> {
+        digits.iter().try_fold(0i64, |n, &d| d.is_ascii_digit().then(|| n * 10 + i64::from(d - b'0')))
+    };
+    let (year, text) = match (tag, text.len()) {
+        (UTC_TIME, 13) => {
+            let year = number(&text[..2])?;
+            (if year < 50 { 2000 + year } else { 1900 + year }, &text[2..])
+        }
+        (GENERALIZED_TIME, 15) => (number(&text[..4])?, &text[4..]),
+        _ => return None,
+    };
+    let [month, day, hour, minute, second] = [0, 2, 4, 6, 8].map(|at| number(&text[at..at + 2]));
+    let (month, day, hour, minute, second) = (month?, day?, hour?, minute?, second?);
+    if text[10] != b'Z'
+        || !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 59
+    {
+        return None;
+    }
+    let seconds = days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second;
+    // Before 1970 counts as 1970: only ever a notBefore, and equally in the past.
+    Some((UnixTime::since_unix_epoch(std::time::Duration::from_secs(seconds.max(0) as u64)), rest))
+}
+
+/// Days from 1970-01-01 to a date of the proleptic Gregorian calendar (H. Hinnant's algorithm).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let year_of_era = year - era * 400;
+    let day_of_year = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    era * 146_097 + day_of_era - 719_468
+}
+
 fn build_client_config(tls: &TlsOptions) -> Result<Arc<rustls::ClientConfig>, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|error| error.to_string())?;
-    let builder = if tls.insecure {
-        builder.dangerous().with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider)))
+    let verifier: Arc<dyn rustls::client::danger::ServerCertVerifier> = if tls.insecure {
+        Arc::new(AcceptAnyCertificate(provider))
     } else {
-        let roots = match &tls.ca_file {
-            None => system_roots(),
+        let (roots, exact) = match &tls.ca_file {
+            None => (system_roots(), Vec::new()),
             Some(path) => {
+                let certificates = read_certificates(path)?;
                 let mut roots = rustls::RootCertStore::empty();
-                for certificate in read_certificates(path)? {
+                for certificate in &certificates {
                     roots
-                        .add(certificate)
+                        .add(certificate.clone())
                         .map_err(|error| format!("bad CA certificate in {}: {error}", path.display()))?;
                 }
-                Arc::new(roots)
+                (Arc::new(roots), certificates)
             }
         };
-        builder.with_root_certificates(roots)
+        Arc::new(ServerTrust::new(roots, exact, provider)?)
     };
+    let builder = builder.dangerous().with_custom_certificate_verifier(verifier);
     let config = match (&tls.cert_file, &tls.key_file) {
         (Some(cert), Some(key)) => {
             use rustls::pki_types::pem::PemObject;
@@ -227,7 +435,7 @@ pub async fn connect(
             if tls.insecure {
                 tracing::warn!("TLS certificate checks are OFF for {} (insecure)", uri.host);
             }
-            let name = rustls::pki_types::ServerName::try_from(uri.host.clone())
+            let name = ServerName::try_from(uri.host.clone())
                 .map_err(|error| ConnectError::Tls(format!("bad server name: {error}")))?;
             let stream = tokio_rustls::TlsConnector::from(client)
                 .connect(name, tcp)
@@ -359,10 +567,12 @@ mod tests {
         client_cert_file: PathBuf,
         client_key_file: PathBuf,
         ca_der: CertificateDer<'static>,
+        /// The server's certificate alone, PEM.
+        server_cert_file: PathBuf,
     }
 
-    /// A CA, a server certificate for `server_name` (expired if asked) and a client certificate.
-    fn pki(server_name: &str, expired: bool) -> Pki {
+    /// A fresh directory for one test's files.
+    fn test_dir() -> PathBuf {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let dir = std::env::temp_dir().join(format!(
             "wsbridge-tls-{}-{}",
@@ -370,6 +580,12 @@ mod tests {
             NEXT.fetch_add(1, Ordering::Relaxed)
         ));
         std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// A CA, a server certificate for `server_name` (expired if asked) and a client certificate.
+    fn pki(server_name: &str, expired: bool) -> Pki {
+        let dir = test_dir();
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         ca_params.distinguished_name.push(rcgen::DnType::CommonName, "wsbridge test CA");
@@ -396,25 +612,62 @@ mod tests {
             client_cert_file: write("client.pem", client_cert.pem()),
             client_key_file: write("client.key", client_key.serialize_pem()),
             ca_der: ca.der().clone(),
+            server_cert_file: write("server.pem", server_cert.pem()),
         }
     }
 
-    /// Serves one wss connection; returns its port and the first message it gets.
-    async fn tls_server(pki: &Pki, require_client_cert: bool) -> (u16, tokio::task::JoinHandle<Option<String>>) {
+    /// A server certificate, its key, and a PEM file holding the certificate alone.
+    struct ServerCertificate {
+        der: CertificateDer<'static>,
+        key: PrivateKeyDer<'static>,
+        file: PathBuf,
+    }
+
+    /// A certificate as `openssl req -x509 -newkey ... -nodes -subj /CN=<ip>
+    /// -addext subjectAltName=IP:<ip>` makes one: self-signed, and marked
+    /// CA:TRUE by openssl's default v3_ca extensions.
+    fn openssl_style(ip: &str, not_after: Option<(i32, u8, u8)>) -> ServerCertificate {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(rcgen::DnType::CommonName, ip);
+        params.subject_alt_names = vec![rcgen::SanType::IpAddress(ip.parse().unwrap())];
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        if let Some((year, month, day)) = not_after {
+            params.not_before = rcgen::date_time_ymd(year - 1, month, day);
+            params.not_after = rcgen::date_time_ymd(year, month, day);
+        }
+        let certificate = params.self_signed(&key).unwrap();
+        let file = test_dir().join("self-signed.pem");
+        std::fs::write(&file, certificate.pem()).unwrap();
+        ServerCertificate {
+            der: certificate.der().clone(),
+            key: PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+            file,
+        }
+    }
+
+    /// Serves one wss connection with `chain`; returns its port and the first message it gets.
+    async fn serve_tls(
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+        client_roots: Option<CertificateDer<'static>>,
+    ) -> (u16, tokio::task::JoinHandle<Option<String>>) {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .unwrap();
-        let builder = if require_client_cert {
-            let mut roots = rustls::RootCertStore::empty();
-            roots.add(pki.ca_der.clone()).unwrap();
-            let verifier =
-                rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider).build().unwrap();
-            builder.with_client_cert_verifier(verifier)
-        } else {
-            builder.with_no_client_auth()
+        let builder = match client_roots {
+            Some(ca) => {
+                let mut roots = rustls::RootCertStore::empty();
+                roots.add(ca).unwrap();
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                    .build()
+                    .unwrap();
+                builder.with_client_cert_verifier(verifier)
+            }
+            None => builder.with_no_client_auth(),
         };
-        let config = builder.with_single_cert(pki.server_chain.clone(), pki.server_key.clone_key()).unwrap();
+        let config = builder.with_single_cert(chain, key).unwrap();
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -430,8 +683,22 @@ mod tests {
         (port, task)
     }
 
+    /// Serves one wss connection with the PKI's server certificate.
+    async fn tls_server(pki: &Pki, require_client_cert: bool) -> (u16, tokio::task::JoinHandle<Option<String>>) {
+        let client_roots = require_client_cert.then(|| pki.ca_der.clone());
+        serve_tls(pki.server_chain.clone(), pki.server_key.clone_key(), client_roots).await
+    }
+
+    async fn serve_certificate(certificate: &ServerCertificate) -> (u16, tokio::task::JoinHandle<Option<String>>) {
+        serve_tls(vec![certificate.der.clone()], certificate.key.clone_key(), None).await
+    }
+
     async fn try_wss(port: u16, tls: &TlsOptions) -> Result<(), String> {
-        let uri = ServerUri::parse(&format!("wss://localhost:{port}/secure")).unwrap();
+        try_wss_at("localhost", port, tls).await
+    }
+
+    async fn try_wss_at(host: &str, port: u16, tls: &TlsOptions) -> Result<(), String> {
+        let uri = ServerUri::parse(&format!("wss://{host}:{port}/secure")).unwrap();
         let mut connection = connect(&uri, WebSocketConfig::default(), tls, &[]).await.map_err(|e| e.to_string())?;
         connection.send(Message::text("hello over TLS")).await.map_err(|e| e.to_string())?;
         Ok(())
@@ -441,12 +708,110 @@ mod tests {
         TlsOptions { ca_file: Some(pki.ca_file.clone()), ..TlsOptions::default() }
     }
 
+    fn trusting_file(file: &Path) -> TlsOptions {
+        TlsOptions { ca_file: Some(file.to_path_buf()), ..TlsOptions::default() }
+    }
+
     #[tokio::test]
     async fn a_trusted_ca_lets_the_call_through() {
         let pki = pki("localhost", false);
         let (port, server) = tls_server(&pki, false).await;
         try_wss(port, &trusting(&pki)).await.unwrap();
         assert_eq!(server.await.unwrap().as_deref(), Some("hello over TLS"));
+    }
+
+    #[tokio::test]
+    async fn a_self_signed_ca_certificate_is_trusted_by_its_own_file() {
+        let certificate = openssl_style("127.0.0.1", None);
+        let (port, server) = serve_certificate(&certificate).await;
+        try_wss_at("127.0.0.1", port, &trusting_file(&certificate.file)).await.unwrap();
+        assert_eq!(server.await.unwrap().as_deref(), Some("hello over TLS"));
+    }
+
+    #[tokio::test]
+    async fn a_server_certificate_alone_in_the_file_is_trusted() {
+        let pki = pki("localhost", false);
+        let (port, server) = tls_server(&pki, false).await;
+        try_wss(port, &trusting_file(&pki.server_cert_file)).await.unwrap();
+        assert_eq!(server.await.unwrap().as_deref(), Some("hello over TLS"));
+    }
+
+    #[tokio::test]
+    async fn the_exact_certificate_still_needs_its_name_and_dates() {
+        let certificate = openssl_style("127.0.0.1", None);
+        let (port, _server) = serve_certificate(&certificate).await;
+        let error = try_wss_at("localhost", port, &trusting_file(&certificate.file)).await.unwrap_err();
+        assert!(error.contains("hostname mismatch"), "{error}");
+
+        let other_address = openssl_style("127.0.0.2", None);
+        let (port, _server) = serve_certificate(&other_address).await;
+        let error = try_wss_at("127.0.0.1", port, &trusting_file(&other_address.file)).await.unwrap_err();
+        assert!(error.contains("hostname mismatch"), "{error}");
+
+        let expired = openssl_style("127.0.0.1", Some((2002, 1, 1)));
+        let (port, _server) = serve_certificate(&expired).await;
+        let error = try_wss_at("127.0.0.1", port, &trusting_file(&expired.file)).await.unwrap_err();
+        assert!(error.contains("expired"), "{error}");
+
+        let not_yet = openssl_style("127.0.0.1", Some((2091, 1, 1)));
+        let (port, _server) = serve_certificate(&not_yet).await;
+        let error = try_wss_at("127.0.0.1", port, &trusting_file(&not_yet.file)).await.unwrap_err();
+        assert!(error.contains("not valid"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn another_self_signed_certificate_in_the_file_does_not_vouch_for_the_server() {
+        let certificate = openssl_style("127.0.0.1", None);
+        let other = openssl_style("127.0.0.1", None);
+        let (port, _server) = serve_certificate(&certificate).await;
+        assert!(try_wss_at("127.0.0.1", port, &trusting_file(&other.file)).await.is_err());
+    }
+
+    /// The file `openssl req -x509` itself writes, when openssl is installed.
+    #[tokio::test]
+    async fn a_certificate_made_by_openssl_req_x509_is_trusted_by_its_own_file() {
+        let dir = test_dir();
+        let (cert_file, key_file) = (dir.join("cert.pem"), dir.join("key.pem"));
+        let made = std::process::Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30"])
+            .args(["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"])
+            .arg("-keyout")
+            .arg(&key_file)
+            .arg("-out")
+            .arg(&cert_file)
+            .output();
+        match made {
+            Ok(output) if output.status.success() => {}
+            Ok(output) => panic!("openssl req failed: {}", String::from_utf8_lossy(&output.stderr)),
+            Err(error) => {
+                println!("skipped: openssl is not installed ({error})");
+                return;
+            }
+        }
+        use rustls::pki_types::pem::PemObject;
+        let chain = read_certificates(&cert_file).unwrap();
+        let key = PrivateKeyDer::from_pem_file(&key_file).unwrap();
+        let (port, server) = serve_tls(chain.clone(), key.clone_key(), None).await;
+        try_wss_at("127.0.0.1", port, &trusting_file(&cert_file)).await.unwrap();
+        assert_eq!(server.await.unwrap().as_deref(), Some("hello over TLS"));
+        let (port, _server) = serve_tls(chain, key, None).await;
+        let error = try_wss_at("localhost", port, &trusting_file(&cert_file)).await.unwrap_err();
+        assert!(error.contains("hostname mismatch"), "{error}");
+    }
+
+    #[test]
+    fn validity_dates_are_read_from_the_certificate() {
+        let seconds = |time: UnixTime| time.as_secs();
+        let expired = openssl_style("127.0.0.1", Some((2002, 1, 1)));
+        let (not_before, not_after) = validity(&expired.der).unwrap();
+        assert_eq!((seconds(not_before), seconds(not_after)), (978_307_200, 1_009_843_200), "UTCTime");
+        let late = openssl_style("127.0.0.1", Some((2051, 3, 4)));
+        let (_, not_after) = validity(&late.der).unwrap();
+        assert_eq!(seconds(not_after), 2_561_500_800, "GeneralizedTime, from 2050 on");
+        assert_eq!(days_from_civil(2000, 2, 29) * 86_400, 951_782_400);
+        assert_eq!(days_from_civil(1960, 6, 1) * 86_400, -302_486_400);
+        assert_eq!(validity(b"not a certificate"), None);
+        assert_eq!(validity(&expired.der[..expired.der.len() / 2]), None, "truncated");
     }
 
     #[tokio::test]
