@@ -60,6 +60,9 @@ pub struct TlsOptions {
     pub key_file: Option<PathBuf>,
     /// Accept any certificate. Logged loudly; for tests and labs only.
     pub insecure: bool,
+    /// Trust only the server certificate with this SHA-256 fingerprint,
+    /// whoever signed it (its dates and names are still checked).
+    pub pin_sha256: Option<[u8; 32]>,
 }
 
 /// Accepts any server certificate, still checking handshake signatures.
@@ -135,12 +138,16 @@ fn read_certificates(path: &PathBuf) -> Result<Vec<CertificateDer<'static>>, Str
 /// CA:TRUE, so webpki refuses it as a server's own) is trusted by pointing
 /// at its own file. Its dates and names are checked all the same, and the
 /// handshake signatures always are.
+///
+/// With a pin, the pin alone says which certificate is trusted: the one
+/// with that SHA-256 fingerprint, dates and names checked as above.
 #[derive(Debug)]
 struct ServerTrust {
     /// None when there are no roots at all (a system without CA certificates).
     webpki: Option<Arc<rustls::client::WebPkiServerVerifier>>,
     /// The certificates of `tls-ca-file`, as read.
     exact: Vec<CertificateDer<'static>>,
+    pin: Option<[u8; 32]>,
     provider: Arc<rustls::crypto::CryptoProvider>,
 }
 
@@ -148,6 +155,7 @@ impl ServerTrust {
     fn new(
         roots: Arc<rustls::RootCertStore>,
         exact: Vec<CertificateDer<'static>>,
+        pin: Option<[u8; 32]>,
         provider: Arc<rustls::crypto::CryptoProvider>,
     ) -> Result<ServerTrust, String> {
         let webpki = if roots.is_empty() {
@@ -158,7 +166,7 @@ impl ServerTrust {
                 .map_err(|error| format!("TLS verifier: {error}"))?;
             Some(verifier)
         };
-        Ok(ServerTrust { webpki, exact, provider })
+        Ok(ServerTrust { webpki, exact, pin, provider })
     }
 }
 
@@ -183,6 +191,15 @@ impl rustls::client::danger::ServerCertVerifier for ServerTrust {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        if let Some(expected) = self.pin {
+            let seen = sha256(end_entity);
+            if seen != expected {
+                let mismatch = PinMismatch { expected, seen };
+                return Err(rustls::CertificateError::Other(rustls::OtherError(Arc::new(mismatch))).into());
+            }
+            check_dates_and_name(end_entity, server_name, now)?;
+            return Ok(rustls::client::danger::ServerCertVerified::assertion());
+        }
         let verdict = match &self.webpki {
             Some(webpki) => webpki.verify_server_cert(end_entity, intermediates, server_name, ocsp, now),
             None => Err(rustls::CertificateError::UnknownIssuer.into()),
@@ -228,6 +245,33 @@ impl rustls::client::danger::ServerCertVerifier for ServerTrust {
         self.provider.signature_verification_algorithms.supported_schemes()
     }
 }
+
+fn sha256(certificate: &[u8]) -> [u8; 32] {
+    let mut digest = [0u8; 32];
+    digest.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, certificate).as_ref());
+    digest
+}
+
+/// The server's certificate is not the pinned one.
+#[derive(Debug)]
+struct PinMismatch {
+    expected: [u8; 32],
+    seen: [u8; 32],
+}
+
+impl fmt::Display for PinMismatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "pin mismatch: wsbridge_tls_pin_sha256 expects the certificate with SHA-256 fingerprint {}, but the \
+             server's has {}: if the server's certificate was replaced, pin the new one",
+            crate::security::fingerprint_text(&self.expected),
+            crate::security::fingerprint_text(&self.seen)
+        )
+    }
+}
+
+impl std::error::Error for PinMismatch {}
 
 /// What webpki checks of a certificate besides who signed it: that `now`
 /// is within its dates and that it names `server_name` (in its
@@ -354,7 +398,7 @@ fn build_client_config(tls: &TlsOptions) -> Result<Arc<rustls::ClientConfig>, St
                 (Arc::new(roots), certificates)
             }
         };
-        Arc::new(ServerTrust::new(roots, exact, provider)?)
+        Arc::new(ServerTrust::new(roots, exact, tls.pin_sha256, provider)?)
     };
     let builder = builder.dangerous().with_custom_certificate_verifier(verifier);
     let config = match (&tls.cert_file, &tls.key_file) {
@@ -540,6 +584,9 @@ fn describe_certificate_error(error: &rustls::CertificateError, tls: &TlsOptions
 
 /// An error rustls carries for another library: webpki's, or ours.
 fn describe_other(other: &rustls::OtherError, tls: &TlsOptions) -> String {
+    if let Some(mismatch) = other.0.downcast_ref::<PinMismatch>() {
+        return mismatch.to_string();
+    }
     match other.0.downcast_ref::<webpki::Error>() {
         Some(error) => describe_webpki_error(error, tls),
         None => format!("certificate refused: {}", other.0),
@@ -552,8 +599,8 @@ fn describe_webpki_error(error: &webpki::Error, tls: &TlsOptions) -> String {
     match error {
         W::CaUsedAsEndEntity => format!(
             "unknown issuer: the server's certificate is a CA certificate (CA:TRUE, as `openssl req -x509` makes them) \
-             and is not itself in wsbridge_tls_ca_file: set wsbridge_tls_ca_file to the certificate itself; trusted \
-             now: {}",
+             and is not itself in wsbridge_tls_ca_file: set wsbridge_tls_ca_file to the certificate itself (or pin it \
+             with wsbridge_tls_pin_sha256); trusted now: {}",
             trusted_now(tls)
         ),
         W::EndEntityUsedAsCa => "bad chain: a certificate the server sends as a CA is not marked CA:TRUE: fix the \
@@ -712,7 +759,8 @@ pub async fn connect(
         None => Box::new(tcp),
         Some(client) => {
             if tls.insecure {
-                tracing::warn!("TLS certificate checks are OFF for {} (insecure)", uri.host);
+                let pin = if tls.pin_sha256.is_some() { ", the pin included" } else { "" };
+                tracing::warn!("TLS certificate checks are OFF for {} (insecure{pin})", uri.host);
             }
             let name = ServerName::try_from(uri.host.clone())
                 .map_err(|error| ConnectError::Tls(format!("bad server name: {error}")))?;
@@ -1113,6 +1161,49 @@ mod tests {
         let (port, _server) = tls_server(&expired, false).await;
         let error = try_wss(port, &trusting(&expired)).await.unwrap_err();
         assert!(error.contains("expired"), "{error}");
+    }
+
+    fn pinning(certificate: &[u8]) -> TlsOptions {
+        TlsOptions { pin_sha256: Some(sha256(certificate)), ..TlsOptions::default() }
+    }
+
+    #[tokio::test]
+    async fn a_pin_that_matches_connects_and_one_that_does_not_is_refused() {
+        let certificate = openssl_style("127.0.0.1", None);
+        let (port, server) = serve_certificate(&certificate).await;
+        try_wss_at("127.0.0.1", port, &pinning(&certificate.der)).await.unwrap();
+        assert_eq!(server.await.unwrap().as_deref(), Some("hello over TLS"));
+
+        let other = openssl_style("127.0.0.1", None);
+        let (port, _server) = serve_certificate(&certificate).await;
+        let error = try_wss_at("127.0.0.1", port, &pinning(&other.der)).await.unwrap_err();
+        let (expected, seen) = (sha256(&other.der), sha256(&certificate.der));
+        assert!(error.starts_with("TLS failed: pin mismatch: wsbridge_tls_pin_sha256 expects"), "{error}");
+        assert!(error.contains(&crate::security::fingerprint_text(&expected)), "{error}");
+        assert!(error.contains(&crate::security::fingerprint_text(&seen)), "{error}");
+
+        // The pin decides: a certificate a trusted CA signed is refused when it is not the pinned one.
+        let pki = pki("localhost", false);
+        let (port, _server) = tls_server(&pki, false).await;
+        let error =
+            try_wss(port, &TlsOptions { ca_file: Some(pki.ca_file.clone()), ..pinning(&other.der) }).await.unwrap_err();
+        assert!(error.contains("pin mismatch"), "{error}");
+        let (port, server) = tls_server(&pki, false).await;
+        try_wss(port, &pinning(&pki.server_chain[0])).await.unwrap();
+        assert_eq!(server.await.unwrap().as_deref(), Some("hello over TLS"), "the system CAs do not know this CA");
+    }
+
+    #[tokio::test]
+    async fn a_pinned_certificate_still_needs_its_name_and_dates() {
+        let certificate = openssl_style("127.0.0.1", None);
+        let (port, _server) = serve_certificate(&certificate).await;
+        let error = try_wss_at("localhost", port, &pinning(&certificate.der)).await.unwrap_err();
+        assert!(error.contains("hostname mismatch: the server's certificate is for IP 127.0.0.1, not localhost"));
+
+        let expired = openssl_style("127.0.0.1", Some((2002, 1, 1)));
+        let (port, _server) = serve_certificate(&expired).await;
+        let error = try_wss_at("127.0.0.1", port, &pinning(&expired.der)).await.unwrap_err();
+        assert!(error.contains("expired: the server's certificate expired on 2002-01-01"), "{error}");
     }
 
     /// Refused without the certificate itself in the file, in words that say so.
