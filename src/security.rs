@@ -102,6 +102,40 @@ pub fn parse_http_headers(json: &str) -> Result<Vec<(String, String)>, String> {
     Ok(headers)
 }
 
+/// A SHA-256 certificate fingerprint for `tls-pin-sha256`: 64 hex digits,
+/// any case, colons optional, as `openssl x509 -noout -fingerprint -sha256`
+/// prints it (its `sha256 Fingerprint=` label may be pasted too). `none`
+/// sets no pin.
+pub fn parse_sha256_pin(text: &str) -> Result<Option<[u8; 32]>, String> {
+    let text = text.trim();
+    if text.eq_ignore_ascii_case("none") {
+        return Ok(None);
+    }
+    let hex = match text.split_once('=') {
+        Some((label, hex)) if label.trim().eq_ignore_ascii_case("sha256 fingerprint") => hex.trim(),
+        _ => text,
+    };
+    let digits: Vec<u8> = hex.bytes().filter(|&byte| byte != b':').collect();
+    if digits.len() != 64 || !digits.iter().all(u8::is_ascii_hexdigit) {
+        return Err(format!(
+            "'{}' is not a SHA-256 fingerprint: give the 64 hex digits (colons optional) that `openssl x509 -noout \
+             -fingerprint -sha256 -in server.pem` prints, or none",
+            text.escape_debug()
+        ));
+    }
+    let value = |digit: u8| (digit as char).to_digit(16).expect("a hex digit") as u8;
+    let mut pin = [0u8; 32];
+    for (byte, pair) in pin.iter_mut().zip(digits.chunks_exact(2)) {
+        *byte = value(pair[0]) << 4 | value(pair[1]);
+    }
+    Ok(Some(pin))
+}
+
+/// A fingerprint as openssl prints it: `AB:CD:...`.
+pub fn fingerprint_text(fingerprint: &[u8; 32]) -> String {
+    fingerprint.iter().map(|byte| format!("{byte:02X}")).collect::<Vec<_>>().join(":")
+}
+
 fn is_secret_name(name: &str) -> bool {
     let name = name.to_ascii_lowercase();
     ["auth", "token", "key", "secret", "pass", "sig", "credential", "session", "cookie", "jwt", "bearer"]
@@ -172,6 +206,36 @@ mod tests {
             r#"{"X":"é"}"#,
         ] {
             assert!(parse_http_headers(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn sha256_pins_are_read_as_openssl_prints_them() {
+        let openssl = "BD:45:83:D2:D8:5E:60:02:79:E7:1E:C6:8D:B6:09:E1:0F:28:C1:F5:4F:80:45:A1:DA:22:43:1C:D0:34:BA:64";
+        let pin = parse_sha256_pin(openssl).unwrap().unwrap();
+        assert_eq!(pin[..3], [0xbd, 0x45, 0x83]);
+        assert_eq!(fingerprint_text(&pin), openssl);
+        for same in [
+            openssl.to_ascii_lowercase(),
+            openssl.replace(':', ""),
+            format!("  {}  ", openssl.replace(':', "").to_ascii_lowercase()),
+            format!("sha256 Fingerprint={openssl}"),
+            format!("SHA256 Fingerprint={openssl}"),
+        ] {
+            assert_eq!(parse_sha256_pin(&same), Ok(Some(pin)), "{same}");
+        }
+        assert_eq!(parse_sha256_pin("none"), Ok(None));
+        assert_eq!(parse_sha256_pin("NONE"), Ok(None));
+        for bad in [
+            "xyz",
+            &openssl[3..],
+            &format!("{openssl}:00"),
+            &openssl.replace('B', "G"),
+            &format!("+{}", &openssl.replace(':', "")[1..]),
+            &format!("sha1 Fingerprint={openssl}"),
+        ] {
+            let why = parse_sha256_pin(bad).unwrap_err();
+            assert!(why.contains("is not a SHA-256 fingerprint"), "{bad}: {why}");
         }
     }
 

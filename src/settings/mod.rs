@@ -202,6 +202,14 @@ pub const TLS_CA_FILE: Setting = per_call(
     Kind::Text,
     "PEM file of the CAs that may sign the server's certificate, instead of the system's",
 );
+pub const TLS_PIN_SHA256: Setting = Setting {
+    default_text: Some("none"),
+    ..per_call(
+        "tls-pin-sha256",
+        Kind::Text,
+        "trust only the server certificate with this SHA-256 fingerprint (hex, colons optional, as `openssl x509 -noout -fingerprint -sha256` prints it), whoever signed it; its dates and host name are still checked; `none`: no pin; a malformed pin refuses the call (`INVALID_IE_CONTENTS`)",
+    )
+};
 pub const TLS_CERT_FILE: Setting =
     per_call("tls-cert-file", Kind::Text, "client certificate (PEM) for servers that ask for one");
 pub const TLS_KEY_FILE: Setting = per_call("tls-key-file", Kind::Text, "the client certificate's private key (PEM)");
@@ -266,6 +274,7 @@ pub const TABLE: &[Setting] = &[
     FIRST_MESSAGE,
     CNG_FRAMES,
     TLS_CA_FILE,
+    TLS_PIN_SHA256,
     TLS_CERT_FILE,
     TLS_KEY_FILE,
     TLS_INSECURE,

@@ -205,6 +205,13 @@ impl CallTuning {
         if let Some(insecure) = reader.flag(&TLS_INSECURE) {
             session.tls.insecure = insecure;
         }
+        if let Some(text) = reader.text(&TLS_PIN_SHA256) {
+            match crate::security::parse_sha256_pin(&text) {
+                Ok(pin) => session.tls.pin_sha256 = pin,
+                // Refused, not ignored: without its pin the call would trust more than intended.
+                Err(why) => return Err(format!("{} {why}", reader.display(&TLS_PIN_SHA256))),
+            }
+        }
         if let Some(text) = reader.text(&FIRST_MESSAGE) {
             match FirstMessageStyle::parse(&text) {
                 Some(style) => session.first_message = style,
@@ -306,6 +313,19 @@ mod tests {
         assert!(!refusal.contains("t0k3n"));
         let refusal = read(&[(&HTTP_HEADERS, r#"{"Bad Name":"x"}"#)]).unwrap_err();
         assert!(refusal.starts_with("wsbridge_http_headers header name"), "{refusal}");
+    }
+
+    #[test]
+    fn a_pin_is_read_and_a_malformed_one_refuses_the_call() {
+        let hex = "bd4583d2d85e600279e71ec68db609e10f28c1f54f8045a1da22431cd034ba64";
+        let (tuning, problems) = read(&[(&TLS_PIN_SHA256, hex)]).unwrap();
+        assert!(problems.is_empty());
+        assert_eq!(tuning.session.tls.pin_sha256.map(|pin| pin[31]), Some(0x64));
+        assert_eq!(read(&[]).unwrap().0.session.tls.pin_sha256, None);
+        assert_eq!(read(&[(&TLS_PIN_SHA256, "none")]).unwrap().0.session.tls.pin_sha256, None);
+        let refusal = read(&[(&TLS_PIN_SHA256, &hex[2..])]).unwrap_err();
+        assert!(refusal.starts_with("wsbridge_tls_pin_sha256 '4583"), "{refusal}");
+        assert!(refusal.contains("is not a SHA-256 fingerprint"), "{refusal}");
     }
 
     #[test]
