@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use futures_util::SinkExt;
+use futures_util::{SinkExt, StreamExt};
 use test_support::esl::Headers;
 use test_support::instance::FreeSwitch;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -17,6 +17,8 @@ crate::tests! {
     api_status_list_kill_and_debug,
     events_and_cdr_variables,
     demo_server_echoes_and_records,
+    upgrade_headers_plain_or_url_encoded,
+    frames_sent_at_hangup_match_what_the_server_received,
 }
 
 pub fn api_status_list_kill_and_debug() {
@@ -140,7 +142,7 @@ pub fn config_file_and_reloadxml(freeswitch: &FreeSwitch) {
     let router = &world().router;
     let mut esl = freeswitch.esl();
     freeswitch.set_wsbridge_conf(&format!(
-        r#"<param name="default-uri" value="{}/configured"/><param name="first-message" value="vonage"/><param name="default-content-type" value="audio/l16;rate=8000"/><param name="playout-max-ms" value="soon"/><param name="no-such-param" value="1"/>"#,
+        r#"<param name="default-uri" value="{}/configured"/><param name="first-message" value="vonage"/><param name="default-content-type" value="audio/l16;rate=8000"/><param name="playout-max-ms" value="soon"/><param name="no-such-param" value="1"/><param name="runtime-threads" value="3"/>"#,
         router.base()
     ));
     assert!(esl.api("reloadxml").contains("+OK"));
@@ -157,6 +159,12 @@ pub fn config_file_and_reloadxml(freeswitch: &FreeSwitch) {
     assert!(log.contains("wsbridge.conf: unknown param 'no-such-param' ignored"));
     let status = esl.api("wsbridge status");
     assert!(status.contains(&format!("default-uri = {}/configured", router.base())), "{status}");
+    // reloadxml does not restart the runtime: status says both numbers until a module reload.
+    assert!(
+        status.contains("runtime-threads = 3 (configured; ") && status.contains(" running until reload mod_wsbridge)"),
+        "{status}"
+    );
+    assert!(!status.contains("runtime threads running: 3"), "{status}");
 
     // The allowlist and the SIP-header policy bar calls whoever sets the URI.
     freeswitch.set_wsbridge_conf(&format!(
@@ -223,4 +231,80 @@ pub fn demo_server_echoes_and_records() {
     assert!((end - start - 2.0).abs() <= 0.06, "recorded {:.3} s of a 2 s tone", end - start);
     let printed = std::fs::read_to_string(dir.join("stdout.txt")).unwrap();
     assert!(printed.contains(r#"first message  {"content-type":"audio/l16;rate=16000"}"#), "{printed}");
+}
+
+/// `wsbridge_http_headers` given as plain JSON or URL-encoded reaches the
+/// server's upgrade request; the token never reaches the log.
+pub fn upgrade_headers_plain_or_url_encoded() {
+    let path = "/upgrade-headers";
+    let mut incoming = world().router.expect(path);
+    let mut esl = esl();
+    // Plain JSON needs quotes in a dial string, whose {...} it would otherwise end.
+    let plain = r#"'{"Authorization":"Bearer t0k3n-plain"}'"#;
+    let encoded = crate::encode(r#"{"Authorization":"Bearer t0k3n-encoded","X-Call":"42"}"#);
+    for (variables, expected) in [
+        (format!("wsbridge_http_headers={plain}"), vec![("authorization", "Bearer t0k3n-plain")]),
+        (format!("wsbridge_http_headers={encoded}"), vec![("authorization", "Bearer t0k3n-encoded"), ("x-call", "42")]),
+    ] {
+        let uuid = ok_uuid(&esl.api(&format!("originate {{{variables}}}wsbridge/{} &park", uri(path))));
+        let mut connection = incoming.next(Duration::from_secs(5));
+        for (name, value) in expected {
+            let seen = connection.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
+            assert_eq!(seen, Some(value), "{variables}: {:?}", connection.headers);
+        }
+        runtime().block_on(connection.first_text());
+        assert!(esl.api(&format!("uuid_kill {uuid}")).starts_with("+OK"));
+        wait_gone_on(&mut esl, &uuid, Duration::from_secs(5));
+    }
+    let log = std::fs::read_to_string(world().dir.join("log/freeswitch.log")).unwrap();
+    assert!(!log.contains("t0k3n"), "the token reached the log");
+}
+
+/// When the caller hangs up, the frames still queued go out before the close,
+/// and `wsbridge_frames_sent` at CHANNEL_HANGUP_COMPLETE counts exactly what
+/// the server got. The server reads nothing until just after the hangup, on a
+/// socket with a small receive buffer, so frames are still queued at hangup.
+pub fn frames_sent_at_hangup_match_what_the_server_received() {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let port = socket.local_addr().unwrap().port();
+    let listener = std::sync::Arc::new(runtime().block_on(async { socket.listen(8) }).unwrap());
+    let mut events = esl();
+    events.subscribe("CHANNEL_HANGUP_COMPLETE");
+    let mut esl = esl();
+    for call in 0..2 {
+        let listener = listener.clone();
+        let server = runtime().spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+            let mut frames = 0usize;
+            let mut first_seen = false;
+            while let Some(Ok(message)) = ws.next().await {
+                match message {
+                    Message::Text(_) if !first_seen => {
+                        first_seen = true;
+                        // Deaf through the whole call and a little past its hangup.
+                        tokio::time::sleep(Duration::from_millis(6300)).await;
+                    }
+                    Message::Binary(_) => frames += 1,
+                    Message::Close(_) => break,
+                    _ => {}
+                }
+            }
+            frames
+        });
+        let uuid = ok_uuid(
+            &esl.api(&format!("originate wsbridge/ws://127.0.0.1:{port}/frames-sent tone_6000ms XML wsbridge-test")),
+        );
+        let frames = runtime().block_on(server).unwrap();
+        let hangup = events
+            .wait_event(Duration::from_secs(5), |e| e.get("Unique-ID") == Some(&uuid))
+            .expect("CHANNEL_HANGUP_COMPLETE");
+        let reported: usize = hangup["variable_wsbridge_frames_sent"].parse().unwrap();
+        let dropped: usize = hangup["variable_wsbridge_dropped_frames"].parse().unwrap();
+        println!("call {call}: the server got {frames} frames; wsbridge_frames_sent={reported}, {dropped} dropped");
+        assert_eq!(reported, frames, "call {call}");
+        assert!(reported >= 150, "6 s of caller audio, less what was dropped: {reported} frames");
+    }
 }

@@ -19,6 +19,8 @@ pub fn runtime() -> &'static tokio::runtime::Runtime {
 
 pub struct Connection {
     pub subprotocol: Option<String>,
+    /// The upgrade request's headers, names in lower case.
+    pub headers: Vec<(String, String)>,
     pub ws: WebSocketStream<TcpStream>,
 }
 
@@ -40,7 +42,8 @@ impl Router {
                 let Ok((tcp, _)) = listener.accept().await else { continue };
                 let routes = accept_routes.clone();
                 tokio::spawn(async move {
-                    let seen = Arc::new(Mutex::new((String::new(), None::<String>)));
+                    type Seen = (String, Option<String>, Vec<(String, String)>);
+                    let seen: Arc<Mutex<Seen>> = Arc::default();
                     let seen_in_callback = seen.clone();
                     let ws = tokio_tungstenite::accept_hdr_async(tcp, move |request: &Request, response: Response| {
                         let protocol = request
@@ -48,16 +51,21 @@ impl Router {
                             .get("Sec-WebSocket-Protocol")
                             .and_then(|v| v.to_str().ok())
                             .map(str::to_string);
-                        *seen_in_callback.lock().unwrap() = (request.uri().path().to_string(), protocol);
+                        let headers = request
+                            .headers()
+                            .iter()
+                            .map(|(name, value)| (name.as_str().to_string(), value.to_str().unwrap_or("").to_string()))
+                            .collect();
+                        *seen_in_callback.lock().unwrap() = (request.uri().path().to_string(), protocol, headers);
                         Ok(response)
                     })
                     .await;
                     let Ok(ws) = ws else { return };
-                    let (path, subprotocol) = seen.lock().unwrap().clone();
+                    let (path, subprotocol, headers) = seen.lock().unwrap().clone();
                     let sender = routes.lock().unwrap().get(&path).cloned();
                     match sender {
                         Some(sender) => {
-                            let _ = sender.send(Connection { subprotocol, ws });
+                            let _ = sender.send(Connection { subprotocol, headers, ws });
                         }
                         None => eprintln!("test server: no test waits for {path}"),
                     }
