@@ -7,10 +7,12 @@ MODULE_SO ?= target/release/libmod_wsbridge.so
 
 .PHONY: all build install install-module modules-dir demo test clean
 
+FS_PKG_CONFIG_PATH := $(if $(PKG_CONFIG_PATH),$(PKG_CONFIG_PATH):)/usr/local/freeswitch/lib/pkgconfig
+
 all: build
 
 build:
-	PKG_CONFIG_PATH='$(if $(PKG_CONFIG_PATH),$(PKG_CONFIG_PATH):)/usr/local/freeswitch/lib/pkgconfig' cargo build --release
+	PKG_CONFIG_PATH='$(FS_PKG_CONFIG_PATH)' cargo build --release
 
 install: build install-module
 
@@ -20,6 +22,13 @@ install-module:
 	install -d $(DESTDIR)$(MODULES_DIR)
 	install -m 0755 $(MODULE_SO) $(DESTDIR)$(MODULES_DIR)/mod_wsbridge.so
 	@echo "installed $(DESTDIR)$(MODULES_DIR)/mod_wsbridge.so"
+
+# One call through a private FreeSWITCH on 127.0.0.1 to wsbridge-demo in echo mode.
+demo:
+	@if [ -z "$(FREESWITCH_PREFIX)" ] && ! PKG_CONFIG_PATH='$(FS_PKG_CONFIG_PATH)' pkg-config --exists freeswitch 2>/dev/null; then \
+		echo "make demo needs FreeSWITCH 1.10 with its headers: install it from source into /usr/local/freeswitch (or set FREESWITCH_PREFIX), and pkg-config"; exit 1; fi
+	PKG_CONFIG_PATH='$(FS_PKG_CONFIG_PATH)' cargo build --release --bin wsbridge-demo
+	PKG_CONFIG_PATH='$(FS_PKG_CONFIG_PATH)' cargo run --release --example demo -- target/release/wsbridge-demo target/demo
 
 modules-dir:
 	@echo "$(MODULES_DIR)"

@@ -75,7 +75,7 @@ use test_support::{esl, BuildEnv};
 use ws_server::Router;
 
 /// Where this crate's build found FreeSWITCH, and where its sources are.
-const BUILD: BuildEnv = test_support::build_env!();
+pub(crate) const BUILD: BuildEnv = test_support::build_env!();
 
 struct World {
     freeswitch: Mutex<Option<FreeSwitch>>,

@@ -18,6 +18,7 @@ crate::tests! {
     events_and_cdr_variables,
     demo_server_echoes_and_records,
     upgrade_headers_plain_or_url_encoded,
+    make_demo_runs_end_to_end,
     frames_sent_at_hangup_match_what_the_server_received,
 }
 
@@ -306,5 +307,29 @@ pub fn frames_sent_at_hangup_match_what_the_server_received() {
         println!("call {call}: the server got {frames} frames; wsbridge_frames_sent={reported}, {dropped} dropped");
         assert_eq!(reported, frames, "call {call}");
         assert!(reported >= 150, "6 s of caller audio, less what was dropped: {reported} frames");
+    }
+}
+
+/// What `make demo` runs: its own FreeSWITCH, wsbridge-demo echoing, one call.
+pub fn make_demo_runs_end_to_end() {
+    let out_dir = world().dir.join("demo-run");
+    let mut printed = Vec::new();
+    let report = test_support::demo::run(
+        &crate::BUILD,
+        std::path::Path::new(env!("CARGO_BIN_EXE_wsbridge-demo")),
+        &out_dir,
+        &mut printed,
+    )
+    .expect("the demo runs");
+    let printed = String::from_utf8(printed).unwrap();
+    println!("{printed}");
+    assert_eq!(report.first_message, r#" {"content-type":"audio/l16;rate=16000"}"#);
+    assert!(report.frames_to_server >= 95, "{report:?}");
+    assert!(report.frames_from_server >= 90, "the echo came back: {report:?}");
+    assert!((report.heard_hz - test_support::demo::TONE_HZ).abs() < 20.0, "{report:?}");
+    assert!(report.heard_wav.exists() && report.recorded_wav.exists(), "{report:?}");
+    assert!(report.clean_shutdown);
+    for line in ["first message the server got:", "frames:", "tone heard back: 1000 Hz", "what the caller heard:"] {
+        assert!(printed.contains(line), "the demo prints {line:?}: {printed}");
     }
 }
