@@ -1,18 +1,23 @@
-//! The benchmark's WebSocket server: echoes every caller frame straight back,
-//! places a mark every 5 s to time the downlink playout, and measures
-//! what it receives. Each connection keeps its own figures and merges them
-//! once, at its end, so the frame path takes no shared lock.
+//! The benchmark's WebSocket server: echoes every caller frame back, at once
+//! or (live) each after a random delay in order, places a mark every 5 s to
+//! time the downlink playout, and measures what it receives. Each connection
+//! keeps its own figures and merges them once, at its end, so the frame path
+//! takes no shared lock.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
+use rand::rngs::SmallRng;
+use rand::{RngExt, SeedableRng};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
 
 pub const FRAME: Duration = Duration::from_millis(20);
 /// Arrivals before this frame are the call settling in; jitter counts from here.
@@ -20,6 +25,11 @@ const WARM_UP_FRAMES: u64 = 5;
 // Every 5 s: each mark is also a FreeSWITCH event, which the null floor does not pay for.
 const MARK_EVERY_FRAMES: u64 = 250;
 const TONE_CHECK_EVERY_FRAMES: u64 = 50;
+/// The live echo's delays: connection n draws from a generator seeded with this plus n.
+const DELAY_SEED: u64 = 0x5eed_0000;
+
+type Ws = WebSocketStream<TcpStream>;
+type WsError = tokio_tungstenite::tungstenite::Error;
 
 /// Microsecond histograms up to a minute, three significant figures.
 pub fn histogram() -> Histogram<u64> {
@@ -73,6 +83,16 @@ impl Tally {
     }
 }
 
+/// What every connection of a server is: its frames, its tone, and how late it echoes.
+#[derive(Debug, Clone, Copy)]
+pub struct Echo {
+    pub frame_bytes: usize,
+    pub tone_hz: f64,
+    pub rate: u32,
+    /// Each frame is echoed after a random delay of 0 to this many ms; 0 echoes at once.
+    pub max_delay_ms: u64,
+}
+
 pub struct EchoServer {
     pub port: u16,
     tally: Arc<Mutex<Tally>>,
@@ -80,7 +100,7 @@ pub struct EchoServer {
 }
 
 impl EchoServer {
-    pub fn start(runtime: &tokio::runtime::Handle, frame_bytes: usize, tone_hz: f64, rate: u32) -> EchoServer {
+    pub fn start(runtime: &tokio::runtime::Handle, echo: Echo) -> EchoServer {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("echo server listen");
         let port = listener.local_addr().unwrap().port();
         listener.set_nonblocking(true).unwrap();
@@ -91,10 +111,13 @@ impl EchoServer {
         let tally = Arc::new(Mutex::new(Tally::new()));
         let shared = tally.clone();
         let accept = runtime.spawn(async move {
+            let mut connection = 0;
             while let Ok((tcp, _)) = listener.accept().await {
                 let tally = shared.clone();
+                let echoes = DelayedEchoes::new(echo.max_delay_ms, DELAY_SEED + connection);
+                connection += 1;
                 tokio::spawn(async move {
-                    let call = serve(tcp, frame_bytes, tone_hz, rate).await;
+                    let call = serve(tcp, echo, echoes).await;
                     tally.lock().unwrap().merge(call);
                 });
             }
@@ -130,76 +153,161 @@ fn tone_share(samples: &[i16], hz: f64, rate: u32) -> f64 {
     2.0 * power / (n * energy)
 }
 
-async fn serve(tcp: TcpStream, frame_bytes: usize, tone_hz: f64, rate: u32) -> Tally {
-    let mut call = Tally::new();
-    call.connections = 1;
+/// A connection's frames waiting to be echoed, in arrival order, each with
+/// its send time: the later of the previous frame's and its arrival plus a
+/// random delay, so that a delay never reorders the stream.
+struct DelayedEchoes {
+    rng: SmallRng,
+    max_delay_ms: u64,
+    /// (send time, frame number, frame)
+    queue: VecDeque<(Instant, u64, Bytes)>,
+    last_due: Option<Instant>,
+}
+
+impl DelayedEchoes {
+    fn new(max_delay_ms: u64, seed: u64) -> DelayedEchoes {
+        DelayedEchoes { rng: SmallRng::seed_from_u64(seed), max_delay_ms, queue: VecDeque::new(), last_due: None }
+    }
+
+    fn push(&mut self, arrival: Instant, frame: u64, data: Bytes) {
+        let delayed = arrival + Duration::from_millis(self.rng.random_range(0..=self.max_delay_ms));
+        let due = self.last_due.map_or(delayed, |last| last.max(delayed));
+        self.last_due = Some(due);
+        self.queue.push_back((due, frame, data));
+    }
+
+    /// When the next frame is to be sent, if any waits.
+    fn next_due(&self) -> Option<Instant> {
+        self.queue.front().map(|(due, _, _)| *due)
+    }
+
+    /// The next frame whose send time has come, with its number.
+    fn pop_due(&mut self, now: Instant) -> Option<(u64, Bytes)> {
+        if self.next_due()? > now {
+            return None;
+        }
+        self.queue.pop_front().map(|(_, frame, data)| (frame, data))
+    }
+}
+
+/// Answers the upgrade, naming the WSBRIDGE subprotocol when it is asked for.
+async fn handshake(tcp: TcpStream) -> Option<Ws> {
     let _ = tcp.set_nodelay(true);
-    let accepted = tokio_tungstenite::accept_hdr_async(tcp, |request: &Request, mut response: Response| {
+    tokio_tungstenite::accept_hdr_async(tcp, |request: &Request, mut response: Response| {
         if request.headers().contains_key("Sec-WebSocket-Protocol") {
             response.headers_mut().insert("Sec-WebSocket-Protocol", HeaderValue::from_static("WSBRIDGE"));
         }
         Ok(response)
     })
-    .await;
-    let Ok(mut ws) = accepted else {
-        call.frames_per_call.push(0);
-        return call;
-    };
-    let mut frames = 0u64;
-    let mut last_arrival: Option<Instant> = None;
-    let mut marks: VecDeque<(u64, Instant)> = VecDeque::new();
-    while let Some(Ok(message)) = ws.next().await {
-        match message {
-            Message::Binary(data) => {
-                let arrival = Instant::now();
-                frames += 1;
-                if data.len() != frame_bytes {
-                    call.wrong_size_frames += 1;
-                }
-                if let Some(previous) = last_arrival.filter(|_| frames > WARM_UP_FRAMES) {
-                    let gap = arrival - previous;
-                    let off = gap.abs_diff(FRAME);
-                    call.jitter_us.saturating_record(off.as_micros() as u64);
-                }
-                last_arrival = Some(arrival);
-                if frames % TONE_CHECK_EVERY_FRAMES == TONE_CHECK_EVERY_FRAMES / 2 {
-                    let samples: Vec<i16> = data.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])).collect();
-                    call.tone_checked += 1;
-                    if tone_share(&samples, tone_hz, rate) > 0.9 {
-                        call.tone_found += 1;
-                    }
-                }
-                if ws.send(Message::Binary(data)).await.is_err() {
-                    break;
-                }
-                call.echoed_frames += 1;
-                if frames % MARK_EVERY_FRAMES == 0 {
-                    let mark = format!(r#"{{"action":"mark","name":"{frames}"}}"#);
-                    if ws.send(Message::text(mark)).await.is_err() {
-                        break;
-                    }
-                    call.marks_sent += 1;
-                    marks.push_back((frames, Instant::now()));
-                }
-            }
-            Message::Text(text) => {
-                let Ok(event) = serde_json::from_str::<serde_json::Value>(text.trim()) else { continue };
-                if event["event"] != "mark" {
-                    continue;
-                }
-                let name: u64 = event["name"].as_str().and_then(|n| n.parse().ok()).unwrap_or(0);
-                while let Some((sent_after, sent_at)) = marks.pop_front() {
-                    if sent_after == name {
-                        call.marks_back += 1;
-                        call.mark_delay_us.saturating_record(sent_at.elapsed().as_micros() as u64);
-                        break;
-                    }
-                }
-            }
-            Message::Close(_) => break,
-            _ => {}
+    .await
+    .ok()
+}
+
+/// One call's connection: what it has received, and what waits to be echoed.
+struct Connection {
+    echo: Echo,
+    call: Tally,
+    frames: u64,
+    last_arrival: Option<Instant>,
+    /// Marks sent and not yet heard back: (frame they follow, when sent).
+    marks: VecDeque<(u64, Instant)>,
+    echoes: DelayedEchoes,
+}
+
+impl Connection {
+    /// Counts a caller frame, times its arrival, checks its tone and queues its echo.
+    fn on_frame(&mut self, data: Bytes) {
+        let arrival = Instant::now();
+        self.frames += 1;
+        if data.len() != self.echo.frame_bytes {
+            self.call.wrong_size_frames += 1;
+        }
+        if let Some(previous) = self.last_arrival.filter(|_| self.frames > WARM_UP_FRAMES) {
+            let off = (arrival - previous).abs_diff(FRAME);
+            self.call.jitter_us.saturating_record(off.as_micros() as u64);
+        }
+        self.last_arrival = Some(arrival);
+        if self.frames % TONE_CHECK_EVERY_FRAMES == TONE_CHECK_EVERY_FRAMES / 2 {
+            self.check_tone(&data);
+        }
+        self.echoes.push(arrival, self.frames, data);
+    }
+
+    fn check_tone(&mut self, data: &[u8]) {
+        let samples: Vec<i16> = data.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])).collect();
+        self.call.tone_checked += 1;
+        if tone_share(&samples, self.echo.tone_hz, self.echo.rate) > 0.9 {
+            self.call.tone_found += 1;
         }
     }
-    call.frames_per_call.push(frames);
-    call
+
+    /// Echoes every frame whose time has come, each every 5 s followed by a mark.
+    async fn send_due(&mut self, ws: &mut Ws) -> Result<(), WsError> {
+        while let Some((frame, data)) = self.echoes.pop_due(Instant::now()) {
+            ws.send(Message::Binary(data)).await?;
+            self.call.echoed_frames += 1;
+            if frame % MARK_EVERY_FRAMES == 0 {
+                ws.send(Message::text(format!(r#"{{"action":"mark","name":"{frame}"}}"#))).await?;
+                self.call.marks_sent += 1;
+                self.marks.push_back((frame, Instant::now()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Times a mark event from the module against when its mark was sent.
+    fn on_text(&mut self, text: &str) {
+        let Ok(event) = serde_json::from_str::<serde_json::Value>(text.trim()) else { return };
+        if event["event"] != "mark" {
+            return;
+        }
+        let name: u64 = event["name"].as_str().and_then(|n| n.parse().ok()).unwrap_or(0);
+        while let Some((sent_after, sent_at)) = self.marks.pop_front() {
+            if sent_after == name {
+                self.call.marks_back += 1;
+                self.call.mark_delay_us.saturating_record(sent_at.elapsed().as_micros() as u64);
+                break;
+            }
+        }
+    }
+
+    /// Reads the call's messages and echoes its frames until either side ends it.
+    async fn run(&mut self, ws: &mut Ws) {
+        loop {
+            let due = self.echoes.next_due();
+            let wake = tokio::time::Instant::from_std(due.unwrap_or_else(Instant::now));
+            let message = tokio::select! {
+                message = ws.next() => message,
+                _ = tokio::time::sleep_until(wake), if due.is_some() => {
+                    if self.send_due(ws).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            match message {
+                Some(Ok(Message::Binary(data))) => {
+                    self.on_frame(data);
+                    // A frame with no delay goes straight back.
+                    if self.send_due(ws).await.is_err() {
+                        return;
+                    }
+                }
+                Some(Ok(Message::Text(text))) => self.on_text(text.as_str()),
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    }
+}
+
+async fn serve(tcp: TcpStream, echo: Echo, echoes: DelayedEchoes) -> Tally {
+    let mut connection =
+        Connection { echo, call: Tally::new(), frames: 0, last_arrival: None, marks: VecDeque::new(), echoes };
+    connection.call.connections = 1;
+    if let Some(mut ws) = handshake(tcp).await {
+        connection.run(&mut ws).await;
+    }
+    connection.call.frames_per_call.push(connection.frames);
+    connection.call
 }

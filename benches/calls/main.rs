@@ -1,12 +1,15 @@
 //! `cargo bench --bench calls`: hundreds of real calls through a real
 //! FreeSWITCH, each playing a 1 kHz tone into `wsbridge` and hearing it
 //! echoed back by a WebSocket server, side by side with the same load on
-//! FreeSWITCH's `null` endpoint, the floor any endpoint costs.
+//! FreeSWITCH's `null` endpoint, the floor any endpoint costs. `wsbridge`
+//! echoes each frame at once; `wsbridge-live` echoes each after a random
+//! 0–40 ms, in order, as a live server might, to test the jitter buffer:
+//! its gaps per call-minute, concealed frames and playout latency.
 //!
 //! Every run gets a fresh FreeSWITCH from a temporary loopback config, as the
 //! integration tests do. Prints one table, writes calls.csv, calls.md and
 //! calls.png. Options (after `--`): `--calls 50,200,500`, `--seconds 60`,
-//! `--rate 50` (call attempts per second), `--endpoints null,wsbridge`,
+//! `--rate 50` (call attempts per second), `--endpoints null,wsbridge,wsbridge-live`,
 //! `--out <dir>` (default target/calls-bench).
 
 #![allow(clippy::result_large_err)] // tungstenite's handshake callback type
@@ -20,7 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use echo_server::EchoServer;
+use echo_server::{Echo, EchoServer};
 use report::{Media, Row};
 use test_support::instance::FreeSwitch;
 use test_support::{esl, proc_stats, BuildEnv};
@@ -33,19 +36,40 @@ const FRAME_BYTES: usize = 640;
 const TONE_HZ: f64 = 1000.0;
 const FRAMES_PER_SECOND: u64 = 50;
 const RUNTIME_THREADS: usize = 1;
+/// The live server's largest echo delay.
+const LIVE_MAX_DELAY_MS: u64 = 40;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Endpoint {
     Null,
     Wsbridge,
+    /// wsbridge with a server that echoes each frame after a random 0–40 ms.
+    WsbridgeLive,
 }
 
 impl Endpoint {
+    const ALL: [Endpoint; 3] = [Endpoint::Null, Endpoint::Wsbridge, Endpoint::WsbridgeLive];
+
     fn name(self) -> &'static str {
         match self {
             Endpoint::Null => "null",
             Endpoint::Wsbridge => "wsbridge",
+            Endpoint::WsbridgeLive => "wsbridge-live",
         }
+    }
+
+    fn from_name(name: &str) -> Result<Endpoint, String> {
+        Endpoint::ALL.into_iter().find(|endpoint| endpoint.name() == name).ok_or(format!("unknown endpoint '{name}'"))
+    }
+
+    /// How its echo server echoes; `None` for the endpoint with no server.
+    fn echo(self) -> Option<Echo> {
+        let max_delay_ms = match self {
+            Endpoint::Null => return None,
+            Endpoint::Wsbridge => 0,
+            Endpoint::WsbridgeLive => LIVE_MAX_DELAY_MS,
+        };
+        Some(Echo { frame_bytes: FRAME_BYTES, tone_hz: TONE_HZ, rate: RATE, max_delay_ms })
     }
 }
 
@@ -58,14 +82,14 @@ struct Options {
 }
 
 const USAGE: &str = "usage: cargo bench --bench calls -- [--calls 50,200,500] [--seconds 60] [--rate 50] \
-                     [--endpoints null,wsbridge] [--out target/calls-bench]";
+                     [--endpoints null,wsbridge,wsbridge-live] [--out target/calls-bench]";
 
 fn parse_options() -> Result<Options, String> {
     let mut options = Options {
         calls: vec![50, 200, 500],
         seconds: 60,
         rate: 50.0,
-        endpoints: vec![Endpoint::Null, Endpoint::Wsbridge],
+        endpoints: Endpoint::ALL.to_vec(),
         out: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/calls-bench"),
     };
     let mut args = std::env::args().skip(1);
@@ -83,14 +107,8 @@ fn parse_options() -> Result<Options, String> {
             "--seconds" => options.seconds = value()?.parse().map_err(|_| "bad --seconds")?,
             "--rate" => options.rate = value()?.parse().ok().filter(|r: &f64| *r > 0.0).ok_or("bad --rate")?,
             "--endpoints" => {
-                options.endpoints = value()?
-                    .split(',')
-                    .map(|name| match name.trim() {
-                        "null" => Ok(Endpoint::Null),
-                        "wsbridge" => Ok(Endpoint::Wsbridge),
-                        other => Err(format!("unknown endpoint '{other}'")),
-                    })
-                    .collect::<Result<_, _>>()?
+                options.endpoints =
+                    value()?.split(',').map(|name| Endpoint::from_name(name.trim())).collect::<Result<_, _>>()?
             }
             "--out" => options.out = PathBuf::from(value()?),
             other => return Err(format!("unknown argument '{other}'")),
@@ -153,12 +171,27 @@ fn percentile_ms(values: &mut [u64], quantile: f64) -> f64 {
     ms(values[index])
 }
 
-fn variable_sum(calls: &HashMap<String, CallEvents>, name: &str) -> u64 {
+/// A channel variable's values at hangup, from the calls that set it.
+fn variable_values<'a>(calls: &'a HashMap<String, CallEvents>, name: &str) -> impl Iterator<Item = f64> + 'a {
+    let key = format!("variable_{name}");
     calls
         .values()
         .filter_map(|call| call.hangup.as_ref())
-        .filter_map(|hangup| hangup.get(&format!("variable_{name}")).and_then(|v| v.parse::<u64>().ok()))
-        .sum()
+        .filter_map(move |hangup| hangup.get(&key).and_then(|v| v.parse::<f64>().ok()))
+}
+
+fn variable_sum(calls: &HashMap<String, CallEvents>, name: &str) -> u64 {
+    variable_values(calls, name).sum::<f64>() as u64
+}
+
+/// The mean over the calls that set it; NaN when none did.
+fn variable_mean(calls: &HashMap<String, CallEvents>, name: &str) -> f64 {
+    let (sum, count) = variable_values(calls, name).fold((0.0, 0), |(sum, count), v| (sum + v, count + 1));
+    if count == 0 {
+        f64::NAN
+    } else {
+        sum / count as f64
+    }
 }
 
 /// One run: an endpoint, a number of calls, and the UUID prefix that marks its calls.
@@ -212,7 +245,7 @@ impl Collector {
 
 fn run(options: &Options, endpoint: Endpoint, calls: usize, run_number: u16, server: &tokio::runtime::Handle) -> Row {
     let run = Run { options, endpoint, calls, prefix: format!("{:08x}-", 0xbe_0000 + run_number as u32) };
-    let server = (endpoint == Endpoint::Wsbridge).then(|| EchoServer::start(server, FRAME_BYTES, TONE_HZ, RATE));
+    let server = endpoint.echo().map(|echo| EchoServer::start(server, echo));
     let freeswitch = start_freeswitch(endpoint, run_number);
     let pid = freeswitch.pid();
     let collector = Collector::start(&freeswitch, &run.prefix);
@@ -246,7 +279,7 @@ fn peak_rss_kib_until(pid: u32, end: Instant) -> u64 {
 /// A fresh FreeSWITCH for one run; for wsbridge, with the published run's settings.
 fn start_freeswitch(endpoint: Endpoint, run_number: u16) -> FreeSwitch {
     let freeswitch = FreeSwitch::start_with_log_level(&BUILD, "ws://127.0.0.1:9", 10 + run_number, "warning");
-    if endpoint == Endpoint::Wsbridge {
+    if endpoint.echo().is_some() {
         // The published run's setting: one runtime thread costs the least CPU.
         freeswitch.set_wsbridge_conf(&format!(r#"<param name="runtime-threads" value="{RUNTIME_THREADS}"/>"#));
         let mut esl = freeswitch.esl();
@@ -266,7 +299,7 @@ impl Run<'_> {
             let uuid = format!("{}0000-4000-8000-{call:012x}", self.prefix);
             let target = match self.endpoint {
                 Endpoint::Null => format!("{{origination_uuid={uuid},rate={RATE}}}null/bench"),
-                Endpoint::Wsbridge => {
+                Endpoint::Wsbridge | Endpoint::WsbridgeLive => {
                     let port = server.unwrap().port;
                     format!("{{origination_uuid={uuid}}}wsbridge/ws://127.0.0.1:{port}/bench/{call}")
                 }
@@ -341,6 +374,8 @@ impl Run<'_> {
         std::thread::sleep(Duration::from_millis(500));
         let tally = server.finish();
         let per_call = self.options.seconds * FRAMES_PER_SECOND;
+        let underruns = variable_sum(events, "wsbridge_underruns");
+        let call_minutes = self.calls as f64 * self.options.seconds as f64 / 60.0;
         let mut frames_per_call = tally.frames_per_call.clone();
         frames_per_call.resize(self.calls.max(frames_per_call.len()), 0);
         Media {
@@ -354,7 +389,12 @@ impl Run<'_> {
             jitter_max_ms: ms(tally.jitter_us.max()),
             frames_echoed: tally.echoed_frames,
             frames_played: variable_sum(events, "wsbridge_frames_played"),
-            underruns: variable_sum(events, "wsbridge_underruns"),
+            underruns,
+            gaps_per_call_minute: underruns as f64 / call_minutes,
+            concealed_frames: variable_sum(events, "wsbridge_concealed_frames"),
+            drift_dropped_frames: variable_sum(events, "wsbridge_drift_dropped_frames"),
+            playout_target_mean_ms: variable_mean(events, "wsbridge_playout_target_ms"),
+            mark_delay_mean_ms: tally.mark_delay_us.mean() / 1000.0,
             mark_delay_p50_ms: ms(tally.mark_delay_us.value_at_quantile(0.5)),
             mark_delay_p99_ms: ms(tally.mark_delay_us.value_at_quantile(0.99)),
             marks_sent: tally.marks_sent,
@@ -401,7 +441,7 @@ impl Run<'_> {
     /// The run's one or two lines of progress output.
     fn print(&self, row: &Row, window: &Window, ramp: &Ramp, idle_rss_kib: u64, version: &str) {
         println!(
-            "{:>8} {:>4} calls: {} completed, {} up through a {:.1} s window, ramp {:.1} s; \
+            "{:>13} {:>4} calls: {} completed, {} up through a {:.1} s window, ramp {:.1} s; \
              FreeSWITCH used {:.2} CPU-s ({:.2} in mod_wsbridge's runtime threads), RSS {idle_rss_kib} -> {} KiB \
              ({version})",
             self.endpoint.name(),
@@ -416,13 +456,15 @@ impl Run<'_> {
         );
         if let Some(media) = &row.media {
             println!(
-                "{:>8} {:>4} calls: module sent {} frames, dropped {}; {} underruns; marks {} sent, {} back; \
-                 1 kHz tone in {} of {} checked frames",
+                "{:>13} {:>4} calls: module sent {} frames, dropped {}; {} underruns, {} frames concealed, \
+                 {} drift-dropped; marks {} sent, {} back; 1 kHz tone in {} of {} checked frames",
                 "",
                 self.calls,
                 media.frames_sent,
                 media.frames_dropped_by_module,
                 media.underruns,
+                media.concealed_frames,
+                media.drift_dropped_frames,
                 media.marks_sent,
                 media.marks_back,
                 media.tone_found,

@@ -39,8 +39,19 @@ pub struct Media {
     pub jitter_max_ms: f64,
     pub frames_echoed: u64,
     pub frames_played: u64,
+    /// Times a call's playout ran dry after it had started playing, summed over calls.
     pub underruns: u64,
-    /// From the server sending a mark after an echoed frame to its echo: the playout delay.
+    /// Underruns per minute of call: underruns / (calls × seconds / 60).
+    pub gaps_per_call_minute: f64,
+    /// Frames the module made up to bridge gaps, summed over calls.
+    pub concealed_frames: u64,
+    /// Near-silent frames the module dropped to steer a fast stream back to its target.
+    pub drift_dropped_frames: u64,
+    /// The jitter buffer's target at hangup, mean over calls.
+    pub playout_target_mean_ms: f64,
+    /// From the server sending a mark after an echoed frame to hearing it was
+    /// played: the playout latency.
+    pub mark_delay_mean_ms: f64,
     pub mark_delay_p50_ms: f64,
     pub mark_delay_p99_ms: f64,
     pub marks_sent: u64,
@@ -53,19 +64,36 @@ fn or_dash(value: Option<String>) -> String {
     value.unwrap_or_else(|| "-".to_string())
 }
 
+/// The jitter buffer's columns: latency, gaps, concealed and dropped frames, target.
+fn playout_cells(media: Option<&Media>) -> String {
+    match media {
+        Some(m) => format!(
+            "{:.1} | {:.2} | {} | {} | {:.0}",
+            m.mark_delay_mean_ms,
+            m.gaps_per_call_minute,
+            m.concealed_frames,
+            m.drift_dropped_frames,
+            m.playout_target_mean_ms
+        ),
+        None => ["-"; 5].join(" | "),
+    }
+}
+
 pub fn table(rows: &[Row]) -> String {
     let mut out = String::new();
     out.push_str(
         "| endpoint | calls | completed | FS CPU µs per call-second | × null | RSS KiB per call | \
          caller frames expected / received / lost | server frames echoed / played | \
-         uplink jitter p50 / p99 / max ms | setup p50 / p99 ms | playout delay p50 / p99 ms | bench process CPU |\n",
+         uplink jitter p50 / p99 / max ms | setup p50 / p99 ms | playout delay p50 / p99 ms | \
+         playout latency mean ms | gaps per call-minute | concealed frames | drift-dropped frames | \
+         final target mean ms | bench process CPU |\n",
     );
-    out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for row in rows {
         let media = row.media.as_ref();
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {:.0} | {} | {:.0} | {} | {} | {} | {:.1} / {:.1} | {} | {:.0}% |",
+            "| {} | {} | {} | {:.0} | {} | {:.0} | {} | {} | {} | {:.1} / {:.1} | {} | {} | {:.0}% |",
             row.endpoint,
             row.calls,
             row.completed,
@@ -78,6 +106,7 @@ pub fn table(rows: &[Row]) -> String {
             row.setup_p50_ms,
             row.setup_p99_ms,
             or_dash(media.map(|m| format!("{:.1} / {:.1}", m.mark_delay_p50_ms, m.mark_delay_p99_ms))),
+            playout_cells(media),
             row.bench_cpu_percent,
         );
     }
@@ -89,7 +118,8 @@ pub fn csv(rows: &[Row]) -> String {
         "endpoint,calls,completed,cpu_us_per_call_second,cpu_ratio_to_null,rss_kib_per_call,setup_p50_ms,setup_p99_ms,\
          bench_cpu_percent,frames_expected,frames_sent,frames_received,frames_lost,frames_dropped_by_module,\
          jitter_p50_ms,jitter_p99_ms,jitter_max_ms,frames_echoed,frames_played,underruns,mark_delay_p50_ms,\
-         mark_delay_p99_ms,marks_sent,marks_back,tone_checked,tone_found\n",
+         mark_delay_p99_ms,marks_sent,marks_back,tone_checked,tone_found,gaps_per_call_minute,concealed_frames,\
+         drift_dropped_frames,mark_delay_mean_ms,playout_target_mean_ms\n",
     );
     for row in rows {
         let _ = write!(
@@ -109,7 +139,7 @@ pub fn csv(rows: &[Row]) -> String {
             Some(m) => {
                 let _ = writeln!(
                     out,
-                    ",{},{},{},{},{},{:.3},{:.3},{:.3},{},{},{},{:.2},{:.2},{},{},{},{}",
+                    ",{},{},{},{},{},{:.3},{:.3},{:.3},{},{},{},{:.2},{:.2},{},{},{},{},{:.3},{},{},{:.2},{:.1}",
                     m.frames_expected,
                     m.frames_sent,
                     m.frames_received,
@@ -127,10 +157,15 @@ pub fn csv(rows: &[Row]) -> String {
                     m.marks_back,
                     m.tone_checked,
                     m.tone_found,
+                    m.gaps_per_call_minute,
+                    m.concealed_frames,
+                    m.drift_dropped_frames,
+                    m.mark_delay_mean_ms,
+                    m.playout_target_mean_ms,
                 );
             }
-            // 17 empty media columns.
-            None => out.push_str(&format!("{}\n", ",".repeat(17))),
+            // 22 empty media columns.
+            None => out.push_str(&format!("{}\n", ",".repeat(22))),
         }
     }
     out
@@ -210,38 +245,65 @@ fn panel(
         .map_err(|e| e.to_string())
 }
 
-/// CPU per call against the number of calls for both endpoints, and the
-/// uplink jitter the server saw.
+/// The points of one endpoint's rows where `value` has a figure.
+fn points(rows: &[Row], endpoint: &str, value: &dyn Fn(&Row) -> Option<f64>) -> Vec<(f64, f64)> {
+    rows.iter()
+        .filter(|row| row.endpoint == endpoint)
+        .filter_map(|row| value(row).map(|v| (row.calls as f64, v)))
+        .collect()
+}
+
+fn endpoint_style(endpoint: &str) -> (&'static str, RGBColor) {
+    match endpoint {
+        "null" => ("null endpoint (floor)", BLUE),
+        "wsbridge" => ("wsbridge", RED),
+        "wsbridge-live" => ("wsbridge-live", RGBColor(230, 140, 0)),
+        _ => ("other", BLACK),
+    }
+}
+
+/// One series per endpoint, in the order the rows name them, where `value` has figures.
+fn per_endpoint(rows: &[Row], value: &dyn Fn(&Row) -> Option<f64>) -> Vec<Series<'static>> {
+    let mut endpoints: Vec<&'static str> = Vec::new();
+    for row in rows {
+        if !endpoints.contains(&row.endpoint) {
+            endpoints.push(row.endpoint);
+        }
+    }
+    endpoints
+        .into_iter()
+        .map(|endpoint| {
+            let (label, color) = endpoint_style(endpoint);
+            (label, color, points(rows, endpoint, value))
+        })
+        .filter(|(_, _, points)| !points.is_empty())
+        .collect()
+}
+
+/// Against the number of calls: CPU per call for every endpoint, the uplink
+/// jitter the server saw, and the downlink's gaps and playout latency.
 pub fn plot(rows: &[Row], path: &Path) -> Result<(), String> {
     register_font()?;
-    let points = |endpoint: &str, value: &dyn Fn(&Row) -> Option<f64>| -> Vec<(f64, f64)> {
-        rows.iter()
-            .filter(|row| row.endpoint == endpoint)
-            .filter_map(|row| value(row).map(|v| (row.calls as f64, v)))
-            .collect()
-    };
-    let root = BitMapBackend::new(path, (1280, 520)).into_drawing_area();
+    let root = BitMapBackend::new(path, (1280, 1040)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| e.to_string())?;
-    let (left, right) = root.split_horizontally(640);
+    let areas = root.split_evenly((2, 2));
     let cpu = |row: &Row| Some(row.cpu_us_per_call_second);
+    panel(&areas[0], "FreeSWITCH CPU per call", "CPU µs per call-second", &per_endpoint(rows, &cpu), None)?;
+    let media = |pick: fn(&Media) -> f64| move |row: &Row| row.media.as_ref().map(pick);
     panel(
-        &left,
-        "FreeSWITCH CPU per call",
-        "CPU µs per call-second",
-        &[("null endpoint (floor)", BLUE, points("null", &cpu)), ("wsbridge", RED, points("wsbridge", &cpu))],
-        None,
-    )?;
-    let jitter = |pick: fn(&Media) -> f64| move |row: &Row| row.media.as_ref().map(pick);
-    panel(
-        &right,
+        &areas[1],
         "Uplink jitter at the server (wsbridge)",
         "|arrival gap - 20 ms|, ms",
         &[
-            ("p50", GREEN, points("wsbridge", &jitter(|m| m.jitter_p50_ms))),
-            ("p99", RED, points("wsbridge", &jitter(|m| m.jitter_p99_ms))),
-            ("max", BLACK, points("wsbridge", &jitter(|m| m.jitter_max_ms))),
+            ("p50", GREEN, points(rows, "wsbridge", &media(|m| m.jitter_p50_ms))),
+            ("p99", RED, points(rows, "wsbridge", &media(|m| m.jitter_p99_ms))),
+            ("max", BLACK, points(rows, "wsbridge", &media(|m| m.jitter_max_ms))),
         ],
         Some((5.0, "p99 target, 5 ms")),
     )?;
+    let gaps = per_endpoint(rows, &media(|m| m.gaps_per_call_minute));
+    panel(&areas[2], "Playout gaps (goal: 0)", "underruns per call-minute", &gaps, None)?;
+    let latency = per_endpoint(rows, &media(|m| m.mark_delay_mean_ms));
+    panel(&areas[3], "Playout latency, mean", "mark sent to mark played, ms", &latency, None)?;
     root.present().map_err(|e| e.to_string())
 }
