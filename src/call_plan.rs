@@ -9,7 +9,7 @@ use crate::cause::HangupCause;
 use crate::security;
 use crate::settings::server::{RawSettings, VariableSource};
 use crate::settings::tuning::Reader;
-use crate::settings::{CallSettings, CallTuning, ModuleConfig, MAX_HEADERS_BYTES};
+use crate::settings::{CallSettings, CallTuning, ModuleConfig, FALLBACK_URIS, MAX_HEADERS_BYTES};
 
 /// Where a call's settings come from.
 pub struct CallSources<'a> {
@@ -69,6 +69,10 @@ pub fn plan_call(sources: &CallSources<'_>, config: &ModuleConfig) -> Result<Cal
     let max_headers_bytes = Reader::of_variables(&tuning_source).integer_or_default(&MAX_HEADERS_BYTES) as usize;
 
     let mut raw = RawSettings::gather(sources.originate, sources.a_leg, sources.destination);
+    if raw.fallback_uris.is_none() {
+        raw.fallback_uris =
+            tuning_source(&FALLBACK_URIS.variable().unwrap_or_default()).filter(|t| !t.trim().is_empty());
+    }
     raw.default_uri = config.default_uri.clone();
     raw.default_content_type = config.default_content_type.clone();
     let server = raw.resolve(max_headers_bytes).map_err(|error| refuse(error.to_string(), error.cause()))?;
@@ -78,9 +82,16 @@ pub fn plan_call(sources: &CallSources<'_>, config: &ModuleConfig) -> Result<Cal
         let why = format!("the URI {shown_uri} came from a SIP header, and allow-sip-header-uri is false");
         return Err(refuse(why, HangupCause::OutgoingCallBarred));
     }
-    if !security::allows(&config.allowed_hosts, &server.uri) {
-        let why = format!("{}:{} is not in allowed-hosts", server.uri.host, server.uri.port);
+    if raw.fallbacks_from_sip_header && !config.allow_sip_header_uri {
+        let why = "the fallback URIs came from a SIP header, and allow-sip-header-uri is false";
         return Err(refuse(why, HangupCause::OutgoingCallBarred));
+    }
+    // Every server is checked before any connection is made.
+    for uri in std::iter::once(&server.uri).chain(&server.fallbacks) {
+        if !security::allows(&config.allowed_hosts, uri) {
+            let why = format!("{}:{} is not in allowed-hosts", uri.host, uri.port);
+            return Err(refuse(why, HangupCause::OutgoingCallBarred));
+        }
     }
     let mut tuning = tuning.map_err(|why| refuse(why, HangupCause::InvalidIeContents))?;
     tuning.session.max_connecting = config.max_connecting;
@@ -166,6 +177,28 @@ mod tests {
         let sip = [("sip_h_P-wsbridge-websocket-uri", "ws://bots.example.com/")];
         assert_eq!(refusal(&[], Some(&sip), &guarded), HangupCause::OutgoingCallBarred, "URI from a SIP header");
         assert!(plan(&[], Some(&[(URI, "ws://bots.example.com/")]), None, &guarded).is_ok(), "a bare A-leg variable");
+    }
+
+    #[test]
+    fn fallbacks_are_parsed_and_each_is_checked_before_any_connection() {
+        let open = ModuleConfig::default();
+        let plan = plan(&[("wsbridge_fallback_uris", "ws%3A%2F%2Fb%3A2%2F ws://c:3/")], None, Some("ws://a:1/"), &open)
+            .unwrap();
+        let ports: Vec<u16> = plan.server.fallbacks.iter().map(|uri| uri.port).collect();
+        assert_eq!(ports, [2, 3]);
+        let header = [("P-wsbridge-websocket-fallback-uris", "ws://d:4/"), ("wsbridge_fallback_uris", "ws://e:5/")];
+        let plan = super::tests::plan(&header, None, Some("ws://a:1/"), &open).unwrap();
+        assert_eq!(plan.server.fallbacks[0].port, 4, "the P- variable wins");
+        let guarded = config(&[("allowed-hosts", "a:1"), ("allow-sip-header-uri", "false")]);
+        let barred = [("wsbridge_fallback_uris", "ws://a:1/ ws://elsewhere:9/")];
+        let barred_plan = super::tests::plan(&barred, None, Some("ws://a:1/"), &guarded);
+        assert_eq!(barred_plan.unwrap_err().cause, HangupCause::OutgoingCallBarred, "a barred fallback");
+        let refusal_of =
+            |pairs: &[(&str, &str)]| super::tests::plan(pairs, None, Some("ws://a:1/"), &open).unwrap_err().cause;
+        assert_eq!(refusal_of(&[("wsbridge_fallback_uris", "ftp://x/")]), HangupCause::InvalidUrl);
+        let sip = [("sip_h_P-wsbridge-websocket-fallback-uris", "ws://a:1/")];
+        let from_sip = super::tests::plan(&[("P-wsbridge-websocket-uri", "ws://a:1/")], Some(&sip), None, &guarded);
+        assert_eq!(from_sip.unwrap_err().cause, HangupCause::OutgoingCallBarred, "fallbacks from a SIP header");
     }
 
     #[test]

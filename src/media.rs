@@ -81,7 +81,18 @@ pub struct CallMedia {
     close: Mutex<Option<(u16, String)>>,
     /// The caller hung up on an open socket: what is queued will still be sent.
     caller_flush: AtomicBool,
+    reconnection: Mutex<Reconnection>,
     pub stats: MediaStats,
+}
+
+/// Which server the call talks to, and how often it had to find one again.
+#[derive(Debug, Clone, Default)]
+struct Reconnection {
+    server: String,
+    reconnecting: bool,
+    reconnects: u64,
+    /// Time without a server, over all reconnects.
+    gap_ms: u64,
 }
 
 /// The close reason when the caller hangs up.
@@ -122,6 +133,7 @@ impl CallMedia {
             connect_ms: AtomicU64::new(u64::MAX),
             close: Mutex::new(None),
             caller_flush: AtomicBool::new(false),
+            reconnection: Mutex::new(Reconnection::default()),
             stats: MediaStats::default(),
         }
     }
@@ -188,9 +200,28 @@ impl CallMedia {
         self.open.load(Ordering::Acquire)
     }
 
-    pub fn mark_open(&self) {
+    /// The session with `server` is open: caller audio is queued for it from now on.
+    pub fn mark_open(&self, server: &str) {
         self.connect_ms.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.set_server(server);
         self.open.store(true, Ordering::Release);
+    }
+
+    /// The server the call is talking to (as it may be logged).
+    pub fn set_server(&self, server: &str) {
+        lock(&self.reconnection).server = server.to_string();
+    }
+
+    pub fn set_reconnecting(&self, reconnecting: bool) {
+        lock(&self.reconnection).reconnecting = reconnecting;
+    }
+
+    /// Counts a reconnect after `gap_ms` without a server; returns the count so far.
+    pub fn count_reconnect(&self, gap_ms: u64) -> u64 {
+        let mut reconnection = lock(&self.reconnection);
+        reconnection.reconnects += 1;
+        reconnection.gap_ms += gap_ms;
+        reconnection.reconnects
     }
 
     /// The close code and reason of the WebSocket, whichever side closed it.
@@ -224,6 +255,9 @@ impl CallMedia {
 
     /// For the status API.
     pub fn state(&self) -> &'static str {
+        if lock(&self.reconnection).reconnecting && !self.is_caller_gone() {
+            return "reconnecting";
+        }
         match (self.is_open(), self.is_caller_gone(), lock(&self.close).is_some()) {
             (_, _, true) => "closed",
             (_, true, false) => "closing",
@@ -264,6 +298,12 @@ impl CallMedia {
         if connect_ms != u64::MAX {
             report.push(("wsbridge_connect_ms", connect_ms.to_string()));
         }
+        let reconnection = lock(&self.reconnection).clone();
+        if !reconnection.server.is_empty() {
+            report.push(("wsbridge_server_uri", reconnection.server));
+        }
+        report.push(("wsbridge_reconnects", reconnection.reconnects.to_string()));
+        report.push(("wsbridge_gap_ms", reconnection.gap_ms.to_string()));
         if let Some((code, reason)) = lock(&self.close).clone() {
             report.push(("wsbridge_close_code", code.to_string()));
             report.push(("wsbridge_close_reason", reason));

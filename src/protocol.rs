@@ -103,6 +103,13 @@ pub fn dtmf_event(digit: char, duration_ms: u32) -> String {
     format!(" {}", json!({ "digit": digit.to_string(), "duration": duration_ms }))
 }
 
+/// Sent after the first message of a reconnected session, so a server that
+/// keeps state can tie the new connection to the call.
+pub fn resumed_event(uuid: &str, gap_ms: u64, reconnects: u64, dropped_frames: u64) -> String {
+    json!({ "event": "resumed", "uuid": uuid, "gap_ms": gap_ms, "reconnects": reconnects, "dropped_frames": dropped_frames })
+        .to_string()
+}
+
 pub fn cleared_event() -> String {
     json!({ "event": "cleared" }).to_string()
 }

@@ -20,7 +20,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use crate::cause::HangupCause;
 use crate::media::{CallMedia, CALLER_HUNG_UP};
 use crate::protocol::{self, Control};
-use crate::settings::{CallSettings, FirstMessageStyle};
+use crate::settings::{CallSettings, FirstMessageStyle, ServerUri};
 use crate::uplink::Outgoing;
 use crate::websocket::{self, Connection, TlsOptions};
 
@@ -35,6 +35,8 @@ pub trait CallControl: Send + Sync + 'static {
     fn send_dtmf(&self, digits: &str, duration_ms: u32);
     /// Announces something that happened (an event for event-socket consumers).
     fn event(&self, event: CallEvent);
+    /// The call's identity for the server (the wsbridge leg's UUID).
+    fn call_id(&self) -> &str;
 }
 
 /// What a session announces, for the FreeSWITCH events `wsbridge::<kind>`.
@@ -59,6 +61,16 @@ pub enum CallEvent {
         name: String,
         cleared: bool,
     },
+    /// The WebSocket failed mid-call; the module is reconnecting.
+    Reconnecting {
+        why: String,
+    },
+    /// A server took the call back after `gap_ms` without one.
+    Reconnected {
+        uri: String,
+        gap_ms: u64,
+        reconnects: u64,
+    },
 }
 
 impl CallEvent {
@@ -70,6 +82,8 @@ impl CallEvent {
             CallEvent::Error { .. } => "error",
             CallEvent::Message { .. } => "message",
             CallEvent::Mark { .. } => "mark",
+            CallEvent::Reconnecting { .. } => "reconnecting",
+            CallEvent::Reconnected { .. } => "reconnected",
         }
     }
 }
@@ -94,6 +108,8 @@ pub struct SessionOptions {
     pub http_headers: Vec<(String, String)>,
     /// Most connection attempts in progress at once, module-wide.
     pub max_connecting: usize,
+    /// How long a call may live without its WebSocket after a network failure; zero: hang up at once.
+    pub reconnect: Duration,
 }
 
 static CONNECTING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -133,6 +149,7 @@ impl Default for SessionOptions {
             tls: TlsOptions::default(),
             http_headers: Vec::new(),
             max_connecting: MAX_CONNECTING.integer_default() as usize,
+            reconnect: ms(&RECONNECT_MS),
         }
     }
 }
@@ -274,34 +291,41 @@ const READ_BUFFER_BYTES: usize = 8 * 1024;
 type Sink = futures_util::stream::SplitSink<Connection, Message>;
 type Stream = futures_util::stream::SplitStream<Connection>;
 
-/// Opens, runs and finishes the session.
+/// Opens the session, runs it (reconnecting after network failures while
+/// the budget allows), and finishes it.
 async fn converse(
     settings: &CallSettings,
     media: &CallMedia,
     control: &impl CallControl,
     options: &SessionOptions,
 ) -> SessionEnd {
-    // Tokens in the query never reach a log or an event.
-    let uri = &crate::security::redact_uri(&settings.uri.text);
-    let connection = match open(settings, media, control, options, uri).await {
-        Ok(connection) => connection,
+    let (connection, mut uri) = match open(settings, media, control, options).await {
+        Ok(opened) => opened,
         Err(end) => return end,
     };
     let (mut sink, mut stream) = connection.split();
-    // Taken off the queue but not yet sent; kept across a caller hangup so the flush sends it.
+    // Taken off the queue but not yet sent; kept across a reconnect or a caller hangup.
     let mut unsent = VecDeque::new();
-    let ended = exchange(&mut sink, &mut stream, &mut unsent, media, control, options).await;
-    finish(ended, &mut sink, &mut stream, &mut unsent, media, control, options, uri).await
+    loop {
+        let ended = exchange(&mut sink, &mut stream, &mut unsent, media, control, options).await;
+        let Some(failure) = recoverable(&ended, options, &uri) else {
+            return finish(ended, &mut sink, &mut stream, &mut unsent, media, control, options, &uri).await;
+        };
+        let (connection, server) = match reconnect(settings, media, control, options, failure).await {
+            Ok(reconnected) => reconnected,
+            Err(end) => return end,
+        };
+        uri = server;
+        (sink, stream) = connection.split();
+    }
 }
 
-/// Connects, sends the first message and answers the call.
-async fn open(
-    settings: &CallSettings,
-    media: &CallMedia,
-    control: &impl CallControl,
-    options: &SessionOptions,
-    uri: &str,
-) -> Result<Connection, SessionEnd> {
+/// Every server in the order tried: the URI, then each fallback.
+fn servers(settings: &CallSettings) -> impl Iterator<Item = &ServerUri> {
+    std::iter::once(&settings.uri).chain(&settings.fallbacks)
+}
+
+fn websocket_config(options: &SessionOptions) -> WebSocketConfig {
     let mut config = WebSocketConfig::default();
     // tungstenite zero-fills this much before every socket read; its 128 KiB
     // default costs more than the read itself and stays resident per call.
@@ -309,40 +333,195 @@ async fn open(
     let largest = options.max_message_bytes.max(options.max_text_bytes);
     config.max_message_size = Some(largest);
     config.max_frame_size = Some(largest);
+    config
+}
 
+/// One server: TCP, TLS, the upgrade and the first message, within the connect timeout.
+async fn connect_one(
+    server: &ServerUri,
+    settings: &CallSettings,
+    options: &SessionOptions,
+    limit: Duration,
+) -> Result<Connection, String> {
+    let shown = crate::security::redact_uri(&server.text);
+    let opening = async {
+        let mut connection = websocket::connect(server, websocket_config(options), &options.tls, &options.http_headers)
+            .await
+            .map_err(|error| format!("cannot reach {shown}: {error}"))?;
+        connection
+            .send(Message::text(settings.first_message(options.first_message)))
+            .await
+            .map_err(|error| format!("cannot reach {shown}: sending the first message failed: {error}"))?;
+        Ok::<Connection, String>(connection)
+    };
+    match timeout(limit, opening).await {
+        Ok(result) => result,
+        Err(_) => Err(format!("no WebSocket session with {shown} within {} ms", limit.as_millis())),
+    }
+}
+
+/// Tries each server in turn, each with its own connect timeout (cut to
+/// `deadline` when given); the first that completes the session wins.
+async fn connect_any(
+    settings: &CallSettings,
+    options: &SessionOptions,
+    deadline: Option<tokio::time::Instant>,
+) -> Result<(Connection, String), String> {
+    let mut failures = Vec::new();
+    for server in servers(settings) {
+        let limit = match deadline {
+            Some(deadline) => {
+                options.connect_timeout.min(deadline.saturating_duration_since(tokio::time::Instant::now()))
+            }
+            None => options.connect_timeout,
+        };
+        if limit.is_zero() {
+            break;
+        }
+        match connect_one(server, settings, options, limit).await {
+            Ok(connection) => return Ok((connection, crate::security::redact_uri(&server.text))),
+            Err(why) => {
+                if !settings.fallbacks.is_empty() {
+                    tracing::warn!("{why}; trying the next server");
+                }
+                failures.push(why);
+            }
+        }
+    }
+    Err(failures.join("; "))
+}
+
+/// Connects to the first server that answers, sends the first message and answers the call.
+async fn open(
+    settings: &CallSettings,
+    media: &CallMedia,
+    control: &impl CallControl,
+    options: &SessionOptions,
+) -> Result<(Connection, String), SessionEnd> {
     let Some(slot) = ConnectingSlot::take(options.max_connecting) else {
+        let uri = crate::security::redact_uri(&settings.uri.text);
         return Err(failed(
             HangupCause::DestinationOutOfOrder,
             format!("{} connection attempts already in progress; not connecting to {uri}", options.max_connecting),
         ));
     };
-    let opening = async {
-        let mut connection = websocket::connect(&settings.uri, config, &options.tls, &options.http_headers)
-            .await
-            .map_err(|error| error.to_string())?;
-        connection
-            .send(Message::text(settings.first_message(options.first_message)))
-            .await
-            .map_err(|error| format!("sending the first message failed: {error}"))?;
-        Ok::<Connection, String>(connection)
-    };
-    let connection = tokio::select! {
+    let (connection, uri) = tokio::select! {
         _ = media.caller_gone() => return Err(SessionEnd::CallerHungUp),
-        opened = timeout(options.connect_timeout, opening) => match opened {
-            Err(_) => return Err(failed(HangupCause::DestinationOutOfOrder, format!(
-                "no WebSocket session with {uri} within {} ms", options.connect_timeout.as_millis()))),
-            Ok(Err(why)) => return Err(failed(HangupCause::DestinationOutOfOrder, format!("cannot reach {uri}: {why}"))),
-            Ok(Ok(connection)) => connection,
+        opened = connect_any(settings, options, None) => match opened {
+            Ok(opened) => opened,
+            Err(why) => return Err(failed(HangupCause::DestinationOutOfOrder, why)),
         },
     };
     drop(slot);
     tracing::info!("WebSocket to {uri} open ({}); answering", settings.content_type);
-    media.mark_open();
-    control.event(CallEvent::Connect { uri: uri.to_string(), connect_ms: media.connect_ms().unwrap_or(0) });
+    media.mark_open(&uri);
+    control.event(CallEvent::Connect { uri: uri.clone(), connect_ms: media.connect_ms().unwrap_or(0) });
     if !control.answer() {
         media.caller_hung_up();
     }
-    Ok(connection)
+    Ok((connection, uri))
+}
+
+/// A network failure the call may survive, with the cause it hangs up with
+/// when the reconnect budget runs out. A close frame is never one: the
+/// server chose to end the call.
+struct Failure {
+    cause: HangupCause,
+    why: String,
+}
+
+fn recoverable(ended: &Ended, options: &SessionOptions, uri: &str) -> Option<Failure> {
+    if options.reconnect.is_zero() {
+        return None;
+    }
+    let (cause, why) = match ended {
+        Ended::Read(ReadEnd::Eof) => {
+            (HangupCause::NetworkOutOfOrder, format!("{uri} closed the connection without a close frame"))
+        }
+        Ended::Read(ReadEnd::Error(WsError::Protocol(error)))
+            if !matches!(error, ProtocolError::ResetWithoutClosingHandshake) =>
+        {
+            return None
+        }
+        Ended::Read(ReadEnd::Error(error)) => {
+            (HangupCause::NetworkOutOfOrder, format!("WebSocket to {uri} failed: {error}"))
+        }
+        Ended::Write(error) => (HangupCause::NetworkOutOfOrder, format!("sending to {uri} failed: {error}")),
+        Ended::DeadPeer(silent) => (
+            HangupCause::RecoveryOnTimerExpire,
+            format!("nothing from {uri} for {} ms, pings unanswered", silent.as_millis()),
+        ),
+        Ended::CallerGone | Ended::Read(ReadEnd::Closed(_)) | Ended::Read(ReadEnd::TooBig(_)) => return None,
+    };
+    Some(Failure { cause, why })
+}
+
+/// Waits between reconnect attempts: at once, then 100, 250 and 500 ms, then every second.
+fn backoff(attempt: usize) -> Duration {
+    const STEPS_MS: [u64; 4] = [0, 100, 250, 500];
+    Duration::from_millis(STEPS_MS.get(attempt).copied().unwrap_or(1000))
+}
+
+/// Reconnects after `failure` within the budget, trying every server each
+/// time; then resends the first message and says `resumed`. Meanwhile the
+/// caller hears what is queued and then comfort noise, and caller audio and
+/// DTMF wait in the uplink queue.
+async fn reconnect(
+    settings: &CallSettings,
+    media: &CallMedia,
+    control: &impl CallControl,
+    options: &SessionOptions,
+    failure: Failure,
+) -> Result<(Connection, String), SessionEnd> {
+    let gap_started = tokio::time::Instant::now();
+    let deadline = gap_started + options.reconnect;
+    let dropped_before = media.dropped_uplink_frames();
+    tracing::warn!("{}; reconnecting for up to {} ms", failure.why, options.reconnect.as_millis());
+    media.set_reconnecting(true);
+    control.event(CallEvent::Reconnecting { why: failure.why.clone() });
+    let mut attempt = 0;
+    let mut last_error = failure.why.clone();
+    let attempts = async {
+        loop {
+            let wait_until = (tokio::time::Instant::now() + backoff(attempt)).min(deadline);
+            tokio::time::sleep_until(wait_until).await;
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            attempt += 1;
+            match connect_any(settings, options, Some(deadline)).await {
+                Ok(connected) => return Some(connected),
+                Err(why) => last_error = why,
+            }
+        }
+    };
+    let connected = tokio::select! {
+        _ = media.caller_gone() => {
+            media.set_reconnecting(false);
+            return Err(SessionEnd::CallerHungUp);
+        }
+        connected = attempts => connected,
+    };
+    media.set_reconnecting(false);
+    let Some((mut connection, uri)) = connected else {
+        let why = format!(
+            "{}; no server took the call back within {} ms ({last_error})",
+            failure.why,
+            options.reconnect.as_millis()
+        );
+        return Err(failed(failure.cause, why));
+    };
+    let gap_ms = gap_started.elapsed().as_millis() as u64;
+    let reconnects = media.count_reconnect(gap_ms);
+    let dropped = media.dropped_uplink_frames() - dropped_before;
+    let resumed = protocol::resumed_event(control.call_id(), gap_ms, reconnects, dropped);
+    if let Err(error) = connection.send(Message::text(resumed)).await {
+        return Err(failed(failure.cause, format!("sending resumed to {uri} failed: {error}")));
+    }
+    media.set_server(&uri);
+    tracing::info!("WebSocket to {uri} open again after {gap_ms} ms (reconnect {reconnects})");
+    control.event(CallEvent::Reconnected { uri: uri.clone(), gap_ms, reconnects });
+    Ok((connection, uri))
 }
 
 /// Moves audio and messages both ways until one side ends the session.
@@ -559,6 +738,10 @@ async fn write_loop(
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         interval
     });
+    // What a broken connection left unsent goes first on the new one.
+    if let Err(error) = send_batch(sink, batch, control).await {
+        return error;
+    }
     loop {
         let ping_due = async {
             match pings.as_mut() {
@@ -634,6 +817,9 @@ mod tests {
         }
         fn event(&self, event: CallEvent) {
             self.0.lock().unwrap().push(format!("event {}", event.kind()));
+        }
+        fn call_id(&self) -> &str {
+            "test-call"
         }
     }
 
@@ -961,6 +1147,9 @@ mod tests {
         fn event(&self, event: CallEvent) {
             self.0.event(event)
         }
+        fn call_id(&self) -> &str {
+            "test-call"
+        }
     }
 
     #[tokio::test]
@@ -977,5 +1166,131 @@ mod tests {
         );
         assert_eq!(control.0.events(), vec!["hangup CRASH"]);
         assert!(media.is_caller_gone(), "the call's media is told it is over");
+    }
+
+    fn with_fallback(port: u16, fallback_port: u16) -> CallSettings {
+        let mut settings = settings(port, 8000);
+        settings.fallbacks = vec![ServerUri::parse(&format!("ws://127.0.0.1:{fallback_port}/fallback")).unwrap()];
+        settings
+    }
+
+    fn reconnecting(budget_ms: u64) -> SessionOptions {
+        SessionOptions { reconnect: Duration::from_millis(budget_ms), ..SessionOptions::default() }
+    }
+
+    #[tokio::test]
+    async fn a_refused_primary_falls_back_to_the_next_server() {
+        let (closed, port) = listener().await;
+        drop(closed);
+        let (listener, fallback_port) = listener().await;
+        let media = Arc::new(CallMedia::new(ContentType { rate: 8000 }, MediaLimits::default()));
+        let control = Recorder::default();
+        let task = tokio::spawn(run(
+            with_fallback(port, fallback_port),
+            media.clone(),
+            control.clone(),
+            SessionOptions::default(),
+        ));
+        let mut server = accept(&listener, true).await;
+        assert!(server.next().await.unwrap().unwrap().is_text(), "the first message goes to the fallback");
+        assert!(media
+            .report()
+            .iter()
+            .any(|(name, value)| *name == "wsbridge_server_uri" && value.ends_with("/fallback")));
+        server.close(None).await.unwrap();
+        assert_eq!(task.await.unwrap(), SessionEnd::ServerClosed { code: None, reason: String::new() });
+        assert_eq!(control.events(), vec!["answer", "hangup NORMAL_CLEARING"]);
+    }
+
+    /// A reset mid-call: the same server takes the call back, hears the first
+    /// message again and `resumed`, and caller audio queued in the gap reaches it.
+    #[tokio::test]
+    async fn a_reset_mid_call_reconnects_and_resumes() {
+        let (listener, port) = listener().await;
+        let media = Arc::new(CallMedia::new(ContentType { rate: 8000 }, MediaLimits::default()));
+        let control = Recorder::default();
+        let task = tokio::spawn(run(settings(port, 8000), media.clone(), control.clone(), reconnecting(3000)));
+        let mut first = accept(&listener, true).await;
+        let greeting = first.next().await.unwrap().unwrap().into_text().unwrap().to_string();
+        drop(first); // a TCP close without a close frame
+                     // Caller audio of the gap: queued once the module knows the connection is gone
+                     // (what it wrote into the dead socket before that is lost, as with any TCP peer).
+        while media.state() != "reconnecting" {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        media.send_audio(Bytes::from(vec![7u8; 320]));
+        let mut second = accept(&listener, true).await;
+        assert_eq!(
+            second.next().await.unwrap().unwrap().into_text().unwrap().as_str(),
+            greeting,
+            "the first message again"
+        );
+        let resumed: serde_json::Value =
+            serde_json::from_str(second.next().await.unwrap().unwrap().into_text().unwrap().as_str()).unwrap();
+        assert_eq!(resumed["event"], "resumed");
+        assert_eq!(resumed["uuid"], "test-call");
+        assert_eq!(resumed["reconnects"], 1);
+        assert!(resumed["gap_ms"].as_u64().unwrap() < 3000);
+        let frame = loop {
+            if let Message::Binary(data) = second.next().await.unwrap().unwrap() {
+                break data;
+            }
+        };
+        assert_eq!(frame[0], 7, "caller audio from the gap reaches the new connection");
+        second.close(None).await.unwrap();
+        assert_eq!(task.await.unwrap().hangup_cause(), Some(HangupCause::NormalClearing));
+        assert_eq!(control.announced(), vec!["connect", "reconnecting", "reconnected", "disconnect"]);
+        let report = media.report();
+        assert!(report.contains(&("wsbridge_reconnects", "1".to_string())), "{report:?}");
+    }
+
+    #[tokio::test]
+    async fn a_server_gone_for_good_hangs_up_when_the_budget_is_spent() {
+        let (listener, port) = listener().await;
+        let media = Arc::new(CallMedia::new(ContentType { rate: 8000 }, MediaLimits::default()));
+        let control = Recorder::default();
+        let task = tokio::spawn(run(settings(port, 8000), media.clone(), control.clone(), reconnecting(1000)));
+        let mut server = accept(&listener, true).await;
+        server.next().await.unwrap().unwrap();
+        drop(listener);
+        let gone_at = tokio::time::Instant::now();
+        drop(server);
+        let end = task.await.unwrap();
+        let took = gone_at.elapsed();
+        assert_eq!(end.hangup_cause(), Some(HangupCause::NetworkOutOfOrder), "{end:?}");
+        assert!(took >= Duration::from_millis(900) && took <= Duration::from_millis(1500), "hung up after {took:?}");
+        assert_eq!(control.events(), vec!["answer", "hangup NETWORK_OUT_OF_ORDER"]);
+    }
+
+    #[tokio::test]
+    async fn a_close_frame_ends_the_call_even_with_reconnect_on() {
+        let (listener, port) = listener().await;
+        let media = Arc::new(CallMedia::new(ContentType { rate: 8000 }, MediaLimits::default()));
+        let control = Recorder::default();
+        let task = tokio::spawn(run(settings(port, 8000), media.clone(), control.clone(), reconnecting(5000)));
+        let mut server = accept(&listener, true).await;
+        server.next().await.unwrap().unwrap();
+        let started = tokio::time::Instant::now();
+        server.close(None).await.unwrap();
+        assert_eq!(task.await.unwrap().hangup_cause(), Some(HangupCause::NormalClearing));
+        assert!(started.elapsed() < Duration::from_millis(500));
+    }
+
+    #[tokio::test]
+    async fn the_caller_hanging_up_during_a_reconnect_ends_it_at_once() {
+        let (listener, port) = listener().await;
+        let media = Arc::new(CallMedia::new(ContentType { rate: 8000 }, MediaLimits::default()));
+        let control = Recorder::default();
+        let task = tokio::spawn(run(settings(port, 8000), media.clone(), control.clone(), reconnecting(60_000)));
+        let mut server = accept(&listener, true).await;
+        server.next().await.unwrap().unwrap();
+        drop(listener);
+        drop(server);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(media.state(), "reconnecting");
+        let hung_up = tokio::time::Instant::now();
+        media.caller_hung_up();
+        assert_eq!(task.await.unwrap(), SessionEnd::CallerHungUp);
+        assert!(hung_up.elapsed() < Duration::from_millis(200));
     }
 }

@@ -251,6 +251,10 @@ impl CallControl for LocatedCall {
         events::fire(&self.uuid, &event);
     }
 
+    fn call_id(&self) -> &str {
+        &self.uuid
+    }
+
     fn send_dtmf(&self, digits: &str, duration_ms: u32) {
         // Queued on our leg as if received, so a bridge passes it to the caller.
         self.with_channel(|channel| digits.chars().for_each(|digit| channel.queue_dtmf(digit, duration_ms)));

@@ -6,8 +6,15 @@ use super::ffi::{self, LocatedSession};
 use super::registry;
 use crate::session::CallEvent;
 
-pub const SUBCLASSES: [&CStr; 5] =
-    [c"wsbridge::connect", c"wsbridge::disconnect", c"wsbridge::error", c"wsbridge::message", c"wsbridge::mark"];
+pub const SUBCLASSES: [&CStr; 7] = [
+    c"wsbridge::connect",
+    c"wsbridge::disconnect",
+    c"wsbridge::error",
+    c"wsbridge::message",
+    c"wsbridge::mark",
+    c"wsbridge::reconnecting",
+    c"wsbridge::reconnected",
+];
 const OWNER: &CStr = c"mod_wsbridge";
 
 pub fn reserve_subclasses() -> Result<(), String> {
@@ -35,6 +42,15 @@ fn describe(event: &CallEvent) -> (Vec<(&'static str, String)>, Option<&str>) {
         ),
         CallEvent::Error { what } => (vec![("WSBridge-Error", what.clone())], None),
         CallEvent::Message { body } => (Vec::new(), Some(body.as_str())),
+        CallEvent::Reconnecting { why } => (vec![("WSBridge-Error", why.clone())], None),
+        CallEvent::Reconnected { uri, gap_ms, reconnects } => (
+            vec![
+                ("WSBridge-URI", uri.clone()),
+                ("WSBridge-Gap-MS", gap_ms.to_string()),
+                ("WSBridge-Reconnects", reconnects.to_string()),
+            ],
+            None,
+        ),
         CallEvent::Mark { name, cleared } => {
             (vec![("WSBridge-Mark-Name", name.clone()), ("WSBridge-Mark-Cleared", cleared.to_string())], None)
         }

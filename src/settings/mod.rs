@@ -17,8 +17,8 @@ pub mod tuning;
 
 pub use module_conf::ModuleConfig;
 pub use server::{
-    url_decode, CallSettings, ContentType, FirstMessageStyle, RawSettings, Scheme, ServerUri, SettingsError,
-    VariableSource, FRAME_MS, SUPPORTED_RATES,
+    parse_uri_list, url_decode, CallSettings, ContentType, FirstMessageStyle, RawSettings, Scheme, ServerUri,
+    SettingsError, VariableSource, FRAME_MS, SUPPORTED_RATES,
 };
 pub use tuning::CallTuning;
 
@@ -38,6 +38,8 @@ pub enum Kind {
     /// A JSON value, given plain or URL-encoded (dial strings split `{...}`
     /// variables on commas, so operators encode JSON there); unset by default.
     Json,
+    /// Server URIs separated by spaces, given plain or URL-encoded; none by default.
+    UriList,
 }
 
 /// Whether a call can set it with a channel variable, or only `wsbridge.conf`.
@@ -103,7 +105,7 @@ impl Setting {
         }
         match self.kind {
             Kind::Integer { default: Some(default), .. } => default.to_string(),
-            Kind::Integer { default: None, .. } | Kind::Text | Kind::Json => "unset".to_string(),
+            Kind::Integer { default: None, .. } | Kind::Text | Kind::Json | Kind::UriList => "unset".to_string(),
             Kind::Level { default, .. } => default.to_string(),
             Kind::Flag { default } => default.to_string(),
             Kind::Choice { default, .. } => default.to_string(),
@@ -119,6 +121,7 @@ impl Setting {
             Kind::Choice { choices, .. } => choices.join(" or "),
             Kind::Text => "text".to_string(),
             Kind::Json => "JSON, plain or URL-encoded".to_string(),
+            Kind::UriList => "ws(s) URIs separated by spaces, plain or URL-encoded".to_string(),
         }
     }
 }
@@ -157,7 +160,7 @@ pub const PLAYOUT_LOW_WATER_MS: Setting = Setting {
 };
 pub const PLAYOUT_TARGET_MS: Setting = per_call(
     "playout-target-ms",
-    integer(40, 0, 1000),
+    integer(60, 0, 1000),
     "the jitter buffer's smallest target: server audio plays once this much is queued, and the target grows with the measured jitter; 0 plays each frame as soon as it is complete",
 );
 pub const PLAYOUT_TARGET_MAX_MS: Setting =
@@ -186,6 +189,16 @@ pub const DEAD_PEER_TIMEOUT_MS: Setting = per_call(
     "dead-peer-timeout-ms",
     integer(60_000, 0, HOUR_MS),
     "hang up (`RECOVERY_ON_TIMER_EXPIRE`) when nothing, not even a pong, has come from the server for this long; 0: never",
+);
+pub const FALLBACK_URIS: Setting = per_call(
+    "fallback-uris",
+    Kind::UriList,
+    "servers tried in order when the URI cannot be reached, at setup and on reconnect; also the SIP header `P-wsbridge-websocket-fallback-uris`",
+);
+pub const RECONNECT_MS: Setting = per_call(
+    "reconnect-ms",
+    integer(0, 0, 600_000),
+    "how long a call may live without its WebSocket after a network failure, reconnecting meanwhile; 0 hangs up at once",
 );
 pub const FIRST_MESSAGE: Setting = per_call(
     "first-message",
@@ -271,6 +284,8 @@ pub const TABLE: &[Setting] = &[
     MAX_HEADERS_BYTES,
     PING_INTERVAL_MS,
     DEAD_PEER_TIMEOUT_MS,
+    FALLBACK_URIS,
+    RECONNECT_MS,
     FIRST_MESSAGE,
     CNG_FRAMES,
     TLS_CA_FILE,

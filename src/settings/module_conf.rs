@@ -172,6 +172,7 @@ mod tests {
             let sample = match setting.kind {
                 super::super::Kind::Flag { .. } => "true".to_string(),
                 super::super::Kind::Json => "{}".to_string(),
+                super::super::Kind::UriList => "ws://h/ wss://g/".to_string(),
                 _ => setting.default_shown().replace("5/6 of the max", "50000").replace("2/3 of the max", "40000"),
             };
             let sample = if sample == "unset" { "/x".to_string() } else { sample };

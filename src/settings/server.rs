@@ -12,6 +12,8 @@ use crate::cause::HangupCause;
 pub const URI_VARIABLE: &str = "P-wsbridge-websocket-uri";
 pub const CONTENT_TYPE_VARIABLE: &str = "P-wsbridge-websocket-content-type";
 pub const HEADERS_VARIABLE: &str = "P-wsbridge-websocket-headers";
+/// Further servers, separated by spaces, tried in order after the URI.
+pub const FALLBACK_URIS_VARIABLE: &str = "P-wsbridge-websocket-fallback-uris";
 /// mod_sofia stores an inbound INVITE header `P-Foo` as the variable `sip_h_P-Foo`.
 pub const SIP_HEADER_PREFIX: &str = "sip_h_";
 pub const FRAME_MS: u32 = 20;
@@ -147,6 +149,8 @@ impl ServerUri {
 #[derive(Debug, Clone, PartialEq)]
 pub struct CallSettings {
     pub uri: ServerUri,
+    /// Tried in order when the URI cannot be reached, at setup and on reconnect.
+    pub fallbacks: Vec<ServerUri>,
     pub content_type: ContentType,
     /// The headers object, keys in the order given.
     pub headers: Map<String, Value>,
@@ -218,7 +222,7 @@ impl SettingsError {
             SettingsError::MissingUri => HangupCause::DestinationOutOfOrder,
             SettingsError::InvalidUri { .. } | SettingsError::UnsupportedScheme { .. } => HangupCause::InvalidUrl,
             SettingsError::BadEncoding { variable } => match *variable {
-                URI_VARIABLE => HangupCause::InvalidUrl,
+                URI_VARIABLE | FALLBACK_URIS_VARIABLE => HangupCause::InvalidUrl,
                 HEADERS_VARIABLE => HangupCause::InvalidIeContents,
                 _ => HangupCause::ServiceNotImplemented,
             },
@@ -320,6 +324,10 @@ pub struct RawSettings {
     pub destination: Option<String>,
     /// The URI came from an inbound INVITE's header.
     pub uri_from_sip_header: bool,
+    /// Fallback servers, still URL-encoded or plain, separated by spaces.
+    pub fallback_uris: Option<String>,
+    /// The fallbacks came from an inbound INVITE's header.
+    pub fallbacks_from_sip_header: bool,
     /// Used when neither a variable nor the destination names a server.
     pub default_uri: Option<String>,
     /// Used when no variable sets the content type.
@@ -333,7 +341,10 @@ impl RawSettings {
         destination: Option<&str>,
     ) -> Self {
         let uri = lookup_with_origin(URI_VARIABLE, originate, a_leg);
+        let fallbacks = lookup_with_origin(FALLBACK_URIS_VARIABLE, originate, a_leg);
         RawSettings {
+            fallbacks_from_sip_header: fallbacks.as_ref().is_some_and(|(_, from_sip)| *from_sip),
+            fallback_uris: fallbacks.map(|(value, _)| value),
             uri_from_sip_header: uri.as_ref().is_some_and(|(_, from_sip)| *from_sip),
             uri: uri.map(|(value, _)| value),
             content_type: lookup(CONTENT_TYPE_VARIABLE, originate, a_leg),
@@ -373,8 +384,18 @@ impl RawSettings {
             Some(raw) => parse_headers(raw, max_headers_bytes)?,
         };
 
-        Ok(CallSettings { uri, content_type, headers })
+        let fallbacks = match &self.fallback_uris {
+            None => Vec::new(),
+            Some(raw) => parse_uri_list(raw)?,
+        };
+        Ok(CallSettings { uri, fallbacks, content_type, headers })
     }
+}
+
+/// Server URIs separated by white space, given plain or URL-encoded.
+pub fn parse_uri_list(raw: &str) -> Result<Vec<ServerUri>, SettingsError> {
+    let decoded = url_decode(raw).ok_or(SettingsError::BadEncoding { variable: FALLBACK_URIS_VARIABLE })?;
+    decoded.split_whitespace().map(ServerUri::parse).collect()
 }
 
 fn parse_headers(raw: &str, limit: usize) -> Result<Map<String, Value>, SettingsError> {

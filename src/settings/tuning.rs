@@ -197,6 +197,16 @@ impl CallTuning {
         if let Some(timeout) = reader.integer(&DEAD_PEER_TIMEOUT_MS) {
             session.dead_peer_timeout = ms(timeout);
         }
+        if let Some(budget) = reader.integer(&RECONNECT_MS) {
+            session.reconnect = ms(budget);
+        }
+        // Checked here so a bad list in wsbridge.conf is reported; the list itself is the call plan's.
+        if let Some(text) = reader.text(&FALLBACK_URIS) {
+            if let Err(why) = parse_uri_list(&text) {
+                let name = reader.display(&FALLBACK_URIS);
+                reader.problems.push(format!("{name}='{text}' is not a list of server URIs ({why}); ignored"));
+            }
+        }
         // Checked here so a bad value in wsbridge.conf is reported; the limit itself is the call plan's.
         reader.integer(&MAX_HEADERS_BYTES);
         session.tls.ca_file = reader.path(&TLS_CA_FILE);
