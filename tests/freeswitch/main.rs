@@ -61,6 +61,7 @@ mod hostile;
 mod media;
 mod operating;
 mod playout;
+mod reconnect;
 mod trust;
 mod ws_server;
 
@@ -154,7 +155,8 @@ fn main() {
     // Each file declares its own tests with tests!; a new file needs its
     // `mod` line above and its TESTS here.
     let mut tests =
-        [calls::TESTS, hostile::TESTS, operating::TESTS, media::TESTS, playout::TESTS, trust::TESTS].concat();
+        [calls::TESTS, hostile::TESTS, operating::TESTS, media::TESTS, playout::TESTS, reconnect::TESTS, trust::TESTS]
+            .concat();
     // The longest first, so the rest run beside them (a stable sort: the
     // others keep their order).
     tests.sort_by_key(|test| std::cmp::Reverse(test.runs_seconds));

@@ -181,8 +181,19 @@ pub fn config_file_and_reloadxml(freeswitch: &FreeSwitch) {
         format!("sip_h_P-wsbridge-websocket-uri={}", crate::encode(&format!("{}/configured", router.base())));
     let barred = esl.api(&format!("originate {{{from_sip}}}wsbridge &park"));
     assert_eq!(barred.trim(), "-ERR OUTGOING_CALL_BARRED", "a URI from a SIP header, with allow-sip-header-uri=false");
+    let barred_fallback = format!(
+        "originate {{wsbridge_fallback_uris={}}}wsbridge/{}/allowed &park",
+        crate::encode("ws://example.com/"),
+        router.base()
+    );
+    assert_eq!(
+        esl.api(&barred_fallback).trim(),
+        "-ERR OUTGOING_CALL_BARRED",
+        "a barred fallback, before any connection"
+    );
     let log = std::fs::read_to_string(freeswitch.log_path()).unwrap();
     assert!(log.contains("127.0.0.1:9 is not in allowed-hosts"));
+    assert!(log.contains("example.com:80 is not in allowed-hosts"));
     assert!(log.contains("came from a SIP header, and allow-sip-header-uri is false"));
     let mut incoming = router.expect("/allowed");
     let uuid = ok_uuid(&esl.api(&format!("originate wsbridge/{}/allowed &park", router.base())));

@@ -92,6 +92,11 @@ pub struct Incoming {
 }
 
 impl Incoming {
+    /// The next connection, awaited on the test runtime.
+    pub async fn recv(&mut self) -> Option<Connection> {
+        self.receiver.recv().await
+    }
+
     pub fn next(&mut self, limit: Duration) -> Connection {
         runtime()
             .block_on(async { tokio::time::timeout(limit, self.receiver.recv()).await })
