@@ -1174,6 +1174,17 @@ mod tests {
         settings
     }
 
+    /// An 8 kHz call whose session runs against a fresh listener.
+    async fn started_call(
+        options: SessionOptions,
+    ) -> (TcpListener, Arc<CallMedia>, Recorder, tokio::task::JoinHandle<SessionEnd>) {
+        let (listener, port) = listener().await;
+        let media = Arc::new(CallMedia::new(ContentType { rate: 8000 }, MediaLimits::default()));
+        let control = Recorder::default();
+        let task = tokio::spawn(run(settings(port, 8000), media.clone(), control.clone(), options));
+        (listener, media, control, task)
+    }
+
     fn reconnecting(budget_ms: u64) -> SessionOptions {
         SessionOptions { reconnect: Duration::from_millis(budget_ms), ..SessionOptions::default() }
     }
@@ -1206,15 +1217,13 @@ mod tests {
     /// message again and `resumed`, and caller audio queued in the gap reaches it.
     #[tokio::test]
     async fn a_reset_mid_call_reconnects_and_resumes() {
-        let (listener, port) = listener().await;
-        let media = Arc::new(CallMedia::new(ContentType { rate: 8000 }, MediaLimits::default()));
-        let control = Recorder::default();
-        let task = tokio::spawn(run(settings(port, 8000), media.clone(), control.clone(), reconnecting(3000)));
+        let (listener, media, control, task) = started_call(reconnecting(3000)).await;
         let mut first = accept(&listener, true).await;
         let greeting = first.next().await.unwrap().unwrap().into_text().unwrap().to_string();
-        drop(first); // a TCP close without a close frame
-                     // Caller audio of the gap: queued once the module knows the connection is gone
-                     // (what it wrote into the dead socket before that is lost, as with any TCP peer).
+        // A TCP close without a close frame. Caller audio of the gap is queued once
+        // the module knows the connection is gone (what it wrote into the dead
+        // socket before that is lost, as with any TCP peer).
+        drop(first);
         while media.state() != "reconnecting" {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
@@ -1246,10 +1255,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_server_gone_for_good_hangs_up_when_the_budget_is_spent() {
-        let (listener, port) = listener().await;
-        let media = Arc::new(CallMedia::new(ContentType { rate: 8000 }, MediaLimits::default()));
-        let control = Recorder::default();
-        let task = tokio::spawn(run(settings(port, 8000), media.clone(), control.clone(), reconnecting(1000)));
+        let (listener, media, control, task) = started_call(reconnecting(1000)).await;
         let mut server = accept(&listener, true).await;
         server.next().await.unwrap().unwrap();
         drop(listener);
@@ -1264,10 +1270,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_close_frame_ends_the_call_even_with_reconnect_on() {
-        let (listener, port) = listener().await;
-        let media = Arc::new(CallMedia::new(ContentType { rate: 8000 }, MediaLimits::default()));
-        let control = Recorder::default();
-        let task = tokio::spawn(run(settings(port, 8000), media.clone(), control.clone(), reconnecting(5000)));
+        let (listener, media, control, task) = started_call(reconnecting(5000)).await;
         let mut server = accept(&listener, true).await;
         server.next().await.unwrap().unwrap();
         let started = tokio::time::Instant::now();
@@ -1278,10 +1281,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_caller_hanging_up_during_a_reconnect_ends_it_at_once() {
-        let (listener, port) = listener().await;
-        let media = Arc::new(CallMedia::new(ContentType { rate: 8000 }, MediaLimits::default()));
-        let control = Recorder::default();
-        let task = tokio::spawn(run(settings(port, 8000), media.clone(), control.clone(), reconnecting(60_000)));
+        let (listener, media, control, task) = started_call(reconnecting(60_000)).await;
         let mut server = accept(&listener, true).await;
         server.next().await.unwrap().unwrap();
         drop(listener);

@@ -66,8 +66,18 @@ impl<'a> Reader<'a> {
     pub fn integer_up_to(&mut self, setting: &Setting, max: u64) -> Option<u64> {
         let (min, table_max) = setting.integer_range();
         let max = max.min(table_max);
+        self.number(setting, min, max)
+    }
+
+    /// A number within `min..=max`; anything else is reported and `None`.
+    fn number<T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy>(
+        &mut self,
+        setting: &Setting,
+        min: T,
+        max: T,
+    ) -> Option<T> {
         let text = self.text(setting)?;
-        match text.trim().parse::<u64>() {
+        match text.trim().parse::<T>() {
             Ok(value) if (min..=max).contains(&value) => Some(value),
             _ => {
                 let name = (self.display)(setting);
@@ -88,15 +98,7 @@ impl<'a> Reader<'a> {
 
     pub fn level(&mut self, setting: &Setting) -> Option<f64> {
         let Kind::Level { min, max, .. } = setting.kind else { panic!("{} is not a level", setting.param) };
-        let text = self.text(setting)?;
-        match text.trim().parse::<f64>() {
-            Ok(value) if (min..=max).contains(&value) => Some(value),
-            _ => {
-                let name = (self.display)(setting);
-                self.problems.push(format!("{name}='{text}' is not a number from {min} to {max}; using the default"));
-                None
-            }
-        }
+        self.number(setting, min, max)
     }
 
     pub fn flag(&mut self, setting: &Setting) -> Option<bool> {
