@@ -1255,7 +1255,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_server_gone_for_good_hangs_up_when_the_budget_is_spent() {
-        let (listener, media, control, task) = started_call(reconnecting(1000)).await;
+        let (listener, _media, control, task) = started_call(reconnecting(1000)).await;
         let mut server = accept(&listener, true).await;
         server.next().await.unwrap().unwrap();
         drop(listener);
@@ -1270,7 +1270,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_close_frame_ends_the_call_even_with_reconnect_on() {
-        let (listener, media, control, task) = started_call(reconnecting(5000)).await;
+        let (listener, _media, _control, task) = started_call(reconnecting(5000)).await;
         let mut server = accept(&listener, true).await;
         server.next().await.unwrap().unwrap();
         let started = tokio::time::Instant::now();
@@ -1281,7 +1281,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_caller_hanging_up_during_a_reconnect_ends_it_at_once() {
-        let (listener, media, control, task) = started_call(reconnecting(60_000)).await;
+        let (listener, media, _control, task) = started_call(reconnecting(60_000)).await;
         let mut server = accept(&listener, true).await;
         server.next().await.unwrap().unwrap();
         drop(listener);
