@@ -15,7 +15,7 @@ crate::tests! {
 }
 
 /// A wss server presenting `cert`; each call's caller samples come out of the receiver.
-fn wss_server(
+pub(crate) fn wss_server(
     cert: &rcgen::Certificate,
     key: &rcgen::KeyPair,
 ) -> (u16, tokio::sync::mpsc::UnboundedReceiver<Vec<i16>>) {
