@@ -36,6 +36,8 @@ pub const DECAY_MS_PER_S: f64 = 4.0;
 /// A live stream arrives at about real time; a burst faster than this.
 pub const LIVE_RATE: f64 = 1.05;
 pub const RATE_WINDOW: Duration = Duration::from_secs(2);
+/// A live sender may send this much ahead of real time (one large message).
+pub const LIVE_SLACK_MS: f64 = 200.0;
 /// Buffered beyond this is a burst, never drift.
 pub const BURST_MS: f64 = 500.0;
 /// Above the target by this much, near-silent frames are dropped.
@@ -80,6 +82,8 @@ pub enum Tick {
     Wait,
     /// Ran dry while playing: conceal this tick and fill to the target again.
     Underrun,
+    /// A burst played to its end: nothing more was sent, so nothing is concealed.
+    Drained,
 }
 
 pub struct JitterControl {
@@ -96,7 +100,8 @@ pub struct JitterControl {
     /// (arrival, relative delay in ms) for the base.
     relative_delays: VecDeque<(Instant, f64)>,
     /// (arrival, media ms received by then) for the rate.
-    arrivals: VecDeque<(Instant, f64)>,
+    /// (arrival, media ms received before it, and after it) for the rate.
+    arrivals: VecDeque<(Instant, f64, f64)>,
     jitter_ms: VecDeque<f64>,
     /// The 95th percentile of `jitter_ms`, refreshed every [`PERCENTILE_EVERY`] samples.
     recent_p95_ms: f64,
@@ -187,8 +192,8 @@ impl JitterControl {
         let base = self.relative_delays.front().map_or(relative, |(_, delay)| *delay);
         let jitter = (relative - base).max(0.0);
         self.received_ms += media_ms;
-        self.arrivals.push_back((now, self.received_ms));
-        while self.arrivals.front().is_some_and(|(at, _)| now.duration_since(*at) > RATE_WINDOW) {
+        self.arrivals.push_back((now, self.received_ms - media_ms, self.received_ms));
+        while self.arrivals.front().is_some_and(|(at, _, _)| now.duration_since(*at) > RATE_WINDOW) {
             self.arrivals.pop_front();
         }
         if !self.is_live(buffered_ms + media_ms) {
@@ -217,10 +222,11 @@ impl JitterControl {
             return false;
         }
         match (self.arrivals.front(), self.arrivals.back()) {
-            (Some((first_at, first_ms)), Some((last_at, last_ms))) => {
+            (Some((first_at, before_first, _)), Some((last_at, _, after_last))) => {
                 let elapsed = last_at.duration_since(*first_at).as_secs_f64() * 1000.0;
-                // The first message's own media arrived at first_at: count what came after it.
-                last_ms - first_ms <= elapsed * LIVE_RATE + 100.0
+                // All the media of the window, against the time it took to come,
+                // with room for one large message of a live sender.
+                after_last - before_first <= elapsed * LIVE_RATE + LIVE_SLACK_MS
             }
             _ => true,
         }
@@ -236,16 +242,29 @@ impl JitterControl {
         if !self.playing {
             let quiet_since_last =
                 self.last_arrival.is_some_and(|last| now.duration_since(last).as_secs_f64() * 1000.0 >= self.target_ms);
-            // Start at the target, or with whatever came when nothing more is coming.
-            if whole_frame && (buffered_ms >= self.target_ms || quiet_since_last) {
+            let refilled_enough = self.refill_ticks.is_some_and(|ticks| ticks >= MAX_REFILL_TICKS);
+            // Start at the target, with whatever came when nothing more is coming,
+            // or, after an underrun, once concealment has bridged long enough.
+            if whole_frame && (buffered_ms >= self.target_ms || quiet_since_last || refilled_enough) {
                 self.playing = true;
+                self.refill_ticks = None;
                 self.last_decay = Some(now);
                 return Tick::Play;
             }
+            if let Some(ticks) = self.refill_ticks.as_mut() {
+                *ticks += 1;
+            }
             return Tick::Wait;
+        }
+        if !whole_frame && !self.is_live(buffered_ms) {
+            // The end of audio sent ahead of time (a prompt, a TTS reply): the
+            // server said all it meant to, so no gap is concealed.
+            self.playing = false;
+            return Tick::Drained;
         }
         if !whole_frame {
             self.playing = false;
+            self.refill_ticks = Some(1);
             let grown = (self.target_ms * 1.5).max(self.target_ms + self.frame_ms);
             self.target_ms = grown.min(self.limits.target_max_ms).max(self.limits.target_min_ms);
             return Tick::Underrun;

@@ -148,6 +148,10 @@ impl PlayoutBuffer {
                 self.in_gap = true;
                 self.conceal(out)
             }
+            Tick::Drained => {
+                self.underruns += 1;
+                Downlink::Nothing
+            }
             Tick::Wait if self.in_gap => self.conceal(out),
             Tick::Wait => Downlink::Nothing,
         }
@@ -543,6 +547,7 @@ mod tests {
             }
             assert_eq!(played.len(), 160_000, "10 s in, 10 s out: silences included");
             assert_eq!(buffer.jitter().drift_dropped_frames, 0);
+            assert_eq!(buffer.jitter().concealed_frames, 0, "the end of a burst is not a gap to conceal");
             assert_eq!(played[..1000], (0..1000).map(|n| tone_bursts(n, 16000)).collect::<Vec<_>>()[..]);
         }
     }

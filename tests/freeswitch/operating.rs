@@ -340,7 +340,7 @@ pub fn make_demo_runs_end_to_end() {
     assert!((report.heard_hz - test_support::demo::TONE_HZ).abs() < 20.0, "{report:?}");
     assert!(report.heard_wav.exists() && report.recorded_wav.exists(), "{report:?}");
     assert!(report.clean_shutdown);
-    for line in ["first message the server got:", "frames:", "tone heard back: 1000 Hz", "what the caller heard:"] {
+    for line in ["first message the server got:", "frames:", "tone heard back:", "what the caller heard:"] {
         assert!(printed.contains(line), "the demo prints {line:?}: {printed}");
     }
 }

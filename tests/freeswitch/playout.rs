@@ -48,24 +48,33 @@ fn signal(n: usize, rate: u32, bursts: bool) -> i16 {
 }
 
 /// Sends `seconds` of the signal on the pace's schedule; returns when the last message went.
-async fn send_paced(connection: &mut Connection, pace: Pace, seconds: f64, bursts: bool) -> tokio::time::Instant {
+/// Sends on the pace's schedule; returns when the last message went, and how
+/// late the test's own sender ran at worst (a stalled machine, not the module).
+async fn send_paced(
+    connection: &mut Connection,
+    pace: Pace,
+    seconds: f64,
+    bursts: bool,
+) -> (tokio::time::Instant, Duration) {
     let mut rng = SmallRng::seed_from_u64(pace.seed);
     let samples_per_message = pace.message_bytes / 2;
     let messages = (seconds * pace.rate as f64) as usize / samples_per_message;
     let start = tokio::time::Instant::now();
     let mut last_due = start;
+    let mut worst_late = Duration::ZERO;
     for index in 0..messages {
         let produced_ms = (index + 1) as f64 * samples_per_message as f64 * 1000.0 / pace.rate as f64 * pace.clock;
         let delay_ms = if pace.max_delay_ms > 0.0 { rng.random_range(0.0..pace.max_delay_ms) } else { 0.0 };
         let due = (start + Duration::from_secs_f64((produced_ms + delay_ms) / 1000.0)).max(last_due);
         last_due = due;
         tokio::time::sleep_until(due).await;
+        worst_late = worst_late.max(tokio::time::Instant::now().saturating_duration_since(due));
         let first = index * samples_per_message;
         let bytes: Vec<u8> =
             (first..first + samples_per_message).flat_map(|n| signal(n, pace.rate, bursts).to_le_bytes()).collect();
         connection.ws.send(Message::Binary(bytes.into())).await.unwrap();
     }
-    tokio::time::Instant::now()
+    (tokio::time::Instant::now(), worst_late)
 }
 
 /// The tone's phase in each 5 ms block (a whole number of periods, so a
@@ -133,25 +142,57 @@ fn wsbridge_list_entry(path: &str) -> Option<serde_json::Value> {
 
 /// One paced call: the server sends `seconds` on `pace`, then a mark; returns
 /// what the caller heard, its rate, and the latency from the last send to the mark.
-fn paced_call(path: &str, pace: Pace, seconds: f64, bursts: bool) -> (Vec<i16>, u32, Duration, serde_json::Value) {
+/// What a paced call came to.
+struct Paced {
+    samples: Vec<i16>,
+    rate: u32,
+    /// From the last message sent to its audio played (the mark's echo).
+    latency: Duration,
+    /// The call's `wsbridge list` entry just before the end.
+    listed: serde_json::Value,
+    /// How late the test's own sender ran at worst.
+    sender_late: Duration,
+}
+
+impl Paced {
+    /// Gaps count against the module only when the test's sender kept its
+    /// schedule; a machine that stalled the sender itself is reported instead.
+    fn judge_gaps(&self, path: &str, gaps: &[f64]) {
+        if !gaps.is_empty() && self.sender_late > Duration::from_millis(30) {
+            println!(
+                "{path}: the test's sender ran {} ms late, so its {} gaps are not judged",
+                self.sender_late.as_millis(),
+                gaps.len()
+            );
+            return;
+        }
+        assert!(
+            gaps.is_empty(),
+            "{path}: gaps at {gaps:?} (the sender was at most {} ms late)",
+            self.sender_late.as_millis()
+        );
+    }
+}
+
+fn paced_call(path: &str, pace: Pace, seconds: f64, bursts: bool) -> Paced {
     let mut incoming = world().router.expect(path);
     let recording = recording_path(path.trim_start_matches('/'));
     let content_type = encode(&format!("audio/l16;rate={}", pace.rate));
     let a_leg = bridged_call(path, &format!("P-wsbridge-websocket-content-type={content_type}"), &recording);
     let mut connection = incoming.next(Duration::from_secs(5));
-    let (latency, listed) = runtime().block_on(async {
+    let (latency, listed, sender_late) = runtime().block_on(async {
         connection.first_text().await;
-        let last_sent = send_paced(&mut connection, pace, seconds, bursts).await;
+        let (last_sent, sender_late) = send_paced(&mut connection, pace, seconds, bursts).await;
         let listed = wsbridge_list_entry(path).unwrap_or_default();
         connection.ws.send(Message::text(r#"{"action":"mark","name":"end"}"#)).await.unwrap();
         let (_, marked_at) = wait_text(&mut connection, r#""name":"end""#, Duration::from_secs(5)).await;
         let latency = marked_at.saturating_duration_since(last_sent.into_std());
         connection.close().await;
-        (latency, listed)
+        (latency, listed, sender_late)
     });
     wait_gone(&a_leg, Duration::from_secs(5));
     let (samples, rate) = read_wav(&recording);
-    (samples, rate, latency, listed)
+    Paced { samples, rate, latency, listed, sender_late }
 }
 
 /// 333-byte (here 334: whole samples) and 640-byte messages on an exact
@@ -163,9 +204,10 @@ pub fn paced_at_real_time() {
             scope.spawn(move || {
                 let path = format!("/paced-{rate}-{message_bytes}");
                 let pace = Pace { rate, message_bytes, clock: 1.0, max_delay_ms: 0.0, seed: index as u64 };
-                let (samples, heard_rate, latency, _) = paced_call(&path, pace, 30.0, false);
-                let (start, end) = loud_span(&samples, heard_rate, 1000.0).expect("tone heard");
-                let gaps = quiet_blocks(&samples, heard_rate, start + 0.01, end - 0.01);
+                let paced = paced_call(&path, pace, 30.0, false);
+                let (samples, heard_rate, latency) = (&paced.samples, paced.rate, paced.latency);
+                let (start, end) = loud_span(samples, heard_rate, 1000.0).expect("tone heard");
+                let gaps = quiet_blocks(samples, heard_rate, start + 0.01, end - 0.01);
                 let from = (start * heard_rate as f64) as usize + heard_rate as usize / 100;
                 let to = (end * heard_rate as f64) as usize - heard_rate as usize / 100;
                 let step = largest_phase_step(&samples[from..to], heard_rate);
@@ -175,7 +217,7 @@ pub fn paced_at_real_time() {
                     gaps.len(),
                     latency.as_millis()
                 );
-                assert!(gaps.is_empty(), "{path}: gaps at {gaps:?}");
+                paced.judge_gaps(&path, &gaps);
                 assert!(step <= 0.2, "{path}: a phase step of {step:.3} rad");
                 assert!((end - start - 30.0).abs() < 0.1, "{path}: heard {:.3} s of 30", end - start);
             });
@@ -187,9 +229,10 @@ pub fn paced_at_real_time() {
 pub fn paced_with_jitter() {
     let path = "/paced-jitter";
     let pace = Pace { rate: 16000, message_bytes: 640, clock: 1.0, max_delay_ms: 60.0, seed: 42 };
-    let (samples, rate, latency, listed) = paced_call(path, pace, 60.0, false);
-    let (start, end) = loud_span(&samples, rate, 1000.0).expect("tone heard");
-    let gaps = quiet_blocks(&samples, rate, start + 1.0, end - 0.01);
+    let paced = paced_call(path, pace, 60.0, false);
+    let (samples, rate, latency, listed) = (&paced.samples, paced.rate, paced.latency, &paced.listed);
+    let (start, end) = loud_span(samples, rate, 1000.0).expect("tone heard");
+    let gaps = quiet_blocks(samples, rate, start + 1.0, end - 0.01);
     println!(
         "{path}: {} gaps after the first second; latency {} ms at the end; target {} ms, jitter {} ms",
         gaps.len(),
@@ -197,7 +240,7 @@ pub fn paced_with_jitter() {
         listed["target_ms"],
         listed["jitter_ms"]
     );
-    assert!(gaps.is_empty(), "gaps at {gaps:?}");
+    paced.judge_gaps(path, &gaps);
     assert!(latency < Duration::from_millis(300), "latency {latency:?}");
 }
 
@@ -206,7 +249,7 @@ pub fn paced_with_jitter() {
 pub fn clock_fast_for_five_minutes() {
     let path = "/clock-fast";
     let pace = Pace { rate: 16000, message_bytes: 640, clock: 0.995, max_delay_ms: 0.0, seed: 7 };
-    let (samples, rate, latency, listed) = paced_call(path, pace, 300.0, true);
+    let Paced { samples, rate, latency, listed, .. } = paced_call(path, pace, 300.0, true);
     let target = listed["target_ms"].as_f64().unwrap_or(0.0);
     // Loud runs, in 10 ms windows: each burst of 2 s.
     let window = (rate / 100) as usize;
@@ -239,7 +282,7 @@ pub fn clock_slow() {
     let pace = Pace { rate: 16000, message_bytes: 640, clock: 1.005, max_delay_ms: 0.0, seed: 3 };
     let mut events = esl();
     events.subscribe("CHANNEL_HANGUP_COMPLETE");
-    let (samples, rate, _, _) = paced_call(path, pace, 60.0, false);
+    let Paced { samples, rate, .. } = paced_call(path, pace, 60.0, false);
     let (start, end) = loud_span(&samples, rate, 1000.0).expect("tone heard");
     let frame = (rate / 50) as usize;
     let (from, to) = ((start * rate as f64) as usize, (end * rate as f64) as usize);
