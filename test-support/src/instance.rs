@@ -215,6 +215,15 @@ impl FreeSwitch {
 
     /// The benchmark logs only warnings and worse, so logging is not what it measures.
     pub fn start_with_log_level(build: &BuildEnv, ws_base: &str, instance: u16, log_level: &str) -> FreeSwitch {
+        Self::launch(build, ws_base, instance, log_level, &[])
+    }
+
+    /// With variables added to FreeSWITCH's environment, such as `GLIBC_TUNABLES`.
+    pub fn start_with_env(build: &BuildEnv, ws_base: &str, instance: u16, env: &[(&str, &str)]) -> FreeSwitch {
+        Self::launch(build, ws_base, instance, "debug", env)
+    }
+
+    fn launch(build: &BuildEnv, ws_base: &str, instance: u16, log_level: &str, env: &[(&str, &str)]) -> FreeSwitch {
         let binary = Path::new(build.freeswitch_prefix).join("bin/freeswitch");
         assert!(binary.exists(), "{} is missing", binary.display());
         let dir = std::env::temp_dir().join(format!("wsbridge-test-{}-{instance}", std::process::id()));
@@ -243,6 +252,7 @@ impl FreeSwitch {
             .args(["-nf", "-nc", "-nonat"])
             .args(["-conf", &arg("conf"), "-log", &arg("log"), "-db", &arg("db"), "-run", &arg("run")])
             .args(["-temp", &arg("temp"), "-mod", &arg("mod"), "-recordings", &arg("recordings")])
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(fs::File::create(dir.join("log/stdout.txt")).unwrap())
             .stderr(fs::File::create(dir.join("log/stderr.txt")).unwrap())

@@ -318,20 +318,25 @@ fn open_fds(pid: u32) -> usize {
 /// Calls in each round of the churn test: the warm-up, then the measured round.
 const CHURN_CALLS: usize = 1000;
 /// Each round places its calls in bursts of this many, back to back, and
-/// after each burst waits [`CHURN_PAUSE`]. FreeSWITCH frees a call's memory
-/// pool one to two seconds after the call (its pool thread looks once a
-/// second, then waits a second more), so calls placed at an even pace meet
-/// that freeing at ever-different points and RSS wandered from round to
-/// round: by up to ±1 MiB per 1,000 calls at 50 a second, and by -4 to +1 MiB
-/// unpaced, with no leak. After a pause every pool of the burst is freed, and
-/// the next burst reuses that memory: a plateau then stays within ~150 KiB
-/// per 1,000 calls, while leaked memory cannot be reused and adds up.
+/// waits [`CHURN_PAUSE`] after each. FreeSWITCH frees a call's memory pool
+/// one to two seconds after the call (its pool thread looks once a second,
+/// then waits a second more), so calls at an even pace meet that freeing at
+/// ever-different points. After a pause every pool of the burst is freed,
+/// and the next burst reuses that memory; leaked memory cannot be reused.
 const CHURN_BURST: usize = 100;
 /// Long enough for FreeSWITCH to free the pools of the burst before.
 const CHURN_PAUSE: Duration = Duration::from_millis(2500);
-/// The most FreeSWITCH's RSS may grow over the measured round. Where this was
-/// measured, a plateau grew 20-140 KiB per 1,000 calls; a leak of ~1 KiB per
-/// call (global variables set once a call) grew it 1,000-1,050 KiB.
+/// The churn FreeSWITCH's malloc keeps the free top of its heaps instead of
+/// handing it back, so RSS after a round is the most memory the round
+/// needed, not that less whatever happened to be free at the top just then.
+const CHURN_MALLOC: (&str, &str) = ("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=4294967295");
+/// The most FreeSWITCH's RSS may grow over the measured round; a leak of
+/// 1 KiB per call would grow it 1,000 KiB. Measured over 1,000 calls after a
+/// 1,000-call warm-up, with no leak: -22,060 to +10,844 KiB with the calls
+/// back to back as before, -4,056 to +1,092 KiB at 50 calls a second, -3,708
+/// to +2,792 KiB in bursts, +60 to +424 KiB in bursts with CHURN_MALLOC. With
+/// a leak simulated by a global variable set once a call (bursts and
+/// CHURN_MALLOC): +816 KiB for a 200-byte value, +1,812 KiB for 400 bytes.
 const CHURN_RSS_GROWTH_KIB: u64 = 768;
 
 /// What one round of churn calls came to.
@@ -378,7 +383,8 @@ fn churn_settle(esl: &mut test_support::esl::Esl) {
 /// then judged over the next 1,000, where a leak shows and a plateau does not.
 pub fn thousand_calls_churn() {
     // A FreeSWITCH of its own: other tests' calls would blur the figures.
-    let freeswitch = test_support::instance::FreeSwitch::start(&crate::BUILD, &world().router.base(), 2);
+    let freeswitch =
+        test_support::instance::FreeSwitch::start_with_env(&crate::BUILD, &world().router.base(), 2, &[CHURN_MALLOC]);
     let port = hostile(|mut tcp| {
         Box::pin(async move {
             if raw_upgrade(&mut tcp).await.is_some() {
