@@ -97,6 +97,8 @@ pub struct JitterControl {
     received_ms: f64,
     stream_start: Option<Instant>,
     last_arrival: Option<Instant>,
+    /// What the last message left queued: far ahead of real time means a burst.
+    queued_at_last_arrival_ms: f64,
     /// (arrival, relative delay in ms) for the base.
     relative_delays: VecDeque<(Instant, f64)>,
     /// (arrival, media ms received by then) for the rate.
@@ -124,6 +126,7 @@ impl JitterControl {
             received_ms: 0.0,
             stream_start: None,
             last_arrival: None,
+            queued_at_last_arrival_ms: 0.0,
             relative_delays: VecDeque::new(),
             arrivals: VecDeque::new(),
             jitter_ms: VecDeque::new(),
@@ -192,6 +195,7 @@ impl JitterControl {
         let base = self.relative_delays.front().map_or(relative, |(_, delay)| *delay);
         let jitter = (relative - base).max(0.0);
         self.received_ms += media_ms;
+        self.queued_at_last_arrival_ms = buffered_ms + media_ms;
         self.arrivals.push_back((now, self.received_ms - media_ms, self.received_ms));
         while self.arrivals.front().is_some_and(|(at, _, _)| now.duration_since(*at) > RATE_WINDOW) {
             self.arrivals.pop_front();
@@ -256,7 +260,7 @@ impl JitterControl {
             }
             return Tick::Wait;
         }
-        if !whole_frame && !self.is_live(buffered_ms) {
+        if !whole_frame && self.queued_at_last_arrival_ms > BURST_MS {
             // The end of audio sent ahead of time (a prompt, a TTS reply): the
             // server said all it meant to, so no gap is concealed.
             self.playing = false;
