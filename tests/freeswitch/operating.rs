@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use test_support::esl::Headers;
+use test_support::esl::{Esl, Headers};
 use test_support::instance::FreeSwitch;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -138,6 +138,21 @@ pub fn events_and_cdr_variables() {
     assert!(error["WSBridge-Error"].contains("Connection refused"), "{:?}", error.get("WSBridge-Error"));
 }
 
+/// `reloadxml`, then waits for the module to have re-read its file: FreeSWITCH hands
+/// the RELOADXML event to listeners on its event thread, after the command's +OK.
+fn reloadxml_until(esl: &mut Esl, status_line: &str) {
+    assert!(esl.api("reloadxml").contains("+OK"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let status = esl.api("wsbridge status");
+        if status.lines().any(|line| line == status_line) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "wsbridge.conf not re-read 5 s after reloadxml: {status}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// wsbridge.conf: defaults for new calls, re-read by reloadxml; bad params named in the log.
 pub fn config_file_and_reloadxml(freeswitch: &FreeSwitch) {
     let router = &world().router;
@@ -146,7 +161,7 @@ pub fn config_file_and_reloadxml(freeswitch: &FreeSwitch) {
         r#"<param name="default-uri" value="{}/configured"/><param name="first-message" value="vonage"/><param name="default-content-type" value="audio/l16;rate=8000"/><param name="playout-max-ms" value="soon"/><param name="no-such-param" value="1"/><param name="runtime-threads" value="3"/>"#,
         router.base()
     ));
-    assert!(esl.api("reloadxml").contains("+OK"));
+    reloadxml_until(&mut esl, &format!("default-uri = {}/configured", router.base()));
     let mut incoming = router.expect("/configured");
     let uuid = ok_uuid(&esl.api("originate wsbridge tone_2000ms XML wsbridge-test"));
     let mut connection = incoming.next(Duration::from_secs(5));
@@ -172,7 +187,7 @@ pub fn config_file_and_reloadxml(freeswitch: &FreeSwitch) {
         r#"<param name="allowed-hosts" value="127.0.0.1:{}"/><param name="allow-sip-header-uri" value="false"/>"#,
         router.port
     ));
-    assert!(esl.api("reloadxml").contains("+OK"));
+    reloadxml_until(&mut esl, "allow-sip-header-uri = false");
     let barred = esl.api("originate wsbridge/ws://127.0.0.1:9/elsewhere &park");
     assert_eq!(barred.trim(), "-ERR OUTGOING_CALL_BARRED", "a host outside allowed-hosts");
     let barred = esl.api("originate {P-wsbridge-websocket-uri=ws%3A%2F%2Fexample.com%2F}wsbridge &park");
