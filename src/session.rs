@@ -555,12 +555,17 @@ async fn exchange(
     dialect: &mut Dialect,
 ) -> Ended {
     let liveness = Liveness::new();
+    // AudioSocket has no pings: a server that only listens sends nothing, and is not dead for it.
+    let dead_peer_timeout = match dialect.decoder {
+        Decoder::AudioSocket { .. } => Duration::ZERO,
+        _ => options.dead_peer_timeout,
+    };
     let Dialect { encoder, decoder } = dialect;
     tokio::select! {
         _ = media.caller_gone() => Ended::CallerGone,
         end = read_loop(stream, media, control, options, &liveness, decoder) => Ended::Read(end),
         error = write_loop(sink, unsent, media, control, options.ping_interval, encoder) => Ended::Write(error),
-        silent = liveness.wait_dead(options.dead_peer_timeout) => Ended::DeadPeer(silent),
+        silent = liveness.wait_dead(dead_peer_timeout) => Ended::DeadPeer(silent),
     }
 }
 
@@ -953,6 +958,137 @@ mod tests {
         assert_eq!(end, SessionEnd::ServerClosed { code: Some(1001), reason: "bye".into() });
         assert_eq!(control.events(), vec!["answer", "hangup NORMAL_CLEARING"]);
         assert_eq!(control.announced(), vec!["connect", "message", "disconnect"]);
+    }
+
+    /// A Twilio session end to end over a real socket: the stream's messages,
+    /// server audio played, a mark answered after its audio, stop at hangup.
+    #[tokio::test]
+    async fn a_twilio_stream_from_start_to_stop() {
+        use base64::Engine as _;
+        let base64 = base64::engine::general_purpose::STANDARD;
+        let (listener, port) = listener().await;
+        let settings = RawSettings { protocol: Some("twilio".into()), ..raw_settings(port) }.resolve(1024).unwrap();
+        let media = Arc::new(CallMedia::new(ContentType::PCMU, MediaLimits::default(), Some(Box::new(SilentDecoder))));
+        let control = Recorder::default();
+        let task = tokio::spawn(run(settings, media.clone(), control.clone(), SessionOptions::default()));
+        let mut server = accept(&listener, true).await;
+        assert_eq!(next_json(&mut server).await["event"], "connected");
+        let start = next_json(&mut server).await;
+        let sid = start["streamSid"].as_str().unwrap().to_string();
+        // The test's call ID is not a UUID: its hex digits, padded to 32.
+        assert_eq!(start["start"]["callSid"], format!("CAeca{}", "0".repeat(29)));
+        assert_eq!(start["start"]["customParameters"], serde_json::json!({"caller":"447700900123"}));
+        media.send_audio(Bytes::from_static(&[0x55; 160]));
+        let uplink = next_json(&mut server).await;
+        assert_eq!((uplink["sequenceNumber"].as_str(), uplink["media"]["chunk"].as_str()), (Some("2"), Some("1")));
+        assert_eq!(base64.decode(uplink["media"]["payload"].as_str().unwrap()).unwrap(), [0x55; 160]);
+
+        let media_message =
+            serde_json::json!({"event":"media","streamSid":sid,"media":{"payload":base64.encode([0xFF; 200])}});
+        server.send(Message::text(media_message.to_string())).await.unwrap();
+        let mark = serde_json::json!({"event":"mark","streamSid":sid,"mark":{"name":"after"}});
+        server.send(Message::text(mark.to_string())).await.unwrap();
+        let wrong =
+            serde_json::json!({"event":"media","streamSid":"MZother","media":{"payload":base64.encode([0xFF; 160])}});
+        server.send(Message::text(wrong.to_string())).await.unwrap();
+        // 200 bytes: one whole frame plays; the mark waits for the rest, which a clear drops.
+        let mut frame = [0i16; 160];
+        for _ in 0..200 {
+            if media.buffered_playout() >= Duration::from_millis(25) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(media.buffered_playout(), Duration::from_millis(25), "the other stream's audio is ignored");
+        server.send(Message::text(serde_json::json!({"event":"clear","streamSid":sid}).to_string())).await.unwrap();
+        let answered = next_json(&mut server).await;
+        assert_eq!(
+            (answered["event"].as_str(), &answered["mark"]),
+            (Some("mark"), &serde_json::json!({"name":"after"}))
+        );
+        assert_eq!(media.next_downlink_frame(&mut frame), Downlink::Nothing, "cleared");
+
+        media.caller_closes();
+        let stop = next_json(&mut server).await;
+        assert_eq!((stop["event"].as_str(), stop["sequenceNumber"].as_str()), (Some("stop"), Some("4")));
+        assert!(
+            matches!(server.next().await.unwrap().unwrap(), Message::Close(Some(frame)) if frame.code == CloseCode::Normal)
+        );
+        assert_eq!(task.await.unwrap(), SessionEnd::CallerHungUp);
+    }
+
+    async fn next_json(server: &mut WebSocketStream<TcpStream>) -> serde_json::Value {
+        let text = server.next().await.unwrap().unwrap().into_text().unwrap();
+        serde_json::from_str(text.as_str()).unwrap()
+    }
+
+    /// Decodes every G.711 byte as silence: the session test checks lengths only.
+    struct SilentDecoder;
+
+    impl crate::media::WireDecoder for SilentDecoder {
+        fn decode(&self, wire: &[u8], linear: &mut Vec<u8>) {
+            linear.resize(linear.len() + wire.len() * 2, 0);
+        }
+    }
+
+    fn raw_settings(port: u16) -> RawSettings {
+        RawSettings {
+            uri: Some(format!("ws://127.0.0.1:{port}/call")),
+            headers: Some(r#"{"caller":"447700900123"}"#.into()),
+            ..RawSettings::default()
+        }
+    }
+
+    /// AudioSocket over plain TCP: the UUID first, audio and DTMF as typed
+    /// messages, the server's hangup ends the call normally.
+    #[tokio::test]
+    async fn an_audiosocket_session_over_tcp() {
+        use crate::protocol::audiosocket;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (listener, port) = listener().await;
+        let raw = RawSettings {
+            uri: Some(format!("tcp://127.0.0.1:{port}")),
+            protocol: Some("audiosocket".into()),
+            ..RawSettings::default()
+        };
+        let media = Arc::new(CallMedia::new(ContentType::l16(8000), MediaLimits::default(), None));
+        let control = Recorder::default();
+        let task =
+            tokio::spawn(run(raw.resolve(1024).unwrap(), media.clone(), control.clone(), SessionOptions::default()));
+        let (mut tcp, _) = listener.accept().await.unwrap();
+        let mut header = [0u8; 3];
+        let mut read_message = async |tcp: &mut TcpStream| {
+            tcp.read_exact(&mut header).await.unwrap();
+            let mut payload = vec![0u8; u16::from_be_bytes([header[1], header[2]]) as usize];
+            tcp.read_exact(&mut payload).await.unwrap();
+            (header[0], payload)
+        };
+        let (kind, uuid) = read_message(&mut tcp).await;
+        assert_eq!((kind, uuid), (audiosocket::UUID, audiosocket::uuid_bytes("test-call").to_vec()));
+        media.send_audio(Bytes::from_static(&[7; 320]));
+        media.send_dtmf('#', 100);
+        assert_eq!(read_message(&mut tcp).await, (0x10, vec![7; 320]));
+        assert_eq!(read_message(&mut tcp).await, (audiosocket::DTMF, b"#".to_vec()));
+        tcp.write_all(&audiosocket::message(0x10, &[1; 640])).await.unwrap();
+        for _ in 0..200 {
+            if media.buffered_playout() == Duration::from_millis(40) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(media.buffered_playout(), Duration::from_millis(40));
+        tcp.write_all(&audiosocket::message(audiosocket::HANGUP, &[])).await.unwrap();
+        for _ in 0..200 {
+            if control.events().len() > 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(control.events(), vec!["answer", "hangup_named NORMAL_CLEARING"]);
+        // FreeSWITCH would now hang the leg up: the caller side goes, and the module says goodbye.
+        media.caller_closes();
+        assert_eq!(read_message(&mut tcp).await, (audiosocket::HANGUP, vec![]));
+        assert_eq!(task.await.unwrap(), SessionEnd::CallerHungUp);
     }
 
     #[tokio::test]
