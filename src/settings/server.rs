@@ -158,15 +158,21 @@ impl Protocol {
         }
     }
 
-    /// The wire format this protocol imposes on `asked`, or why it cannot carry it.
-    fn content_type(self, asked: ContentType) -> Result<ContentType, String> {
+    /// The wire format this protocol imposes on `asked` (`set_for_call` when the
+    /// call's own variable asked for it), or why it cannot carry it.
+    fn content_type(self, asked: ContentType, set_for_call: bool) -> Result<ContentType, String> {
         match self {
             Protocol::Wsbridge => Ok(asked),
             // Twilio streams carry μ-law at 8 kHz, whatever else is configured.
             Protocol::Twilio => Ok(ContentType::PCMU),
             Protocol::Vonage if asked.encoding == Encoding::L16 => Ok(asked),
             Protocol::Vonage => Err(format!("the vonage protocol carries L16 only, not {asked}")),
-            // AudioSocket's own type 0x10 is 8 kHz signed linear.
+            // AudioSocket's classic type 0x10 is 8 kHz signed linear: the default
+            // whatever wsbridge.conf says; a call may ask for a newer type's rate.
+            Protocol::AudioSocket if set_for_call && asked.encoding == Encoding::L16 => Ok(asked),
+            Protocol::AudioSocket if set_for_call => {
+                Err(format!("the audiosocket protocol carries L16 only, not {asked}"))
+            }
             Protocol::AudioSocket => Ok(ContentType::l16(8000)),
         }
     }
@@ -551,8 +557,9 @@ impl RawSettings {
                     .ok_or_else(|| SettingsError::UnknownProtocol { protocol: decoded.chars().take(64).collect() })?
             }
         };
-        let content_type =
-            protocol.content_type(content_type).map_err(|why| SettingsError::ProtocolMismatch { why })?;
+        let content_type = protocol
+            .content_type(content_type, self.content_type.is_some())
+            .map_err(|why| SettingsError::ProtocolMismatch { why })?;
         for server in std::iter::once(&uri).chain(&fallbacks) {
             let over_tcp = server.scheme == Scheme::Tcp;
             if over_tcp != (protocol == Protocol::AudioSocket) {
@@ -658,11 +665,14 @@ mod tests {
         assert_eq!(vonage.content_type, ContentType::l16(8000));
         let audiosocket = resolve("tcp://127.0.0.1:9092", None, Some("audiosocket")).unwrap();
         assert_eq!((audiosocket.uri.scheme, audiosocket.content_type), (Scheme::Tcp, ContentType::l16(8000)));
+        let wideband = resolve("tcp://127.0.0.1:9092", Some("audio/l16;rate=16000"), Some("audiosocket")).unwrap();
+        assert_eq!(wideband.content_type, ContentType::l16(16000), "asked for by the call");
         for (uri, content_type, protocol) in [
             ("ws://h/x", None, Some("sip")),
             ("ws://h/x", Some("audio/pcmu"), Some("vonage")),
             ("ws://h/x", None, Some("audiosocket")),
             ("tcp://h:9", None, None),
+            ("tcp://h:9", Some("audio/pcma"), Some("audiosocket")),
             ("tcp://h:9", None, Some("twilio")),
         ] {
             let error = resolve(uri, content_type, protocol).unwrap_err();
