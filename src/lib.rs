@@ -5,6 +5,7 @@
 //! FreeSWITCH and is tested without it:
 //! - [`settings`]: every setting, with one table of defaults;
 //! - [`call_plan`]: from a call's variables to the server it reaches, or a refusal;
+//! - [`drain`]: taking a node out of rotation;
 //! - [`session`]: one call's WebSocket conversation, over [`websocket`];
 //! - [`media`]: what a call's FreeSWITCH thread and its task share:
 //!   [`playout`], [`uplink`], [`reframe`], [`comfort_noise`];
@@ -19,6 +20,7 @@ pub mod cause;
 pub mod comfort_noise;
 pub mod command;
 pub mod concealment;
+pub mod drain;
 pub mod jitter;
 pub mod logging;
 pub mod media;

@@ -57,6 +57,7 @@ use tests;
 
 mod audio;
 mod calls;
+mod drain;
 mod hostile;
 mod media;
 mod operating;
@@ -154,9 +155,17 @@ fn main() {
     let arguments = Arguments::from_args();
     // Each file declares its own tests with tests!; a new file needs its
     // `mod` line above and its TESTS here.
-    let mut tests =
-        [calls::TESTS, hostile::TESTS, operating::TESTS, media::TESTS, playout::TESTS, reconnect::TESTS, trust::TESTS]
-            .concat();
+    let mut tests = [
+        calls::TESTS,
+        drain::TESTS,
+        hostile::TESTS,
+        operating::TESTS,
+        media::TESTS,
+        playout::TESTS,
+        reconnect::TESTS,
+        trust::TESTS,
+    ]
+    .concat();
     // The longest first, so the rest run beside them (a stable sort: the
     // others keep their order).
     tests.sort_by_key(|test| std::cmp::Reverse(test.runs_seconds));
