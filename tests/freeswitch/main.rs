@@ -63,6 +63,7 @@ mod media;
 mod operating;
 mod playout;
 mod reconnect;
+mod scale_out;
 mod trust;
 mod ws_server;
 
@@ -163,6 +164,7 @@ fn main() {
         media::TESTS,
         playout::TESTS,
         reconnect::TESTS,
+        scale_out::TESTS,
         trust::TESTS,
     ]
     .concat();
@@ -173,6 +175,11 @@ fn main() {
     if !missing.is_empty() {
         println!("SKIPPED: the mod_wsbridge build and the FreeSWITCH integration tests, because {missing}");
     }
+    let kamailio_missing = scale_out::missing();
+    if let (Some(why), true) = (&kamailio_missing, missing.is_empty()) {
+        println!("SKIPPED: the Kamailio scale-out test, because {why}");
+    }
+    let needs_kamailio = |name: &str| scale_out::TESTS.iter().any(|test| test.name == name);
     let trials = tests
         .into_iter()
         .map(|Test { name, body, .. }| {
@@ -180,7 +187,7 @@ fn main() {
                 body();
                 Ok(())
             })
-            .with_ignored_flag(!missing.is_empty())
+            .with_ignored_flag(!missing.is_empty() || (kamailio_missing.is_some() && needs_kamailio(name)))
         })
         .collect();
     let conclusion = libtest_mimic::run(&arguments, trials);
