@@ -61,6 +61,7 @@ mod drain;
 mod hostile;
 mod media;
 mod operating;
+mod package;
 mod playout;
 mod reconnect;
 mod scale_out;
@@ -161,6 +162,7 @@ fn main() {
         drain::TESTS,
         hostile::TESTS,
         operating::TESTS,
+        package::TESTS,
         media::TESTS,
         playout::TESTS,
         reconnect::TESTS,
