@@ -11,10 +11,13 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 arch=$(dpkg --print-architecture)
 root=$(mktemp -d)
 trap 'rm -rf "$root"' EXIT
+chmod 0755 "$root"
 
 docs=$root/usr/share/doc/mod-wsbridge
 install -d "$root/DEBIAN" "$root/usr/lib/freeswitch/mod" "$docs/examples"
 install -m 0644 "$module" "$root/usr/lib/freeswitch/mod/mod_wsbridge.so"
+# Without debug info (the release profile keeps it); the dynamic symbols FreeSWITCH looks up stay.
+if command -v strip >/dev/null; then strip --strip-unneeded "$root/usr/lib/freeswitch/mod/mod_wsbridge.so"; fi
 install -m 0644 "$repo/README.md" "$docs/README.md"
 install -m 0644 "$repo/autoload_configs/wsbridge.conf.xml" "$repo/autoload_configs/modules.conf.xml" \
     "$repo/dialplan/wsbridge.xml" "$docs/examples/"
