@@ -57,11 +57,14 @@ use tests;
 
 mod audio;
 mod calls;
+mod drain;
 mod hostile;
 mod media;
 mod operating;
+mod package;
 mod playout;
 mod reconnect;
+mod scale_out;
 mod trust;
 mod ws_server;
 
@@ -154,9 +157,19 @@ fn main() {
     let arguments = Arguments::from_args();
     // Each file declares its own tests with tests!; a new file needs its
     // `mod` line above and its TESTS here.
-    let mut tests =
-        [calls::TESTS, hostile::TESTS, operating::TESTS, media::TESTS, playout::TESTS, reconnect::TESTS, trust::TESTS]
-            .concat();
+    let mut tests = [
+        calls::TESTS,
+        drain::TESTS,
+        hostile::TESTS,
+        operating::TESTS,
+        package::TESTS,
+        media::TESTS,
+        playout::TESTS,
+        reconnect::TESTS,
+        scale_out::TESTS,
+        trust::TESTS,
+    ]
+    .concat();
     // The longest first, so the rest run beside them (a stable sort: the
     // others keep their order).
     tests.sort_by_key(|test| std::cmp::Reverse(test.runs_seconds));
@@ -164,6 +177,11 @@ fn main() {
     if !missing.is_empty() {
         println!("SKIPPED: the mod_wsbridge build and the FreeSWITCH integration tests, because {missing}");
     }
+    let kamailio_missing = scale_out::missing();
+    if let (Some(why), true) = (&kamailio_missing, missing.is_empty()) {
+        println!("SKIPPED: the Kamailio scale-out test, because {why}");
+    }
+    let needs_kamailio = |name: &str| scale_out::TESTS.iter().any(|test| test.name == name);
     let trials = tests
         .into_iter()
         .map(|Test { name, body, .. }| {
@@ -171,7 +189,7 @@ fn main() {
                 body();
                 Ok(())
             })
-            .with_ignored_flag(!missing.is_empty())
+            .with_ignored_flag(!missing.is_empty() || (kamailio_missing.is_some() && needs_kamailio(name)))
         })
         .collect();
     let conclusion = libtest_mimic::run(&arguments, trials);
