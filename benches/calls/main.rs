@@ -5,11 +5,13 @@
 //! echoes each frame at once; `wsbridge-live` echoes each after a random
 //! 0–40 ms, in order, as a live server might, to test the jitter buffer:
 //! its gaps per call-minute, concealed frames and playout latency.
+//! `wsbridge-twilio` speaks Twilio Media Streams to a server that echoes in
+//! kind, for the protocol's cost next to the native one.
 //!
 //! Every run gets a fresh FreeSWITCH from a temporary loopback config, as the
 //! integration tests do. Prints one table, writes calls.csv, calls.md and
 //! calls.png. Options (after `--`): `--calls 50,200,500`, `--seconds 60`,
-//! `--rate 50` (call attempts per second), `--endpoints null,wsbridge,wsbridge-live`,
+//! `--rate 50` (call attempts per second), `--endpoints null,wsbridge,wsbridge-live,wsbridge-twilio`,
 //! `--out <dir>` (default target/calls-bench).
 
 #![allow(clippy::result_large_err)] // tungstenite's handshake callback type
@@ -45,16 +47,20 @@ enum Endpoint {
     Wsbridge,
     /// wsbridge with a server that echoes each frame after a random 0–40 ms.
     WsbridgeLive,
+    /// wsbridge speaking Twilio Media Streams (JSON, base64 μ-law) to an echo
+    /// server that answers in kind: the cost of the protocol next to the native one.
+    WsbridgeTwilio,
 }
 
 impl Endpoint {
-    const ALL: [Endpoint; 3] = [Endpoint::Null, Endpoint::Wsbridge, Endpoint::WsbridgeLive];
+    const ALL: [Endpoint; 4] = [Endpoint::Null, Endpoint::Wsbridge, Endpoint::WsbridgeLive, Endpoint::WsbridgeTwilio];
 
     fn name(self) -> &'static str {
         match self {
             Endpoint::Null => "null",
             Endpoint::Wsbridge => "wsbridge",
             Endpoint::WsbridgeLive => "wsbridge-live",
+            Endpoint::WsbridgeTwilio => "wsbridge-twilio",
         }
     }
 
@@ -64,12 +70,14 @@ impl Endpoint {
 
     /// How its echo server echoes; `None` for the endpoint with no server.
     fn echo(self) -> Option<Echo> {
-        let max_delay_ms = match self {
-            Endpoint::Null => return None,
-            Endpoint::Wsbridge => 0,
-            Endpoint::WsbridgeLive => LIVE_MAX_DELAY_MS,
-        };
-        Some(Echo { frame_bytes: FRAME_BYTES, tone_hz: TONE_HZ, rate: RATE, max_delay_ms })
+        let echo = Echo { frame_bytes: FRAME_BYTES, tone_hz: TONE_HZ, rate: RATE, max_delay_ms: 0, twilio: false };
+        match self {
+            Endpoint::Null => None,
+            Endpoint::Wsbridge => Some(echo),
+            Endpoint::WsbridgeLive => Some(Echo { max_delay_ms: LIVE_MAX_DELAY_MS, ..echo }),
+            // Twilio's 20 ms of μ-law at 8 kHz.
+            Endpoint::WsbridgeTwilio => Some(Echo { frame_bytes: 160, rate: 8000, twilio: true, ..echo }),
+        }
     }
 }
 
@@ -82,7 +90,7 @@ struct Options {
 }
 
 const USAGE: &str = "usage: cargo bench --bench calls -- [--calls 50,200,500] [--seconds 60] [--rate 50] \
-                     [--endpoints null,wsbridge,wsbridge-live] [--out target/calls-bench]";
+                     [--endpoints null,wsbridge,wsbridge-live,wsbridge-twilio] [--out target/calls-bench]";
 
 fn parse_options() -> Result<Options, String> {
     let mut options = Options {
@@ -302,6 +310,10 @@ impl Run<'_> {
                 Endpoint::Wsbridge | Endpoint::WsbridgeLive => {
                     let port = server.unwrap().port;
                     format!("{{origination_uuid={uuid}}}wsbridge/ws://127.0.0.1:{port}/bench/{call}")
+                }
+                Endpoint::WsbridgeTwilio => {
+                    let port = server.unwrap().port;
+                    format!("{{origination_uuid={uuid},wsbridge_protocol=twilio}}wsbridge/ws://127.0.0.1:{port}/bench/{call}")
                 }
             };
             events.lock().unwrap().entry(uuid.clone()).or_default().originated = Some(Instant::now());
