@@ -32,7 +32,7 @@ const DELAY_SEED: u64 = 0x5eed_0000;
 
 type Ws = WebSocketStream<TcpStream>;
 
-/// G.711 μ-law's decoding (ITU-T G.711), to check the tone of a Twilio stream.
+/// G.711 μ-law's decoding (ITU-T G.711), to check the tone of a μ-law stream.
 fn mulaw_to_linear(byte: u8) -> i16 {
     let byte = !byte;
     let magnitude = ((((byte & 0x0f) as i32) << 3) + 0x84) << ((byte >> 4) & 7);
@@ -100,6 +100,8 @@ pub struct Echo {
     pub rate: u32,
     /// Each frame is echoed after a random delay of 0 to this many ms; 0 echoes at once.
     pub max_delay_ms: u64,
+    /// Frames are G.711 μ-law rather than L16.
+    pub mulaw: bool,
     /// Twilio Media Streams: frames are base64 μ-law in `media` messages, marks are Twilio's.
     pub twilio: bool,
 }
@@ -247,7 +249,7 @@ impl Connection {
     }
 
     fn check_tone(&mut self, data: &[u8]) {
-        let samples: Vec<i16> = match self.echo.twilio {
+        let samples: Vec<i16> = match self.echo.mulaw {
             true => data.iter().map(|byte| mulaw_to_linear(*byte)).collect(),
             false => data.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])).collect(),
         };
