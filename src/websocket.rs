@@ -421,12 +421,17 @@ static TLS_CONFIGS: Mutex<Option<HashMap<TlsOptions, Arc<rustls::ClientConfig>>>
 
 /// The client config for `tls`, built once per distinct set of options.
 fn client_config(tls: &TlsOptions) -> Result<Arc<rustls::ClientConfig>, String> {
+    let cached = |tls: &TlsOptions| {
+        let cache = TLS_CONFIGS.lock().unwrap_or_else(|p| p.into_inner());
+        cache.as_ref().and_then(|cache| cache.get(tls).cloned())
+    };
+    if let Some(config) = cached(tls) {
+        return Ok(config);
+    }
+    // Built without the lock, so one slow build holds up no other call's connect.
+    let config = build_client_config(tls)?;
     let mut cache = TLS_CONFIGS.lock().unwrap_or_else(|p| p.into_inner());
     let cache = cache.get_or_insert_with(HashMap::new);
-    if let Some(config) = cache.get(tls) {
-        return Ok(config.clone());
-    }
-    let config = build_client_config(tls)?;
     if cache.len() >= 64 {
         cache.clear();
     }
@@ -748,10 +753,18 @@ pub async fn connect(
     tls: &TlsOptions,
     headers: &[(String, String)],
 ) -> Result<WebSocket, ConnectError> {
-    // A TLS setup that cannot work fails before any traffic.
+    // A TLS setup that cannot work fails before any traffic. Building one reads
+    // files (the system's CA store takes a good part of a second in a debug
+    // build), so it runs off the runtime's threads, which carry every call's audio.
     let client = match uri.scheme {
         Scheme::Ws | Scheme::Tcp => None,
-        Scheme::Wss => Some(client_config(tls).map_err(ConnectError::Tls)?),
+        Scheme::Wss => {
+            let options = tls.clone();
+            let built = tokio::task::spawn_blocking(move || client_config(&options))
+                .await
+                .map_err(|error| ConnectError::Tls(format!("building the TLS setup failed: {error}")))?;
+            Some(built.map_err(ConnectError::Tls)?)
+        }
     };
     let tcp = connect_tcp(&uri.host, uri.port).await.map_err(ConnectError::Tcp)?;
     let _ = tcp.set_nodelay(true);
