@@ -83,11 +83,13 @@ pub struct StatusReport<'a> {
     pub settings: &'a [(String, String)],
     /// What the runtime started with, which a `reloadxml` does not change.
     pub running_threads: usize,
+    /// Task polls that held a runtime thread a frame's time or more, and the longest poll.
+    pub slow_polls: (u64, std::time::Duration),
 }
 
 /// The `status` text; the configured number of threads follows the running one when they differ.
 pub fn status(report: &StatusReport<'_>) -> String {
-    let StatusReport { version, active, ref totals, debug, ref drain, settings, running_threads } = *report;
+    let StatusReport { version, active, ref totals, debug, ref drain, settings, running_threads, slow_polls } = *report;
     let draining = match (drain.reason, drain.seconds) {
         (Some(reason), Some(seconds)) => {
             format!("yes, for {seconds:.1} s ({}), {active} call(s) still up", reason.name())
@@ -95,12 +97,14 @@ pub fn status(report: &StatusReport<'_>) -> String {
         _ => "no".to_string(),
     };
     let mut text = format!(
-        "mod_wsbridge {version}\nactive calls: {active}\ndraining: {draining}\ncalls since load: {}\nrefused (bad settings): {}\nrefused (draining): {}\nfailed (server unreachable or broken): {}\ndebug: {}\nruntime threads running: {running_threads}\n",
+        "mod_wsbridge {version}\nactive calls: {active}\ndraining: {draining}\ncalls since load: {}\nrefused (bad settings): {}\nrefused (draining): {}\nfailed (server unreachable or broken): {}\ndebug: {}\nruntime threads running: {running_threads}\nslow task polls (a frame or more): {}, longest poll {} ms\n",
         totals.calls,
         totals.refused,
         totals.refused_draining,
         totals.failed,
-        if debug { "on" } else { "off" }
+        if debug { "on" } else { "off" },
+        slow_polls.0,
+        slow_polls.1.as_millis(),
     );
     for (name, value) in settings {
         if value.is_empty() {
@@ -135,6 +139,8 @@ pub fn status_json(report: &StatusReport<'_>) -> String {
         "failed": report.totals.failed,
         "debug": report.debug,
         "runtime_threads_running": report.running_threads,
+        "slow_task_polls": report.slow_polls.0,
+        "longest_task_poll_ms": report.slow_polls.1.as_millis() as u64,
         "settings": settings,
     });
     format!("{status}\n")
@@ -214,6 +220,7 @@ mod tests {
             drain: DrainReport { reason: None, seconds: None },
             settings,
             running_threads,
+            slow_polls: (3, std::time::Duration::from_millis(45)),
         }
     }
 
@@ -223,6 +230,7 @@ mod tests {
             vec![("runtime-threads".to_string(), "2".to_string()), ("debug".to_string(), "false".to_string())];
         let same = status(&report(&settings, 2));
         assert!(same.contains("runtime threads running: 2\n") && same.contains("runtime-threads = 2\n"), "{same}");
+        assert!(same.contains("slow task polls (a frame or more): 3, longest poll 45 ms\n"), "{same}");
         let changed = status(&report(&settings, 1));
         assert!(changed.contains("runtime threads running: 1\n"), "{changed}");
         assert!(changed.contains("runtime-threads = 2 (configured; 1 running until reload mod_wsbridge)"), "{changed}");

@@ -28,6 +28,7 @@ pub mod jitter;
 pub mod logging;
 pub mod media;
 pub mod playout;
+pub mod poll_watch;
 pub mod protocol;
 pub mod reframe;
 pub mod security;

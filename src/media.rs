@@ -107,6 +107,9 @@ struct Reconnection {
     gap_ms: u64,
 }
 
+/// Most server audio queued for playout in one step (about 1 s at 16 kHz).
+const PUSH_PIECE_BYTES: usize = 32 * 1024;
+
 /// The close reason when the caller hangs up.
 pub const CALLER_HUNG_UP: &str = "caller hung up";
 
@@ -396,12 +399,20 @@ impl CallMedia {
 
     async fn queue_linear(&self, mut data: &[u8]) {
         loop {
-            let taken = lock(&self.playout).push(data);
+            // A large message goes in pieces, yielding between them, so that it
+            // holds neither this call's playout lock (its FreeSWITCH thread
+            // waits on it) nor the runtime thread that other calls share.
+            let piece = &data[..data.len().min(PUSH_PIECE_BYTES)];
+            let taken = lock(&self.playout).push(piece);
             data = &data[taken..];
             if data.is_empty() {
                 return;
             }
-            self.wait_for_low_water().await;
+            if taken < piece.len() {
+                self.wait_for_low_water().await;
+            } else {
+                tokio::task::yield_now().await;
+            }
         }
     }
 

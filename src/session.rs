@@ -451,6 +451,12 @@ fn recoverable(ended: &Ended, options: &SessionOptions, uri: &str) -> Option<Fai
     if options.reconnect.is_zero() {
         return None;
     }
+    network_failure(ended, uri)
+}
+
+/// How the connection failed, where the network (not the server's choice,
+/// nor a protocol violation) ended it: the cause and the words for the log.
+fn network_failure(ended: &Ended, uri: &str) -> Option<Failure> {
     let (cause, why) = match ended {
         Ended::Read(ReadEnd::Eof) => {
             (HangupCause::NetworkOutOfOrder, format!("{uri} closed the connection without a close frame"))
@@ -635,18 +641,17 @@ async fn finish(
         {
             failed(HangupCause::ProtocolError, format!("{uri} broke the WebSocket protocol: {error}"))
         }
-        Ended::Read(ReadEnd::Error(error)) => {
-            failed(HangupCause::NetworkOutOfOrder, format!("WebSocket to {uri} failed: {error}"))
-        }
-        Ended::Write(error) => failed(HangupCause::NetworkOutOfOrder, format!("sending to {uri} failed: {error}")),
-        Ended::DeadPeer(silent) => {
-            media.record_close(1001, "server stopped answering");
-            let close = CloseFrame { code: CloseCode::Away, reason: "no answer to pings".into() };
-            let _ = timeout(options.close_timeout, sink.send(Message::Close(Some(close)))).await;
-            failed(
-                HangupCause::RecoveryOnTimerExpire,
-                format!("nothing from {uri} for {} ms, pings unanswered", silent.as_millis()),
-            )
+        Ended::Read(ReadEnd::Error(_)) | Ended::Write(_) | Ended::DeadPeer(_) => {
+            if matches!(ended, Ended::DeadPeer(_)) {
+                media.record_close(1001, "server stopped answering");
+                let close = CloseFrame { code: CloseCode::Away, reason: "no answer to pings".into() };
+                let _ = timeout(options.close_timeout, sink.send(Message::Close(Some(close)))).await;
+            }
+            let Failure { cause, why } = network_failure(&ended, uri).unwrap_or_else(|| Failure {
+                cause: HangupCause::NetworkOutOfOrder,
+                why: format!("the connection to {uri} failed"),
+            });
+            failed(cause, why)
         }
     }
 }

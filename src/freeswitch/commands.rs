@@ -25,6 +25,7 @@ fn run(arguments: &str) -> String {
                 drain: drain::report(),
                 settings: &settings,
                 running_threads: runtime::workers(),
+                slow_polls: crate::poll_watch::figures(),
             };
             match json {
                 true => command::status_json(&report),

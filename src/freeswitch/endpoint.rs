@@ -18,6 +18,7 @@ use crate::call_plan::{admit, plan_call, CallPlan, CallSources};
 use crate::cause::HangupCause;
 use crate::comfort_noise::DownlinkMixer;
 use crate::media::{CallMedia, WireDecoder};
+use crate::poll_watch::Watched;
 use crate::reframe::Reframer;
 use crate::session::{self, CallControl, CallEvent};
 use crate::settings::{Encoding, VariableSource, FRAME_MS};
@@ -154,12 +155,12 @@ impl Endpoint for WsbridgeCall {
     fn on_init(&self, session: Session<'_>) -> bool {
         let uuid = session.uuid();
         let channel = session.channel();
-        let task = session::run(
+        let task = Watched::new(session::run(
             self.plan.server.clone(),
             self.media.clone(),
             LocatedCall { uuid: uuid.clone() },
             self.plan.tuning.session.clone(),
-        )
+        ))
         .instrument(tracing::info_span!("call", uuid = uuid.as_str()));
         registry::register(&uuid, registry::CallEntry::new(self.plan.shown_uri.clone(), self.media.clone()));
         if !runtime::spawn(task) {
