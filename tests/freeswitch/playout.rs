@@ -240,6 +240,10 @@ pub fn paced_with_jitter() {
         listed["target_ms"],
         listed["jitter_ms"]
     );
+    // The module's own record of code that held its runtime threads (any call's).
+    let status = esl().api("wsbridge status");
+    let slow_polls = status.lines().find(|line| line.starts_with("slow task polls")).unwrap_or("no slow-poll line");
+    println!("{path}: module {slow_polls}");
     // Known and not yet explained: some runs of this seed show one gap of
     // about 115 ms at 16.5 s. One such episode is reported, not failed;
     // more than one fails.
