@@ -57,10 +57,12 @@ use tests;
 
 mod audio;
 mod calls;
+mod g711;
 mod hostile;
 mod media;
 mod operating;
 mod playout;
+mod protocols;
 mod reconnect;
 mod trust;
 mod ws_server;
@@ -154,9 +156,17 @@ fn main() {
     let arguments = Arguments::from_args();
     // Each file declares its own tests with tests!; a new file needs its
     // `mod` line above and its TESTS here.
-    let mut tests =
-        [calls::TESTS, hostile::TESTS, operating::TESTS, media::TESTS, playout::TESTS, reconnect::TESTS, trust::TESTS]
-            .concat();
+    let mut tests = [
+        calls::TESTS,
+        hostile::TESTS,
+        operating::TESTS,
+        media::TESTS,
+        playout::TESTS,
+        protocols::TESTS,
+        reconnect::TESTS,
+        trust::TESTS,
+    ]
+    .concat();
     // The longest first, so the rest run beside them (a stable sort: the
     // others keep their order).
     tests.sort_by_key(|test| std::cmp::Reverse(test.runs_seconds));
