@@ -29,7 +29,7 @@ fn measure(name: &str, rate: u32, mut per_frame: impl FnMut()) {
 fn main() {
     println!("per-frame cost, {FRAMES} frames each (20 ms frames; one call needs 50 per second each way)");
     for rate in [8000, 16000, 48000] {
-        let format = ContentType { rate };
+        let format = ContentType::l16(rate);
         let frame_bytes = format.bytes_per_frame();
         let samples = format.samples_per_frame();
         let message = vec![7u8; 333];
@@ -70,7 +70,7 @@ fn main() {
             mixer.finish_frame(black_box(&mut frame), switch);
         });
 
-        let media = CallMedia::new(format, MediaLimits::default());
+        let media = CallMedia::new(format, MediaLimits::default(), None);
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         let one_frame = vec![1u8; frame_bytes];
         let mut batch = std::collections::VecDeque::new();

@@ -9,7 +9,7 @@ use crate::cause::HangupCause;
 use crate::security;
 use crate::settings::server::{RawSettings, VariableSource};
 use crate::settings::tuning::Reader;
-use crate::settings::{CallSettings, CallTuning, ModuleConfig, FALLBACK_URIS, MAX_HEADERS_BYTES};
+use crate::settings::{CallSettings, CallTuning, ModuleConfig, FALLBACK_URIS, MAX_HEADERS_BYTES, PROTOCOL};
 
 /// Where a call's settings come from.
 pub struct CallSources<'a> {
@@ -72,6 +72,9 @@ pub fn plan_call(sources: &CallSources<'_>, config: &ModuleConfig) -> Result<Cal
     if raw.fallback_uris.is_none() {
         raw.fallback_uris =
             tuning_source(&FALLBACK_URIS.variable().unwrap_or_default()).filter(|t| !t.trim().is_empty());
+    }
+    if raw.protocol.is_none() {
+        raw.protocol = tuning_source(&PROTOCOL.variable().unwrap_or_default()).filter(|t| !t.trim().is_empty());
     }
     raw.default_uri = config.default_uri.clone();
     raw.default_content_type = config.default_content_type.clone();
@@ -155,7 +158,7 @@ mod tests {
         assert_eq!(refusal(&[(URI, "gopher://h/")], None, &open), HangupCause::InvalidUrl);
         assert_eq!(refusal(&[(URI, "ws%3A%2F%2Fh%2")], None, &open), HangupCause::InvalidUrl);
         assert_eq!(
-            refusal(&[(URI, "ws://h/"), (CONTENT_TYPE, "audio/pcmu")], None, &open),
+            refusal(&[(URI, "ws://h/"), (CONTENT_TYPE, "audio/opus")], None, &open),
             HangupCause::ServiceNotImplemented
         );
         assert_eq!(refusal(&[(URI, "ws://h/"), (HEADERS, "%7B%22a%22")], None, &open), HangupCause::InvalidIeContents);

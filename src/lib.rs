@@ -19,6 +19,7 @@ pub mod cause;
 pub mod comfort_noise;
 pub mod command;
 pub mod concealment;
+pub mod connection;
 pub mod jitter;
 pub mod logging;
 pub mod media;

@@ -13,8 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::jitter::JitterLimits;
 use crate::playout::{Downlink, MarkOutcome, PlayoutBuffer};
-use crate::protocol;
-use crate::settings::ContentType;
+use crate::settings::{ContentType, Encoding};
 use crate::uplink::{Outgoing, PushOutcome, UplinkQueue};
 
 #[derive(Debug, Clone, Copy)]
@@ -29,6 +28,8 @@ pub struct MediaLimits {
     pub uplink_backlog: Duration,
     /// The jitter buffer's target range; a minimum of 0 turns it off.
     pub jitter: JitterLimits,
+    /// Caller audio per message to the server: a multiple of 20 ms.
+    pub uplink_frame_ms: u32,
 }
 
 impl MediaLimits {
@@ -41,6 +42,7 @@ impl MediaLimits {
             playout_low_water: Duration::from_millis(capacity_ms * 2 / 3),
             uplink_backlog,
             jitter: JitterLimits::default(),
+            uplink_frame_ms: crate::settings::FRAME_MS,
         }
     }
 }
@@ -65,8 +67,18 @@ pub struct MediaStats {
     pub frames_played: AtomicU64,
 }
 
+/// Turns the server's G.711 into L16 for the playout: in the module, FreeSWITCH's own codec.
+pub trait WireDecoder: Send + Sync {
+    /// Appends the samples of `wire` to `linear`, little-endian.
+    fn decode(&self, wire: &[u8], linear: &mut Vec<u8>);
+}
+
 pub struct CallMedia {
+    /// The audio on the wire; the playout holds it as L16 at the same rate.
     pub format: ContentType,
+    wire_decoder: Option<Box<dyn WireDecoder>>,
+    /// 20 ms frames per uplink message.
+    frames_per_message: u64,
     playout: Mutex<PlayoutBuffer>,
     playout_space: Notify,
     high_water_bytes: usize,
@@ -109,15 +121,22 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl CallMedia {
-    pub fn new(format: ContentType, limits: MediaLimits) -> Self {
-        let capacity = bytes_for(format, limits.playout_capacity);
-        let high_water = bytes_for(format, limits.playout_high_water).min(capacity);
-        let low_water = bytes_for(format, limits.playout_low_water).min(high_water);
-        let uplink_frames = bytes_for(format, limits.uplink_backlog) / format.bytes_per_frame();
+    /// `wire_decoder` is needed, and used, only where the wire is G.711.
+    pub fn new(format: ContentType, limits: MediaLimits, wire_decoder: Option<Box<dyn WireDecoder>>) -> Self {
+        let linear = format.linear();
+        let capacity = bytes_for(linear, limits.playout_capacity);
+        let high_water = bytes_for(linear, limits.playout_high_water).min(capacity);
+        let low_water = bytes_for(linear, limits.playout_low_water).min(high_water);
+        let frames_per_message = (limits.uplink_frame_ms / crate::settings::FRAME_MS).max(1) as usize;
+        let uplink_messages =
+            (bytes_for(format, limits.uplink_backlog) / format.bytes_per_frame()).div_ceil(frames_per_message);
+        assert!(format.encoding == Encoding::L16 || wire_decoder.is_some(), "G.711 from the server needs a decoder");
         CallMedia {
             format,
+            wire_decoder,
+            frames_per_message: frames_per_message as u64,
             playout: Mutex::new(PlayoutBuffer::with_jitter(
-                format.bytes_per_frame(),
+                linear.bytes_per_frame(),
                 capacity,
                 format.rate,
                 limits.jitter,
@@ -125,7 +144,7 @@ impl CallMedia {
             playout_space: Notify::new(),
             high_water_bytes: high_water,
             low_water_bytes: low_water,
-            uplink: Mutex::new(UplinkQueue::new(uplink_frames)),
+            uplink: Mutex::new(UplinkQueue::new(uplink_messages)),
             uplink_ready: Notify::new(),
             caller_gone: CancellationToken::new(),
             open: AtomicBool::new(false),
@@ -177,12 +196,18 @@ impl CallMedia {
         outcome
     }
 
-    pub fn send_text(&self, text: String) -> bool {
-        self.queue_item(Outgoing::Text(text))
+    /// Queues a caller's digit; false when too many messages are waiting.
+    pub fn send_dtmf(&self, digit: char, duration_ms: u32) -> bool {
+        self.queue_item(Outgoing::Dtmf { digit, duration_ms })
+    }
+
+    /// Bytes of one uplink message on the wire.
+    pub fn uplink_message_bytes(&self) -> usize {
+        self.format.bytes_per_frame() * self.frames_per_message as usize
     }
 
     fn queue_item(&self, item: Outgoing) -> bool {
-        let queued = lock(&self.uplink).push_text(item);
+        let queued = lock(&self.uplink).push_control(item);
         self.uplink_ready.notify_one();
         queued
     }
@@ -270,7 +295,11 @@ impl CallMedia {
     /// a caller hangup will send. Read under the queue's lock, so none is counted twice.
     fn frames_to_server(&self) -> u64 {
         let uplink = lock(&self.uplink);
-        let queued = if self.caller_flush.load(Ordering::Acquire) { uplink.audio_frames() as u64 } else { 0 };
+        let queued = if self.caller_flush.load(Ordering::Acquire) {
+            uplink.audio_frames() as u64 * self.frames_per_message
+        } else {
+            0
+        };
         self.stats.frames_sent.load(Ordering::Relaxed) + queued
     }
 
@@ -316,6 +345,7 @@ impl CallMedia {
     }
 
     pub fn buffered_playout(&self) -> Duration {
+        // The playout holds L16.
         let bytes = lock(&self.playout).buffered_bytes();
         Duration::from_micros((bytes / 2) as u64 * 1_000_000 / self.format.rate as u64)
     }
@@ -352,8 +382,19 @@ impl CallMedia {
         }
     }
 
-    /// Queues all of `data` for playout, waiting for room when the buffer is full.
-    pub async fn queue_playout(&self, mut data: &[u8]) {
+    /// Queues all of `wire` for playout, waiting for room when the buffer is full.
+    pub async fn queue_playout(&self, wire: &[u8]) {
+        match &self.wire_decoder {
+            Some(decoder) if self.format.encoding != Encoding::L16 => {
+                let mut linear = Vec::with_capacity(wire.len() * 2);
+                decoder.decode(wire, &mut linear);
+                self.queue_linear(&linear).await
+            }
+            _ => self.queue_linear(wire).await,
+        }
+    }
+
+    async fn queue_linear(&self, mut data: &[u8]) {
         loop {
             let taken = lock(&self.playout).push(data);
             data = &data[taken..];
@@ -372,7 +413,7 @@ impl CallMedia {
         for name in dropped_marks {
             self.send_mark(name, true);
         }
-        self.send_text(protocol::cleared_event());
+        self.queue_item(Outgoing::Cleared);
     }
 
     /// Places a mark after the audio queued so far; false when refused.
@@ -403,8 +444,8 @@ impl CallMedia {
         if uplink.is_empty() {
             return false;
         }
-        let frames = uplink.take_all(batch);
-        self.stats.frames_sent.fetch_add(frames as u64, Ordering::Relaxed);
+        let messages = uplink.take_all(batch);
+        self.stats.frames_sent.fetch_add(messages as u64 * self.frames_per_message, Ordering::Relaxed);
         true
     }
 
@@ -425,13 +466,14 @@ mod tests {
             playout_low_water: Duration::from_millis(60),
             uplink_backlog: Duration::from_millis(60),
             jitter: JitterLimits::OFF,
+            uplink_frame_ms: 20,
         }
     }
 
     #[tokio::test]
     async fn a_large_message_waits_for_room_and_loses_nothing() {
-        let format = ContentType { rate: 8000 };
-        let media = Arc::new(CallMedia::new(format, small_limits()));
+        let format = ContentType::l16(8000);
+        let media = Arc::new(CallMedia::new(format, small_limits(), None));
         // 1 s of a counting pattern: five times the capacity.
         let samples: Vec<i16> = (0..8000).map(|i| (i % 3000) as i16).collect();
         let bytes: Vec<u8> = samples.iter().flat_map(|s| s.to_le_bytes()).collect();
@@ -455,8 +497,8 @@ mod tests {
 
     #[tokio::test]
     async fn reading_pauses_above_high_water_until_low_water() {
-        let format = ContentType { rate: 8000 };
-        let media = Arc::new(CallMedia::new(format, small_limits()));
+        let format = ContentType::l16(8000);
+        let media = Arc::new(CallMedia::new(format, small_limits(), None));
         media.queue_playout(&vec![0u8; 320 * 6]).await; // 120 ms: above high water
         let waiter = {
             let media = media.clone();
@@ -477,8 +519,8 @@ mod tests {
 
     #[tokio::test]
     async fn marks_and_clear_answer_through_the_uplink() {
-        let format = ContentType { rate: 8000 };
-        let media = CallMedia::new(format, small_limits());
+        let format = ContentType::l16(8000);
+        let media = CallMedia::new(format, small_limits(), None);
         assert!(media.add_mark("at-once".into()));
         media.queue_playout(&[0u8; 640]).await;
         assert!(media.add_mark("after-two".into()));
@@ -491,32 +533,58 @@ mod tests {
         assert_eq!(media.next_downlink_frame(&mut frame), Downlink::Nothing, "nothing plays after a clear");
         let mut batch = VecDeque::new();
         media.next_uplink_batch(&mut batch).await;
-        let texts: Vec<String> = batch
-            .iter()
-            .map(|item| match item {
-                Outgoing::Text(text) => text.clone(),
-                Outgoing::Mark { name, cleared } => protocol::mark_event(name, *cleared),
-                Outgoing::Audio(_) => panic!("text items only"),
-            })
-            .collect();
+        let mark = |name: &str, cleared| Outgoing::Mark { name: name.into(), cleared };
         assert_eq!(
-            texts,
-            [
-                r#"{"event":"mark","name":"at-once"}"#,
-                r#"{"event":"mark","name":"after-two"}"#,
-                r#"{"event":"mark","name":"dropped","cleared":true}"#,
-                r#"{"event":"cleared"}"#,
-            ]
+            Vec::from(batch),
+            [mark("at-once", false), mark("after-two", false), mark("dropped", true), Outgoing::Cleared]
         );
     }
 
     #[tokio::test]
     async fn uplink_batches_keep_order() {
-        let media = CallMedia::new(ContentType { rate: 8000 }, small_limits());
+        let media = CallMedia::new(ContentType::l16(8000), small_limits(), None);
         media.send_audio(Bytes::from_static(&[1]));
-        media.send_text("t".into());
+        media.send_dtmf('5', 100);
         let mut batch = VecDeque::new();
         media.next_uplink_batch(&mut batch).await;
-        assert_eq!(Vec::from(batch), vec![Outgoing::Audio(Bytes::from_static(&[1])), Outgoing::Text("t".into())]);
+        assert_eq!(
+            Vec::from(batch),
+            vec![Outgoing::Audio(Bytes::from_static(&[1])), Outgoing::Dtmf { digit: '5', duration_ms: 100 }]
+        );
+    }
+
+    /// G.711 μ-law's decoding of one byte (ITU-T G.711), for tests only:
+    /// the module decodes with FreeSWITCH's codec.
+    struct ReferenceMulaw;
+
+    impl WireDecoder for ReferenceMulaw {
+        fn decode(&self, wire: &[u8], linear: &mut Vec<u8>) {
+            for byte in wire {
+                let byte = !byte;
+                let exponent = (byte >> 4) & 7;
+                let magnitude = ((((byte & 0x0f) as i32) << 3) + 0x84) << exponent;
+                let sample = if byte & 0x80 != 0 { 0x84 - magnitude } else { magnitude - 0x84 };
+                linear.extend_from_slice(&(sample as i16).to_le_bytes());
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn g711_from_the_server_plays_as_l16_and_larger_uplink_messages_count_their_frames() {
+        let limits = MediaLimits { uplink_frame_ms: 100, ..small_limits() };
+        let media = CallMedia::new(ContentType::PCMU, limits, Some(Box::new(ReferenceMulaw)));
+        assert_eq!(media.uplink_message_bytes(), 800);
+        // 0xFF is μ-law's zero; 0x80 its largest positive sample.
+        let mut wire = vec![0xFFu8; 80];
+        wire.extend(vec![0x80u8; 80]);
+        media.queue_playout(&wire).await;
+        let mut frame = vec![0i16; 160];
+        assert_eq!(media.next_downlink_frame(&mut frame), Downlink::Audio);
+        assert!(frame[..80].iter().all(|s| *s == 0) && frame[80..].iter().all(|s| *s == 32124), "{frame:?}");
+        media.mark_open("test");
+        media.send_audio(Bytes::from(vec![0xFF; 800]));
+        let mut batch = VecDeque::new();
+        media.next_uplink_batch(&mut batch).await;
+        assert_eq!(media.stats.frames_sent.load(Ordering::Relaxed), 5, "one 100 ms message is five frames");
     }
 }

@@ -18,11 +18,12 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::cause::HangupCause;
+use crate::connection::{self, Connection};
 use crate::media::{CallMedia, CALLER_HUNG_UP};
-use crate::protocol::{self, Control};
-use crate::settings::{CallSettings, FirstMessageStyle, ServerUri};
+use crate::protocol::{self, Control, Decoder, Dialect, Encoder, Inbound};
+use crate::settings::{CallSettings, FirstMessageStyle, Scheme, ServerUri};
 use crate::uplink::Outgoing;
-use crate::websocket::{self, Connection, TlsOptions};
+use crate::websocket::{self, TlsOptions};
 
 /// What the task may do to its call. Implementations must not block.
 pub trait CallControl: Send + Sync + 'static {
@@ -110,6 +111,8 @@ pub struct SessionOptions {
     pub max_connecting: usize,
     /// How long a call may live without its WebSocket after a network failure; zero: hang up at once.
     pub reconnect: Duration,
+    /// The `accountSid` a Twilio server is told.
+    pub twilio_account_sid: String,
 }
 
 static CONNECTING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -150,6 +153,7 @@ impl Default for SessionOptions {
             http_headers: Vec::new(),
             max_connecting: MAX_CONNECTING.integer_default() as usize,
             reconnect: ms(&RECONNECT_MS),
+            twilio_account_sid: format!("AC{}", "0".repeat(32)),
         }
     }
 }
@@ -299,7 +303,8 @@ async fn converse(
     control: &impl CallControl,
     options: &SessionOptions,
 ) -> SessionEnd {
-    let (connection, mut uri) = match open(settings, media, control, options).await {
+    let mut dialect = Dialect::new(settings, options.first_message, &options.twilio_account_sid, control.call_id());
+    let (connection, mut uri) = match open(settings, media, control, options, &mut dialect).await {
         Ok(opened) => opened,
         Err(end) => return end,
     };
@@ -307,11 +312,12 @@ async fn converse(
     // Taken off the queue but not yet sent; kept across a reconnect or a caller hangup.
     let mut unsent = VecDeque::new();
     loop {
-        let ended = exchange(&mut sink, &mut stream, &mut unsent, media, control, options).await;
+        let ended = exchange(&mut sink, &mut stream, &mut unsent, media, control, options, &mut dialect).await;
         let Some(failure) = recoverable(&ended, options, &uri) else {
-            return finish(ended, &mut sink, &mut stream, &mut unsent, media, control, options, &uri).await;
+            let session = Session { sink: &mut sink, stream: &mut stream, unsent: &mut unsent, dialect: &mut dialect };
+            return finish(ended, session, media, control, options, &uri).await;
         };
-        let (connection, server) = match reconnect(settings, media, control, options, failure).await {
+        let (connection, server) = match reconnect(settings, media, control, options, failure, &mut dialect).await {
             Ok(reconnected) => reconnected,
             Err(end) => return end,
         };
@@ -336,22 +342,31 @@ fn websocket_config(options: &SessionOptions) -> WebSocketConfig {
     config
 }
 
-/// One server: TCP, TLS, the upgrade and the first message, within the connect timeout.
+/// One server: TCP, TLS, the upgrade and the first messages, within the connect timeout.
 async fn connect_one(
     server: &ServerUri,
-    settings: &CallSettings,
     options: &SessionOptions,
     limit: Duration,
+    dialect: &mut Dialect,
 ) -> Result<Connection, String> {
     let shown = crate::security::redact_uri(&server.text);
     let opening = async {
-        let mut connection = websocket::connect(server, websocket_config(options), &options.tls, &options.http_headers)
-            .await
-            .map_err(|error| format!("cannot reach {shown}: {error}"))?;
-        connection
-            .send(Message::text(settings.first_message(options.first_message)))
-            .await
-            .map_err(|error| format!("cannot reach {shown}: sending the first message failed: {error}"))?;
+        let mut connection = match server.scheme {
+            Scheme::Tcp => connection::connect_audiosocket(&server.host, server.port)
+                .await
+                .map_err(|error| format!("cannot reach {shown}: {error}"))?,
+            Scheme::Ws | Scheme::Wss => Connection::WebSocket(
+                websocket::connect(server, websocket_config(options), &options.tls, &options.http_headers)
+                    .await
+                    .map_err(|error| format!("cannot reach {shown}: {error}"))?,
+            ),
+        };
+        for message in dialect.open() {
+            connection
+                .send(message)
+                .await
+                .map_err(|error| format!("cannot reach {shown}: sending the first message failed: {error}"))?;
+        }
         Ok::<Connection, String>(connection)
     };
     match timeout(limit, opening).await {
@@ -366,6 +381,7 @@ async fn connect_any(
     settings: &CallSettings,
     options: &SessionOptions,
     deadline: Option<tokio::time::Instant>,
+    dialect: &mut Dialect,
 ) -> Result<(Connection, String), String> {
     let mut failures = Vec::new();
     for server in servers(settings) {
@@ -378,7 +394,7 @@ async fn connect_any(
         if limit.is_zero() {
             break;
         }
-        match connect_one(server, settings, options, limit).await {
+        match connect_one(server, options, limit, dialect).await {
             Ok(connection) => return Ok((connection, crate::security::redact_uri(&server.text))),
             Err(why) => {
                 if !settings.fallbacks.is_empty() {
@@ -397,6 +413,7 @@ async fn open(
     media: &CallMedia,
     control: &impl CallControl,
     options: &SessionOptions,
+    dialect: &mut Dialect,
 ) -> Result<(Connection, String), SessionEnd> {
     let Some(slot) = ConnectingSlot::take(options.max_connecting) else {
         let uri = crate::security::redact_uri(&settings.uri.text);
@@ -407,13 +424,13 @@ async fn open(
     };
     let (connection, uri) = tokio::select! {
         _ = media.caller_gone() => return Err(SessionEnd::CallerHungUp),
-        opened = connect_any(settings, options, None) => match opened {
+        opened = connect_any(settings, options, None, dialect) => match opened {
             Ok(opened) => opened,
             Err(why) => return Err(failed(HangupCause::DestinationOutOfOrder, why)),
         },
     };
     drop(slot);
-    tracing::info!("WebSocket to {uri} open ({}); answering", settings.content_type);
+    tracing::info!("connection to {uri} open ({}, {}); answering", settings.protocol.name(), settings.content_type);
     media.mark_open(&uri);
     control.event(CallEvent::Connect { uri: uri.clone(), connect_ms: media.connect_ms().unwrap_or(0) });
     if !control.answer() {
@@ -472,6 +489,7 @@ async fn reconnect(
     control: &impl CallControl,
     options: &SessionOptions,
     failure: Failure,
+    dialect: &mut Dialect,
 ) -> Result<(Connection, String), SessionEnd> {
     let gap_started = tokio::time::Instant::now();
     let deadline = gap_started + options.reconnect;
@@ -489,7 +507,7 @@ async fn reconnect(
                 return None;
             }
             attempt += 1;
-            match connect_any(settings, options, Some(deadline)).await {
+            match connect_any(settings, options, Some(deadline), &mut *dialect).await {
                 Ok(connected) => return Some(connected),
                 Err(why) => last_error = why,
             }
@@ -515,8 +533,10 @@ async fn reconnect(
     let reconnects = media.count_reconnect(gap_ms);
     let dropped = media.dropped_uplink_frames() - dropped_before;
     let resumed = protocol::resumed_event(control.call_id(), gap_ms, reconnects, dropped);
-    if let Err(error) = connection.send(Message::text(resumed)).await {
-        return Err(failed(failure.cause, format!("sending resumed to {uri} failed: {error}")));
+    if let Some(resumed) = dialect.resumed(resumed) {
+        if let Err(error) = connection.send(resumed).await {
+            return Err(failed(failure.cause, format!("sending resumed to {uri} failed: {error}")));
+        }
     }
     media.set_server(&uri);
     tracing::info!("WebSocket to {uri} open again after {gap_ms} ms (reconnect {reconnects})");
@@ -532,34 +552,50 @@ async fn exchange(
     media: &CallMedia,
     control: &impl CallControl,
     options: &SessionOptions,
+    dialect: &mut Dialect,
 ) -> Ended {
     let liveness = Liveness::new();
+    // AudioSocket has no pings: a server that only listens sends nothing, and is not dead for it.
+    let dead_peer_timeout = match dialect.decoder {
+        Decoder::AudioSocket { .. } => Duration::ZERO,
+        _ => options.dead_peer_timeout,
+    };
+    let Dialect { encoder, decoder } = dialect;
     tokio::select! {
         _ = media.caller_gone() => Ended::CallerGone,
-        end = read_loop(stream, media, control, options, &liveness) => Ended::Read(end),
-        error = write_loop(sink, unsent, media, control, options.ping_interval) => Ended::Write(error),
-        silent = liveness.wait_dead(options.dead_peer_timeout) => Ended::DeadPeer(silent),
+        end = read_loop(stream, media, control, options, &liveness, decoder) => Ended::Read(end),
+        error = write_loop(sink, unsent, media, control, options.ping_interval, encoder) => Ended::Write(error),
+        silent = liveness.wait_dead(dead_peer_timeout) => Ended::DeadPeer(silent),
     }
 }
 
+/// One connection's state as it ends.
+struct Session<'a> {
+    sink: &'a mut Sink,
+    stream: &'a mut Stream,
+    unsent: &'a mut VecDeque<Outgoing>,
+    dialect: &'a mut Dialect,
+}
+
 /// Closes the socket as the way it ended calls for, and says how it ended.
-#[allow(clippy::too_many_arguments)] // one call's whole session state, in one place
 async fn finish(
     ended: Ended,
-    sink: &mut Sink,
-    stream: &mut Stream,
-    unsent: &mut VecDeque<Outgoing>,
+    session: Session<'_>,
     media: &CallMedia,
     control: &impl CallControl,
     options: &SessionOptions,
     uri: &str,
 ) -> SessionEnd {
+    let Session { sink, stream, unsent, dialect } = session;
     match ended {
         Ended::CallerGone => {
             media.record_close(1000, CALLER_HUNG_UP);
             // The caller's last frames were queued before the hangup: they go before the close.
             media.take_uplink(unsent);
-            let _ = timeout(options.close_timeout, send_batch(sink, unsent, control)).await;
+            let _ = timeout(options.close_timeout, send_batch(sink, unsent, control, &mut dialect.encoder)).await;
+            if let Some(goodbye) = dialect.closing() {
+                let _ = timeout(options.close_timeout, sink.send(goodbye)).await;
+            }
             let close = CloseFrame { code: CloseCode::Normal, reason: CALLER_HUNG_UP.into() };
             if timeout(options.close_timeout, sink.send(Message::Close(Some(close)))).await.is_ok() {
                 // Give the server its chance to answer the close.
@@ -625,6 +661,7 @@ async fn read_loop(
     control: &impl CallControl,
     options: &SessionOptions,
     liveness: &Liveness,
+    decoder: &Decoder,
 ) -> ReadEnd {
     let frame_bytes = media.format.bytes_per_frame() as u64;
     let mut partial_bytes = 0u64;
@@ -638,25 +675,36 @@ async fn read_loop(
             None => return ReadEnd::Eof,
             Some(Err(WsError::Capacity(error))) => return ReadEnd::TooBig(error.to_string()),
             Some(Err(error)) => return ReadEnd::Error(error),
-            Some(Ok(Message::Binary(data))) => {
-                if data.len() > options.max_message_bytes {
-                    return ReadEnd::TooBig(format!("a binary message of {} bytes", data.len()));
-                }
-                media.queue_playout(&data).await;
-                partial_bytes += data.len() as u64;
-                media.count_received(partial_bytes / frame_bytes);
-                partial_bytes %= frame_bytes;
-            }
-            Some(Ok(Message::Text(text))) => {
-                if text.len() > options.max_text_bytes {
-                    return ReadEnd::TooBig(format!("a text message of {} bytes", text.len()));
-                }
-                if message_events.allow() {
-                    control.event(CallEvent::Message { body: text.to_string() });
-                }
-                act_on_text(text.as_str(), media, control);
-            }
             Some(Ok(Message::Close(frame))) => return ReadEnd::Closed(frame),
+            Some(Ok(message @ (Message::Binary(_) | Message::Text(_)))) => {
+                let text = match &message {
+                    Message::Binary(data) if data.len() > options.max_message_bytes => {
+                        return ReadEnd::TooBig(format!("a binary message of {} bytes", data.len()));
+                    }
+                    Message::Text(text) if text.len() > options.max_text_bytes => {
+                        return ReadEnd::TooBig(format!("a text message of {} bytes", text.len()));
+                    }
+                    Message::Text(text) => Some(text.clone()),
+                    _ => None,
+                };
+                match decoder.decode(message) {
+                    Inbound::Audio(data) => {
+                        media.queue_playout(&data).await;
+                        partial_bytes += data.len() as u64;
+                        media.count_received(partial_bytes / frame_bytes);
+                        partial_bytes %= frame_bytes;
+                    }
+                    inbound => {
+                        // Audio carried as text (Twilio's media) is not announced.
+                        if let Some(text) = text {
+                            if message_events.allow() {
+                                control.event(CallEvent::Message { body: text.to_string() });
+                            }
+                        }
+                        act_on(inbound, media, control);
+                    }
+                }
+            }
             Some(Ok(_)) => {}
         }
     }
@@ -698,29 +746,33 @@ impl EventBudget {
     }
 }
 
-fn act_on_text(text: &str, media: &CallMedia, control: &impl CallControl) {
-    match protocol::parse_control(text) {
-        Ok(Control::Clear) => {
+fn act_on(inbound: Inbound, media: &CallMedia, control: &impl CallControl) {
+    let control_message = match inbound {
+        Inbound::Control(control_message) => control_message,
+        Inbound::Audio(_) => return,
+        Inbound::Ignored(why) => {
+            tracing::debug!("ignoring a message from the server: {why}");
+            return;
+        }
+    };
+    match control_message {
+        Control::Clear => {
             tracing::debug!("server: clear");
             media.clear_playout();
         }
-        Ok(Control::Mark { name }) => {
+        Control::Mark { name } => {
             if !media.add_mark(name) {
                 tracing::warn!("server: too many marks pending; mark refused");
             }
         }
-        Ok(Control::Dtmf { digits, duration_ms }) => {
+        Control::Dtmf { digits, duration_ms } => {
             tracing::debug!("server: DTMF {digits} ({duration_ms} ms)");
             control.send_dtmf(&digits, duration_ms);
         }
-        Ok(Control::Hangup { cause }) => {
+        Control::Hangup { cause } => {
             let cause = cause.unwrap_or_else(|| HangupCause::NormalClearing.name().to_string());
             tracing::info!("server asked to hang up ({cause})");
             control.hangup_named(&cause);
-        }
-        Err(error) => {
-            let shown: String = text.chars().take(120).collect();
-            tracing::debug!("ignoring a text message ({error}): {shown}");
         }
     }
 }
@@ -732,6 +784,7 @@ async fn write_loop(
     media: &CallMedia,
     control: &impl CallControl,
     ping_interval: Duration,
+    encoder: &mut Encoder,
 ) -> WsError {
     let mut pings = (!ping_interval.is_zero()).then(|| {
         let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
@@ -739,7 +792,7 @@ async fn write_loop(
         interval
     });
     // What a broken connection left unsent goes first on the new one.
-    if let Err(error) = send_batch(sink, batch, control).await {
+    if let Err(error) = send_batch(sink, batch, control, encoder).await {
         return error;
     }
     loop {
@@ -758,7 +811,7 @@ async fn write_loop(
                 continue;
             }
         }
-        if let Err(error) = send_batch(sink, batch, control).await {
+        if let Err(error) = send_batch(sink, batch, control, encoder).await {
             return error;
         }
     }
@@ -770,14 +823,13 @@ async fn send_batch(
     sink: &mut (impl SinkExt<Message, Error = WsError> + Unpin),
     batch: &mut VecDeque<Outgoing>,
     control: &impl CallControl,
+    encoder: &mut Encoder,
 ) -> Result<(), WsError> {
     while let Some(item) = batch.front() {
-        let message = match item {
-            Outgoing::Audio(frame) => Message::Binary(frame.clone()),
-            Outgoing::Text(text) => Message::text(text.clone()),
-            Outgoing::Mark { name, cleared } => Message::text(protocol::mark_event(name, *cleared)),
-        };
-        sink.feed(message).await?;
+        // Encoded again if a failed send leaves the item for the next connection.
+        if let Some(message) = encoder.encode(item) {
+            sink.feed(message).await?;
+        }
         if let Some(Outgoing::Mark { name, cleared }) = batch.pop_front() {
             control.event(CallEvent::Mark { name, cleared });
         }
@@ -868,7 +920,7 @@ mod tests {
     #[tokio::test]
     async fn audio_flows_both_ways_and_server_close_hangs_up_normally() {
         let (listener, port) = listener().await;
-        let media = Arc::new(CallMedia::new(ContentType { rate: 8000 }, MediaLimits::default()));
+        let media = Arc::new(CallMedia::new(ContentType::l16(8000), MediaLimits::default(), None));
         let control = Recorder::default();
         let task = tokio::spawn(run(settings(port, 8000), media.clone(), control.clone(), SessionOptions::default()));
 
@@ -908,10 +960,141 @@ mod tests {
         assert_eq!(control.announced(), vec!["connect", "message", "disconnect"]);
     }
 
+    /// A Twilio session end to end over a real socket: the stream's messages,
+    /// server audio played, a mark answered after its audio, stop at hangup.
+    #[tokio::test]
+    async fn a_twilio_stream_from_start_to_stop() {
+        use base64::Engine as _;
+        let base64 = base64::engine::general_purpose::STANDARD;
+        let (listener, port) = listener().await;
+        let settings = RawSettings { protocol: Some("twilio".into()), ..raw_settings(port) }.resolve(1024).unwrap();
+        let media = Arc::new(CallMedia::new(ContentType::PCMU, MediaLimits::default(), Some(Box::new(SilentDecoder))));
+        let control = Recorder::default();
+        let task = tokio::spawn(run(settings, media.clone(), control.clone(), SessionOptions::default()));
+        let mut server = accept(&listener, true).await;
+        assert_eq!(next_json(&mut server).await["event"], "connected");
+        let start = next_json(&mut server).await;
+        let sid = start["streamSid"].as_str().unwrap().to_string();
+        // The test's call ID is not a UUID: its hex digits, padded to 32.
+        assert_eq!(start["start"]["callSid"], format!("CAeca{}", "0".repeat(29)));
+        assert_eq!(start["start"]["customParameters"], serde_json::json!({"caller":"447700900123"}));
+        media.send_audio(Bytes::from_static(&[0x55; 160]));
+        let uplink = next_json(&mut server).await;
+        assert_eq!((uplink["sequenceNumber"].as_str(), uplink["media"]["chunk"].as_str()), (Some("2"), Some("1")));
+        assert_eq!(base64.decode(uplink["media"]["payload"].as_str().unwrap()).unwrap(), [0x55; 160]);
+
+        let media_message =
+            serde_json::json!({"event":"media","streamSid":sid,"media":{"payload":base64.encode([0xFF; 200])}});
+        server.send(Message::text(media_message.to_string())).await.unwrap();
+        let mark = serde_json::json!({"event":"mark","streamSid":sid,"mark":{"name":"after"}});
+        server.send(Message::text(mark.to_string())).await.unwrap();
+        let wrong =
+            serde_json::json!({"event":"media","streamSid":"MZother","media":{"payload":base64.encode([0xFF; 160])}});
+        server.send(Message::text(wrong.to_string())).await.unwrap();
+        // 200 bytes: one whole frame plays; the mark waits for the rest, which a clear drops.
+        let mut frame = [0i16; 160];
+        for _ in 0..200 {
+            if media.buffered_playout() >= Duration::from_millis(25) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(media.buffered_playout(), Duration::from_millis(25), "the other stream's audio is ignored");
+        server.send(Message::text(serde_json::json!({"event":"clear","streamSid":sid}).to_string())).await.unwrap();
+        let answered = next_json(&mut server).await;
+        assert_eq!(
+            (answered["event"].as_str(), &answered["mark"]),
+            (Some("mark"), &serde_json::json!({"name":"after"}))
+        );
+        assert_eq!(media.next_downlink_frame(&mut frame), Downlink::Nothing, "cleared");
+
+        media.caller_closes();
+        let stop = next_json(&mut server).await;
+        assert_eq!((stop["event"].as_str(), stop["sequenceNumber"].as_str()), (Some("stop"), Some("4")));
+        assert!(
+            matches!(server.next().await.unwrap().unwrap(), Message::Close(Some(frame)) if frame.code == CloseCode::Normal)
+        );
+        assert_eq!(task.await.unwrap(), SessionEnd::CallerHungUp);
+    }
+
+    async fn next_json(server: &mut WebSocketStream<TcpStream>) -> serde_json::Value {
+        let text = server.next().await.unwrap().unwrap().into_text().unwrap();
+        serde_json::from_str(text.as_str()).unwrap()
+    }
+
+    /// Decodes every G.711 byte as silence: the session test checks lengths only.
+    struct SilentDecoder;
+
+    impl crate::media::WireDecoder for SilentDecoder {
+        fn decode(&self, wire: &[u8], linear: &mut Vec<u8>) {
+            linear.resize(linear.len() + wire.len() * 2, 0);
+        }
+    }
+
+    fn raw_settings(port: u16) -> RawSettings {
+        RawSettings {
+            uri: Some(format!("ws://127.0.0.1:{port}/call")),
+            headers: Some(r#"{"caller":"447700900123"}"#.into()),
+            ..RawSettings::default()
+        }
+    }
+
+    /// AudioSocket over plain TCP: the UUID first, audio and DTMF as typed
+    /// messages, the server's hangup ends the call normally.
+    #[tokio::test]
+    async fn an_audiosocket_session_over_tcp() {
+        use crate::protocol::audiosocket;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (listener, port) = listener().await;
+        let raw = RawSettings {
+            uri: Some(format!("tcp://127.0.0.1:{port}")),
+            protocol: Some("audiosocket".into()),
+            ..RawSettings::default()
+        };
+        let media = Arc::new(CallMedia::new(ContentType::l16(8000), MediaLimits::default(), None));
+        let control = Recorder::default();
+        let task =
+            tokio::spawn(run(raw.resolve(1024).unwrap(), media.clone(), control.clone(), SessionOptions::default()));
+        let (mut tcp, _) = listener.accept().await.unwrap();
+        let mut header = [0u8; 3];
+        let mut read_message = async |tcp: &mut TcpStream| {
+            tcp.read_exact(&mut header).await.unwrap();
+            let mut payload = vec![0u8; u16::from_be_bytes([header[1], header[2]]) as usize];
+            tcp.read_exact(&mut payload).await.unwrap();
+            (header[0], payload)
+        };
+        let (kind, uuid) = read_message(&mut tcp).await;
+        assert_eq!((kind, uuid), (audiosocket::UUID, audiosocket::uuid_bytes("test-call").to_vec()));
+        media.send_audio(Bytes::from_static(&[7; 320]));
+        media.send_dtmf('#', 100);
+        assert_eq!(read_message(&mut tcp).await, (0x10, vec![7; 320]));
+        assert_eq!(read_message(&mut tcp).await, (audiosocket::DTMF, b"#".to_vec()));
+        tcp.write_all(&audiosocket::message(0x10, &[1; 640])).await.unwrap();
+        for _ in 0..200 {
+            if media.buffered_playout() == Duration::from_millis(40) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(media.buffered_playout(), Duration::from_millis(40));
+        tcp.write_all(&audiosocket::message(audiosocket::HANGUP, &[])).await.unwrap();
+        for _ in 0..200 {
+            if control.events().len() > 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(control.events(), vec!["answer", "hangup_named NORMAL_CLEARING"]);
+        // FreeSWITCH would now hang the leg up: the caller side goes, and the module says goodbye.
+        media.caller_closes();
+        assert_eq!(read_message(&mut tcp).await, (audiosocket::HANGUP, vec![]));
+        assert_eq!(task.await.unwrap(), SessionEnd::CallerHungUp);
+    }
+
     #[tokio::test]
     async fn caller_hangup_sends_close_1000() {
         let (listener, port) = listener().await;
-        let media = Arc::new(CallMedia::new(ContentType::default(), MediaLimits::default()));
+        let media = Arc::new(CallMedia::new(ContentType::default(), MediaLimits::default(), None));
         let control = Recorder::default();
         let task = tokio::spawn(run(settings(port, 16000), media.clone(), control.clone(), SessionOptions::default()));
         let mut server = accept(&listener, true).await;
@@ -943,7 +1126,7 @@ mod tests {
         let (listener, port) = listener().await;
         drop(listener);
         let control = Recorder::default();
-        let media = Arc::new(CallMedia::new(ContentType::default(), MediaLimits::default()));
+        let media = Arc::new(CallMedia::new(ContentType::default(), MediaLimits::default(), None));
         let end = run(settings(port, 16000), media, control.clone(), SessionOptions::default()).await;
         assert_eq!(end.hangup_cause(), Some(HangupCause::DestinationOutOfOrder));
         assert_eq!(control.events(), vec!["hangup DESTINATION_OUT_OF_ORDER"]);
@@ -959,7 +1142,7 @@ mod tests {
             drop(tcp);
         });
         let options = SessionOptions { connect_timeout: Duration::from_millis(300), ..SessionOptions::default() };
-        let media = Arc::new(CallMedia::new(ContentType::default(), MediaLimits::default()));
+        let media = Arc::new(CallMedia::new(ContentType::default(), MediaLimits::default(), None));
         let started = std::time::Instant::now();
         let end = run(settings(port, 16000), media, Recorder::default(), options).await;
         assert!(started.elapsed() < Duration::from_secs(2));
@@ -983,7 +1166,7 @@ mod tests {
                 tcp.write_all(response.as_bytes()).await.unwrap();
                 tokio::time::sleep(Duration::from_millis(200)).await;
             });
-            let media = Arc::new(CallMedia::new(ContentType::default(), MediaLimits::default()));
+            let media = Arc::new(CallMedia::new(ContentType::default(), MediaLimits::default(), None));
             let end = run(settings(port, 16000), media, Recorder::default(), SessionOptions::default()).await;
             assert_eq!(end.hangup_cause(), Some(HangupCause::DestinationOutOfOrder), "{end:?}");
             server.await.unwrap();
@@ -998,7 +1181,7 @@ mod tests {
             })
             .await;
         });
-        let media = Arc::new(CallMedia::new(ContentType::default(), MediaLimits::default()));
+        let media = Arc::new(CallMedia::new(ContentType::default(), MediaLimits::default(), None));
         let end = run(settings(port, 16000), media, Recorder::default(), SessionOptions::default()).await;
         assert!(matches!(&end, SessionEnd::Failed { why, .. } if why.contains("subprotocol")), "{end:?}");
         server.await.unwrap();
@@ -1007,7 +1190,7 @@ mod tests {
     #[tokio::test]
     async fn caller_gone_while_connecting_ends_quietly() {
         let (listener, port) = listener().await;
-        let media = Arc::new(CallMedia::new(ContentType::default(), MediaLimits::default()));
+        let media = Arc::new(CallMedia::new(ContentType::default(), MediaLimits::default(), None));
         let control = Recorder::default();
         let task = tokio::spawn(run(settings(port, 16000), media.clone(), control.clone(), SessionOptions::default()));
         let (_tcp, _) = listener.accept().await.unwrap();
@@ -1019,7 +1202,7 @@ mod tests {
     #[tokio::test]
     async fn control_messages_reach_the_call_and_junk_is_ignored() {
         let (listener, port) = listener().await;
-        let media = Arc::new(CallMedia::new(ContentType { rate: 8000 }, MediaLimits::default()));
+        let media = Arc::new(CallMedia::new(ContentType::l16(8000), MediaLimits::default(), None));
         let control = Recorder::default();
         let task = tokio::spawn(run(settings(port, 8000), media.clone(), control.clone(), SessionOptions::default()));
         let mut server = accept(&listener, true).await;
@@ -1054,7 +1237,7 @@ mod tests {
     async fn oversized_messages_close_with_1009() {
         for (text, binary) in [(true, false), (false, true)] {
             let (listener, port) = listener().await;
-            let media = Arc::new(CallMedia::new(ContentType::default(), MediaLimits::default()));
+            let media = Arc::new(CallMedia::new(ContentType::default(), MediaLimits::default(), None));
             let control = Recorder::default();
             let options = SessionOptions { max_message_bytes: 4096, max_text_bytes: 1024, ..SessionOptions::default() };
             let task = tokio::spawn(run(settings(port, 16000), media, control.clone(), options));
@@ -1082,7 +1265,7 @@ mod tests {
     #[tokio::test]
     async fn a_server_that_stops_answering_pings_is_hung_up() {
         let (listener, port) = listener().await;
-        let media = Arc::new(CallMedia::new(ContentType::default(), MediaLimits::default()));
+        let media = Arc::new(CallMedia::new(ContentType::default(), MediaLimits::default(), None));
         let control = Recorder::default();
         let options = SessionOptions {
             ping_interval: Duration::from_millis(100),
@@ -1114,7 +1297,7 @@ mod tests {
     #[tokio::test]
     async fn connection_attempts_beyond_the_cap_fail_at_once() {
         let (listener, port) = listener().await;
-        let media = Arc::new(CallMedia::new(ContentType::default(), MediaLimits::default()));
+        let media = Arc::new(CallMedia::new(ContentType::default(), MediaLimits::default(), None));
         let options = SessionOptions { max_connecting: 0, ..SessionOptions::default() };
         let started = std::time::Instant::now();
         let end = run(settings(port, 16000), media, Recorder::default(), options).await;
@@ -1155,7 +1338,7 @@ mod tests {
     #[tokio::test]
     async fn a_panic_in_the_task_hangs_the_call_up_with_crash() {
         let (listener, port) = listener().await;
-        let media = Arc::new(CallMedia::new(ContentType { rate: 8000 }, MediaLimits::default()));
+        let media = Arc::new(CallMedia::new(ContentType::l16(8000), MediaLimits::default(), None));
         let control = PanicsOnAnswer::default();
         let task = tokio::spawn(run(settings(port, 8000), media.clone(), control.clone(), SessionOptions::default()));
         let _server = accept(&listener, true).await;
@@ -1179,7 +1362,7 @@ mod tests {
         options: SessionOptions,
     ) -> (TcpListener, Arc<CallMedia>, Recorder, tokio::task::JoinHandle<SessionEnd>) {
         let (listener, port) = listener().await;
-        let media = Arc::new(CallMedia::new(ContentType { rate: 8000 }, MediaLimits::default()));
+        let media = Arc::new(CallMedia::new(ContentType::l16(8000), MediaLimits::default(), None));
         let control = Recorder::default();
         let task = tokio::spawn(run(settings(port, 8000), media.clone(), control.clone(), options));
         (listener, media, control, task)
@@ -1194,7 +1377,7 @@ mod tests {
         let (closed, port) = listener().await;
         drop(closed);
         let (listener, fallback_port) = listener().await;
-        let media = Arc::new(CallMedia::new(ContentType { rate: 8000 }, MediaLimits::default()));
+        let media = Arc::new(CallMedia::new(ContentType::l16(8000), MediaLimits::default(), None));
         let control = Recorder::default();
         let task = tokio::spawn(run(
             with_fallback(port, fallback_port),

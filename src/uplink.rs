@@ -8,8 +8,14 @@ use bytes::Bytes;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outgoing {
     Audio(Bytes),
-    Text(String),
-    /// A mark reached, or dropped by a clear: sent as text, and announced.
+    /// A caller's digit.
+    Dtmf {
+        digit: char,
+        duration_ms: u32,
+    },
+    /// A clear has dropped the queued server audio.
+    Cleared,
+    /// A mark reached, or dropped by a clear: sent, and announced.
     Mark {
         name: String,
         cleared: bool,
@@ -64,7 +70,7 @@ impl UplinkQueue {
     }
 
     /// Queues a text item; false when refused because too many are waiting.
-    pub fn push_text(&mut self, item: Outgoing) -> bool {
+    pub fn push_control(&mut self, item: Outgoing) -> bool {
         if self.text_messages >= MAX_TEXT_MESSAGES {
             return false;
         }
@@ -109,7 +115,7 @@ mod tests {
     fn overflow_drops_the_oldest_audio_and_keeps_text() {
         let mut queue = UplinkQueue::new(3);
         queue.push_audio(audio(1));
-        assert!(queue.push_text(Outgoing::Text("digit".into())));
+        assert!(queue.push_control(Outgoing::Dtmf { digit: '1', duration_ms: 100 }));
         queue.push_audio(audio(2));
         queue.push_audio(audio(3));
         assert_eq!(queue.push_audio(audio(4)), PushOutcome::DroppedOldest { first_of_episode: true });
@@ -118,7 +124,7 @@ mod tests {
         let mut batch = VecDeque::new();
         assert_eq!(queue.take_all(&mut batch), 3);
         let expected = vec![
-            Outgoing::Text("digit".into()),
+            Outgoing::Dtmf { digit: '1', duration_ms: 100 },
             Outgoing::Audio(audio(3)),
             Outgoing::Audio(audio(4)),
             Outgoing::Audio(audio(5)),
@@ -137,7 +143,11 @@ mod tests {
     #[test]
     fn text_is_bounded_too() {
         let mut queue = UplinkQueue::new(1);
-        let accepted = (0..MAX_TEXT_MESSAGES + 10).filter(|i| queue.push_text(Outgoing::Text(i.to_string()))).count();
+        let accepted = (0..MAX_TEXT_MESSAGES + 10)
+            .filter(|i| {
+                queue.push_control(Outgoing::Dtmf { digit: char::from(b'0' + (i % 10) as u8), duration_ms: 100 })
+            })
+            .count();
         assert_eq!(accepted, MAX_TEXT_MESSAGES);
     }
 }

@@ -30,7 +30,7 @@ const MAX_RESPONSE_HEAD_BYTES: usize = 16 * 1024;
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
-pub type Connection = WebSocketStream<Box<dyn Io>>;
+pub type WebSocket = WebSocketStream<Box<dyn Io>>;
 
 #[derive(Debug)]
 pub enum ConnectError {
@@ -747,10 +747,10 @@ pub async fn connect(
     config: WebSocketConfig,
     tls: &TlsOptions,
     headers: &[(String, String)],
-) -> Result<Connection, ConnectError> {
+) -> Result<WebSocket, ConnectError> {
     // A TLS setup that cannot work fails before any traffic.
     let client = match uri.scheme {
-        Scheme::Ws => None,
+        Scheme::Ws | Scheme::Tcp => None,
         Scheme::Wss => Some(client_config(tls).map_err(ConnectError::Tls)?),
     };
     let tcp = connect_tcp(&uri.host, uri.port).await.map_err(ConnectError::Tcp)?;
@@ -774,7 +774,7 @@ pub async fn connect(
     upgrade(io, uri, config, tls, headers).await
 }
 
-async fn connect_tcp(host: &str, port: u16) -> io::Result<TcpStream> {
+pub(crate) async fn connect_tcp(host: &str, port: u16) -> io::Result<TcpStream> {
     let mut last_error = None;
     for address in tokio::net::lookup_host((host, port)).await? {
         let socket = if address.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
@@ -793,7 +793,7 @@ async fn upgrade(
     config: WebSocketConfig,
     tls: &TlsOptions,
     headers: &[(String, String)],
-) -> Result<Connection, ConnectError> {
+) -> Result<WebSocket, ConnectError> {
     let key = generate_key();
     let mut request = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n\

@@ -17,10 +17,10 @@ use super::{config_store, events, registry, runtime};
 use crate::call_plan::{plan_call, CallPlan, CallSources};
 use crate::cause::HangupCause;
 use crate::comfort_noise::DownlinkMixer;
-use crate::media::CallMedia;
+use crate::media::{CallMedia, WireDecoder};
 use crate::reframe::Reframer;
 use crate::session::{self, CallControl, CallEvent};
-use crate::settings::{VariableSource, FRAME_MS};
+use crate::settings::{Encoding, VariableSource, FRAME_MS};
 use crate::uplink::PushOutcome;
 
 impl VariableSource for Variables<'_> {
@@ -75,22 +75,43 @@ fn plan(request: &Outgoing<'_>) -> Result<CallPlan, HangupCause> {
     })
 }
 
+/// The server's G.711, decoded by FreeSWITCH's own codec for the playout.
+struct FreeSwitchDecoder(Codec);
+
+impl WireDecoder for FreeSwitchDecoder {
+    fn decode(&self, wire: &[u8], linear: &mut Vec<u8>) {
+        let mut samples = Vec::with_capacity(wire.len());
+        self.0.decode(wire, &mut samples);
+        linear.extend(samples.iter().flat_map(|sample| sample.to_le_bytes()));
+    }
+}
+
 impl WsbridgeCall {
-    /// L16 codecs at the call's rate and the soft timer that paces reads.
+    /// The leg's codecs and the soft timer that paces reads. The read side
+    /// (to the caller) is L16 at the call's rate, as the playout makes it;
+    /// the write side (from the caller) is the wire's own codec, so that
+    /// FreeSWITCH transcodes, or passes G.711 through untouched.
     fn with_media(session: Session<'_>, plan: CallPlan) -> Result<WsbridgeCall, String> {
         let format = plan.server.content_type;
         let read_codec = Codec::l16(session, format.rate, FRAME_MS)?;
-        let write_codec = Codec::l16(session, format.rate, FRAME_MS)?;
+        let write_codec = Codec::named(session, format.encoding.codec_name(), format.rate, FRAME_MS)?;
+        let wire_decoder: Option<Box<dyn WireDecoder>> = match format.encoding {
+            Encoding::L16 => None,
+            encoding => {
+                Some(Box::new(FreeSwitchDecoder(Codec::standalone(encoding.codec_name(), format.rate, FRAME_MS)?)))
+            }
+        };
         let timer = Timer::soft(session, FRAME_MS, format.samples_per_frame() as u32)?;
         session.use_codecs(&read_codec, &write_codec);
+        let media = CallMedia::new(format, plan.tuning.media, wire_decoder);
         Ok(WsbridgeCall {
-            media: Arc::new(CallMedia::new(format, plan.tuning.media)),
+            uplink_reframer: Mutex::new(Reframer::new(media.uplink_message_bytes())),
+            media: Arc::new(media),
             read: Mutex::new(ReadSide {
                 timer,
                 frame: PcmFrame::new(format.samples_per_frame(), format.rate),
                 mixer: DownlinkMixer::new(plan.tuning.comfort_noise_dbov, format.rate),
             }),
-            uplink_reframer: Mutex::new(Reframer::new(format.bytes_per_frame())),
             read_codec,
             write_codec,
             plan,
@@ -180,22 +201,23 @@ impl Endpoint for WsbridgeCall {
         if !self.media.is_open() {
             return;
         }
+        let format = self.plan.server.content_type;
         let silence;
-        let pcm = if frame.pcm.is_empty() {
-            silence = vec![0u8; self.plan.server.content_type.bytes_per_frame()];
+        let data = if frame.pcm.is_empty() {
+            silence = vec![format.encoding.silence_byte(); format.bytes_per_frame()];
             &silence[..]
         } else {
             frame.pcm
         };
         let mut reframer = lock(&self.uplink_reframer);
-        reframer.push(pcm, |chunk| {
-            // FreeSWITCH's L16 is in host order; the wire is little-endian.
-            let little_endian = if cfg!(target_endian = "little") {
+        reframer.push(data, |chunk| {
+            // FreeSWITCH's L16 is in host order; the wire is little-endian. G.711 has no order.
+            let wire = if cfg!(target_endian = "little") || format.encoding != Encoding::L16 {
                 Bytes::copy_from_slice(chunk)
             } else {
                 chunk.chunks_exact(2).flat_map(|s| i16::from_ne_bytes([s[0], s[1]]).to_le_bytes()).collect()
             };
-            if let PushOutcome::DroppedOldest { first_of_episode: true } = self.media.send_audio(little_endian) {
+            if let PushOutcome::DroppedOldest { first_of_episode: true } = self.media.send_audio(wire) {
                 tracing::warn!(
                     uuid = session.uuid().as_str(),
                     "the server is not keeping up; dropping the oldest caller audio"
@@ -205,7 +227,7 @@ impl Endpoint for WsbridgeCall {
     }
 
     fn send_dtmf(&self, _session: Session<'_>, digit: char, duration_ms: u32) {
-        if !self.media.send_text(crate::protocol::dtmf_event(digit, duration_ms)) {
+        if !self.media.send_dtmf(digit, duration_ms) {
             tracing::warn!("too many DTMF messages waiting for the server; digit {digit} dropped");
         }
     }

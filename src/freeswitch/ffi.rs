@@ -271,13 +271,15 @@ impl Variables<'_> {
 
 // ---------------------------------------------------------------- media resources
 
-/// An L16 codec FreeSWITCH points into; on the heap so its address never
-/// changes, and destroyed on drop. It must outlive the session's use of it,
-/// which holds when it belongs to the call: calls are dropped in on_destroy.
+/// A codec FreeSWITCH points into; on the heap so its address never
+/// changes, and destroyed on drop. A session's codec must outlive the
+/// session's use of it, which holds when it belongs to the call: calls are
+/// dropped in on_destroy. A [`Codec::standalone`] one has its own pool.
 pub struct Codec(Box<UnsafeCell<fs::switch_codec_t>>);
 
-// SAFETY: FreeSWITCH uses the codec under its own locking; Rust code only
-// initialises it (before the session runs) and destroys it (in on_destroy).
+// SAFETY: FreeSWITCH uses the codec under its own locking (decode takes the
+// codec's mutex); Rust code initialises it, decodes through FreeSWITCH, and
+// destroys it on drop.
 unsafe impl Send for Codec {}
 // SAFETY: as above; no Rust code reads or writes it through a shared reference.
 unsafe impl Sync for Codec {}
@@ -285,13 +287,62 @@ unsafe impl Sync for Codec {}
 impl Codec {
     /// L16 mono at `rate` Hz, `ms` per frame, from the session's pool.
     pub fn l16(session: Session<'_>, rate: u32, ms: u32) -> Result<Codec, String> {
+        Codec::named(session, "L16", rate, ms)
+    }
+
+    /// FreeSWITCH's codec `name` (L16, PCMU, PCMA), mono, from the session's pool.
+    pub fn named(session: Session<'_>, name: &str, rate: u32, ms: u32) -> Result<Codec, String> {
+        // SAFETY: the pool is the session's, alive while the session is.
+        unsafe { Codec::init(name, rate, ms, session.pool()) }
+    }
+
+    /// As [`Codec::named`], with a pool of its own, so that it may outlive the session.
+    pub fn standalone(name: &str, rate: u32, ms: u32) -> Result<Codec, String> {
+        // SAFETY: a null pool makes FreeSWITCH create one for the codec, freed with it.
+        unsafe { Codec::init(name, rate, ms, std::ptr::null_mut()) }
+    }
+
+    /// # Safety
+    /// `pool` is null or a live pool that outlives the codec.
+    unsafe fn init(name: &str, rate: u32, ms: u32, pool: *mut fs::switch_memory_pool_t) -> Result<Codec, String> {
         let codec = Codec(Box::default());
-        // SAFETY: the codec is on the heap and zeroed; the pool is the session's.
-        let status = unsafe { fs::wsb_codec_init(codec.as_ptr(), c"L16".as_ptr(), rate, ms as c_int, session.pool()) };
+        let c_name = CString::new(name).map_err(|_| format!("bad codec name {name:?}"))?;
+        // SAFETY: the codec is on the heap and zeroed; the pool is as the caller promised.
+        let status = unsafe { fs::wsb_codec_init(codec.as_ptr(), c_name.as_ptr(), rate, ms as c_int, pool) };
         if status != SUCCESS {
-            return Err(format!("FreeSWITCH has no L16 codec at {rate} Hz, {ms} ms"));
+            return Err(format!("FreeSWITCH has no {name} codec at {rate} Hz, {ms} ms"));
         }
         Ok(codec)
+    }
+
+    /// Decodes `encoded` to 16-bit samples in host order, appended to `samples`.
+    pub fn decode(&self, encoded: &[u8], samples: &mut Vec<i16>) {
+        if encoded.is_empty() {
+            return;
+        }
+        let start = samples.len();
+        // G.711 gives two bytes per byte; room for more covers any codec used here.
+        samples.resize(start + encoded.len() * 2, 0);
+        let mut decoded_bytes = ((samples.len() - start) * 2) as u32;
+        let mut decoded_rate = 0u32;
+        let mut flags = 0u32;
+        // SAFETY: the codec is ready (init succeeded); both buffers are valid for the lengths given,
+        // and FreeSWITCH writes at most decoded_bytes; the codec's mutex serialises users.
+        let status = unsafe {
+            fs::switch_core_codec_decode(
+                self.as_ptr(),
+                std::ptr::null_mut(),
+                encoded.as_ptr() as *mut c_void,
+                encoded.len() as u32,
+                0,
+                samples[start..].as_mut_ptr() as *mut c_void,
+                &mut decoded_bytes,
+                &mut decoded_rate,
+                &mut flags,
+            )
+        };
+        let decoded = if status == SUCCESS { (decoded_bytes as usize / 2).min(encoded.len() * 2) } else { 0 };
+        samples.truncate(start + decoded);
     }
 
     fn as_ptr(&self) -> *mut fs::switch_codec_t {

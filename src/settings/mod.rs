@@ -17,8 +17,8 @@ pub mod tuning;
 
 pub use module_conf::ModuleConfig;
 pub use server::{
-    parse_uri_list, url_decode, CallSettings, ContentType, FirstMessageStyle, RawSettings, Scheme, ServerUri,
-    SettingsError, VariableSource, FRAME_MS, SUPPORTED_RATES,
+    parse_uri_list, url_decode, CallSettings, ContentType, Encoding, FirstMessageStyle, Protocol, RawSettings, Scheme,
+    ServerUri, SettingsError, VariableSource, FRAME_MS, SUPPORTED_RATES,
 };
 pub use tuning::CallTuning;
 
@@ -205,6 +205,20 @@ pub const FIRST_MESSAGE: Setting = per_call(
     Kind::Choice { default: "wsbridge", choices: &["wsbridge", "vonage"] },
     "`wsbridge`: the original's first message; `vonage`: `{\"event\":\"websocket:connected\",\"content-type\":...,<headers>}`",
 );
+pub const PROTOCOL: Setting = per_call(
+    "protocol",
+    Kind::Choice { default: "wsbridge", choices: Protocol::NAMES },
+    "what the module and the server speak: `wsbridge` (the original's), `twilio` (Twilio Media Streams, μ-law), `vonage` (Vonage's WebSocket protocol) or `audiosocket` (Asterisk's AudioSocket over a `tcp://host:port` URI); also the SIP header `P-wsbridge-websocket-protocol`; an unknown name refuses the call (`SERVICE_NOT_IMPLEMENTED`)",
+);
+pub const TWILIO_ACCOUNT_SID: Setting = Setting {
+    default_text: Some("AC followed by 32 zeros"),
+    ..per_call("twilio-account-sid", Kind::Text, "the `accountSid` a `twilio` server is told")
+};
+pub const UPLINK_FRAME_MS: Setting = per_call(
+    "uplink-frame-ms",
+    integer(20, 20, 200),
+    "caller audio per message to the server, in steps of 20 ms (ASR servers often want 100)",
+);
 pub const CNG_FRAMES: Setting = per_call(
     "cng-frames",
     Kind::Flag { default: false },
@@ -287,6 +301,9 @@ pub const TABLE: &[Setting] = &[
     FALLBACK_URIS,
     RECONNECT_MS,
     FIRST_MESSAGE,
+    PROTOCOL,
+    TWILIO_ACCOUNT_SID,
+    UPLINK_FRAME_MS,
     CNG_FRAMES,
     TLS_CA_FILE,
     TLS_PIN_SHA256,

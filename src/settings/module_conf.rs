@@ -98,7 +98,7 @@ impl ModuleConfig {
             _ if param == DEFAULT_CONTENT_TYPE.param => match ContentType::parse(&value) {
                 Some(_) => self.default_content_type = Some(value),
                 None => problems.push(format!(
-                    "param {param}='{value}' is not audio/l16;rate=N for a supported N; using {}",
+                    "param {param}='{value}' is not a supported content type (audio/l16;rate=N, audio/pcmu, audio/pcma); using {}",
                     setting.default_shown()
                 )),
             },
@@ -215,7 +215,7 @@ mod tests {
         let (config, problems) = ModuleConfig::from_params(&params(&[
             ("playout-max-ms", "soon"),
             ("first-message", "telegram"),
-            ("default-content-type", "audio/pcmu"),
+            ("default-content-type", "audio/opus"),
             ("colour", "blue"),
             ("debug", "perhaps"),
             ("runtime-threads", "0"),

@@ -14,43 +14,167 @@ pub const CONTENT_TYPE_VARIABLE: &str = "P-wsbridge-websocket-content-type";
 pub const HEADERS_VARIABLE: &str = "P-wsbridge-websocket-headers";
 /// Further servers, separated by spaces, tried in order after the URI.
 pub const FALLBACK_URIS_VARIABLE: &str = "P-wsbridge-websocket-fallback-uris";
+/// The protocol, as `wsbridge_protocol` names it, from a SIP header.
+pub const PROTOCOL_VARIABLE: &str = "P-wsbridge-websocket-protocol";
 /// mod_sofia stores an inbound INVITE header `P-Foo` as the variable `sip_h_P-Foo`.
 pub const SIP_HEADER_PREFIX: &str = "sip_h_";
 pub const FRAME_MS: u32 = 20;
 pub const SUPPORTED_RATES: [u32; 5] = [8000, 16000, 24000, 32000, 48000];
 
-/// Signed 16-bit little-endian PCM, mono, at `rate` Hz.
+/// How samples are carried on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    /// Signed 16-bit little-endian PCM.
+    L16,
+    /// G.711 μ-law, one byte a sample.
+    Pcmu,
+    /// G.711 A-law, one byte a sample.
+    Pcma,
+}
+
+impl Encoding {
+    pub fn bytes_per_sample(self) -> usize {
+        match self {
+            Encoding::L16 => 2,
+            Encoding::Pcmu | Encoding::Pcma => 1,
+        }
+    }
+
+    /// FreeSWITCH's codec for it.
+    pub fn codec_name(self) -> &'static str {
+        match self {
+            Encoding::L16 => "L16",
+            Encoding::Pcmu => "PCMU",
+            Encoding::Pcma => "PCMA",
+        }
+    }
+
+    /// One byte of silence on the wire (G.711's code for zero).
+    pub fn silence_byte(self) -> u8 {
+        match self {
+            Encoding::L16 => 0,
+            Encoding::Pcmu => 0xFF,
+            Encoding::Pcma => 0xD5,
+        }
+    }
+}
+
+/// Mono audio on the wire: L16 at one of the supported rates, or G.711 at 8 kHz.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ContentType {
+    pub encoding: Encoding,
     pub rate: u32,
 }
 
 impl Default for ContentType {
     fn default() -> Self {
-        ContentType { rate: 16000 }
+        ContentType::l16(16000)
     }
 }
 
 impl ContentType {
-    /// Accepts `audio/l16;rate=N` for the supported rates, ignoring case and white space.
+    pub const fn l16(rate: u32) -> Self {
+        ContentType { encoding: Encoding::L16, rate }
+    }
+
+    pub const PCMU: ContentType = ContentType { encoding: Encoding::Pcmu, rate: 8000 };
+    pub const PCMA: ContentType = ContentType { encoding: Encoding::Pcma, rate: 8000 };
+
+    /// Accepts `audio/l16;rate=N` for the supported rates, and G.711 as
+    /// `audio/pcmu;rate=8000`, `audio/x-mulaw`, `audio/pcma;rate=8000` or
+    /// `audio/x-alaw` (the rate may be left out), ignoring case and white space.
     pub fn parse(text: &str) -> Option<ContentType> {
         let compact: String = text.chars().filter(|c| !c.is_whitespace()).collect::<String>().to_ascii_lowercase();
-        let rate: u32 = compact.strip_prefix("audio/l16;rate=")?.parse().ok()?;
-        SUPPORTED_RATES.contains(&rate).then_some(ContentType { rate })
+        let (media_type, rate) = match compact.split_once(';') {
+            Some((media_type, parameter)) => (media_type, Some(parameter.strip_prefix("rate=")?.parse::<u32>().ok()?)),
+            None => (compact.as_str(), None),
+        };
+        match media_type {
+            "audio/l16" => rate.filter(|rate| SUPPORTED_RATES.contains(rate)).map(ContentType::l16),
+            "audio/pcmu" | "audio/x-mulaw" | "audio/mulaw" if matches!(rate, None | Some(8000)) => Some(Self::PCMU),
+            "audio/pcma" | "audio/x-alaw" | "audio/alaw" if matches!(rate, None | Some(8000)) => Some(Self::PCMA),
+            _ => None,
+        }
     }
 
     pub fn samples_per_frame(&self) -> usize {
         (self.rate * FRAME_MS / 1000) as usize
     }
 
+    /// Bytes of one 20 ms frame on the wire.
     pub fn bytes_per_frame(&self) -> usize {
-        self.samples_per_frame() * 2
+        self.samples_per_frame() * self.encoding.bytes_per_sample()
+    }
+
+    /// The same rate as L16: what the playout and the leg's read side carry.
+    pub fn linear(&self) -> ContentType {
+        ContentType::l16(self.rate)
     }
 }
 
 impl fmt::Display for ContentType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "audio/l16;rate={}", self.rate)
+        match self.encoding {
+            Encoding::L16 => write!(f, "audio/l16;rate={}", self.rate),
+            Encoding::Pcmu => write!(f, "audio/pcmu;rate={}", self.rate),
+            Encoding::Pcma => write!(f, "audio/pcma;rate={}", self.rate),
+        }
+    }
+}
+
+/// The language the module and the server speak over the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Protocol {
+    /// The original module's: a first text message, binary audio, text control.
+    #[default]
+    Wsbridge,
+    /// Twilio Media Streams, bidirectional: JSON with base64 μ-law.
+    Twilio,
+    /// Vonage's WebSocket protocol: binary L16 and `websocket:*` events.
+    Vonage,
+    /// Asterisk's AudioSocket, over plain TCP.
+    AudioSocket,
+}
+
+impl Protocol {
+    pub const NAMES: &'static [&'static str] = &["wsbridge", "twilio", "vonage", "audiosocket"];
+
+    pub fn parse(text: &str) -> Option<Protocol> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "wsbridge" => Some(Protocol::Wsbridge),
+            "twilio" => Some(Protocol::Twilio),
+            "vonage" => Some(Protocol::Vonage),
+            "audiosocket" => Some(Protocol::AudioSocket),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Wsbridge => "wsbridge",
+            Protocol::Twilio => "twilio",
+            Protocol::Vonage => "vonage",
+            Protocol::AudioSocket => "audiosocket",
+        }
+    }
+
+    /// The wire format this protocol imposes on `asked` (`set_for_call` when the
+    /// call's own variable asked for it), or why it cannot carry it.
+    fn content_type(self, asked: ContentType, set_for_call: bool) -> Result<ContentType, String> {
+        match self {
+            Protocol::Wsbridge => Ok(asked),
+            // Twilio streams carry μ-law at 8 kHz, whatever else is configured.
+            Protocol::Twilio => Ok(ContentType::PCMU),
+            Protocol::Vonage if asked.encoding == Encoding::L16 => Ok(asked),
+            Protocol::Vonage => Err(format!("the vonage protocol carries L16 only, not {asked}")),
+            // AudioSocket's classic type 0x10 is 8 kHz signed linear: the default
+            // whatever wsbridge.conf says; a call may ask for a newer type's rate.
+            Protocol::AudioSocket if set_for_call && asked.encoding == Encoding::L16 => Ok(asked),
+            Protocol::AudioSocket if set_for_call => {
+                Err(format!("the audiosocket protocol carries L16 only, not {asked}"))
+            }
+            Protocol::AudioSocket => Ok(ContentType::l16(8000)),
+        }
     }
 }
 
@@ -58,6 +182,8 @@ impl fmt::Display for ContentType {
 pub enum Scheme {
     Ws,
     Wss,
+    /// Plain TCP, for the AudioSocket protocol.
+    Tcp,
 }
 
 /// A validated server address.
@@ -80,6 +206,7 @@ impl ServerUri {
         let scheme = match scheme_text.to_ascii_lowercase().as_str() {
             "ws" | "http" => Scheme::Ws,
             "wss" | "https" => Scheme::Wss,
+            "tcp" => Scheme::Tcp,
             _ => return Err(SettingsError::UnsupportedScheme { uri: text.to_string() }),
         };
         let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
@@ -121,6 +248,7 @@ impl ServerUri {
             None => match scheme {
                 Scheme::Ws => 80,
                 Scheme::Wss => 443,
+                Scheme::Tcp => return Err(invalid("a tcp URI needs a port")),
             },
             Some(port) => port.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| invalid("bad port"))?,
         };
@@ -134,7 +262,7 @@ impl ServerUri {
     pub fn host_header(&self) -> String {
         let host = if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
         let default_port = match self.scheme {
-            Scheme::Ws => 80,
+            Scheme::Ws | Scheme::Tcp => 80,
             Scheme::Wss => 443,
         };
         if self.port == default_port {
@@ -154,6 +282,7 @@ pub struct CallSettings {
     pub content_type: ContentType,
     /// The headers object, keys in the order given.
     pub headers: Map<String, Value>,
+    pub protocol: Protocol,
 }
 
 /// How the first message looks.
@@ -207,13 +336,34 @@ impl CallSettings {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SettingsError {
     MissingUri,
-    InvalidUri { uri: String, why: String },
-    UnsupportedScheme { uri: String },
-    BadEncoding { variable: &'static str },
-    HeadersTooLong { bytes: usize, limit: usize },
+    InvalidUri {
+        uri: String,
+        why: String,
+    },
+    UnsupportedScheme {
+        uri: String,
+    },
+    BadEncoding {
+        variable: &'static str,
+    },
+    HeadersTooLong {
+        bytes: usize,
+        limit: usize,
+    },
     HeadersNotObject,
-    HeadersInvalidJson { why: String },
-    UnsupportedContentType { content_type: String },
+    HeadersInvalidJson {
+        why: String,
+    },
+    UnsupportedContentType {
+        content_type: String,
+    },
+    UnknownProtocol {
+        protocol: String,
+    },
+    /// The protocol cannot carry the content type, or not over the URI's scheme.
+    ProtocolMismatch {
+        why: String,
+    },
 }
 
 impl SettingsError {
@@ -231,6 +381,9 @@ impl SettingsError {
                 HangupCause::InvalidIeContents
             }
             SettingsError::UnsupportedContentType { .. } => HangupCause::ServiceNotImplemented,
+            SettingsError::UnknownProtocol { .. } | SettingsError::ProtocolMismatch { .. } => {
+                HangupCause::ServiceNotImplemented
+            }
         }
     }
 }
@@ -253,8 +406,12 @@ impl fmt::Display for SettingsError {
             SettingsError::HeadersInvalidJson { why } => write!(f, "{HEADERS_VARIABLE} is not valid JSON: {why}"),
             SettingsError::UnsupportedContentType { content_type } => write!(
                 f,
-                "unsupported content type '{content_type}': use audio/l16;rate=N with N one of 8000, 16000, 24000, 32000, 48000"
+                "unsupported content type '{content_type}': use audio/l16;rate=N with N one of 8000, 16000, 24000, 32000, 48000, or audio/pcmu;rate=8000 or audio/pcma;rate=8000"
             ),
+            SettingsError::UnknownProtocol { protocol } => {
+                write!(f, "unknown protocol '{protocol}': use wsbridge, twilio, vonage or audiosocket")
+            }
+            SettingsError::ProtocolMismatch { why } => write!(f, "{why}"),
         }
     }
 }
@@ -332,6 +489,8 @@ pub struct RawSettings {
     pub default_uri: Option<String>,
     /// Used when no variable sets the content type.
     pub default_content_type: Option<String>,
+    /// `P-wsbridge-websocket-protocol`, else `wsbridge_protocol` or the `protocol` param.
+    pub protocol: Option<String>,
 }
 
 impl RawSettings {
@@ -349,6 +508,7 @@ impl RawSettings {
             uri: uri.map(|(value, _)| value),
             content_type: lookup(CONTENT_TYPE_VARIABLE, originate, a_leg),
             headers: lookup(HEADERS_VARIABLE, originate, a_leg),
+            protocol: lookup(PROTOCOL_VARIABLE, originate, a_leg),
             destination: destination.map(str::trim).filter(|d| !d.is_empty()).map(str::to_string),
             ..RawSettings::default()
         }
@@ -388,7 +548,29 @@ impl RawSettings {
             None => Vec::new(),
             Some(raw) => parse_uri_list(raw)?,
         };
-        Ok(CallSettings { uri, fallbacks, content_type, headers })
+
+        let protocol = match &self.protocol {
+            None => Protocol::default(),
+            Some(raw) => {
+                let decoded = url_decode(raw).unwrap_or_else(|| raw.clone());
+                Protocol::parse(&decoded)
+                    .ok_or_else(|| SettingsError::UnknownProtocol { protocol: decoded.chars().take(64).collect() })?
+            }
+        };
+        let content_type = protocol
+            .content_type(content_type, self.content_type.is_some())
+            .map_err(|why| SettingsError::ProtocolMismatch { why })?;
+        for server in std::iter::once(&uri).chain(&fallbacks) {
+            let over_tcp = server.scheme == Scheme::Tcp;
+            if over_tcp != (protocol == Protocol::AudioSocket) {
+                let why = match over_tcp {
+                    true => format!("{}: tcp URIs are for protocol audiosocket only", server.text),
+                    false => format!("{}: protocol audiosocket needs a tcp://host:port URI", server.text),
+                };
+                return Err(SettingsError::ProtocolMismatch { why });
+            }
+        }
+        Ok(CallSettings { uri, fallbacks, content_type, headers, protocol })
     }
 }
 
@@ -439,19 +621,64 @@ mod tests {
 
     #[test]
     fn content_types_are_matched_loosely_and_only_supported_rates_pass() {
-        assert_eq!(ContentType::parse("audio/l16;rate=16000"), Some(ContentType { rate: 16000 }));
-        assert_eq!(ContentType::parse(" AUDIO/L16; Rate = 8000 "), Some(ContentType { rate: 8000 }));
+        assert_eq!(ContentType::parse("audio/l16;rate=16000"), Some(ContentType::l16(16000)));
+        assert_eq!(ContentType::parse(" AUDIO/L16; Rate = 8000 "), Some(ContentType::l16(8000)));
         for rate in SUPPORTED_RATES {
             assert_eq!(ContentType::parse(&format!("audio/L16;rate={rate}")).unwrap().rate, rate);
         }
-        for bad in
-            ["audio/l16;rate=11025", "audio/pcmu", "audio/l16", "audio/l16;rate=", "audio/l16;rate=16000;x=1", ""]
-        {
+        for bad in [
+            "audio/l16;rate=11025",
+            "audio/pcmu;rate=16000",
+            "audio/l16",
+            "audio/l16;rate=",
+            "audio/l16;rate=16000;x=1",
+            "",
+        ] {
             assert_eq!(ContentType::parse(bad), None, "{bad}");
         }
-        assert_eq!(ContentType { rate: 16000 }.bytes_per_frame(), 640);
-        assert_eq!(ContentType { rate: 8000 }.bytes_per_frame(), 320);
-        assert_eq!(ContentType { rate: 48000 }.samples_per_frame(), 960);
+        for (text, expected) in [
+            ("audio/pcmu;rate=8000", ContentType::PCMU),
+            ("audio/x-mulaw", ContentType::PCMU),
+            ("AUDIO/PCMU", ContentType::PCMU),
+            ("audio/pcma;rate=8000", ContentType::PCMA),
+            ("audio/x-alaw;rate=8000", ContentType::PCMA),
+        ] {
+            assert_eq!(ContentType::parse(text), Some(expected), "{text}");
+        }
+        assert_eq!(ContentType::PCMU.to_string(), "audio/pcmu;rate=8000");
+        assert_eq!((ContentType::PCMA.bytes_per_frame(), ContentType::PCMA.linear().bytes_per_frame()), (160, 320));
+        assert_eq!(ContentType::l16(16000).bytes_per_frame(), 640);
+        assert_eq!(ContentType::l16(8000).bytes_per_frame(), 320);
+        assert_eq!(ContentType::l16(48000).samples_per_frame(), 960);
+    }
+
+    #[test]
+    fn the_protocol_fixes_or_refuses_the_wire_format_and_scheme() {
+        let resolve = |uri: &str, content_type: Option<&str>, protocol: Option<&str>| {
+            RawSettings { protocol: protocol.map(Into::into), ..raw(Some(uri), content_type, None) }.resolve_default()
+        };
+        let plain = resolve("ws://h/x", None, None).unwrap();
+        assert_eq!((plain.protocol, plain.content_type), (Protocol::Wsbridge, ContentType::l16(16000)));
+        let twilio = resolve("wss://h/x", Some("audio/l16;rate=16000"), Some("Twilio")).unwrap();
+        assert_eq!((twilio.protocol, twilio.content_type), (Protocol::Twilio, ContentType::PCMU));
+        let vonage = resolve("ws://h/x", Some("audio/l16;rate=8000"), Some("vonage")).unwrap();
+        assert_eq!(vonage.content_type, ContentType::l16(8000));
+        let audiosocket = resolve("tcp://127.0.0.1:9092", None, Some("audiosocket")).unwrap();
+        assert_eq!((audiosocket.uri.scheme, audiosocket.content_type), (Scheme::Tcp, ContentType::l16(8000)));
+        let wideband = resolve("tcp://127.0.0.1:9092", Some("audio/l16;rate=16000"), Some("audiosocket")).unwrap();
+        assert_eq!(wideband.content_type, ContentType::l16(16000), "asked for by the call");
+        for (uri, content_type, protocol) in [
+            ("ws://h/x", None, Some("sip")),
+            ("ws://h/x", Some("audio/pcmu"), Some("vonage")),
+            ("ws://h/x", None, Some("audiosocket")),
+            ("tcp://h:9", None, None),
+            ("tcp://h:9", Some("audio/pcma"), Some("audiosocket")),
+            ("tcp://h:9", None, Some("twilio")),
+        ] {
+            let error = resolve(uri, content_type, protocol).unwrap_err();
+            assert_eq!(error.cause(), HangupCause::ServiceNotImplemented, "{uri} {protocol:?}: {error}");
+        }
+        assert!(matches!(resolve("tcp://h", None, Some("audiosocket")), Err(SettingsError::InvalidUri { .. })));
     }
 
     #[test]
@@ -561,7 +788,7 @@ mod tests {
             (raw(uri, None, Some("[1,2]")), HangupCause::InvalidIeContents),
             (raw(uri, None, Some("%7B%22a%22")), HangupCause::InvalidIeContents),
             (raw(uri, None, Some(&format!("{{\"a\":\"{}\"}}", "x".repeat(1100)))), HangupCause::MandatoryIeLengthError),
-            (raw(uri, Some("audio/pcmu"), None), HangupCause::ServiceNotImplemented),
+            (raw(uri, Some("audio/opus"), None), HangupCause::ServiceNotImplemented),
         ];
         for (input, cause) in cases {
             let error = input.resolve_default().unwrap_err();

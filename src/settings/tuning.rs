@@ -224,6 +224,18 @@ impl CallTuning {
                 Err(why) => return Err(format!("{} {why}", reader.display(&TLS_PIN_SHA256))),
             }
         }
+        let mut uplink_frame_ms = UPLINK_FRAME_MS.integer_default() as u32;
+        if let Some(ms) = reader.integer(&UPLINK_FRAME_MS) {
+            if ms % FRAME_MS as u64 == 0 {
+                uplink_frame_ms = ms as u32;
+            } else {
+                let name = reader.display(&UPLINK_FRAME_MS);
+                reader.problems.push(format!("{name}='{ms}' is not a multiple of 20; using the default"));
+            }
+        }
+        if let Some(sid) = reader.text(&TWILIO_ACCOUNT_SID) {
+            session.twilio_account_sid = sid.trim().to_string();
+        }
         if let Some(text) = reader.text(&FIRST_MESSAGE) {
             match FirstMessageStyle::parse(&text) {
                 Some(style) => session.first_message = style,
@@ -239,6 +251,7 @@ impl CallTuning {
                 Err(why) => return Err(format!("{} {why}", reader.display(&HTTP_HEADERS))),
             }
         }
+        tuning.media.uplink_frame_ms = uplink_frame_ms;
         Ok(tuning)
     }
 }

@@ -307,8 +307,13 @@ pub fn bad_input_gets_its_hangup_cause() {
         (
             format!(
                 "{{P-wsbridge-websocket-uri={ws},P-wsbridge-websocket-content-type={}}}wsbridge",
-                encode("audio/pcmu")
+                encode("audio/opus")
             ),
+            "SERVICE_NOT_IMPLEMENTED",
+        ),
+        (format!("{{P-wsbridge-websocket-uri={ws},wsbridge_protocol=sip}}wsbridge"), "SERVICE_NOT_IMPLEMENTED"),
+        (
+            format!("{{P-wsbridge-websocket-uri={ws},sip_h_P-wsbridge-websocket-protocol=x}}wsbridge"),
             "SERVICE_NOT_IMPLEMENTED",
         ),
         (

@@ -1,0 +1,275 @@
+//! Twilio Media Streams, bidirectional, as Twilio publishes it: every
+//! message JSON text, audio as base64 μ-law at 8 kHz, numbers such as
+//! `sequenceNumber`, `chunk` and `timestamp` carried as strings.
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+use bytes::Bytes;
+use serde_json::{json, Map, Value};
+
+use super::{parse_control, Control, Inbound};
+
+/// μ-law at 8 kHz: one byte a sample, eight a millisecond.
+const BYTES_PER_MS: u64 = 8;
+
+/// What stays the same for every stream of one call.
+#[derive(Debug, Clone)]
+pub struct CallIdentity {
+    pub account_sid: String,
+    /// `CA` and the leg's UUID without dashes.
+    pub call_sid: String,
+    /// The `P-wsbridge-websocket-headers` object.
+    pub custom_parameters: Map<String, Value>,
+}
+
+impl CallIdentity {
+    pub fn new(account_sid: &str, call_id: &str, custom_parameters: Map<String, Value>) -> Self {
+        let hex: String = call_id.chars().filter(char::is_ascii_hexdigit).collect::<String>().to_ascii_lowercase();
+        // A UUID gives exactly 32 digits; anything else (a custom origination_uuid) is padded or cut to that.
+        let call_sid = format!("CA{:0<32.32}", hex);
+        CallIdentity { account_sid: account_sid.to_string(), call_sid, custom_parameters }
+    }
+}
+
+/// One stream: what the module sends on one connection.
+#[derive(Debug, Clone)]
+pub struct StreamWriter {
+    identity: CallIdentity,
+    stream_sid: String,
+    /// The last `sequenceNumber` given; `start` is 1.
+    sequence: u64,
+    /// The last media `chunk` given.
+    chunk: u64,
+    /// Caller audio sent on this stream, in ms: the next chunk's `timestamp`.
+    audio_ms: u64,
+}
+
+/// `MZ` and 32 hex digits, new for every connection.
+pub fn new_stream_sid() -> String {
+    format!("MZ{:032x}", rand::random::<u128>())
+}
+
+impl StreamWriter {
+    pub fn new(identity: CallIdentity) -> Self {
+        StreamWriter { identity, stream_sid: new_stream_sid(), sequence: 0, chunk: 0, audio_ms: 0 }
+    }
+
+    pub fn stream_sid(&self) -> &str {
+        &self.stream_sid
+    }
+
+    /// A new stream (a new connection): a new `streamSid`, counters from the start.
+    /// Returns `connected` and `start`.
+    pub fn open(&mut self) -> [String; 2] {
+        self.stream_sid = new_stream_sid();
+        self.sequence = 0;
+        self.chunk = 0;
+        self.audio_ms = 0;
+        let connected = json!({ "event": "connected", "protocol": "Call", "version": "1.0.0" }).to_string();
+        let start = json!({
+            "event": "start",
+            "sequenceNumber": self.next_sequence(),
+            "start": {
+                "accountSid": self.identity.account_sid,
+                "streamSid": self.stream_sid,
+                "callSid": self.identity.call_sid,
+                "tracks": ["inbound"],
+                "customParameters": self.identity.custom_parameters,
+                "mediaFormat": { "encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1 },
+            },
+            "streamSid": self.stream_sid,
+        })
+        .to_string();
+        [connected, start]
+    }
+
+    fn next_sequence(&mut self) -> String {
+        self.sequence += 1;
+        self.sequence.to_string()
+    }
+
+    /// One message of caller audio (μ-law bytes).
+    pub fn media(&mut self, mulaw: &[u8]) -> String {
+        self.chunk += 1;
+        let timestamp = self.audio_ms;
+        self.audio_ms += mulaw.len() as u64 / BYTES_PER_MS;
+        json!({
+            "event": "media",
+            "sequenceNumber": self.next_sequence(),
+            "media": {
+                "track": "inbound",
+                "chunk": self.chunk.to_string(),
+                "timestamp": timestamp.to_string(),
+                "payload": BASE64.encode(mulaw),
+            },
+            "streamSid": self.stream_sid,
+        })
+        .to_string()
+    }
+
+    pub fn dtmf(&mut self, digit: char) -> String {
+        json!({
+            "event": "dtmf",
+            "streamSid": self.stream_sid,
+            "sequenceNumber": self.next_sequence(),
+            "dtmf": { "track": "inbound_track", "digit": digit.to_string() },
+        })
+        .to_string()
+    }
+
+    /// A mark whose audio has played, or that a `clear` dropped: Twilio answers both alike.
+    pub fn mark(&mut self, name: &str) -> String {
+        json!({
+            "event": "mark",
+            "sequenceNumber": self.next_sequence(),
+            "streamSid": self.stream_sid,
+            "mark": { "name": name },
+        })
+        .to_string()
+    }
+
+    pub fn stop(&mut self) -> String {
+        json!({
+            "event": "stop",
+            "sequenceNumber": self.next_sequence(),
+            "streamSid": self.stream_sid,
+            "stop": { "accountSid": self.identity.account_sid, "callSid": self.identity.call_sid },
+        })
+        .to_string()
+    }
+}
+
+/// Reads a message from a Twilio server on the stream `stream_sid`.
+pub fn read(text: &str, stream_sid: &str) -> Inbound {
+    let Ok(Value::Object(message)) = serde_json::from_str::<Value>(text) else {
+        return Inbound::Ignored("not a JSON object".into());
+    };
+    let Some(event) = message.get("event").and_then(Value::as_str) else {
+        // The module's own actions (hangup, dtmf) stay available beside Twilio's.
+        return match parse_control(text) {
+            Ok(control) => Inbound::Control(control),
+            Err(error) => Inbound::Ignored(error.to_string()),
+        };
+    };
+    match message.get("streamSid") {
+        Some(Value::String(sid)) if sid == stream_sid => {}
+        Some(other) => return Inbound::Ignored(format!("for another stream ({other})")),
+        None => return Inbound::Ignored("no streamSid".into()),
+    }
+    match event {
+        "media" => {
+            let payload = message.get("media").and_then(|media| media.get("payload")).and_then(Value::as_str);
+            match payload.map(|payload| BASE64.decode(payload)) {
+                Some(Ok(mulaw)) => Inbound::Audio(Bytes::from(mulaw)),
+                Some(Err(error)) => Inbound::Ignored(format!("media payload is not base64: {error}")),
+                None => Inbound::Ignored("media without a payload string".into()),
+            }
+        }
+        "mark" => match message.get("mark").and_then(|mark| mark.get("name")).and_then(Value::as_str) {
+            Some(name) if name.chars().count() <= super::MAX_MARK_NAME_CHARS => {
+                Inbound::Control(Control::Mark { name: name.to_string() })
+            }
+            Some(_) => Inbound::Ignored("mark name over 256 characters".into()),
+            None => Inbound::Ignored("mark without a name string".into()),
+        },
+        "clear" => Inbound::Control(Control::Clear),
+        other => Inbound::Ignored(format!("unknown event '{}'", other.chars().take(64).collect::<String>())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed(text: &str) -> Value {
+        serde_json::from_str(text).unwrap()
+    }
+
+    fn writer() -> StreamWriter {
+        let mut parameters = Map::new();
+        parameters.insert("caller".into(), json!("+15550100"));
+        StreamWriter::new(CallIdentity::new(
+            "AC00000000000000000000000000000000",
+            "6f1c2a4e-0b1d-4c5e-9a7b-123456789abc",
+            parameters,
+        ))
+    }
+
+    #[test]
+    fn stream_opens_with_connected_then_start_numbered_one() {
+        let mut writer = writer();
+        let [connected, start] = writer.open();
+        assert_eq!(parsed(&connected), json!({"event":"connected","protocol":"Call","version":"1.0.0"}));
+        let start = parsed(&start);
+        let sid = writer.stream_sid().to_string();
+        assert!(sid.len() == 34 && sid.starts_with("MZ") && sid[2..].chars().all(|c| c.is_ascii_hexdigit()));
+        assert_eq!(
+            start,
+            json!({
+                "event": "start", "sequenceNumber": "1", "streamSid": sid,
+                "start": {
+                    "accountSid": "AC00000000000000000000000000000000", "streamSid": sid,
+                    "callSid": "CA6f1c2a4e0b1d4c5e9a7b123456789abc", "tracks": ["inbound"],
+                    "customParameters": {"caller": "+15550100"},
+                    "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}
+                }
+            })
+        );
+        let [_, again] = writer.open();
+        assert_ne!(parsed(&again)["streamSid"], json!(sid), "a new stream per connection");
+    }
+
+    #[test]
+    fn media_dtmf_mark_and_stop_count_in_one_sequence() {
+        let mut writer = writer();
+        writer.open();
+        let first = parsed(&writer.media(&[0xFF; 160]));
+        assert_eq!(first["sequenceNumber"], "2");
+        assert_eq!(first["media"]["chunk"], "1");
+        assert_eq!(first["media"]["timestamp"], "0");
+        assert_eq!(first["media"]["track"], "inbound");
+        assert_eq!(BASE64.decode(first["media"]["payload"].as_str().unwrap()).unwrap(), vec![0xFF; 160]);
+        let second = parsed(&writer.media(&[0x7F; 800]));
+        assert_eq!((second["media"]["chunk"].as_str(), second["media"]["timestamp"].as_str()), (Some("2"), Some("20")));
+        let third = parsed(&writer.media(&[0x7F; 160]));
+        assert_eq!(third["media"]["timestamp"], "120", "after a 100 ms chunk");
+        let dtmf = parsed(&writer.dtmf('5'));
+        assert_eq!(dtmf["sequenceNumber"], "5");
+        assert_eq!(dtmf["dtmf"], json!({"track":"inbound_track","digit":"5"}));
+        let mark = parsed(&writer.mark("m1"));
+        assert_eq!((mark["sequenceNumber"].as_str(), &mark["mark"]), (Some("6"), &json!({"name":"m1"})));
+        let stop = parsed(&writer.stop());
+        assert_eq!(stop["sequenceNumber"], "7");
+        assert_eq!(
+            stop["stop"],
+            json!({"accountSid":"AC00000000000000000000000000000000","callSid":"CA6f1c2a4e0b1d4c5e9a7b123456789abc"})
+        );
+    }
+
+    #[test]
+    fn server_messages_are_read_for_this_stream_only() {
+        let sid = "MZ0123456789abcdef0123456789abcdef";
+        let media =
+            format!(r#"{{"event":"media","streamSid":"{sid}","media":{{"payload":"{}"}}}}"#, BASE64.encode([1, 2, 3]));
+        assert_eq!(read(&media, sid), Inbound::Audio(Bytes::from_static(&[1, 2, 3])));
+        let mark = format!(r#"{{"event":"mark","streamSid":"{sid}","mark":{{"name":"x"}}}}"#);
+        assert_eq!(read(&mark, sid), Inbound::Control(Control::Mark { name: "x".into() }));
+        assert_eq!(read(&format!(r#"{{"event":"clear","streamSid":"{sid}"}}"#), sid), Inbound::Control(Control::Clear));
+        assert_eq!(read(r#"{"action":"hangup"}"#, sid), Inbound::Control(Control::Hangup { cause: None }));
+        for ignored in [
+            media.replace(sid, "MZffffffffffffffffffffffffffffffff"),
+            r#"{"event":"clear"}"#.to_string(),
+            format!(r#"{{"event":"media","streamSid":"{sid}","media":{{"payload":"!!"}}}}"#),
+            format!(r#"{{"event":"media","streamSid":"{sid}","media":{{}}}}"#),
+            format!(r#"{{"event":"fly","streamSid":"{sid}"}}"#),
+            "not json".to_string(),
+        ] {
+            assert!(matches!(read(&ignored, sid), Inbound::Ignored(_)), "{ignored}");
+        }
+    }
+
+    #[test]
+    fn call_sid_is_32_hex_digits_whatever_the_uuid() {
+        assert_eq!(CallIdentity::new("AC", "abc", Map::new()).call_sid, format!("CAabc{}", "0".repeat(29)));
+    }
+}
