@@ -3,9 +3,14 @@
 # GNU Make does not pass exported variables to $(shell), so the script gets
 # what it needs on its own command line.
 MODULES_DIR ?= $(shell FREESWITCH_PREFIX='$(FREESWITCH_PREFIX)' PKG_CONFIG_PATH='$(PKG_CONFIG_PATH)' FS_ROOT='$(FS_ROOT)' sh scripts/modules-dir.sh)
-MODULE_SO ?= target/release/libmod_wsbridge.so
+MODULE_SO ?= $(or $(CARGO_TARGET_DIR),target)/release/libmod_wsbridge.so
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
+DEB_DIR ?= $(or $(CARGO_TARGET_DIR),target)/deb
+# The oldest FreeSWITCH the module is built for (module API version 5).
+DEB_FREESWITCH_FLOOR ?= 1.10
+DEB_MAINTAINER ?= mod_wsbridge maintainers <mod-wsbridge@invalid>
 
-.PHONY: all build install install-module modules-dir demo test clean
+.PHONY: all build install install-module modules-dir demo test clean deb package-deb
 
 FS_PKG_CONFIG_PATH := $(if $(PKG_CONFIG_PATH),$(PKG_CONFIG_PATH):)/usr/local/freeswitch/lib/pkgconfig
 
@@ -22,6 +27,13 @@ install-module:
 	install -d $(DESTDIR)$(MODULES_DIR)
 	install -m 0755 $(MODULE_SO) $(DESTDIR)$(MODULES_DIR)/mod_wsbridge.so
 	@echo "installed $(DESTDIR)$(MODULES_DIR)/mod_wsbridge.so"
+
+# mod-wsbridge_<version>_<arch>.deb in DEB_DIR, for SignalWire's FreeSWITCH packages.
+deb: build package-deb
+
+# Packs an already built module (what `deb` does after building).
+package-deb:
+	sh scripts/package-deb.sh '$(MODULE_SO)' '$(VERSION)' '$(DEB_DIR)' '$(DEB_FREESWITCH_FLOOR)' '$(DEB_MAINTAINER)'
 
 # One call through a private FreeSWITCH on 127.0.0.1 to wsbridge-demo in echo mode.
 demo:

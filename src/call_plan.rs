@@ -47,6 +47,15 @@ fn refuse(why: impl Into<String>, cause: HangupCause) -> Refusal {
     Refusal { why: why.into(), cause }
 }
 
+/// Whether this node takes a new call at all: while it drains, every new
+/// call is refused with `drain-cause`, before its settings are read.
+pub fn admit(draining: bool, config: &ModuleConfig) -> Result<(), Refusal> {
+    match draining {
+        true => Err(refuse("the node is draining (wsbridge drain on)", config.drain_cause)),
+        false => Ok(()),
+    }
+}
+
 /// Decides a call from its sources and the module's config. Values ignored
 /// for being bad are logged as warnings; they never refuse the call.
 pub fn plan_call(sources: &CallSources<'_>, config: &ModuleConfig) -> Result<CallPlan, Refusal> {
@@ -180,6 +189,14 @@ mod tests {
         let sip = [("sip_h_P-wsbridge-websocket-uri", "ws://bots.example.com/")];
         assert_eq!(refusal(&[], Some(&sip), &guarded), HangupCause::OutgoingCallBarred, "URI from a SIP header");
         assert!(plan(&[], Some(&[(URI, "ws://bots.example.com/")]), None, &guarded).is_ok(), "a bare A-leg variable");
+    }
+
+    #[test]
+    fn a_draining_node_refuses_with_the_drain_cause() {
+        assert_eq!(admit(false, &ModuleConfig::default()), Ok(()));
+        assert_eq!(admit(true, &ModuleConfig::default()).unwrap_err().cause, HangupCause::NormalTemporaryFailure);
+        let busy = config(&[("drain-cause", "USER_BUSY")]);
+        assert_eq!(admit(true, &busy).unwrap_err().cause, HangupCause::UserBusy);
     }
 
     #[test]

@@ -19,6 +19,12 @@ pub enum HangupCause {
     OutgoingCallBarred,
     /// A panic inside the module.
     Crash,
+    /// The choices of `drain-cause`: what a draining node refuses new calls with.
+    NormalTemporaryFailure,
+    SwitchCongestion,
+    NormalCircuitCongestion,
+    UserBusy,
+    CallRejected,
 }
 
 impl HangupCause {
@@ -36,7 +42,28 @@ impl HangupCause {
             HangupCause::RecoveryOnTimerExpire => "RECOVERY_ON_TIMER_EXPIRE",
             HangupCause::OutgoingCallBarred => "OUTGOING_CALL_BARRED",
             HangupCause::Crash => "CRASH",
+            HangupCause::NormalTemporaryFailure => "NORMAL_TEMPORARY_FAILURE",
+            HangupCause::SwitchCongestion => "SWITCH_CONGESTION",
+            HangupCause::NormalCircuitCongestion => "NORMAL_CIRCUIT_CONGESTION",
+            HangupCause::UserBusy => "USER_BUSY",
+            HangupCause::CallRejected => "CALL_REJECTED",
         }
+    }
+
+    /// The causes `drain-cause` may name. mod_sofia answers the first three
+    /// with SIP 503 (which a dispatcher retries on another node), USER_BUSY
+    /// with 486 and CALL_REJECTED with 603.
+    pub const DRAIN_CHOICES: [HangupCause; 5] = [
+        HangupCause::NormalTemporaryFailure,
+        HangupCause::SwitchCongestion,
+        HangupCause::NormalCircuitCongestion,
+        HangupCause::UserBusy,
+        HangupCause::CallRejected,
+    ];
+
+    /// The drain cause called `name` (any case), if it is one of [`Self::DRAIN_CHOICES`].
+    pub fn drain_choice(name: &str) -> Option<HangupCause> {
+        Self::DRAIN_CHOICES.into_iter().find(|cause| cause.name().eq_ignore_ascii_case(name.trim()))
     }
 }
 

@@ -4,10 +4,12 @@ use std::ffi::CStr;
 
 use serde_json::json;
 
+use crate::drain::DrainReport;
+
 /// The arguments `wsbridge` takes; the one place they are spelled out.
 macro_rules! syntax {
     () => {
-        "status | list [json] | kill <uuid> [cause] | debug on|off"
+        "status [json] | list [json] | kill <uuid> [cause] | debug on|off | drain on|off"
     };
 }
 
@@ -22,16 +24,19 @@ pub const DEBUG_USAGE: &str = "usage: wsbridge_debug on|off";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    Status,
+    Status { json: bool },
     List { json: bool },
     Kill { uuid: String, cause: Option<String> },
     Debug(bool),
+    Drain(bool),
 }
 
 pub fn parse(arguments: &str) -> Result<Command, String> {
     let words: Vec<&str> = arguments.split_whitespace().collect();
     match words.as_slice() {
-        [] | ["status"] => Ok(Command::Status),
+        [] | ["status"] => Ok(Command::Status { json: false }),
+        ["status", "json"] => Ok(Command::Status { json: true }),
+        ["drain", flag] if matches!(*flag, "on" | "off") => Ok(Command::Drain(*flag == "on")),
         ["list"] => Ok(Command::List { json: false }),
         ["list", "json"] => Ok(Command::List { json: true }),
         ["kill", uuid] => Ok(Command::Kill { uuid: uuid.to_string(), cause: None }),
@@ -63,22 +68,37 @@ pub struct Totals {
     pub calls: u64,
     pub refused: u64,
     pub failed: u64,
+    /// New calls refused because the node was draining.
+    pub refused_draining: u64,
 }
 
-/// The `status` text. `running_threads` is what the runtime started with,
-/// which a `reloadxml` does not change; the configured number follows it when they differ.
-pub fn status(
-    version: &str,
-    active: usize,
-    totals: &Totals,
-    debug: bool,
-    settings: &[(String, String)],
-    running_threads: usize,
-) -> String {
+/// What `wsbridge status` reports.
+#[derive(Debug, Clone)]
+pub struct StatusReport<'a> {
+    pub version: &'a str,
+    pub active: usize,
+    pub totals: Totals,
+    pub debug: bool,
+    pub drain: DrainReport,
+    pub settings: &'a [(String, String)],
+    /// What the runtime started with, which a `reloadxml` does not change.
+    pub running_threads: usize,
+}
+
+/// The `status` text; the configured number of threads follows the running one when they differ.
+pub fn status(report: &StatusReport<'_>) -> String {
+    let StatusReport { version, active, ref totals, debug, ref drain, settings, running_threads } = *report;
+    let draining = match (drain.reason, drain.seconds) {
+        (Some(reason), Some(seconds)) => {
+            format!("yes, for {seconds:.1} s ({}), {active} call(s) still up", reason.name())
+        }
+        _ => "no".to_string(),
+    };
     let mut text = format!(
-        "mod_wsbridge {version}\nactive calls: {active}\ncalls since load: {}\nrefused (bad settings): {}\nfailed (server unreachable or broken): {}\ndebug: {}\nruntime threads running: {running_threads}\n",
+        "mod_wsbridge {version}\nactive calls: {active}\ndraining: {draining}\ncalls since load: {}\nrefused (bad settings): {}\nrefused (draining): {}\nfailed (server unreachable or broken): {}\ndebug: {}\nruntime threads running: {running_threads}\n",
         totals.calls,
         totals.refused,
+        totals.refused_draining,
         totals.failed,
         if debug { "on" } else { "off" }
     );
@@ -95,6 +115,29 @@ pub fn status(
         }
     }
     text
+}
+
+/// `status json`: the same figures for a machine (an orchestrator polling a drain).
+pub fn status_json(report: &StatusReport<'_>) -> String {
+    let settings: serde_json::Map<String, serde_json::Value> = (report.settings.iter())
+        .filter(|(_, value)| !value.is_empty())
+        .map(|(name, value)| (name.clone(), json!(value)))
+        .collect();
+    let status = json!({
+        "version": report.version,
+        "active_calls": report.active,
+        "draining": report.drain.reason.is_some(),
+        "drain_reason": report.drain.reason.map(|reason| reason.name()),
+        "draining_seconds": report.drain.seconds.map(|seconds| (seconds * 10.0).round() / 10.0),
+        "calls_since_load": report.totals.calls,
+        "refused": report.totals.refused,
+        "refused_draining": report.totals.refused_draining,
+        "failed": report.totals.failed,
+        "debug": report.debug,
+        "runtime_threads_running": report.running_threads,
+        "settings": settings,
+    });
+    format!("{status}\n")
 }
 
 pub fn list(calls: &[CallSnapshot], as_json: bool) -> String {
@@ -139,11 +182,15 @@ pub fn list(calls: &[CallSnapshot], as_json: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::drain::DrainReason;
 
     #[test]
     fn commands_parse_and_junk_gets_the_usage() {
-        assert_eq!(parse(""), Ok(Command::Status));
-        assert_eq!(parse(" status "), Ok(Command::Status));
+        assert_eq!(parse(""), Ok(Command::Status { json: false }));
+        assert_eq!(parse(" status "), Ok(Command::Status { json: false }));
+        assert_eq!(parse("status json"), Ok(Command::Status { json: true }));
+        assert_eq!(parse("drain on"), Ok(Command::Drain(true)));
+        assert_eq!(parse("drain off"), Ok(Command::Drain(false)));
         assert_eq!(parse("list"), Ok(Command::List { json: false }));
         assert_eq!(parse("list json"), Ok(Command::List { json: true }));
         assert_eq!(parse("kill abc"), Ok(Command::Kill { uuid: "abc".into(), cause: None }));
@@ -153,8 +200,20 @@ mod tests {
         );
         assert_eq!(parse("debug on"), Ok(Command::Debug(true)));
         assert_eq!(parse("off"), Ok(Command::Debug(false)), "wsbridge_debug off");
-        for junk in ["kill", "list xml", "debug maybe", "dance", "kill a b c"] {
+        for junk in ["kill", "list xml", "debug maybe", "dance", "kill a b c", "drain", "drain soon", "status xml"] {
             assert!(parse(junk).unwrap_err().contains("usage:"), "{junk}");
+        }
+    }
+
+    fn report(settings: &[(String, String)], running_threads: usize) -> StatusReport<'_> {
+        StatusReport {
+            version: "1",
+            active: 0,
+            totals: Totals::default(),
+            debug: false,
+            drain: DrainReport { reason: None, seconds: None },
+            settings,
+            running_threads,
         }
     }
 
@@ -162,11 +221,37 @@ mod tests {
     fn status_tells_configured_threads_from_running_ones() {
         let settings =
             vec![("runtime-threads".to_string(), "2".to_string()), ("debug".to_string(), "false".to_string())];
-        let same = status("1", 0, &Totals::default(), false, &settings, 2);
+        let same = status(&report(&settings, 2));
         assert!(same.contains("runtime threads running: 2\n") && same.contains("runtime-threads = 2\n"), "{same}");
-        let changed = status("1", 0, &Totals::default(), false, &settings, 1);
+        let changed = status(&report(&settings, 1));
         assert!(changed.contains("runtime threads running: 1\n"), "{changed}");
         assert!(changed.contains("runtime-threads = 2 (configured; 1 running until reload mod_wsbridge)"), "{changed}");
+    }
+
+    #[test]
+    fn status_shows_the_drain_in_text_and_json() {
+        let settings = vec![("drain-cause".to_string(), "NORMAL_TEMPORARY_FAILURE".to_string())];
+        let idle = report(&settings, 1);
+        assert!(status(&idle).contains("draining: no\n"), "{}", status(&idle));
+        let idle_json: serde_json::Value = serde_json::from_str(&status_json(&idle)).unwrap();
+        assert_eq!((idle_json["draining"].as_bool(), idle_json["draining_seconds"].is_null()), (Some(false), true));
+
+        let draining = StatusReport {
+            active: 3,
+            totals: Totals { calls: 9, refused_draining: 4, ..Totals::default() },
+            drain: DrainReport { reason: Some(DrainReason::Api), seconds: Some(12.34) },
+            ..report(&settings, 1)
+        };
+        let text = status(&draining);
+        assert!(text.contains("draining: yes, for 12.3 s (api), 3 call(s) still up\n"), "{text}");
+        assert!(text.contains("refused (draining): 4\n"), "{text}");
+        let parsed: serde_json::Value = serde_json::from_str(&status_json(&draining)).unwrap();
+        assert_eq!(parsed["draining"], true);
+        assert_eq!(parsed["drain_reason"], "api");
+        assert_eq!(parsed["draining_seconds"], 12.3);
+        assert_eq!(parsed["active_calls"], 3);
+        assert_eq!((parsed["calls_since_load"].as_u64(), parsed["refused_draining"].as_u64()), (Some(9), Some(4)));
+        assert_eq!(parsed["settings"]["drain-cause"], "NORMAL_TEMPORARY_FAILURE");
     }
 
     #[test]

@@ -5,10 +5,13 @@
 //! FreeSWITCH and is tested without it:
 //! - [`settings`]: every setting, with one table of defaults;
 //! - [`call_plan`]: from a call's variables to the server it reaches, or a refusal;
-//! - [`session`]: one call's WebSocket conversation, over [`websocket`];
+//! - [`drain`]: taking a node out of rotation;
+//! - [`session`]: one call's conversation with its server, over a [`connection`]
+//!   (a [`websocket`], or AudioSocket's TCP), in the call's [`protocol`];
 //! - [`media`]: what a call's FreeSWITCH thread and its task share:
 //!   [`playout`], [`uplink`], [`reframe`], [`comfort_noise`];
-//! - [`protocol`]: the text messages; [`command`]: the API's arguments.
+//! - [`protocol`]: what is said on the wire (wsbridge, Twilio, Vonage,
+//!   AudioSocket); [`command`]: the API's arguments.
 //!
 //! [`freeswitch`] (built only where FreeSWITCH was found) holds the module's
 //! entry points and the endpoint; its `ffi` module is the one place with
@@ -20,6 +23,7 @@ pub mod comfort_noise;
 pub mod command;
 pub mod concealment;
 pub mod connection;
+pub mod drain;
 pub mod jitter;
 pub mod logging;
 pub mod media;

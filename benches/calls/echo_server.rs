@@ -8,6 +8,8 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
@@ -29,6 +31,13 @@ const TONE_CHECK_EVERY_FRAMES: u64 = 50;
 const DELAY_SEED: u64 = 0x5eed_0000;
 
 type Ws = WebSocketStream<TcpStream>;
+
+/// G.711 μ-law's decoding (ITU-T G.711), to check the tone of a μ-law stream.
+fn mulaw_to_linear(byte: u8) -> i16 {
+    let byte = !byte;
+    let magnitude = ((((byte & 0x0f) as i32) << 3) + 0x84) << ((byte >> 4) & 7);
+    (if byte & 0x80 != 0 { 0x84 - magnitude } else { magnitude - 0x84 }) as i16
+}
 type WsError = tokio_tungstenite::tungstenite::Error;
 
 /// Microsecond histograms up to a minute, three significant figures.
@@ -91,6 +100,10 @@ pub struct Echo {
     pub rate: u32,
     /// Each frame is echoed after a random delay of 0 to this many ms; 0 echoes at once.
     pub max_delay_ms: u64,
+    /// Frames are G.711 μ-law rather than L16.
+    pub mulaw: bool,
+    /// Twilio Media Streams: frames are base64 μ-law in `media` messages, marks are Twilio's.
+    pub twilio: bool,
 }
 
 pub struct EchoServer {
@@ -212,6 +225,8 @@ struct Connection {
     /// Marks sent and not yet heard back: (frame they follow, when sent).
     marks: VecDeque<(u64, Instant)>,
     echoes: DelayedEchoes,
+    /// A Twilio stream's, once its `start` has come.
+    stream_sid: Option<String>,
 }
 
 impl Connection {
@@ -234,7 +249,10 @@ impl Connection {
     }
 
     fn check_tone(&mut self, data: &[u8]) {
-        let samples: Vec<i16> = data.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])).collect();
+        let samples: Vec<i16> = match self.echo.mulaw {
+            true => data.iter().map(|byte| mulaw_to_linear(*byte)).collect(),
+            false => data.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])).collect(),
+        };
         self.call.tone_checked += 1;
         if tone_share(&samples, self.echo.tone_hz, self.echo.rate) > 0.9 {
             self.call.tone_found += 1;
@@ -244,10 +262,21 @@ impl Connection {
     /// Echoes every frame whose time has come, each every 5 s followed by a mark.
     async fn send_due(&mut self, ws: &mut Ws) -> Result<(), WsError> {
         while let Some((frame, data)) = self.echoes.pop_due(Instant::now()) {
-            ws.send(Message::Binary(data)).await?;
+            match &self.stream_sid {
+                Some(sid) => {
+                    let media =
+                        serde_json::json!({"event":"media","streamSid":sid,"media":{"payload":BASE64.encode(&data)}});
+                    ws.send(Message::text(media.to_string())).await?
+                }
+                None => ws.send(Message::Binary(data)).await?,
+            }
             self.call.echoed_frames += 1;
             if frame % MARK_EVERY_FRAMES == 0 {
-                ws.send(Message::text(format!(r#"{{"action":"mark","name":"{frame}"}}"#))).await?;
+                let mark = match &self.stream_sid {
+                    Some(sid) => serde_json::json!({"event":"mark","streamSid":sid,"mark":{"name":frame.to_string()}}),
+                    None => serde_json::json!({"action":"mark","name":frame.to_string()}),
+                };
+                ws.send(Message::text(mark.to_string())).await?;
                 self.call.marks_sent += 1;
                 self.marks.push_back((frame, Instant::now()));
             }
@@ -256,12 +285,25 @@ impl Connection {
     }
 
     /// Times a mark event from the module against when its mark was sent.
-    fn on_text(&mut self, text: &str) {
-        let Ok(event) = serde_json::from_str::<serde_json::Value>(text.trim()) else { return };
-        if event["event"] != "mark" {
-            return;
+    /// Returns a Twilio `media` message's frame.
+    fn on_text(&mut self, text: &str) -> Option<Bytes> {
+        let Ok(event) = serde_json::from_str::<serde_json::Value>(text.trim()) else { return None };
+        if self.echo.twilio {
+            match event["event"].as_str() {
+                Some("start") => self.stream_sid = event["streamSid"].as_str().map(str::to_string),
+                Some("media") => {
+                    let payload = event["media"]["payload"].as_str()?;
+                    return BASE64.decode(payload).ok().map(Bytes::from);
+                }
+                _ => {}
+            }
         }
-        let name: u64 = event["name"].as_str().and_then(|n| n.parse().ok()).unwrap_or(0);
+        if event["event"] != "mark" {
+            return None;
+        }
+        // Twilio names the mark inside `mark`, the native protocol at the top.
+        let name = event["name"].as_str().or(event["mark"]["name"].as_str());
+        let name: u64 = name.and_then(|n| n.parse().ok()).unwrap_or(0);
         while let Some((sent_after, sent_at)) = self.marks.pop_front() {
             if sent_after == name {
                 self.call.marks_back += 1;
@@ -269,6 +311,7 @@ impl Connection {
                 break;
             }
         }
+        None
     }
 
     /// Reads the call's messages and echoes its frames until either side ends it.
@@ -293,7 +336,14 @@ impl Connection {
                         return;
                     }
                 }
-                Some(Ok(Message::Text(text))) => self.on_text(text.as_str()),
+                Some(Ok(Message::Text(text))) => {
+                    if let Some(frame) = self.on_text(text.as_str()) {
+                        self.on_frame(frame);
+                        if self.send_due(ws).await.is_err() {
+                            return;
+                        }
+                    }
+                }
                 Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
                 Some(Ok(_)) => {}
             }
@@ -302,8 +352,15 @@ impl Connection {
 }
 
 async fn serve(tcp: TcpStream, echo: Echo, echoes: DelayedEchoes) -> Tally {
-    let mut connection =
-        Connection { echo, call: Tally::new(), frames: 0, last_arrival: None, marks: VecDeque::new(), echoes };
+    let mut connection = Connection {
+        echo,
+        call: Tally::new(),
+        frames: 0,
+        last_arrival: None,
+        marks: VecDeque::new(),
+        echoes,
+        stream_sid: None,
+    };
     connection.call.connections = 1;
     if let Some(mut ws) = handshake(tcp).await {
         connection.run(&mut ws).await;

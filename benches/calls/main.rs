@@ -5,11 +5,14 @@
 //! echoes each frame at once; `wsbridge-live` echoes each after a random
 //! 0–40 ms, in order, as a live server might, to test the jitter buffer:
 //! its gaps per call-minute, concealed frames and playout latency.
+//! `wsbridge-twilio` speaks Twilio Media Streams to a server that echoes in
+//! kind; `wsbridge-pcmu` carries the same μ-law in the native protocol, so
+//! the two differ by Twilio's JSON and base64 alone.
 //!
 //! Every run gets a fresh FreeSWITCH from a temporary loopback config, as the
 //! integration tests do. Prints one table, writes calls.csv, calls.md and
 //! calls.png. Options (after `--`): `--calls 50,200,500`, `--seconds 60`,
-//! `--rate 50` (call attempts per second), `--endpoints null,wsbridge,wsbridge-live`,
+//! `--rate 50` (call attempts per second), `--endpoints null,wsbridge,wsbridge-live,wsbridge-pcmu,wsbridge-twilio`,
 //! `--out <dir>` (default target/calls-bench).
 
 #![allow(clippy::result_large_err)] // tungstenite's handshake callback type
@@ -45,16 +48,24 @@ enum Endpoint {
     Wsbridge,
     /// wsbridge with a server that echoes each frame after a random 0–40 ms.
     WsbridgeLive,
+    /// wsbridge speaking Twilio Media Streams (JSON, base64 μ-law) to an echo
+    /// server that answers in kind: the cost of the protocol next to the native one.
+    WsbridgeTwilio,
+    /// The native protocol with G.711 μ-law on the wire: the same audio as Twilio's, in binary.
+    WsbridgePcmu,
 }
 
 impl Endpoint {
-    const ALL: [Endpoint; 3] = [Endpoint::Null, Endpoint::Wsbridge, Endpoint::WsbridgeLive];
+    const ALL: [Endpoint; 5] =
+        [Endpoint::Null, Endpoint::Wsbridge, Endpoint::WsbridgeLive, Endpoint::WsbridgePcmu, Endpoint::WsbridgeTwilio];
 
     fn name(self) -> &'static str {
         match self {
             Endpoint::Null => "null",
             Endpoint::Wsbridge => "wsbridge",
             Endpoint::WsbridgeLive => "wsbridge-live",
+            Endpoint::WsbridgeTwilio => "wsbridge-twilio",
+            Endpoint::WsbridgePcmu => "wsbridge-pcmu",
         }
     }
 
@@ -64,12 +75,22 @@ impl Endpoint {
 
     /// How its echo server echoes; `None` for the endpoint with no server.
     fn echo(self) -> Option<Echo> {
-        let max_delay_ms = match self {
-            Endpoint::Null => return None,
-            Endpoint::Wsbridge => 0,
-            Endpoint::WsbridgeLive => LIVE_MAX_DELAY_MS,
+        let echo = Echo {
+            frame_bytes: FRAME_BYTES,
+            tone_hz: TONE_HZ,
+            rate: RATE,
+            max_delay_ms: 0,
+            mulaw: false,
+            twilio: false,
         };
-        Some(Echo { frame_bytes: FRAME_BYTES, tone_hz: TONE_HZ, rate: RATE, max_delay_ms })
+        match self {
+            Endpoint::Null => None,
+            Endpoint::Wsbridge => Some(echo),
+            Endpoint::WsbridgeLive => Some(Echo { max_delay_ms: LIVE_MAX_DELAY_MS, ..echo }),
+            // Twilio's 20 ms of μ-law at 8 kHz.
+            Endpoint::WsbridgeTwilio => Some(Echo { frame_bytes: 160, rate: 8000, mulaw: true, twilio: true, ..echo }),
+            Endpoint::WsbridgePcmu => Some(Echo { frame_bytes: 160, rate: 8000, mulaw: true, ..echo }),
+        }
     }
 }
 
@@ -82,7 +103,7 @@ struct Options {
 }
 
 const USAGE: &str = "usage: cargo bench --bench calls -- [--calls 50,200,500] [--seconds 60] [--rate 50] \
-                     [--endpoints null,wsbridge,wsbridge-live] [--out target/calls-bench]";
+                     [--endpoints null,wsbridge,wsbridge-live,wsbridge-pcmu,wsbridge-twilio] [--out target/calls-bench]";
 
 fn parse_options() -> Result<Options, String> {
     let mut options = Options {
@@ -302,6 +323,15 @@ impl Run<'_> {
                 Endpoint::Wsbridge | Endpoint::WsbridgeLive => {
                     let port = server.unwrap().port;
                     format!("{{origination_uuid={uuid}}}wsbridge/ws://127.0.0.1:{port}/bench/{call}")
+                }
+                Endpoint::WsbridgePcmu => {
+                    let port = server.unwrap().port;
+                    let pcmu = "P-wsbridge-websocket-content-type=audio%2Fpcmu";
+                    format!("{{origination_uuid={uuid},{pcmu}}}wsbridge/ws://127.0.0.1:{port}/bench/{call}")
+                }
+                Endpoint::WsbridgeTwilio => {
+                    let port = server.unwrap().port;
+                    format!("{{origination_uuid={uuid},wsbridge_protocol=twilio}}wsbridge/ws://127.0.0.1:{port}/bench/{call}")
                 }
             };
             events.lock().unwrap().entry(uuid.clone()).or_default().originated = Some(Instant::now());

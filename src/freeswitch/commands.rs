@@ -3,9 +3,10 @@
 use std::ffi::CStr;
 
 use super::ffi::{ApiCommand, CauseCode, LocatedSession};
-use super::{config_store, registry, runtime};
+use super::{config_store, drain, registry, runtime};
 use crate::cause::HangupCause;
-use crate::command::{self, Command};
+use crate::command::{self, Command, StatusReport};
+use crate::drain::DrainReason;
 use crate::logging;
 
 fn run(arguments: &str) -> String {
@@ -14,14 +15,29 @@ fn run(arguments: &str) -> String {
         Err(usage) => return usage,
     };
     match command {
-        Command::Status => command::status(
-            env!("CARGO_PKG_VERSION"),
-            registry::active_calls(),
-            &registry::totals(),
-            logging::debug(),
-            &config_store::config().describe(),
-            runtime::workers(),
-        ),
+        Command::Status { json } => {
+            let settings = config_store::config().describe();
+            let report = StatusReport {
+                version: env!("CARGO_PKG_VERSION"),
+                active: registry::active_calls(),
+                totals: registry::totals(),
+                debug: logging::debug(),
+                drain: drain::report(),
+                settings: &settings,
+                running_threads: runtime::workers(),
+            };
+            match json {
+                true => command::status_json(&report),
+                false => command::status(&report),
+            }
+        }
+        Command::Drain(on) => {
+            match on {
+                true => drain::start(DrainReason::Api),
+                false => drain::stop(),
+            }
+            format!("+OK draining {}\n", if on { "on" } else { "off" })
+        }
         Command::List { json } => command::list(&registry::snapshots(), json),
         Command::Kill { uuid, cause } => kill(&uuid, cause.as_deref()),
         Command::Debug(on) => {
@@ -51,7 +67,7 @@ fn kill(uuid: &str, cause: Option<&str>) -> String {
     }
 }
 
-/// `wsbridge <status|list [json]|kill <uuid> [cause]|debug on|off>`
+/// `wsbridge <status [json]|list [json]|kill <uuid> [cause]|debug on|off|drain on|off>`
 pub struct Wsbridge;
 
 impl ApiCommand for Wsbridge {

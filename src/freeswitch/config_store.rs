@@ -27,7 +27,9 @@ pub fn load() {
     logging::set_debug(config.debug);
     crate::websocket::clear_tls_cache();
     tracing::info!("wsbridge.conf: {} settings loaded", params.len());
+    let drain = config.drain;
     *CONFIG.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(config));
+    super::drain::follow_config(drain);
 }
 
 /// Re-reads the file on `reloadxml`.

@@ -13,8 +13,8 @@ use super::ffi::{
     CauseCode, Channel, ChannelState, Codec, Endpoint, LocatedSession, Outgoing, PcmFrame, PublishedFrame, Session,
     Timer, Variables, WrittenFrame,
 };
-use super::{config_store, events, registry, runtime};
-use crate::call_plan::{plan_call, CallPlan, CallSources};
+use super::{config_store, drain, events, registry, runtime};
+use crate::call_plan::{admit, plan_call, CallPlan, CallSources};
 use crate::cause::HangupCause;
 use crate::comfort_noise::DownlinkMixer;
 use crate::media::{CallMedia, WireDecoder};
@@ -59,6 +59,12 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// Gathers the call's sources from what originate handed us and plans it.
 fn plan(request: &Outgoing<'_>) -> Result<CallPlan, HangupCause> {
+    let config = config_store::config();
+    admit(drain::is_draining(), &config).map_err(|refusal| {
+        registry::count_refused_draining();
+        tracing::info!("refusing the call: {refusal}");
+        refusal.cause
+    })?;
     let originate = request.variables();
     let a_leg = request.a_leg().map(Session::channel);
     // originate writes "service" where the dial string has no destination.
@@ -68,7 +74,7 @@ fn plan(request: &Outgoing<'_>) -> Result<CallPlan, HangupCause> {
         a_leg: a_leg.as_ref().map(|channel| channel as &dyn VariableSource),
         destination: destination.as_deref(),
     };
-    plan_call(&sources, &config_store::config()).map_err(|refusal| {
+    plan_call(&sources, &config).map_err(|refusal| {
         registry::count_refused();
         tracing::error!("refusing the call: {refusal}");
         refusal.cause
@@ -176,6 +182,7 @@ impl Endpoint for WsbridgeCall {
 
     fn on_destroy(self: Box<Self>, session: Session<'_>) {
         registry::unregister(&session.uuid());
+        drain::announce_if_drained();
         self.media.caller_hung_up();
         // Dropping the call releases its timer and codecs.
     }

@@ -1,12 +1,14 @@
 //! The CUSTOM events `wsbridge::<kind>` that event-socket consumers see.
 
 use std::ffi::CStr;
+use std::time::Duration;
 
 use super::ffi::{self, LocatedSession};
 use super::registry;
+use crate::drain::DrainReason;
 use crate::session::CallEvent;
 
-pub const SUBCLASSES: [&CStr; 7] = [
+pub const SUBCLASSES: [&CStr; 8] = [
     c"wsbridge::connect",
     c"wsbridge::disconnect",
     c"wsbridge::error",
@@ -14,6 +16,7 @@ pub const SUBCLASSES: [&CStr; 7] = [
     c"wsbridge::mark",
     c"wsbridge::reconnecting",
     c"wsbridge::reconnected",
+    c"wsbridge::drained",
 ];
 const OWNER: &CStr = c"mod_wsbridge";
 
@@ -66,4 +69,13 @@ pub fn fire(uuid: &str, event: &CallEvent) {
     let located = LocatedSession::find(uuid);
     let session = located.as_ref().map(LocatedSession::session);
     ffi::fire_custom_event(session, &format!("wsbridge::{}", event.kind()), &headers, body);
+}
+
+/// Fires `wsbridge::drained`: the node drains and its last call has ended.
+pub fn fire_drained(took: Duration, reason: DrainReason) {
+    let headers = [
+        ("WSBridge-Drain-Seconds", format!("{:.3}", took.as_secs_f64())),
+        ("WSBridge-Drain-Reason", reason.name().to_string()),
+    ];
+    ffi::fire_custom_event(None, "wsbridge::drained", &headers, None);
 }

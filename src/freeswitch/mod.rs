@@ -5,12 +5,14 @@
 //! - [`endpoint`]: the `wsbridge` leg of each call;
 //! - [`registry`]: the calls up and the counters; [`commands`]: the API;
 //!   [`events`]: CUSTOM events; [`config_store`]: wsbridge.conf in force;
+//!   [`drain`]: taking the node out of rotation;
 //! - [`runtime`]: the tokio runtime all calls share; [`guard`]: panics stop here.
 
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 mod commands;
 mod config_store;
+mod drain;
 mod endpoint;
 mod events;
 #[allow(unsafe_code)] // the one unsafe layer
@@ -67,6 +69,7 @@ impl Module for Wsbridge {
         interface.add_api::<commands::Wsbridge>()?;
         interface.add_api::<commands::WsbridgeDebug>()?;
         interface.bind::<config_store::OnReloadXml>(Self::NAME)?;
+        interface.bind::<drain::OnShutdownRequested>(Self::NAME)?;
         tracing::info!("mod_wsbridge {} loaded; {threads} runtime thread(s)", env!("CARGO_PKG_VERSION"));
         Ok(())
     }
@@ -74,6 +77,7 @@ impl Module for Wsbridge {
     fn shutdown() -> bool {
         ffi::retire_endpoint();
         ffi::unbind::<config_store::OnReloadXml>();
+        ffi::unbind::<drain::OnShutdownRequested>();
         events::free_subclasses();
         let stopped = runtime::stop(Duration::from_secs(2));
         if stopped {

@@ -25,6 +25,7 @@ static CALLS: Mutex<BTreeMap<String, Arc<CallEntry>>> = Mutex::new(BTreeMap::new
 static CALLS_TOTAL: AtomicU64 = AtomicU64::new(0);
 static CALLS_REFUSED: AtomicU64 = AtomicU64::new(0);
 static CALLS_FAILED: AtomicU64 = AtomicU64::new(0);
+static CALLS_REFUSED_DRAINING: AtomicU64 = AtomicU64::new(0);
 
 fn calls() -> MutexGuard<'static, BTreeMap<String, Arc<CallEntry>>> {
     CALLS.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -52,6 +53,11 @@ pub fn count_refused() {
     CALLS_REFUSED.fetch_add(1, Ordering::Relaxed);
 }
 
+/// A call refused because the node was draining.
+pub fn count_refused_draining() {
+    CALLS_REFUSED_DRAINING.fetch_add(1, Ordering::Relaxed);
+}
+
 /// A call whose server was unreachable or broke.
 pub fn count_failed() {
     CALLS_FAILED.fetch_add(1, Ordering::Relaxed);
@@ -62,6 +68,7 @@ pub fn totals() -> Totals {
         calls: CALLS_TOTAL.load(Ordering::Relaxed),
         refused: CALLS_REFUSED.load(Ordering::Relaxed),
         failed: CALLS_FAILED.load(Ordering::Relaxed),
+        refused_draining: CALLS_REFUSED_DRAINING.load(Ordering::Relaxed),
     }
 }
 

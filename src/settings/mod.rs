@@ -282,6 +282,25 @@ pub const RUNTIME_THREADS: Setting = Setting {
         "threads that carry every call's WebSocket; read when the module loads",
     )
 };
+pub const DRAIN: Setting = module_only(
+    "drain",
+    Kind::Flag { default: false },
+    "refuse every new call (calls up go on), as `wsbridge drain on`; applied when the file's value changes",
+);
+pub const DRAIN_CAUSE: Setting = module_only(
+    "drain-cause",
+    Kind::Choice {
+        default: "NORMAL_TEMPORARY_FAILURE",
+        choices: &[
+            "NORMAL_TEMPORARY_FAILURE",
+            "SWITCH_CONGESTION",
+            "NORMAL_CIRCUIT_CONGESTION",
+            "USER_BUSY",
+            "CALL_REJECTED",
+        ],
+    },
+    "the cause new calls are refused with while draining; mod_sofia answers the first three with SIP 503, which a dispatcher retries on another node",
+);
 
 /// Every setting, in the order the README lists them.
 pub const TABLE: &[Setting] = &[
@@ -318,6 +337,8 @@ pub const TABLE: &[Setting] = &[
     ALLOW_SIP_HEADER_URI,
     MAX_CONNECTING,
     RUNTIME_THREADS,
+    DRAIN,
+    DRAIN_CAUSE,
 ];
 
 /// The row for a param name, if there is one.
@@ -386,6 +407,14 @@ mod tests {
             checked += 1;
         }
         assert!(checked > 10, "only {checked} params checked");
+    }
+
+    #[test]
+    fn drain_cause_choices_are_the_drain_causes() {
+        let Kind::Choice { default, choices } = DRAIN_CAUSE.kind else { panic!("drain-cause is a choice") };
+        let causes: Vec<&str> = crate::cause::HangupCause::DRAIN_CHOICES.iter().map(|cause| cause.name()).collect();
+        assert_eq!(choices, causes.as_slice());
+        assert_eq!(default, causes[0]);
     }
 
     #[test]

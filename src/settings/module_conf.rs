@@ -8,8 +8,10 @@ use super::server::ContentType;
 use super::tuning::{parse_flag, Reader};
 use super::{by_param, CallTuning, Scope, Setting};
 use super::{
-    ALLOWED_HOSTS, ALLOW_SIP_HEADER_URI, DEBUG, DEFAULT_CONTENT_TYPE, DEFAULT_URI, MAX_CONNECTING, RUNTIME_THREADS,
+    ALLOWED_HOSTS, ALLOW_SIP_HEADER_URI, DEBUG, DEFAULT_CONTENT_TYPE, DEFAULT_URI, DRAIN, DRAIN_CAUSE, MAX_CONNECTING,
+    RUNTIME_THREADS,
 };
+use crate::cause::HangupCause;
 use crate::security::HostPattern;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -27,6 +29,10 @@ pub struct ModuleConfig {
     pub max_connecting: usize,
     /// Threads that run every call's WebSocket; read when the module loads.
     pub runtime_threads: usize,
+    /// Whether the file asks the node to drain.
+    pub drain: bool,
+    /// What new calls are refused with while draining.
+    pub drain_cause: HangupCause,
 }
 
 /// One per core, up to 4. One alone costs less CPU (see the README's benchmark),
@@ -47,6 +53,8 @@ impl Default for ModuleConfig {
             allow_sip_header_uri: ALLOW_SIP_HEADER_URI.flag_default(),
             max_connecting: MAX_CONNECTING.integer_default() as usize,
             runtime_threads: default_runtime_threads(),
+            drain: DRAIN.flag_default(),
+            drain_cause: HangupCause::DRAIN_CHOICES[0],
         }
     }
 }
@@ -102,11 +110,20 @@ impl ModuleConfig {
                     setting.default_shown()
                 )),
             },
-            _ if param == DEBUG.param || param == ALLOW_SIP_HEADER_URI.param => match parse_flag(&value) {
+            _ if [DEBUG.param, ALLOW_SIP_HEADER_URI.param, DRAIN.param].contains(&param) => match parse_flag(&value) {
                 Some(flag) if param == DEBUG.param => self.debug = flag,
+                Some(flag) if param == DRAIN.param => self.drain = flag,
                 Some(flag) => self.allow_sip_header_uri = flag,
                 None => problems
                     .push(format!("param {param}='{value}' is not true or false; using {}", setting.default_shown())),
+            },
+            _ if param == DRAIN_CAUSE.param => match HangupCause::drain_choice(&value) {
+                Some(cause) => self.drain_cause = cause,
+                None => problems.push(format!(
+                    "param {param}='{value}' is not one of {}; using {}",
+                    setting.range_shown(),
+                    setting.default_shown()
+                )),
             },
             _ if param == ALLOWED_HOSTS.param => match crate::security::parse_allowlist(&value) {
                 Ok(patterns) => {
@@ -150,6 +167,8 @@ impl ModuleConfig {
             (ALLOW_SIP_HEADER_URI.param.to_string(), self.allow_sip_header_uri.to_string()),
             (MAX_CONNECTING.param.to_string(), self.max_connecting.to_string()),
             (RUNTIME_THREADS.param.to_string(), self.runtime_threads.to_string()),
+            (DRAIN.param.to_string(), self.drain.to_string()),
+            (DRAIN_CAUSE.param.to_string(), self.drain_cause.to_string()),
         ];
         lines.extend(self.per_call.iter().map(|(param, value)| (param.to_string(), value.clone())));
         lines
@@ -221,9 +240,11 @@ mod tests {
             ("runtime-threads", "0"),
             ("max-connecting", "0"),
             ("http-headers", "{\"Bad Name\":\"x\"}"),
+            ("drain", "soon"),
+            ("drain-cause", "NORMAL_CLEARING"),
         ]));
         assert_eq!(config, ModuleConfig::default());
-        assert_eq!(problems.len(), 8, "{problems:?}");
+        assert_eq!(problems.len(), 10, "{problems:?}");
         assert!(problems[0].starts_with("param playout-max-ms='soon'"), "{}", problems[0]);
         assert!(problems[1].starts_with("param first-message='telegram'"), "{}", problems[1]);
         assert!(problems[3].contains("unknown param 'colour'"));
@@ -234,5 +255,15 @@ mod tests {
             problems[6]
         );
         assert!(problems[7].starts_with("param http-headers header name"), "{}", problems[7]);
+        assert!(problems[8].starts_with("param drain='soon' is not true or false"), "{}", problems[8]);
+        assert!(problems[9].starts_with("param drain-cause='NORMAL_CLEARING' is not one of"), "{}", problems[9]);
+    }
+
+    #[test]
+    fn drain_params_are_read() {
+        let (config, problems) = ModuleConfig::from_params(&params(&[("drain", "on"), ("drain-cause", "user_busy")]));
+        assert!(problems.is_empty(), "{problems:?}");
+        assert!(config.drain);
+        assert_eq!(config.drain_cause, HangupCause::UserBusy);
     }
 }

@@ -215,15 +215,28 @@ impl FreeSwitch {
 
     /// The benchmark logs only warnings and worse, so logging is not what it measures.
     pub fn start_with_log_level(build: &BuildEnv, ws_base: &str, instance: u16, log_level: &str) -> FreeSwitch {
-        Self::launch(build, ws_base, instance, log_level, &[])
+        Self::launch(build, ws_base, instance, log_level, &[], None)
     }
 
     /// With variables added to FreeSWITCH's environment, such as `GLIBC_TUNABLES`.
     pub fn start_with_env(build: &BuildEnv, ws_base: &str, instance: u16, env: &[(&str, &str)]) -> FreeSwitch {
-        Self::launch(build, ws_base, instance, "debug", env)
+        Self::launch(build, ws_base, instance, "debug", env, None)
     }
 
-    fn launch(build: &BuildEnv, ws_base: &str, instance: u16, log_level: &str, env: &[(&str, &str)]) -> FreeSwitch {
+    /// Loading `module` (linked into its module dir) instead of the freshly built one,
+    /// such as the module of an extracted package.
+    pub fn start_with_module(build: &BuildEnv, ws_base: &str, instance: u16, module: &Path) -> FreeSwitch {
+        Self::launch(build, ws_base, instance, "debug", &[], Some(module))
+    }
+
+    fn launch(
+        build: &BuildEnv,
+        ws_base: &str,
+        instance: u16,
+        log_level: &str,
+        env: &[(&str, &str)],
+        module: Option<&Path>,
+    ) -> FreeSwitch {
         let binary = Path::new(build.freeswitch_prefix).join("bin/freeswitch");
         assert!(binary.exists(), "{} is missing", binary.display());
         let dir = std::env::temp_dir().join(format!("wsbridge-test-{}-{instance}", std::process::id()));
@@ -239,7 +252,12 @@ impl FreeSwitch {
                 std::os::unix::fs::symlink(&path, dir.join("mod").join(&name)).unwrap();
             }
         }
-        fs::copy(build.built_module(), dir.join("mod/mod_wsbridge.so")).unwrap();
+        match module {
+            Some(module) => std::os::unix::fs::symlink(module, dir.join("mod/mod_wsbridge.so")).unwrap(),
+            None => {
+                fs::copy(build.built_module(), dir.join("mod/mod_wsbridge.so")).unwrap();
+            }
+        }
 
         let esl_port = free_port();
         let sip_port = free_port();

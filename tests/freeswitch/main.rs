@@ -57,13 +57,16 @@ use tests;
 
 mod audio;
 mod calls;
+mod drain;
 mod g711;
 mod hostile;
 mod media;
 mod operating;
+mod package;
 mod playout;
 mod protocols;
 mod reconnect;
+mod scale_out;
 mod trust;
 mod ws_server;
 
@@ -158,12 +161,15 @@ fn main() {
     // `mod` line above and its TESTS here.
     let mut tests = [
         calls::TESTS,
+        drain::TESTS,
         hostile::TESTS,
         operating::TESTS,
+        package::TESTS,
         media::TESTS,
         playout::TESTS,
         protocols::TESTS,
         reconnect::TESTS,
+        scale_out::TESTS,
         trust::TESTS,
     ]
     .concat();
@@ -174,6 +180,11 @@ fn main() {
     if !missing.is_empty() {
         println!("SKIPPED: the mod_wsbridge build and the FreeSWITCH integration tests, because {missing}");
     }
+    let kamailio_missing = scale_out::missing();
+    if let (Some(why), true) = (&kamailio_missing, missing.is_empty()) {
+        println!("SKIPPED: the Kamailio scale-out test, because {why}");
+    }
+    let needs_kamailio = |name: &str| scale_out::TESTS.iter().any(|test| test.name == name);
     let trials = tests
         .into_iter()
         .map(|Test { name, body, .. }| {
@@ -181,7 +192,7 @@ fn main() {
                 body();
                 Ok(())
             })
-            .with_ignored_flag(!missing.is_empty())
+            .with_ignored_flag(!missing.is_empty() || (kamailio_missing.is_some() && needs_kamailio(name)))
         })
         .collect();
     let conclusion = libtest_mimic::run(&arguments, trials);
