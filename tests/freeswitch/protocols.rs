@@ -1337,7 +1337,7 @@ pub fn protocol_setting_sources_and_refusal() {
 
     // wsbridge.conf, in a FreeSWITCH of its own: a reload of the module reads it.
     let router = &world().router;
-    let freeswitch = test_support::instance::FreeSwitch::start(&crate::BUILD, &router.base(), 6);
+    let freeswitch = test_support::instance::FreeSwitch::start(&crate::BUILD, &router.base(), 7);
     let mut esl = freeswitch.esl();
     let reload = |esl: &mut test_support::esl::Esl| {
         let deadline = Instant::now() + Duration::from_secs(5);
