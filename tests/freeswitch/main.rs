@@ -58,11 +58,13 @@ use tests;
 mod audio;
 mod calls;
 mod drain;
+mod g711;
 mod hostile;
 mod media;
 mod operating;
 mod package;
 mod playout;
+mod protocols;
 mod reconnect;
 mod scale_out;
 mod trust;
@@ -165,6 +167,7 @@ fn main() {
         package::TESTS,
         media::TESTS,
         playout::TESTS,
+        protocols::TESTS,
         reconnect::TESTS,
         scale_out::TESTS,
         trust::TESTS,
