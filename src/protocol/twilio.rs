@@ -23,7 +23,16 @@ pub struct CallIdentity {
 }
 
 impl CallIdentity {
-    pub fn new(account_sid: &str, call_id: &str, custom_parameters: Map<String, Value>) -> Self {
+    /// Twilio's `customParameters` are strings: other JSON values of the
+    /// headers object are sent as their JSON text (`1` as `"1"`).
+    pub fn new(account_sid: &str, call_id: &str, headers: Map<String, Value>) -> Self {
+        let custom_parameters = headers
+            .into_iter()
+            .map(|(key, value)| match value {
+                Value::String(text) => (key, Value::String(text)),
+                other => (key, Value::String(other.to_string())),
+            })
+            .collect();
         let hex: String = call_id.chars().filter(char::is_ascii_hexdigit).collect::<String>().to_ascii_lowercase();
         // A UUID gives exactly 32 digits; anything else (a custom origination_uuid) is padded or cut to that.
         let call_sid = format!("CA{:0<32.32}", hex);
@@ -266,6 +275,15 @@ mod tests {
         ] {
             assert!(matches!(read(&ignored, sid), Inbound::Ignored(_)), "{ignored}");
         }
+    }
+
+    #[test]
+    fn custom_parameters_are_strings_as_twilio_sends_them() {
+        let headers = json!({"name":"x","n":1,"ok":true,"list":[1]}).as_object().unwrap().clone();
+        assert_eq!(
+            Value::Object(CallIdentity::new("AC", "abc", headers).custom_parameters),
+            json!({"name":"x","n":"1","ok":"true","list":"[1]"})
+        );
     }
 
     #[test]
