@@ -85,11 +85,14 @@ pub struct StatusReport<'a> {
     pub running_threads: usize,
     /// Task polls that held a runtime thread a frame's time or more, and the longest poll.
     pub slow_polls: (u64, std::time::Duration),
+    /// Times the runtime woke late for want of CPU, and the longest.
+    pub stalls: (u64, std::time::Duration),
 }
 
 /// The `status` text; the configured number of threads follows the running one when they differ.
 pub fn status(report: &StatusReport<'_>) -> String {
-    let StatusReport { version, active, ref totals, debug, ref drain, settings, running_threads, slow_polls } = *report;
+    let StatusReport { version, active, ref totals, debug, ref drain, settings, running_threads, slow_polls, stalls } =
+        *report;
     let draining = match (drain.reason, drain.seconds) {
         (Some(reason), Some(seconds)) => {
             format!("yes, for {seconds:.1} s ({}), {active} call(s) still up", reason.name())
@@ -97,7 +100,7 @@ pub fn status(report: &StatusReport<'_>) -> String {
         _ => "no".to_string(),
     };
     let mut text = format!(
-        "mod_wsbridge {version}\nactive calls: {active}\ndraining: {draining}\ncalls since load: {}\nrefused (bad settings): {}\nrefused (draining): {}\nfailed (server unreachable or broken): {}\ndebug: {}\nruntime threads running: {running_threads}\nslow task polls (a frame or more): {}, longest poll {} ms\n",
+        "mod_wsbridge {version}\nactive calls: {active}\ndraining: {draining}\ncalls since load: {}\nrefused (bad settings): {}\nrefused (draining): {}\nfailed (server unreachable or broken): {}\ndebug: {}\nruntime threads running: {running_threads}\nslow task polls (a frame or more): {}, longest poll {} ms\nruntime stalls (woke 40 ms late or more): {}, longest {} ms\n",
         totals.calls,
         totals.refused,
         totals.refused_draining,
@@ -105,6 +108,8 @@ pub fn status(report: &StatusReport<'_>) -> String {
         if debug { "on" } else { "off" },
         slow_polls.0,
         slow_polls.1.as_millis(),
+        stalls.0,
+        stalls.1.as_millis(),
     );
     for (name, value) in settings {
         if value.is_empty() {
@@ -141,6 +146,8 @@ pub fn status_json(report: &StatusReport<'_>) -> String {
         "runtime_threads_running": report.running_threads,
         "slow_task_polls": report.slow_polls.0,
         "longest_task_poll_ms": report.slow_polls.1.as_millis() as u64,
+        "runtime_stalls": report.stalls.0,
+        "longest_runtime_stall_ms": report.stalls.1.as_millis() as u64,
         "settings": settings,
     });
     format!("{status}\n")
@@ -221,6 +228,7 @@ mod tests {
             settings,
             running_threads,
             slow_polls: (3, std::time::Duration::from_millis(45)),
+            stalls: (2, std::time::Duration::from_millis(120)),
         }
     }
 
@@ -231,6 +239,7 @@ mod tests {
         let same = status(&report(&settings, 2));
         assert!(same.contains("runtime threads running: 2\n") && same.contains("runtime-threads = 2\n"), "{same}");
         assert!(same.contains("slow task polls (a frame or more): 3, longest poll 45 ms\n"), "{same}");
+        assert!(same.contains("runtime stalls (woke 40 ms late or more): 2, longest 120 ms\n"), "{same}");
         let changed = status(&report(&settings, 1));
         assert!(changed.contains("runtime threads running: 1\n"), "{changed}");
         assert!(changed.contains("runtime-threads = 2 (configured; 1 running until reload mod_wsbridge)"), "{changed}");

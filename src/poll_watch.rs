@@ -1,7 +1,9 @@
-//! Finds code that holds a runtime thread. Every call's task is polled
-//! through [`Watched`], which counts and logs a poll that runs longer than
-//! [`SLOW_POLL`]: meanwhile the audio of every call on that thread waits,
-//! and a live stream's playout may run dry.
+//! Finds what holds up the runtime that carries every call's audio. Every
+//! call's task is polled through [`Watched`], which counts and logs a poll
+//! that runs longer than [`SLOW_POLL`]: meanwhile the audio of every call on
+//! that thread waits, and a live stream's playout may run dry. And
+//! [`heartbeat`] wakes on a timer and counts how late it woke: a runtime
+//! short of CPU (a loaded machine) wakes late, whatever its tasks do.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -18,6 +20,42 @@ static LONGEST_POLL_US: AtomicU64 = AtomicU64::new(0);
 /// Slow polls since load, and the longest poll seen (slow or not).
 pub fn figures() -> (u64, Duration) {
     (SLOW_POLLS.load(Ordering::Relaxed), Duration::from_micros(LONGEST_POLL_US.load(Ordering::Relaxed)))
+}
+
+/// How often the heartbeat wakes, and how late it may wake before that counts as a stall.
+pub const HEARTBEAT: Duration = Duration::from_millis(50);
+pub const STALL: Duration = Duration::from_millis(40);
+
+static STALLS: AtomicU64 = AtomicU64::new(0);
+static LONGEST_STALL_US: AtomicU64 = AtomicU64::new(0);
+
+/// Runtime stalls since load, and the longest.
+pub fn stalls() -> (u64, Duration) {
+    (STALLS.load(Ordering::Relaxed), Duration::from_micros(LONGEST_STALL_US.load(Ordering::Relaxed)))
+}
+
+/// Runs on the runtime until it stops: counts each wake-up `STALL` or more late.
+pub async fn heartbeat() {
+    let mut next = tokio::time::Instant::now() + HEARTBEAT;
+    let mut last_warning: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::time::sleep_until(next).await;
+        let now = tokio::time::Instant::now();
+        let late = now.saturating_duration_since(next);
+        if late >= STALL {
+            STALLS.fetch_add(1, Ordering::Relaxed);
+            LONGEST_STALL_US.fetch_max(late.as_micros() as u64, Ordering::Relaxed);
+            // A loaded machine stalls often: one line per 10 s at most.
+            if last_warning.is_none_or(|at| now.duration_since(at) >= Duration::from_secs(10)) {
+                last_warning = Some(now);
+                tracing::warn!(
+                    "the module's runtime woke {} ms late: short of CPU, so live streams may have gapped",
+                    late.as_millis()
+                );
+            }
+        }
+        next = now + HEARTBEAT;
+    }
 }
 
 pub struct Watched<F> {
@@ -52,6 +90,20 @@ impl<F: Future> Future for Watched<F> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_stalled_runtime_is_counted_by_the_heartbeat() {
+        let (before, _) = stalls();
+        let beat = tokio::spawn(heartbeat());
+        tokio::time::sleep(HEARTBEAT / 2).await;
+        // This test's runtime has one thread: blocking it stalls the heartbeat.
+        std::thread::sleep(HEARTBEAT + STALL + Duration::from_millis(20));
+        tokio::time::sleep(HEARTBEAT).await;
+        beat.abort();
+        let (after, longest) = stalls();
+        assert!(after > before, "the stall is counted");
+        assert!(longest >= STALL);
+    }
 
     #[tokio::test]
     async fn a_slow_poll_is_counted_and_a_quick_one_is_not() {

@@ -26,6 +26,7 @@ fn run(arguments: &str) -> String {
                 settings: &settings,
                 running_threads: runtime::workers(),
                 slow_polls: crate::poll_watch::figures(),
+                stalls: crate::poll_watch::stalls(),
             };
             match json {
                 true => command::status_json(&report),

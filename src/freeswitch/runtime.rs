@@ -26,6 +26,7 @@ pub fn start(workers: usize) -> std::io::Result<()> {
             LIVE_THREADS.fetch_sub(1, Ordering::SeqCst);
         })
         .build()?;
+    runtime.spawn(crate::poll_watch::heartbeat());
     *RUNTIME.lock().unwrap_or_else(|p| p.into_inner()) = Some(runtime);
     WORKERS.store(workers, Ordering::Relaxed);
     Ok(())
