@@ -46,6 +46,11 @@ pub const DRIFT_MARGIN_MS: f64 = 40.0;
 /// queue refills; then playout resumes with what there is. A slow sender
 /// never refills to the target, and a longer concealment fades too far.
 pub const MAX_REFILL_TICKS: u32 = 2;
+/// How long the queue must stay over the target plus the margin, with no
+/// silence to drop, before pitch periods are taken out of sound.
+pub const ACCELERATE_AFTER: Duration = Duration::from_secs(3);
+/// At most one period (2.5 to 15 ms) is taken out per this many ms.
+pub const ACCELERATE_EVERY: Duration = Duration::from_millis(100);
 /// After this long without audio arriving, a new stream starts afresh.
 const IDLE_GAP: Duration = Duration::from_millis(500);
 
@@ -78,6 +83,9 @@ pub enum Tick {
     Play,
     /// Drop the next frame (near-silence, the stream running fast), then play the one after.
     DropThenPlay,
+    /// Play the next frame with a pitch period taken out of it: the queue
+    /// has stayed over the target with no silence to drop (a stall's backlog).
+    Accelerate,
     /// Still filling: play nothing yet.
     Wait,
     /// Ran dry while playing: conceal this tick and fill to the target again.
@@ -113,6 +121,11 @@ pub struct JitterControl {
     histogram: Vec<u32>,
     pub concealed_frames: u64,
     pub drift_dropped_frames: u64,
+    /// Audio taken out by [`Tick::Accelerate`], in ms.
+    pub compressed_ms: f64,
+    /// Since when the queue has been over the target plus the margin.
+    over_since: Option<Instant>,
+    last_accelerate: Option<Instant>,
 }
 
 impl JitterControl {
@@ -136,6 +149,9 @@ impl JitterControl {
             histogram: vec![0; 1001],
             concealed_frames: 0,
             drift_dropped_frames: 0,
+            compressed_ms: 0.0,
+            over_since: None,
+            last_accelerate: None,
         }
     }
 
@@ -275,13 +291,19 @@ impl JitterControl {
         }
         self.decay(now);
         let excess = buffered_ms - self.target_ms;
-        if excess > DRIFT_MARGIN_MS
-            && buffered_ms >= 2.0 * self.frame_ms
-            && self.is_live(buffered_ms)
-            && next_is_quiet()
-        {
+        if excess <= DRIFT_MARGIN_MS || buffered_ms < 2.0 * self.frame_ms || !self.is_live(buffered_ms) {
+            self.over_since = None;
+            return Tick::Play;
+        }
+        if next_is_quiet() {
             self.drift_dropped_frames += 1;
             return Tick::DropThenPlay;
+        }
+        let over_since = *self.over_since.get_or_insert(now);
+        let rested = self.last_accelerate.is_none_or(|last| now.duration_since(last) >= ACCELERATE_EVERY);
+        if now.duration_since(over_since) >= ACCELERATE_AFTER && rested {
+            self.last_accelerate = Some(now);
+            return Tick::Accelerate;
         }
         Tick::Play
     }
@@ -306,6 +328,7 @@ impl JitterControl {
     pub fn restart(&mut self) {
         self.playing = false;
         self.refill_ticks = None;
+        self.over_since = None;
     }
 }
 

@@ -308,12 +308,17 @@ impl CallMedia {
 
     /// The call's figures as `wsbridge_*` channel variables, for CDRs.
     pub fn report(&self) -> Vec<(&'static str, String)> {
-        let (underruns, jitter_ms, target_ms, concealed, drift_dropped) = {
+        let (underruns, jitter_ms, target_ms, concealed, drift_dropped, compressed_ms) = {
             let playout = lock(&self.playout);
             let jitter = playout.jitter();
-            let figures =
-                (jitter.call_jitter_ms(), jitter.target_ms(), jitter.concealed_frames, jitter.drift_dropped_frames);
-            (playout.underruns(), figures.0, figures.1, figures.2, figures.3)
+            (
+                playout.underruns(),
+                jitter.call_jitter_ms(),
+                jitter.target_ms(),
+                jitter.concealed_frames,
+                jitter.drift_dropped_frames,
+                jitter.compressed_ms,
+            )
         };
         let mut report = vec![
             ("wsbridge_frames_sent", self.frames_to_server().to_string()),
@@ -324,6 +329,7 @@ impl CallMedia {
             ("wsbridge_playout_target_ms", format!("{target_ms:.0}")),
             ("wsbridge_concealed_frames", concealed.to_string()),
             ("wsbridge_drift_dropped_frames", drift_dropped.to_string()),
+            ("wsbridge_compressed_ms", format!("{compressed_ms:.0}")),
             ("wsbridge_dropped_frames", self.dropped_uplink_frames().to_string()),
         ];
         let connect_ms = self.connect_ms.load(Ordering::Relaxed);

@@ -132,11 +132,15 @@ impl PlayoutBuffer {
             return if self.pop_frame(out) { Downlink::Audio } else { Downlink::Nothing };
         }
         match tick {
-            Tick::Play | Tick::DropThenPlay => {
+            Tick::Play | Tick::DropThenPlay | Tick::Accelerate => {
                 if tick == Tick::DropThenPlay {
                     self.pop_frame(out);
                 }
-                if !self.pop_frame(out) {
+                let popped = match tick {
+                    Tick::Accelerate => self.pop_compressed_frame(out),
+                    _ => self.pop_frame(out),
+                };
+                if !popped {
                     return self.conceal(out);
                 }
                 self.in_gap = false;
@@ -190,6 +194,42 @@ impl PlayoutBuffer {
         for (sample, bytes) in out.iter_mut().zip(frame.chunks_exact(2)) {
             *sample = i16::from_le_bytes([bytes[0], bytes[1]]);
         }
+        self.playing = true;
+        true
+    }
+
+    /// Fills `out` with the next frame less one pitch period, cross-faded
+    /// over that period so that neither edge clicks (time compression, as
+    /// NetEq's accelerate does). Without a clear period (noise, a transient)
+    /// the frame plays whole. False when less than a whole frame is queued.
+    fn pop_compressed_frame(&mut self, out: &mut [i16]) -> bool {
+        let frame = out.len();
+        let rate = (self.bytes_per_ms * 500.0) as usize;
+        let (min_period, max_period) = (rate * 5 / 2000, rate * 15 / 1000);
+        let wanted = frame + max_period;
+        if self.bytes.len() < wanted * 2 || min_period == 0 {
+            return self.pop_frame(out);
+        }
+        let mut ahead = vec![0i16; wanted];
+        for (index, sample) in ahead.iter_mut().enumerate() {
+            *sample = i16::from_le_bytes([self.bytes[index * 2], self.bytes[index * 2 + 1]]);
+        }
+        let Some(period) = best_period(&ahead, frame, min_period, max_period) else {
+            return self.pop_frame(out);
+        };
+        for (index, sample) in out.iter_mut().enumerate() {
+            let later = ahead[index + period] as f32;
+            *sample = if index < period {
+                let weight = (index + 1) as f32 / (period + 1) as f32;
+                (ahead[index] as f32 * (1.0 - weight) + later * weight).round() as i16
+            } else {
+                later as i16
+            };
+        }
+        let consumed = (frame + period) * 2;
+        self.bytes.drain(..consumed);
+        self.played_total += consumed as u64;
+        self.jitter.compressed_ms += period as f64 * 2.0 / self.bytes_per_ms;
         self.playing = true;
         true
     }
@@ -251,6 +291,33 @@ impl PlayoutBuffer {
         }
     }
 }
+
+/// The pitch period (in samples, within `min..=max`) over which `samples`
+/// repeats best, judged over its first `span` samples; `None` when nothing
+/// repeats well enough to cross-fade unheard.
+fn best_period(samples: &[i16], span: usize, min: usize, max: usize) -> Option<usize> {
+    let mut best: Option<(usize, f64)> = None;
+    for period in min..=max.min(samples.len().saturating_sub(span)) {
+        let (mut cross, mut energy_a, mut energy_b) = (0f64, 0f64, 0f64);
+        for index in 0..span {
+            let (a, b) = (samples[index] as f64, samples[index + period] as f64);
+            cross += a * b;
+            energy_a += a * a;
+            energy_b += b * b;
+        }
+        if energy_a <= 0.0 || energy_b <= 0.0 {
+            continue;
+        }
+        let score = cross / (energy_a * energy_b).sqrt();
+        if best.is_none_or(|(_, top)| score > top) {
+            best = Some((period, score));
+        }
+    }
+    best.filter(|(_, score)| *score >= MIN_PERIOD_CORRELATION).map(|(period, _)| period)
+}
+
+/// How alike two periods must be for one to be taken out unheard.
+const MIN_PERIOD_CORRELATION: f64 = 0.8;
 
 /// 20 ms at 48 kHz.
 pub const MAX_FRAME_BYTES: usize = 1920;
@@ -349,6 +416,8 @@ mod tests {
             seconds: f64,
             /// The sender's sample `n`.
             signal: fn(usize, u32) -> i16,
+            /// (from, ms): nothing arrives from `from` for `ms`, then all that was held (a stall).
+            stall: Option<(f64, f64)>,
         }
 
         #[derive(Default)]
@@ -364,6 +433,7 @@ mod tests {
             target_ms: f64,
             concealed: u64,
             dropped: u64,
+            compressed_ms: f64,
         }
 
         fn tone(n: usize, rate: u32) -> i16 {
@@ -392,7 +462,12 @@ mod tests {
             let mut last_arrival = 0.0f64;
             for index in 0..messages {
                 let sent = (index + 1) as f64 * samples_per_message as f64 * 1000.0 / trace.rate as f64 * trace.clock;
-                let arrival = (sent + rng.random_range(0.0..=trace.max_delay_ms.max(0.0))).max(last_arrival);
+                let mut arrival = (sent + rng.random_range(0.0..=trace.max_delay_ms.max(0.0))).max(last_arrival);
+                if let Some((from, ms)) = trace.stall {
+                    if (from..from + ms).contains(&arrival) {
+                        arrival = from + ms;
+                    }
+                }
                 last_arrival = arrival;
                 arrivals.push((arrival, sent));
             }
@@ -437,6 +512,7 @@ mod tests {
             outcome.target_ms = buffer.jitter().target_ms();
             outcome.concealed = buffer.jitter().concealed_frames;
             outcome.dropped = buffer.jitter().drift_dropped_frames;
+            outcome.compressed_ms = buffer.jitter().compressed_ms;
             outcome
         }
 
@@ -453,8 +529,15 @@ mod tests {
             for rate in [16000, 8000] {
                 for message_bytes in [334, 640] {
                     let message_bytes = if rate == 8000 && message_bytes == 640 { 320 } else { message_bytes };
-                    let trace =
-                        Trace { rate, message_bytes, clock: 1.0, max_delay_ms: 0.0, seconds: 30.0, signal: tone };
+                    let trace = Trace {
+                        rate,
+                        message_bytes,
+                        clock: 1.0,
+                        max_delay_ms: 0.0,
+                        seconds: 30.0,
+                        signal: tone,
+                        stall: None,
+                    };
                     let outcome = run(&trace, 1);
                     assert_eq!(gaps_after(&outcome, 0), 0, "{rate} Hz, {message_bytes}-byte messages");
                     assert_eq!(outcome.loud_played, outcome.loud_sent);
@@ -472,6 +555,7 @@ mod tests {
                     max_delay_ms: 60.0,
                     seconds: 40.0,
                     signal: tone,
+                    stall: None,
                 };
                 let outcome = run(&trace, seed);
                 assert_eq!(gaps_after(&outcome, 50), 0, "seed {seed}");
@@ -490,6 +574,7 @@ mod tests {
                 max_delay_ms: 10.0,
                 seconds: 120.0,
                 signal: tone_bursts,
+                stall: None,
             };
             let outcome = run(&trace, 7);
             let final_latency = outcome.latency_ms[outcome.latency_ms.len() - 50..].iter().cloned().fold(0.0, f64::max);
@@ -504,8 +589,15 @@ mod tests {
 
         #[test]
         fn a_slow_clock_has_its_gaps_concealed() {
-            let trace =
-                Trace { rate: 16000, message_bytes: 640, clock: 1.005, max_delay_ms: 0.0, seconds: 60.0, signal: tone };
+            let trace = Trace {
+                rate: 16000,
+                message_bytes: 640,
+                clock: 1.005,
+                max_delay_ms: 0.0,
+                seconds: 60.0,
+                signal: tone,
+                stall: None,
+            };
             let outcome = run(&trace, 3);
             let start = outcome.ticks.iter().position(|t| *t == Downlink::Audio).unwrap();
             let end = outcome.ticks.iter().rposition(|t| *t == Downlink::Audio).unwrap();
@@ -524,6 +616,57 @@ mod tests {
             println!("slow clock: {} concealed frames in 60 s, largest step {step:.1} dB", outcome.concealed);
             assert!(outcome.concealed > 0);
             assert_eq!(outcome.loud_played, outcome.loud_sent);
+        }
+
+        /// A stall holds everything back for 150 ms and then delivers it at
+        /// once: the gap is concealed, and the backlog it leaves on a tone
+        /// with no silence to drop is taken out a pitch period at a time,
+        /// without a phase step.
+        #[test]
+        fn a_stall_backlog_on_continuous_sound_is_drained_by_time_compression() {
+            let trace = Trace {
+                rate: 16000,
+                message_bytes: 640,
+                clock: 1.0,
+                max_delay_ms: 0.0,
+                seconds: 60.0,
+                signal: tone,
+                stall: Some((10_000.0, 150.0)),
+            };
+            let outcome = run(&trace, 5);
+            let latency_at = |second: f64| outcome.latency_ms[(second * 50.0) as usize];
+            let (before, after_stall, end) = (latency_at(9.0), latency_at(11.0), latency_at(58.0));
+            println!(
+                "stall: latency {before:.0} ms before, {after_stall:.0} ms after, {end:.0} ms at the end (target {:.0} ms); {:.0} ms compressed",
+                outcome.target_ms, outcome.compressed_ms
+            );
+            assert!(after_stall > before + 100.0, "the stall left a backlog");
+            // The target rose with the stall and decays slowly; the backlog follows it down.
+            let bound = outcome.target_ms + crate::jitter::DRIFT_MARGIN_MS + 20.0;
+            assert!(end <= bound, "the backlog is drained: {end:.0} ms at the end, over {bound:.0} ms");
+            // Whole periods of the tone were taken out: its phase never steps.
+            let step = outcome
+                .heard
+                .chunks_exact(80)
+                .map(|block| {
+                    let (mut i, mut q) = (0.0, 0.0);
+                    for (n, sample) in block.iter().enumerate() {
+                        let angle = 2.0 * std::f64::consts::PI * 1000.0 * n as f64 / 16000.0;
+                        i += *sample as f64 * angle.cos();
+                        q += *sample as f64 * angle.sin();
+                    }
+                    (q.atan2(i), block.iter().any(|s| s.abs() > 3000))
+                })
+                .collect::<Vec<_>>()
+                .windows(2)
+                .filter(|pair| pair[0].1 && pair[1].1)
+                .map(|pair| {
+                    ((pair[1].0 - pair[0].0 + 3.0 * std::f64::consts::PI).rem_euclid(2.0 * std::f64::consts::PI)
+                        - std::f64::consts::PI)
+                        .abs()
+                })
+                .fold(0.0, f64::max);
+            assert!(step < 0.2, "a phase step of {step:.3} rad");
         }
 
         #[test]
