@@ -24,6 +24,7 @@ pub mod command;
 pub mod concealment;
 pub mod connection;
 pub mod drain;
+pub mod fork;
 pub mod jitter;
 pub mod logging;
 pub mod media;
