@@ -252,6 +252,24 @@ mod tests {
         serde_json::from_str(text).unwrap()
     }
 
+    #[test]
+    fn a_stereo_fork_sends_both_tracks_one_message_each() {
+        let mut writer = writer();
+        writer.set_tracks(Tracks::Both);
+        let [_, start] = writer.open();
+        assert_eq!(parsed(&start)["start"]["tracks"], json!(["inbound", "outbound"]));
+        let inbound = parsed(&writer.media(&[0xFF; 320]));
+        let outbound = parsed(&writer.take_pending().expect("the outbound track"));
+        assert_eq!(
+            (inbound["media"]["track"].as_str(), outbound["media"]["track"].as_str()),
+            (Some("inbound"), Some("outbound"))
+        );
+        assert_eq!(inbound["media"]["timestamp"], outbound["media"]["timestamp"]);
+        assert_eq!(BASE64.decode(outbound["media"]["payload"].as_str().unwrap()).unwrap().len(), 160);
+        assert!(writer.take_pending().is_none());
+        assert_eq!(parsed(&writer.media(&[0xFF; 320]))["media"]["timestamp"], "20");
+    }
+
     fn writer() -> StreamWriter {
         let mut parameters = Map::new();
         parameters.insert("caller".into(), json!("+15550100"));
