@@ -204,6 +204,11 @@ impl CallMedia {
         self.queue_item(Outgoing::Dtmf { digit, duration_ms })
     }
 
+    /// Queues a text event for the client (call progress of an inbound call); false when too many wait.
+    pub fn send_event(&self, text: String) -> bool {
+        self.queue_item(Outgoing::Event(text))
+    }
+
     /// Bytes of one uplink message on the wire.
     pub fn uplink_message_bytes(&self) -> usize {
         self.format.bytes_per_frame() * self.frames_per_message as usize

@@ -20,6 +20,8 @@ pub enum Outgoing {
         name: String,
         cleared: bool,
     },
+    /// A text event for the client of a call from the WebSocket side (call progress).
+    Event(String),
 }
 
 /// A runaway producer of text (DTMF) must not grow the queue either.

@@ -260,6 +260,9 @@ impl Encoder {
             (Encoder::Twilio(writer), Outgoing::Mark { name, .. }) => Message::text(writer.mark(name)),
             (Encoder::Vonage { .. }, Outgoing::Mark { name, .. }) => Message::text(vonage::notify(name)),
             (Encoder::Wsbridge { .. }, Outgoing::Cleared) => Message::text(cleared_event()),
+            (Encoder::Wsbridge { .. }, Outgoing::Event(text)) => Message::text(text.clone()),
+            // Only calls from the WebSocket side, which speak wsbridge, queue events.
+            (Encoder::Twilio(_) | Encoder::Vonage { .. }, Outgoing::Event(_)) => return None,
             (Encoder::Vonage { .. }, Outgoing::Cleared) => Message::text(vonage::cleared()),
             // Twilio confirms a clear with the marks it dropped alone; AudioSocket has neither.
             (Encoder::Twilio(_), Outgoing::Cleared) | (Encoder::AudioSocket { .. }, _) => return None,
