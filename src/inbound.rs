@@ -317,6 +317,15 @@ impl ProgressSeen {
     }
 }
 
+impl ProgressSeen {
+    /// The hangup event, the first time the call is seen ending.
+    pub fn first_hangup(&self, cause: &str) -> Option<String> {
+        const HANGUP: u8 = 8;
+        let before = self.0.fetch_or(HANGUP, Ordering::AcqRel);
+        (before & HANGUP == 0).then(|| hangup_event(cause))
+    }
+}
+
 pub fn hangup_event(cause: &str) -> String {
     json!({ "event": "hangup", "cause": cause }).to_string()
 }
@@ -430,9 +439,9 @@ pub async fn admit(stream: Box<dyn Io>, admission: &Admission) -> Result<Admitte
         }
         Ok(Ok(socket)) => socket,
     };
-    let Some(slot) = slot else {
+    if slot.is_none() {
         return Err(Refused::Upgrade("upgraded without a call slot".into()));
-    };
+    }
     let first = timeout(FIRST_MESSAGE_TIMEOUT, async {
         loop {
             match socket.next().await {
@@ -448,28 +457,27 @@ pub async fn admit(stream: Box<dyn Io>, admission: &Admission) -> Result<Admitte
         }
     })
     .await;
-    let text = match first {
-        Err(_) => {
-            let why = "no first message within 5 s";
-            close_with(&mut socket, CloseCode::Policy, why).await;
-            return Err(Refused::NoFirstMessage(why.into()));
-        }
-        Ok(Err(why)) => {
-            close_with(&mut socket, CloseCode::Policy, &why).await;
-            return Err(Refused::NoFirstMessage(why));
-        }
+    let parsed = match first {
+        Err(_) => Err(Refused::NoFirstMessage("no first message within 5 s".into())),
+        Ok(Err(why)) => Err(Refused::NoFirstMessage(why)),
         Ok(Ok(text)) if text.len() > MAX_FIRST_MESSAGE_BYTES => {
-            let why = format!("the first message is over {MAX_FIRST_MESSAGE_BYTES} bytes");
-            close_with(&mut socket, CloseCode::Policy, &why).await;
-            return Err(Refused::NoFirstMessage(why));
+            Err(Refused::NoFirstMessage(format!("the first message is over {MAX_FIRST_MESSAGE_BYTES} bytes")))
         }
-        Ok(Ok(text)) => text,
+        Ok(Ok(text)) => FirstMessage::parse(text.as_str()).map_err(|Malformed(why)| Refused::Malformed(why)),
     };
-    match FirstMessage::parse(text.as_str()) {
-        Ok(first) => Ok(Admitted { socket, first, slot }),
-        Err(Malformed(why)) => {
-            close_with(&mut socket, CloseCode::Invalid, &why).await;
-            Err(Refused::Malformed(why))
+    match (parsed, slot) {
+        (Ok(first), Some(slot)) => Ok(Admitted { socket, first, slot }),
+        (Ok(_), None) => Err(Refused::Upgrade("upgraded without a call slot".into())),
+        (Err(refused), slot) => {
+            // The place is free before the close handshake, which may take a second.
+            drop(slot);
+            let (code, why) = match &refused {
+                Refused::Malformed(why) => (CloseCode::Invalid, why.as_str()),
+                Refused::NoFirstMessage(why) => (CloseCode::Policy, why.as_str()),
+                _ => (CloseCode::Policy, "refused"),
+            };
+            close_with(&mut socket, code, why).await;
+            Err(refused)
         }
     }
 }
@@ -589,6 +597,9 @@ mod tests {
         assert_eq!(seen.first(Progress::EarlyMedia).as_deref(), Some(r#"{"event":"progress"}"#));
         assert_eq!(seen.first(Progress::Answered).as_deref(), Some(r#"{"event":"answered"}"#));
         assert_eq!(hangup_event("NORMAL_CLEARING"), r#"{"event":"hangup","cause":"NORMAL_CLEARING"}"#);
+        assert_eq!(seen.first_hangup("USER_BUSY").as_deref(), Some(r#"{"event":"hangup","cause":"USER_BUSY"}"#));
+        assert_eq!(seen.first_hangup("USER_BUSY"), None, "told once");
+        assert_eq!(seen.first(Progress::Answered), None);
     }
 
     #[test]

@@ -60,6 +60,7 @@ mod calls;
 mod drain;
 mod g711;
 mod hostile;
+mod listener;
 mod media;
 mod operating;
 mod package;
@@ -163,6 +164,7 @@ fn main() {
         calls::TESTS,
         drain::TESTS,
         hostile::TESTS,
+        listener::TESTS,
         operating::TESTS,
         package::TESTS,
         media::TESTS,
