@@ -25,6 +25,7 @@ pub mod command;
 pub mod concealment;
 pub mod connection;
 pub mod drain;
+pub mod fork;
 pub mod inbound;
 pub mod jitter;
 pub mod logging;

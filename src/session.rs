@@ -113,6 +113,8 @@ pub struct SessionOptions {
     pub reconnect: Duration,
     /// The `accountSid` a Twilio server is told.
     pub twilio_account_sid: String,
+    /// A fork's layout on the wire; `None` for a call's leg.
+    pub fork_layout: Option<protocol::ForkLayout>,
 }
 
 static CONNECTING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -154,6 +156,7 @@ impl Default for SessionOptions {
             max_connecting: MAX_CONNECTING.integer_default() as usize,
             reconnect: ms(&RECONNECT_MS),
             twilio_account_sid: format!("AC{}", "0".repeat(32)),
+            fork_layout: None,
         }
     }
 }
@@ -340,6 +343,9 @@ async fn converse(
     options: &SessionOptions,
 ) -> SessionEnd {
     let mut dialect = Dialect::new(settings, options.first_message, &options.twilio_account_sid, control.call_id());
+    if let Some(layout) = &options.fork_layout {
+        dialect = dialect.for_fork(settings, options.first_message, layout);
+    }
     let (connection, mut uri) = match open(settings, media, control, options, &mut dialect).await {
         Ok(opened) => opened,
         Err(end) => return end,
@@ -870,6 +876,9 @@ async fn send_batch(
         // Encoded again if a failed send leaves the item for the next connection.
         if let Some(message) = encoder.encode(item) {
             sink.feed(message).await?;
+            if let Some(follower) = encoder.take_pending() {
+                sink.feed(follower).await?;
+            }
         }
         if let Some(Outgoing::Mark { name, cleared }) = batch.pop_front() {
             control.event(CallEvent::Mark { name, cleared });
@@ -1544,7 +1553,7 @@ mod tests {
             SessionOptions::default(),
         ));
         // Nothing is sent first: the first thing the client hears is what the call queues.
-        assert!(media.send_event(crate::inbound::Progress::Answered.event()));
+        assert!(media.send_text(crate::inbound::Progress::Answered.event()));
         media.send_audio(Bytes::from(vec![9u8; 320]));
         let first = client.next().await.unwrap().unwrap();
         assert_eq!(first.into_text().unwrap().as_str(), r#"{"event":"answered"}"#);
@@ -1580,7 +1589,7 @@ mod tests {
             control.clone(),
             SessionOptions::default(),
         ));
-        media.send_event(crate::inbound::hangup_event("USER_BUSY"));
+        media.send_text(crate::inbound::hangup_event("USER_BUSY"));
         media.caller_closes();
         let mut texts = Vec::new();
         let close = loop {

@@ -146,7 +146,7 @@ impl WsbridgeCall {
     fn tell_hangup(&self, channel: Channel<'_>) {
         let Some(seen) = &self.inbound else { return };
         if let Some(event) = seen.first_hangup(&channel.hangup_cause_name()) {
-            self.media.send_event(event);
+            self.media.send_text(event);
         }
     }
 }
@@ -320,7 +320,7 @@ impl Endpoint for WsbridgeCall {
             Indication::Answer => Progress::Answered,
         };
         if let Some(event) = seen.first(progress) {
-            self.media.send_event(event);
+            self.media.send_text(event);
         }
     }
 }

@@ -224,6 +224,11 @@ pub const CNG_FRAMES: Setting = per_call(
     Kind::Flag { default: false },
     "flag comfort-noise frames as CNG (`SFF_CNG`) so a leg with RFC 3389 comfort noise sends CN instead of the noise; off, every leg and recording hears the noise itself",
 );
+pub const FORK_PLAYBACK: Setting = per_call(
+    "fork-playback",
+    Kind::Flag { default: true },
+    "a fork (`uuid_wsbridge_fork`, `wsbridge_fork`) plays the server's audio into the channel, so the caller hears it; `false` makes forks listen only: server audio is counted and dropped",
+);
 pub const TLS_CA_FILE: Setting = per_call(
     "tls-ca-file",
     Kind::Text,
@@ -351,6 +356,7 @@ pub const TABLE: &[Setting] = &[
     TWILIO_ACCOUNT_SID,
     UPLINK_FRAME_MS,
     CNG_FRAMES,
+    FORK_PLAYBACK,
     TLS_CA_FILE,
     TLS_PIN_SHA256,
     TLS_CERT_FILE,

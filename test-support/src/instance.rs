@@ -230,6 +230,33 @@ fn config(
           <action application="bridge" data="wsbridge"/>
         </condition>
       </extension>
+      <!-- fork tests: a caller's tone (fork_tone_N, or fork_tone_rec_N recording what it hears)
+           bridged to an agent's tone through loopback legs; fork_bridge_app_N forks from the dialplan -->
+      <extension name="fork_tone">
+        <condition field="destination_number" expression="^fork_tone_(\d+)$">
+          <action application="answer"/>
+          <action application="playback" data="tone_stream://%(600000,0,$1)"/>
+        </condition>
+      </extension>
+      <extension name="fork_tone_rec">
+        <condition field="destination_number" expression="^fork_tone_rec_(\d+)$">
+          <action application="answer"/>
+          <action application="set" data="RECORD_READ_ONLY=true"/>
+          <action application="record_session" data="${{fork_record}}"/>
+          <action application="playback" data="tone_stream://%(600000,0,$1)"/>
+        </condition>
+      </extension>
+      <extension name="fork_bridge">
+        <condition field="destination_number" expression="^fork_bridge_(\d+)$">
+          <action application="bridge" data="{{loopback_bowout=false}}loopback/fork_tone_$1/wsbridge-test"/>
+        </condition>
+      </extension>
+      <extension name="fork_bridge_app">
+        <condition field="destination_number" expression="^fork_bridge_app_(\d+)$">
+          <action application="wsbridge_fork" data="${{fork_args}}"/>
+          <action application="bridge" data="{{loopback_bowout=false}}loopback/fork_tone_$1/wsbridge-test"/>
+        </condition>
+      </extension>
     </context>
     <context name="wsbridge-examples">
 {samples}

@@ -58,6 +58,7 @@ use tests;
 mod audio;
 mod calls;
 mod drain;
+mod fork;
 mod g711;
 mod hostile;
 mod listener;
@@ -163,6 +164,7 @@ fn main() {
     let mut tests = [
         calls::TESTS,
         drain::TESTS,
+        fork::TESTS,
         hostile::TESTS,
         listener::TESTS,
         operating::TESTS,
