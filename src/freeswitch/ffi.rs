@@ -216,6 +216,12 @@ impl Channel<'_> {
         unsafe { fs::wsb_channel_hangup(self.0, cause.0) };
     }
 
+    /// The channel's hangup cause by name, e.g. `NORMAL_CLEARING`.
+    pub fn hangup_cause_name(self) -> String {
+        // SAFETY: live channel; cause2str returns a static string for any value.
+        unsafe { copy_c_str(fs::switch_channel_cause2str(fs::switch_channel_get_cause(self.0))) }.unwrap_or_default()
+    }
+
     /// Queues a digit as received on this channel; FreeSWITCH counts duration in 8 kHz samples.
     pub fn queue_dtmf(self, digit: char, duration_ms: u32) {
         let dtmf = fs::switch_dtmf_t {
@@ -460,6 +466,116 @@ pub trait Endpoint: Send + Sync + Sized + 'static {
     fn write_frame(&self, session: Session<'_>, frame: WrittenFrame<'_>);
     /// A digit for the server; FreeSWITCH counts duration in 8 kHz samples, this in ms.
     fn send_dtmf(&self, session: Session<'_>, digit: char, duration_ms: u32);
+    /// receive_message: call progress FreeSWITCH indicates on the leg.
+    fn on_indication(&self, _session: Session<'_>, _indication: Indication) {}
+}
+
+/// Call progress that reaches an endpoint's receive_message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Indication {
+    Ringing,
+    Progress,
+    Answer,
+}
+
+/// What a call from the outside (the WebSocket side) enters the dialplan with.
+pub struct InboundRequest<'a> {
+    pub channel_name: &'a str,
+    pub context: &'a str,
+    pub destination: &'a str,
+    pub caller_id_name: &'a str,
+    pub caller_id_number: &'a str,
+    pub network_address: &'a str,
+    /// Channel variables set before the dialplan runs.
+    pub variables: &'a [(String, String)],
+}
+
+/// Creates an inbound leg of our endpoint with `build`'s state, a caller
+/// profile in the XML dialplan, and its session thread, as mod_loopback's B
+/// side and mod_verto do. Returns the leg's UUID; from then on the leg is
+/// FreeSWITCH's, reached only through [`LocatedSession`].
+pub fn start_inbound<E: Endpoint>(
+    request: &InboundRequest<'_>,
+    build: impl FnOnce(Session<'_>) -> Result<E, String>,
+) -> Result<String, String> {
+    let endpoint = ENDPOINT.load(Ordering::Acquire);
+    if endpoint.is_null() {
+        return Err("mod_wsbridge is unloading".into());
+    }
+    // SAFETY: our endpoint interface; a null pool makes FreeSWITCH create the session's own.
+    let mut raw = unsafe {
+        fs::switch_core_session_request_uuid(
+            endpoint,
+            fs::switch_call_direction_t::SWITCH_CALL_DIRECTION_INBOUND,
+            fs::switch_originate_flag_enum_t::SOF_NONE.0 as fs::switch_originate_flag_t,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+        )
+    };
+    // SAFETY: a new session that only this function holds until its thread is launched.
+    let Some(session) = (unsafe { Session::from_raw(raw) }) else {
+        return Err("FreeSWITCH could not create a session (max-sessions?)".into());
+    };
+    // SAFETY: the new session has one stream like any leg.
+    unsafe { fs::switch_core_session_add_stream(raw, std::ptr::null_mut()) };
+    let call = match build(session) {
+        Ok(call) => call,
+        Err(why) => {
+            // SAFETY: ours alone; no private state attached, nothing else points at it.
+            unsafe { fs::wsb_session_destroy(&mut raw) };
+            return Err(why);
+        }
+    };
+    let call = Box::into_raw(Box::new(call)) as *mut c_void;
+    // SAFETY: live session; only our endpoint's state is ever stored here (see private_of).
+    unsafe { fs::switch_core_session_set_private_class(raw, call, fs::switch_pvt_class_t::SWITCH_PVT_PRIMARY) };
+    let channel = session.channel();
+    channel.set_name(request.channel_name);
+    let text = |value: &str| c_string(value);
+    let (context, destination, name, number, address) = (
+        text(request.context),
+        text(request.destination),
+        text(request.caller_id_name),
+        text(request.caller_id_number),
+        text(request.network_address),
+    );
+    // SAFETY: every string is copied into the session's pool by switch_caller_profile_new.
+    let profile = unsafe {
+        fs::switch_caller_profile_new(
+            session.pool(),
+            std::ptr::null(),
+            c"XML".as_ptr(),
+            name.as_ptr(),
+            number.as_ptr(),
+            address.as_ptr(),
+            number.as_ptr(),
+            std::ptr::null(),
+            std::ptr::null(),
+            c"mod_wsbridge".as_ptr(),
+            context.as_ptr(),
+            destination.as_ptr(),
+        )
+    };
+    if profile.is_null() {
+        // SAFETY: ours alone; on_destroy frees the attached state.
+        unsafe { fs::wsb_session_destroy(&mut raw) };
+        return Err("FreeSWITCH could not create a caller profile".into());
+    }
+    // SAFETY: live channel; the profile lives in the session's pool.
+    unsafe { fs::switch_channel_set_caller_profile(channel.0, profile) };
+    for (name, value) in request.variables {
+        channel.set_variable(name, value);
+    }
+    channel.set_audio_flag();
+    channel.set_state(ChannelState::Init);
+    let uuid = session.uuid();
+    // SAFETY: a complete session; from here its thread owns it.
+    if unsafe { fs::switch_core_session_thread_launch(raw) } != SUCCESS {
+        // SAFETY: the thread did not start, so the session is still ours alone.
+        unsafe { fs::wsb_session_destroy(&mut raw) };
+        return Err("FreeSWITCH could not start the session's thread".into());
+    }
+    Ok(uuid)
 }
 
 /// The endpoint interface FreeSWITCH created for us at load; null once unloading.
@@ -730,6 +846,27 @@ unsafe extern "C" fn send_dtmf<E: Endpoint>(
     })
 }
 
+unsafe extern "C" fn receive_message<E: Endpoint>(
+    raw: *mut fs::switch_core_session_t,
+    message: *mut fs::switch_core_session_message_t,
+) -> fs::switch_status_t {
+    session_callback(raw, "receive_message", SUCCESS, |session| {
+        // SAFETY: FreeSWITCH's message, live for the callback.
+        let (Some(call), Some(message)) = (private_of::<E>(session), unsafe { message.as_ref() }) else {
+            return SUCCESS;
+        };
+        use fs::switch_core_session_message_types_t as M;
+        let indication = match message.message_id {
+            M::SWITCH_MESSAGE_INDICATE_RINGING => Indication::Ringing,
+            M::SWITCH_MESSAGE_INDICATE_PROGRESS => Indication::Progress,
+            M::SWITCH_MESSAGE_INDICATE_ANSWER => Indication::Answer,
+            _ => return SUCCESS,
+        };
+        call.on_indication(session, indication);
+        SUCCESS
+    })
+}
+
 /// A C table FreeSWITCH keeps a pointer to for as long as the module is loaded.
 struct Table<T>(UnsafeCell<T>);
 
@@ -749,6 +886,7 @@ fn endpoint_tables<E: Endpoint>() -> (*mut fs::switch_io_routines_t, *mut fs::sw
             write_frame: Some(write_frame::<E>),
             kill_channel: Some(kill_channel::<E>),
             send_dtmf: Some(send_dtmf::<E>),
+            receive_message: Some(receive_message::<E>),
             ..Default::default()
         }))
     });

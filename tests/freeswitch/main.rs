@@ -61,6 +61,7 @@ mod drain;
 mod fork;
 mod g711;
 mod hostile;
+mod listener;
 mod media;
 mod operating;
 mod package;
@@ -165,6 +166,7 @@ fn main() {
         drain::TESTS,
         fork::TESTS,
         hostile::TESTS,
+        listener::TESTS,
         operating::TESTS,
         package::TESTS,
         media::TESTS,
