@@ -152,7 +152,9 @@ impl Endpoint for WsbridgeCall {
     }
 
     /// The UUID is final by now, so the WebSocket task starts here. The channel
-    /// stays in CS_INIT until the task answers it (see `LocatedCall::answer`).
+    /// stays in CS_INIT until the task answers it (see `LocatedCall::answer`):
+    /// hence false, for FreeSWITCH's standard INIT (switch_core_state_machine.c:38-53)
+    /// would route it at once.
     fn on_init(&self, session: Session<'_>) -> bool {
         let uuid = session.uuid();
         let channel = session.channel();
@@ -169,7 +171,7 @@ impl Endpoint for WsbridgeCall {
             channel.hangup(HangupCause::DestinationOutOfOrder);
             return true;
         }
-        true
+        false
     }
 
     fn on_hangup(&self, session: Session<'_>) {

@@ -459,7 +459,9 @@ pub struct WrittenFrame<'a> {
 pub trait Endpoint: Send + Sync + Sized + 'static {
     /// outgoing_channel: decide the call and build its leg, or refuse it.
     fn outgoing(request: &Outgoing<'_>) -> Result<(), HangupCause>;
-    /// on_init: the UUID is final; false fails the leg.
+    /// on_init: the UUID is final. True lets FreeSWITCH's own INIT handlers
+    /// run after it, the standard one moving the leg straight to CS_ROUTING;
+    /// false tells FreeSWITCH the endpoint moves the leg on itself.
     fn on_init(&self, session: Session<'_>) -> bool;
     fn on_hangup(&self, session: Session<'_>);
     /// on_destroy: the last callback; the state is handed back to be dropped.
