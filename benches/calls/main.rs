@@ -24,6 +24,7 @@
 mod echo_server;
 mod report;
 mod socket_floor;
+mod stamped;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -452,6 +453,8 @@ impl Run<'_> {
             jitter_p50_ms: ms(tally.jitter_us.value_at_quantile(0.5)),
             jitter_p99_ms: ms(tally.jitter_us.value_at_quantile(0.99)),
             jitter_max_ms: ms(tally.jitter_us.max()),
+            jitter_read_p99_ms: ms(tally.jitter_read_us.value_at_quantile(0.99)),
+            unstamped_frames: tally.unstamped_frames,
             frames_echoed: tally.echoed_frames,
             frames_played: variable_sum(events, "wsbridge_frames_played"),
             underruns,
@@ -600,7 +603,13 @@ fn main() {
     }
 
     let table = report::table(&rows);
-    println!("\n{} s per call, {} call attempts per second, {} cores\n", options.seconds, options.rate, cores());
+    println!(
+        "\n{} s per call, {} call attempts per second, {} cores; the echo server's two threads are not pinned \
+         (the cores are shared with FreeSWITCH), so uplink jitter is timed by the kernel's receive timestamps\n",
+        options.seconds,
+        options.rate,
+        cores()
+    );
     println!("{table}");
     std::fs::create_dir_all(&options.out).expect("creating the output directory");
     let write = |name: &str, text: &str| {
@@ -665,6 +674,8 @@ fn run_socket_floor(options: &Options, calls: usize, server: &tokio::runtime::Ha
         jitter_p50_ms: ms(tally.jitter_us.value_at_quantile(0.5)),
         jitter_p99_ms: ms(tally.jitter_us.value_at_quantile(0.99)),
         jitter_max_ms: ms(tally.jitter_us.max()),
+        jitter_read_p99_ms: ms(tally.jitter_read_us.value_at_quantile(0.99)),
+        unstamped_frames: tally.unstamped_frames,
         frames_echoed: tally.echoed_frames,
         marks_sent: tally.marks_sent,
         tone_checked: tally.tone_checked,

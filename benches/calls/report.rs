@@ -47,6 +47,10 @@ pub struct Media {
     pub jitter_p50_ms: f64,
     pub jitter_p99_ms: f64,
     pub jitter_max_ms: f64,
+    /// p99 of the same gaps timed when the server read each frame: what its own scheduling adds.
+    pub jitter_read_p99_ms: f64,
+    /// Caller frames without a kernel timestamp, timed when read instead.
+    pub unstamped_frames: u64,
     pub frames_echoed: u64,
     pub frames_played: u64,
     /// Times a call's playout ran dry after it had started playing, summed over calls.
@@ -95,19 +99,19 @@ pub fn table(rows: &[Row]) -> String {
         "| endpoint | calls | completed | FS CPU µs per call-second | × null | (− null) / socket floor | \
          runtime wake-ups per call-second | RSS KiB per call | \
          caller frames expected / received / lost | server frames echoed / played | \
-         uplink jitter p50 / p99 / max ms | setup to answer p50 / p99 ms | setup to +OK p50 / p99 ms | \
+         uplink jitter p50 / p99 / max ms (kernel stamps) | uplink jitter p99 ms by server reads | setup to answer p50 / p99 ms | setup to +OK p50 / p99 ms | \
          playout delay p50 / p99 ms | \
          playout latency mean ms | gaps per call-minute | concealed frames | drift-dropped frames | \
          final target mean ms | bench process CPU |\n",
     );
     out.push_str(
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for row in rows {
         let media = row.media.as_ref();
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {:.0} | {} | {} | {} | {:.0} | {} | {} | {} | {:.1} / {:.1} | {:.1} / {:.1} | {} | {} | {:.0}% |",
+            "| {} | {} | {} | {:.0} | {} | {} | {} | {:.0} | {} | {} | {} | {} | {:.1} / {:.1} | {:.1} / {:.1} | {} | {} | {:.0}% |",
             row.endpoint,
             row.calls,
             row.completed,
@@ -119,6 +123,7 @@ pub fn table(rows: &[Row]) -> String {
             or_dash(media.map(|m| format!("{} / {} / {}", m.frames_expected, m.frames_received, m.frames_lost))),
             or_dash(media.map(|m| format!("{} / {}", m.frames_echoed, m.frames_played))),
             or_dash(media.map(|m| format!("{:.2} / {:.2} / {:.1}", m.jitter_p50_ms, m.jitter_p99_ms, m.jitter_max_ms))),
+            or_dash(media.map(|m| format!("{:.2}", m.jitter_read_p99_ms))),
             row.setup_p50_ms,
             row.setup_p99_ms,
             row.setup_ok_p50_ms,
@@ -138,7 +143,7 @@ pub fn csv(rows: &[Row]) -> String {
          bench_cpu_percent,frames_expected,frames_sent,frames_received,frames_lost,frames_dropped_by_module,\
          jitter_p50_ms,jitter_p99_ms,jitter_max_ms,frames_echoed,frames_played,underruns,mark_delay_p50_ms,\
          mark_delay_p99_ms,marks_sent,marks_back,tone_checked,tone_found,gaps_per_call_minute,concealed_frames,\
-         drift_dropped_frames,mark_delay_mean_ms,playout_target_mean_ms\n",
+         drift_dropped_frames,mark_delay_mean_ms,playout_target_mean_ms,jitter_read_p99_ms,unstamped_frames\n",
     );
     for row in rows {
         let _ = write!(
@@ -162,7 +167,7 @@ pub fn csv(rows: &[Row]) -> String {
             Some(m) => {
                 let _ = writeln!(
                     out,
-                    ",{},{},{},{},{},{:.3},{:.3},{:.3},{},{},{},{:.2},{:.2},{},{},{},{},{:.3},{},{},{:.2},{:.1}",
+                    ",{},{},{},{},{},{:.3},{:.3},{:.3},{},{},{},{:.2},{:.2},{},{},{},{},{:.3},{},{},{:.2},{:.1},{:.3},{}",
                     m.frames_expected,
                     m.frames_sent,
                     m.frames_received,
@@ -185,10 +190,12 @@ pub fn csv(rows: &[Row]) -> String {
                     m.drift_dropped_frames,
                     m.mark_delay_mean_ms,
                     m.playout_target_mean_ms,
+                    m.jitter_read_p99_ms,
+                    m.unstamped_frames,
                 );
             }
-            // 22 empty media columns.
-            None => out.push_str(&format!("{}\n", ",".repeat(22))),
+            // 24 empty media columns.
+            None => out.push_str(&format!("{}\n", ",".repeat(24))),
         }
     }
     out
