@@ -151,10 +151,7 @@ impl Endpoint for WsbridgeCall {
         Ok(())
     }
 
-    /// The UUID is final by now, so the WebSocket task starts here. The channel
-    /// stays in CS_INIT until the task answers it (see `LocatedCall::answer`):
-    /// hence false, for FreeSWITCH's standard INIT (switch_core_state_machine.c:38-53)
-    /// would route it at once.
+    /// The UUID is final by now, so the WebSocket task starts here.
     fn on_init(&self, session: Session<'_>) -> bool {
         let uuid = session.uuid();
         let channel = session.channel();
@@ -171,7 +168,8 @@ impl Endpoint for WsbridgeCall {
             channel.hangup(HangupCause::DestinationOutOfOrder);
             return true;
         }
-        false
+        channel.set_state(ChannelState::Routing);
+        true
     }
 
     fn on_hangup(&self, session: Session<'_>) {
@@ -261,18 +259,8 @@ impl LocatedCall {
 }
 
 impl CallControl for LocatedCall {
-    /// Answers, then lets the channel leave CS_INIT. Originate waits for a new
-    /// leg's CS_ROUTING polling every 1 ms, then for its answer polling every
-    /// 20 ms (switch_ivr_originate.c: `switch_cond_next()` at 3304,
-    /// `switch_yield(20000)` at 3589). A leg that reached CS_ROUTING at once and
-    /// answered a few ms later, after the WebSocket handshake, was seen by
-    /// originate a whole 20 ms tick after its answer. Answered before it routes,
-    /// the leg is found answered at originate's first look.
     fn answer(&self) -> bool {
-        self.with_channel(|channel| {
-            channel.mark_answered();
-            channel.leave_init();
-        })
+        self.with_channel(|channel| channel.mark_answered())
     }
 
     fn hangup(&self, cause: HangupCause) {

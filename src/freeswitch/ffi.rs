@@ -196,17 +196,6 @@ impl Channel<'_> {
         unsafe { fs::wsb_channel_set_state(self.0, state) };
     }
 
-    /// Moves a channel still in CS_INIT on to CS_ROUTING, and leaves one in any
-    /// other state alone: a later state is never stepped back (FreeSWITCH itself
-    /// refuses to move a hung-up channel back, should it hang up in between).
-    pub fn leave_init(self) {
-        // SAFETY: live channel; reading the state takes the channel's state lock.
-        let state = unsafe { fs::switch_channel_get_state(self.0) };
-        if state == fs::switch_channel_state_t::CS_INIT {
-            self.set_state(ChannelState::Routing);
-        }
-    }
-
     /// Without CF_AUDIO, FreeSWITCH 1.10's bridge moves no audio for the channel.
     pub fn set_audio_flag(self) {
         // SAFETY: live channel.
@@ -459,9 +448,7 @@ pub struct WrittenFrame<'a> {
 pub trait Endpoint: Send + Sync + Sized + 'static {
     /// outgoing_channel: decide the call and build its leg, or refuse it.
     fn outgoing(request: &Outgoing<'_>) -> Result<(), HangupCause>;
-    /// on_init: the UUID is final. True lets FreeSWITCH's own INIT handlers
-    /// run after it, the standard one moving the leg straight to CS_ROUTING;
-    /// false tells FreeSWITCH the endpoint moves the leg on itself.
+    /// on_init: the UUID is final; false fails the leg.
     fn on_init(&self, session: Session<'_>) -> bool;
     fn on_hangup(&self, session: Session<'_>);
     /// on_destroy: the last callback; the state is handed back to be dropped.
