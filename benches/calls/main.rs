@@ -315,6 +315,23 @@ fn run(options: &Options, endpoint: Endpoint, calls: usize, run_number: u16, ser
     let media = server.map(|server| run.media(server, &events));
     let row = run.row(&events, &window, idle_rss_kib, media);
     run.print(&row, &window, &ramp, idle_rss_kib, &version);
+    // Why a call did not complete, for the few that do not.
+    for (uuid, call) in events.iter().filter(|(_, call)| {
+        call.hangup.as_ref().and_then(|h| h.get("Hangup-Cause")).is_none_or(|cause| cause != "NORMAL_CLEARING")
+    }) {
+        let hangup = call.hangup.as_ref();
+        let variable = |name: &str| hangup.and_then(|h| h.get(name)).map_or("-", String::as_str);
+        println!(
+            "{:>13} {:>4} calls: {uuid} not completed: answered {}, +OK {}, hangup cause {}, {} frames sent, {}",
+            "",
+            calls,
+            call.answered.is_some(),
+            call.originate_ok.is_some(),
+            variable("Hangup-Cause"),
+            variable("variable_wsbridge_frames_sent"),
+            variable("variable_wsbridge_close_reason"),
+        );
+    }
     row
 }
 
