@@ -9,7 +9,7 @@ use crate::drain::DrainReport;
 /// The arguments `wsbridge` takes; the one place they are spelled out.
 macro_rules! syntax {
     () => {
-        "status [json] | list [json] | kill <uuid> [cause] | debug on|off | drain on|off"
+        "status [json] | list [json] | kill <uuid> [cause] | debug on|off | drain on|off | fork <uuid> start|stop|pause|resume|send_text ..."
     };
 }
 
@@ -24,14 +24,26 @@ pub const DEBUG_USAGE: &str = "usage: wsbridge_debug on|off";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    Status { json: bool },
-    List { json: bool },
-    Kill { uuid: String, cause: Option<String> },
+    Status {
+        json: bool,
+    },
+    List {
+        json: bool,
+    },
+    Kill {
+        uuid: String,
+        cause: Option<String>,
+    },
     Debug(bool),
     Drain(bool),
+    /// `fork <uuid> ...`: `uuid_wsbridge_fork`'s arguments.
+    Fork(String),
 }
 
 pub fn parse(arguments: &str) -> Result<Command, String> {
+    if let Some(rest) = arguments.trim_start().strip_prefix("fork ") {
+        return Ok(Command::Fork(rest.to_string()));
+    }
     let words: Vec<&str> = arguments.split_whitespace().collect();
     match words.as_slice() {
         [] | ["status"] => Ok(Command::Status { json: false }),
@@ -61,6 +73,8 @@ pub struct CallSnapshot {
     /// The jitter buffer's target and the recent arrival jitter (95th percentile).
     pub target_ms: u64,
     pub jitter_ms: u64,
+    /// A fork's name; `None` for an endpoint call.
+    pub fork: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -164,17 +178,18 @@ pub fn list(calls: &[CallSnapshot], as_json: bool) -> String {
                     "buffered_ms": call.buffered_ms, "underruns": call.underruns,
                     "dropped_frames": call.dropped, "age_s": (call.age_s * 10.0).round() / 10.0,
                     "target_ms": call.target_ms, "jitter_ms": call.jitter_ms,
+                    "fork": call.fork,
                 })
             })
             .collect();
         return format!("{}\n", json!(rows));
     }
     let mut text = String::from(
-        "uuid,uri,state,frames_sent,frames_received,buffered_ms,underruns,dropped_frames,age_s,target_ms,jitter_ms\n",
+        "uuid,uri,state,frames_sent,frames_received,buffered_ms,underruns,dropped_frames,age_s,target_ms,jitter_ms,fork\n",
     );
     for call in calls {
         text.push_str(&format!(
-            "{},{},{},{},{},{},{},{},{:.1},{},{}\n",
+            "{},{},{},{},{},{},{},{},{:.1},{},{},{}\n",
             call.uuid,
             call.uri,
             call.state,
@@ -185,7 +200,8 @@ pub fn list(calls: &[CallSnapshot], as_json: bool) -> String {
             call.dropped,
             call.age_s,
             call.target_ms,
-            call.jitter_ms
+            call.jitter_ms,
+            call.fork.as_deref().unwrap_or("")
         ));
     }
     text.push_str(&format!("{} call(s)\n", calls.len()));
@@ -212,6 +228,7 @@ mod tests {
             Ok(Command::Kill { uuid: "abc".into(), cause: Some("USER_BUSY".into()) })
         );
         assert_eq!(parse("debug on"), Ok(Command::Debug(true)));
+        assert_eq!(parse("fork u1 stop name=a"), Ok(Command::Fork("u1 stop name=a".into())));
         assert_eq!(parse("off"), Ok(Command::Debug(false)), "wsbridge_debug off");
         for junk in ["kill", "list xml", "debug maybe", "dance", "kill a b c", "drain", "drain soon", "status xml"] {
             assert!(parse(junk).unwrap_err().contains("usage:"), "{junk}");
@@ -285,9 +302,12 @@ mod tests {
             age_s: 3.25,
             target_ms: 60,
             jitter_ms: 12,
+            fork: None,
         };
         let text = list(std::slice::from_ref(&call), false);
-        assert!(text.contains("u1,ws://h/,open,10,20,40,1,2,3.2,60,12"), "{text}");
+        assert!(text.contains("u1,ws://h/,open,10,20,40,1,2,3.2,60,12,\n"), "{text}");
+        let fork = CallSnapshot { fork: Some("a".into()), ..call.clone() };
+        assert!(list(&[fork], false).contains(",60,12,a\n"));
         let parsed: serde_json::Value = serde_json::from_str(&list(&[call], true)).unwrap();
         assert_eq!(parsed[0]["dropped_frames"], 2);
         assert_eq!(parsed[0]["state"], "open");

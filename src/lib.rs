@@ -10,6 +10,7 @@
 //!   (a [`websocket`], or AudioSocket's TCP), in the call's [`protocol`];
 //! - [`media`]: what a call's FreeSWITCH thread and its task share:
 //!   [`playout`], [`uplink`], [`reframe`], [`comfort_noise`];
+//! - [`inbound`]: calls from the WebSocket side, admitted before a channel exists;
 //! - [`protocol`]: what is said on the wire (wsbridge, Twilio, Vonage,
 //!   AudioSocket); [`command`]: the API's arguments.
 //!
@@ -24,6 +25,8 @@ pub mod command;
 pub mod concealment;
 pub mod connection;
 pub mod drain;
+pub mod fork;
+pub mod inbound;
 pub mod jitter;
 pub mod logging;
 pub mod media;

@@ -94,6 +94,8 @@ pub struct CallMedia {
     /// The caller hung up on an open socket: what is queued will still be sent.
     caller_flush: AtomicBool,
     reconnection: Mutex<Reconnection>,
+    /// A listen-only fork's: server audio is counted, never queued for playout.
+    listen_only: AtomicBool,
     pub stats: MediaStats,
 }
 
@@ -156,6 +158,7 @@ impl CallMedia {
             close: Mutex::new(None),
             caller_flush: AtomicBool::new(false),
             reconnection: Mutex::new(Reconnection::default()),
+            listen_only: AtomicBool::new(false),
             stats: MediaStats::default(),
         }
     }
@@ -202,6 +205,16 @@ impl CallMedia {
     /// Queues a caller's digit; false when too many messages are waiting.
     pub fn send_dtmf(&self, digit: char, duration_ms: u32) -> bool {
         self.queue_item(Outgoing::Dtmf { digit, duration_ms })
+    }
+
+    /// Queues a text message for the server, sent as given; false when too many are waiting.
+    pub fn send_text(&self, text: String) -> bool {
+        self.queue_item(Outgoing::Text(text))
+    }
+
+    /// From now on server audio is counted and dropped (a listen-only fork).
+    pub fn set_listen_only(&self) {
+        self.listen_only.store(true, Ordering::Release);
     }
 
     /// Bytes of one uplink message on the wire.
@@ -393,6 +406,9 @@ impl CallMedia {
 
     /// Queues all of `wire` for playout, waiting for room when the buffer is full.
     pub async fn queue_playout(&self, wire: &[u8]) {
+        if self.listen_only.load(Ordering::Acquire) {
+            return;
+        }
         match &self.wire_decoder {
             Some(decoder) if self.format.encoding != Encoding::L16 => {
                 let mut linear = Vec::with_capacity(wire.len() * 2);

@@ -113,6 +113,8 @@ pub struct SessionOptions {
     pub reconnect: Duration,
     /// The `accountSid` a Twilio server is told.
     pub twilio_account_sid: String,
+    /// A fork's layout on the wire; `None` for a call's leg.
+    pub fork_layout: Option<protocol::ForkLayout>,
 }
 
 static CONNECTING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -154,6 +156,7 @@ impl Default for SessionOptions {
             max_connecting: MAX_CONNECTING.integer_default() as usize,
             reconnect: ms(&RECONNECT_MS),
             twilio_account_sid: format!("AC{}", "0".repeat(32)),
+            fork_layout: None,
         }
     }
 }
@@ -186,8 +189,42 @@ pub async fn run(
     control: impl CallControl,
     options: SessionOptions,
 ) -> SessionEnd {
-    let run = AssertUnwindSafe(run_to_end(&settings, &media, &control, &options));
-    match run.catch_unwind().await {
+    guarded(&media, &control, run_to_end(&settings, &media, &control, &options)).await
+}
+
+/// Runs a call from the WebSocket side on the socket its client opened and
+/// was admitted on (see [`crate::inbound`]); `media` is marked open already.
+/// Nothing is sent first and nothing answers the call here: the dialplan
+/// does. The client closing the socket hangs the call up with `NORMAL_CLEARING`.
+pub async fn serve_inbound(
+    connection: Connection,
+    client: String,
+    media: Arc<CallMedia>,
+    control: impl CallControl,
+    options: SessionOptions,
+) -> SessionEnd {
+    let serve = async {
+        control.event(CallEvent::Connect { uri: client.clone(), connect_ms: 0 });
+        // The client's own protocol is wsbridge's, both ways.
+        let mut dialect =
+            Dialect { encoder: Encoder::Wsbridge { first_message: String::new() }, decoder: Decoder::Wsbridge };
+        let (mut sink, mut stream) = connection.split();
+        let mut unsent = VecDeque::new();
+        let ended = exchange(&mut sink, &mut stream, &mut unsent, &media, &control, &options, &mut dialect).await;
+        let session = Session { sink: &mut sink, stream: &mut stream, unsent: &mut unsent, dialect: &mut dialect };
+        let end = finish(ended, session, &media, &control, &options, &client).await;
+        conclude(end, &client, &media, &control)
+    };
+    guarded(&media, &control, serve).await
+}
+
+/// Runs a session, turning a panic in it into a `CRASH` hangup.
+async fn guarded(
+    media: &CallMedia,
+    control: &impl CallControl,
+    session: impl std::future::Future<Output = SessionEnd>,
+) -> SessionEnd {
+    match AssertUnwindSafe(session).catch_unwind().await {
         Ok(end) => end,
         Err(payload) => {
             let why = format!("panic in the WebSocket task: {}", crate::logging::describe_panic(payload.as_ref()));
@@ -208,6 +245,11 @@ async fn run_to_end(
     options: &SessionOptions,
 ) -> SessionEnd {
     let end = converse(settings, media, control, options).await;
+    conclude(end, &crate::security::redact_uri(&settings.uri.text), media, control)
+}
+
+/// Announces and logs how the session with `shown` ended, and hangs the call up if the session ended it.
+fn conclude(end: SessionEnd, shown: &str, media: &CallMedia, control: &impl CallControl) -> SessionEnd {
     if let SessionEnd::Failed { why, .. } = &end {
         control.event(CallEvent::Error { what: why.clone() });
     }
@@ -216,12 +258,9 @@ async fn run_to_end(
         control.event(CallEvent::Disconnect { code, reason });
     }
     match &end {
-        SessionEnd::CallerHungUp => {
-            tracing::info!("caller hung up; WebSocket to {} closed", crate::security::redact_uri(&settings.uri.text))
-        }
+        SessionEnd::CallerHungUp => tracing::info!("caller hung up; WebSocket to {shown} closed"),
         SessionEnd::ServerClosed { code, reason } => tracing::info!(
-            "server {} closed the WebSocket (code {}, reason '{reason}'); hanging up",
-            crate::security::redact_uri(&settings.uri.text),
+            "server {shown} closed the WebSocket (code {}, reason '{reason}'); hanging up",
             code.map_or("none".to_string(), |c| c.to_string())
         ),
         SessionEnd::Failed { cause, why } => tracing::warn!("{why}; hanging up with {cause}"),
@@ -304,6 +343,9 @@ async fn converse(
     options: &SessionOptions,
 ) -> SessionEnd {
     let mut dialect = Dialect::new(settings, options.first_message, &options.twilio_account_sid, control.call_id());
+    if let Some(layout) = &options.fork_layout {
+        dialect = dialect.for_fork(settings, options.first_message, layout);
+    }
     let (connection, mut uri) = match open(settings, media, control, options, &mut dialect).await {
         Ok(opened) => opened,
         Err(end) => return end,
@@ -834,6 +876,9 @@ async fn send_batch(
         // Encoded again if a failed send leaves the item for the next connection.
         if let Some(message) = encoder.encode(item) {
             sink.feed(message).await?;
+            if let Some(follower) = encoder.take_pending() {
+                sink.feed(follower).await?;
+            }
         }
         if let Some(Outgoing::Mark { name, cleared }) = batch.pop_front() {
             control.event(CallEvent::Mark { name, cleared });
@@ -1480,5 +1525,85 @@ mod tests {
         media.caller_hung_up();
         assert_eq!(task.await.unwrap(), SessionEnd::CallerHungUp);
         assert!(hung_up.elapsed() < Duration::from_millis(200));
+    }
+
+    /// A server-side accepted socket and the client that opened it.
+    async fn accepted_pair() -> (Connection, WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>) {
+        let (listener, port) = listener().await;
+        let client = tokio::spawn(async move {
+            tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/")).await.unwrap().0
+        });
+        let (tcp, _) = listener.accept().await.unwrap();
+        let io: Box<dyn crate::websocket::Io> = Box::new(tcp);
+        let server = tokio_tungstenite::accept_async(io).await.unwrap();
+        (Connection::WebSocket(server), client.await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn an_inbound_call_moves_audio_and_events_and_its_client_ends_it() {
+        let (connection, mut client) = accepted_pair().await;
+        let media = Arc::new(CallMedia::new(ContentType::l16(8000), MediaLimits::default(), None));
+        media.mark_open("inbound:client");
+        let control = Recorder::default();
+        let task = tokio::spawn(serve_inbound(
+            connection,
+            "inbound:client".into(),
+            media.clone(),
+            control.clone(),
+            SessionOptions::default(),
+        ));
+        // Nothing is sent first: the first thing the client hears is what the call queues.
+        assert!(media.send_text(crate::inbound::Progress::Answered.event()));
+        media.send_audio(Bytes::from(vec![9u8; 320]));
+        let first = client.next().await.unwrap().unwrap();
+        assert_eq!(first.into_text().unwrap().as_str(), r#"{"event":"answered"}"#);
+        assert_eq!(client.next().await.unwrap().unwrap(), Message::Binary(Bytes::from(vec![9u8; 320])));
+        // Client audio reaches the playout; its actions reach the call.
+        client.send(Message::Binary(Bytes::from(vec![0u8; 640]))).await.unwrap();
+        client.send(Message::text(r#"{"action":"dtmf","digits":"7"}"#)).await.unwrap();
+        let mut frame = [0i16; 160];
+        let mut frames = 0;
+        while frames < 2 {
+            if media.next_downlink_frame(&mut frame) == Downlink::Audio {
+                frames += 1;
+            } else {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        client.close(None).await.unwrap();
+        assert_eq!(task.await.unwrap().hangup_cause(), Some(HangupCause::NormalClearing));
+        assert_eq!(control.events(), vec!["dtmf 7 100", "hangup NORMAL_CLEARING"], "never answered here");
+        assert_eq!(control.announced().first().map(String::as_str), Some("connect"));
+    }
+
+    #[tokio::test]
+    async fn an_inbound_call_hung_up_in_freeswitch_tells_the_client_then_closes_1000() {
+        let (connection, mut client) = accepted_pair().await;
+        let media = Arc::new(CallMedia::new(ContentType::l16(16000), MediaLimits::default(), None));
+        media.mark_open("inbound:client");
+        let control = Recorder::default();
+        let task = tokio::spawn(serve_inbound(
+            connection,
+            "inbound:client".into(),
+            media.clone(),
+            control.clone(),
+            SessionOptions::default(),
+        ));
+        media.send_text(crate::inbound::hangup_event("USER_BUSY"));
+        media.caller_closes();
+        let mut texts = Vec::new();
+        let close = loop {
+            match client.next().await {
+                Some(Ok(Message::Text(text))) => texts.push(text.to_string()),
+                Some(Ok(Message::Close(frame))) => break frame,
+                Some(Ok(_)) => {}
+                other => panic!("no close: {other:?}"),
+            }
+        };
+        assert_eq!(texts, vec![r#"{"event":"hangup","cause":"USER_BUSY"}"#]);
+        assert_eq!(close.map(|f| u16::from(f.code)), Some(1000));
+        drop(client);
+        assert_eq!(task.await.unwrap(), SessionEnd::CallerHungUp);
+        assert!(control.events().is_empty(), "the call is hung up already");
     }
 }

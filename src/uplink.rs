@@ -20,6 +20,8 @@ pub enum Outgoing {
         name: String,
         cleared: bool,
     },
+    /// A text message sent as given (a fork's `send_text`, or its `stop` metadata).
+    Text(String),
 }
 
 /// A runaway producer of text (DTMF) must not grow the queue either.

@@ -7,7 +7,9 @@
 //! its gaps per call-minute, concealed frames and playout latency.
 //! `wsbridge-twilio` speaks Twilio Media Streams to a server that echoes in
 //! kind; `wsbridge-pcmu` carries the same μ-law in the native protocol, so
-//! the two differ by Twilio's JSON and base64 alone. `socket-floor` is no
+//! the two differ by Twilio's JSON and base64 alone. `wsbridge-fork` streams
+//! the null endpoint's calls through listen-only forks (media bugs), for a
+//! fork's cost next to an endpoint call's. `socket-floor` is no
 //! FreeSWITCH at all: a lean epoll loop of its own process sends the same
 //! frames over the same number of connections to the same server, the kernel's
 //! cost that any module must pay; the table sets `(wsbridge − null)` against it.
@@ -16,7 +18,7 @@
 //! integration tests do. Prints one table, writes calls.csv, calls.md and
 //! calls.png. Options (after `--`): `--calls 50,200,500`, `--seconds 60`,
 //! `--rate 50` (call attempts per second),
-//! `--endpoints null,socket-floor,wsbridge,wsbridge-live,wsbridge-pcmu,wsbridge-twilio`,
+//! `--endpoints null,socket-floor,wsbridge,wsbridge-live,wsbridge-pcmu,wsbridge-twilio,wsbridge-fork`,
 //! `--out <dir>` (default target/calls-bench).
 
 #![allow(clippy::result_large_err)] // tungstenite's handshake callback type
@@ -62,16 +64,20 @@ enum Endpoint {
     WsbridgeTwilio,
     /// The native protocol with G.711 μ-law on the wire: the same audio as Twilio's, in binary.
     WsbridgePcmu,
+    /// The null endpoint's calls, each streamed by a listen-only fork (a
+    /// media bug, both directions mixed, 16 kHz) to the echo server.
+    WsbridgeFork,
 }
 
 impl Endpoint {
-    const ALL: [Endpoint; 6] = [
+    const ALL: [Endpoint; 7] = [
         Endpoint::Null,
         Endpoint::SocketFloor,
         Endpoint::Wsbridge,
         Endpoint::WsbridgeLive,
         Endpoint::WsbridgePcmu,
         Endpoint::WsbridgeTwilio,
+        Endpoint::WsbridgeFork,
     ];
 
     fn name(self) -> &'static str {
@@ -82,6 +88,7 @@ impl Endpoint {
             Endpoint::WsbridgeLive => "wsbridge-live",
             Endpoint::WsbridgeTwilio => "wsbridge-twilio",
             Endpoint::WsbridgePcmu => "wsbridge-pcmu",
+            Endpoint::WsbridgeFork => "wsbridge-fork",
         }
     }
 
@@ -106,6 +113,7 @@ impl Endpoint {
             // Twilio's 20 ms of μ-law at 8 kHz.
             Endpoint::WsbridgeTwilio => Some(Echo { frame_bytes: 160, rate: 8000, mulaw: true, twilio: true, ..echo }),
             Endpoint::WsbridgePcmu => Some(Echo { frame_bytes: 160, rate: 8000, mulaw: true, ..echo }),
+            Endpoint::WsbridgeFork => Some(echo),
         }
     }
 }
@@ -119,7 +127,7 @@ struct Options {
 }
 
 const USAGE: &str = "usage: cargo bench --bench calls -- [--calls 50,200,500] [--seconds 60] [--rate 50] \
-                     [--endpoints null,socket-floor,wsbridge,wsbridge-live,wsbridge-pcmu,wsbridge-twilio] \
+                     [--endpoints null,socket-floor,wsbridge,wsbridge-live,wsbridge-pcmu,wsbridge-twilio,wsbridge-fork] \
                      [--out target/calls-bench]";
 
 fn parse_options() -> Result<Options, String> {
@@ -379,6 +387,14 @@ impl Run<'_> {
                     let pcmu = "P-wsbridge-websocket-content-type=audio%2Fpcmu";
                     format!("{{origination_uuid={uuid},{pcmu}}}wsbridge/ws://127.0.0.1:{port}/bench/{call}")
                 }
+                Endpoint::WsbridgeFork => {
+                    // The null call plays the tone; its fork carries both directions, mixed.
+                    let port = server.unwrap().port;
+                    let fork = format!("wsbridge_fork ws://127.0.0.1:{port}/bench/{call} mixed {RATE}");
+                    format!(
+                        "{{origination_uuid={uuid},rate={RATE},wsbridge_fork_playback=false,execute_on_answer='{fork}'}}null/bench"
+                    )
+                }
                 Endpoint::WsbridgeTwilio => {
                     let port = server.unwrap().port;
                     format!("{{origination_uuid={uuid},wsbridge_protocol=twilio}}wsbridge/ws://127.0.0.1:{port}/bench/{call}")
@@ -451,34 +467,42 @@ impl Run<'_> {
         (version, events)
     }
 
+    /// A call's CDR variable for `figure`: a fork's carry its name.
+    fn figure(&self, figure: &str) -> String {
+        match self.endpoint {
+            Endpoint::WsbridgeFork => figure.replacen("wsbridge_", "wsbridge_fork_default_", 1),
+            _ => figure.to_string(),
+        }
+    }
+
     /// Frames both ways and their timing, from the echo server and the calls' CDR variables.
     fn media(&self, server: EchoServer, events: &HashMap<String, CallEvents>) -> Media {
         // The last connections close as their calls hang up.
         std::thread::sleep(Duration::from_millis(500));
         let tally = server.finish();
         let per_call = self.options.seconds * FRAMES_PER_SECOND;
-        let underruns = variable_sum(events, "wsbridge_underruns");
+        let underruns = variable_sum(events, &self.figure("wsbridge_underruns"));
         let call_minutes = self.calls as f64 * self.options.seconds as f64 / 60.0;
         let mut frames_per_call = tally.frames_per_call.clone();
         frames_per_call.resize(self.calls.max(frames_per_call.len()), 0);
         Media {
             frames_expected: per_call * self.calls as u64,
-            frames_sent: variable_sum(events, "wsbridge_frames_sent"),
+            frames_sent: variable_sum(events, &self.figure("wsbridge_frames_sent")),
             frames_received: tally.frames_per_call.iter().sum(),
             frames_lost: frames_per_call.iter().map(|frames| per_call.saturating_sub(*frames)).sum(),
-            frames_dropped_by_module: variable_sum(events, "wsbridge_dropped_frames"),
+            frames_dropped_by_module: variable_sum(events, &self.figure("wsbridge_dropped_frames")),
             jitter_p50_ms: ms(tally.jitter_us.value_at_quantile(0.5)),
             jitter_p99_ms: ms(tally.jitter_us.value_at_quantile(0.99)),
             jitter_max_ms: ms(tally.jitter_us.max()),
             jitter_read_p99_ms: ms(tally.jitter_read_us.value_at_quantile(0.99)),
             unstamped_frames: tally.unstamped_frames,
             frames_echoed: tally.echoed_frames,
-            frames_played: variable_sum(events, "wsbridge_frames_played"),
+            frames_played: variable_sum(events, &self.figure("wsbridge_frames_played")),
             underruns,
             gaps_per_call_minute: underruns as f64 / call_minutes,
-            concealed_frames: variable_sum(events, "wsbridge_concealed_frames"),
-            drift_dropped_frames: variable_sum(events, "wsbridge_drift_dropped_frames"),
-            playout_target_mean_ms: variable_mean(events, "wsbridge_playout_target_ms"),
+            concealed_frames: variable_sum(events, &self.figure("wsbridge_concealed_frames")),
+            drift_dropped_frames: variable_sum(events, &self.figure("wsbridge_drift_dropped_frames")),
+            playout_target_mean_ms: variable_mean(events, &self.figure("wsbridge_playout_target_ms")),
             mark_delay_mean_ms: tally.mark_delay_us.mean() / 1000.0,
             mark_delay_p50_ms: ms(tally.mark_delay_us.value_at_quantile(0.5)),
             mark_delay_p99_ms: ms(tally.mark_delay_us.value_at_quantile(0.99)),

@@ -3,7 +3,7 @@
 use std::ffi::CStr;
 
 use super::ffi::{ApiCommand, CauseCode, LocatedSession};
-use super::{config_store, drain, registry, runtime};
+use super::{config_store, drain, fork, registry, runtime};
 use crate::cause::HangupCause;
 use crate::command::{self, Command, StatusReport};
 use crate::drain::DrainReason;
@@ -40,7 +40,8 @@ fn run(arguments: &str) -> String {
             }
             format!("+OK draining {}\n", if on { "on" } else { "off" })
         }
-        Command::List { json } => command::list(&registry::snapshots(), json),
+        Command::List { json } => command::list(&[registry::snapshots(), fork::snapshots()].concat(), json),
+        Command::Fork(arguments) => fork::run(&arguments),
         Command::Kill { uuid, cause } => kill(&uuid, cause.as_deref()),
         Command::Debug(on) => {
             logging::set_debug(on);

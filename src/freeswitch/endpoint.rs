@@ -9,20 +9,24 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::Bytes;
 use tracing::Instrument;
 
+use super::ffi::{self, InboundRequest};
 use super::ffi::{
-    CauseCode, Channel, ChannelState, Codec, Endpoint, LocatedSession, Outgoing, PcmFrame, PublishedFrame, Session,
-    Timer, Variables, WrittenFrame,
+    CauseCode, Channel, ChannelState, Codec, Endpoint, Indication, LocatedSession, Outgoing, PcmFrame, PublishedFrame,
+    Session, Timer, Variables, WrittenFrame,
 };
 use super::{config_store, drain, events, registry, runtime};
 use crate::call_plan::{admit, plan_call, CallPlan, CallSources};
 use crate::cause::HangupCause;
 use crate::comfort_noise::DownlinkMixer;
+use crate::inbound::{self, FirstMessage, Progress, ProgressSeen};
 use crate::media::{CallMedia, WireDecoder};
 use crate::poll_watch::Watched;
 use crate::reframe::Reframer;
 use crate::session::{self, CallControl, CallEvent};
+use crate::settings::CallTuning;
 use crate::settings::{Encoding, VariableSource, FRAME_MS};
 use crate::uplink::PushOutcome;
+use std::net::SocketAddr;
 
 impl VariableSource for Variables<'_> {
     fn variable(&self, name: &str) -> Option<String> {
@@ -52,6 +56,8 @@ pub struct WsbridgeCall {
     write_codec: Codec,
     read: Mutex<ReadSide>,
     uplink_reframer: Mutex<Reframer>,
+    /// Set for a call from the WebSocket side: the progress its client was told.
+    inbound: Option<ProgressSeen>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -122,8 +128,65 @@ impl WsbridgeCall {
             read_codec,
             write_codec,
             plan,
+            inbound: None,
         })
     }
+
+    /// A call from the WebSocket side: its client's socket is open already.
+    fn inbound(session: Session<'_>, plan: CallPlan) -> Result<WsbridgeCall, String> {
+        let mut call = WsbridgeCall::with_media(session, plan)?;
+        call.media.mark_open(&call.plan.shown_uri);
+        call.inbound = Some(ProgressSeen::default());
+        Ok(call)
+    }
+}
+
+impl WsbridgeCall {
+    /// Tells the client of a call from the WebSocket side how the call ended, once.
+    fn tell_hangup(&self, channel: Channel<'_>) {
+        let Some(seen) = &self.inbound else { return };
+        if let Some(event) = seen.first_hangup(&channel.hangup_cause_name()) {
+            self.media.send_text(event);
+        }
+    }
+}
+
+/// Creates the channel of a call from the WebSocket side and sends it into
+/// the dialplan. Returns what its task needs: the media and the control.
+pub(super) fn start_inbound_call(
+    first: &FirstMessage,
+    peer: SocketAddr,
+    context: &str,
+) -> Result<(Arc<CallMedia>, LocatedCall, CallTuning), String> {
+    let config = config_store::config();
+    if drain::is_draining() {
+        registry::count_refused_draining();
+        return Err("the node is draining".into());
+    }
+    let (tuning, problems) = CallTuning::from_variables(&|name: &str| config.value(name))?;
+    for problem in problems {
+        tracing::warn!("{problem}");
+    }
+    let plan = first.plan(peer, tuning.clone())?;
+    let caller_id_number = first.caller_id_number.clone().unwrap_or_else(|| peer.ip().to_string());
+    let caller_id_name = first.caller_id_name.clone().unwrap_or_else(|| "wsbridge".to_string());
+    let request = InboundRequest {
+        channel_name: &inbound::channel_name(peer),
+        context,
+        destination: &first.destination,
+        caller_id_name: &caller_id_name,
+        caller_id_number: &caller_id_number,
+        network_address: &peer.ip().to_string(),
+        variables: &first.variables,
+    };
+    let mut media = None;
+    let uuid = ffi::start_inbound(&request, |session| {
+        let call = WsbridgeCall::inbound(session, plan)?;
+        media = Some(call.media.clone());
+        Ok(call)
+    })?;
+    let media = media.ok_or("the call was built without media")?;
+    Ok((media, LocatedCall { uuid }, tuning))
 }
 
 impl Endpoint for WsbridgeCall {
@@ -152,9 +215,15 @@ impl Endpoint for WsbridgeCall {
     }
 
     /// The UUID is final by now, so the WebSocket task starts here.
+    /// A call from the WebSocket side has its task already.
     fn on_init(&self, session: Session<'_>) -> bool {
         let uuid = session.uuid();
         let channel = session.channel();
+        if self.inbound.is_some() {
+            registry::register(&uuid, registry::CallEntry::new(self.plan.shown_uri.clone(), self.media.clone()));
+            channel.set_state(ChannelState::Routing);
+            return true;
+        }
         let task = Watched::new(session::run(
             self.plan.server.clone(),
             self.media.clone(),
@@ -173,9 +242,10 @@ impl Endpoint for WsbridgeCall {
     }
 
     fn on_hangup(&self, session: Session<'_>) {
+        let channel = session.channel();
+        self.tell_hangup(channel);
         // Unless the server closed first, the task now sends what is queued and closes with 1000.
         self.media.caller_closes();
-        let channel = session.channel();
         for (name, value) in self.media.report() {
             channel.set_variable(name, &value);
         }
@@ -188,7 +258,9 @@ impl Endpoint for WsbridgeCall {
         // Dropping the call releases its timer and codecs.
     }
 
-    fn on_kill(&self, _session: Session<'_>) {
+    fn on_kill(&self, session: Session<'_>) {
+        // A hangup kills the channel before on_hangup: the client's event goes before the task ends.
+        self.tell_hangup(session.channel());
         self.media.caller_hung_up();
     }
 
@@ -239,10 +311,22 @@ impl Endpoint for WsbridgeCall {
             tracing::warn!("too many DTMF messages waiting for the server; digit {digit} dropped");
         }
     }
+
+    fn on_indication(&self, _session: Session<'_>, indication: Indication) {
+        let Some(seen) = &self.inbound else { return };
+        let progress = match indication {
+            Indication::Ringing => Progress::Ringing,
+            Indication::Progress => Progress::EarlyMedia,
+            Indication::Answer => Progress::Answered,
+        };
+        if let Some(event) = seen.first(progress) {
+            self.media.send_text(event);
+        }
+    }
 }
 
 /// How the WebSocket task acts on its call: by UUID, never by pointer.
-struct LocatedCall {
+pub(super) struct LocatedCall {
     uuid: String,
 }
 

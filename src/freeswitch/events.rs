@@ -8,7 +8,7 @@ use super::registry;
 use crate::drain::DrainReason;
 use crate::session::CallEvent;
 
-pub const SUBCLASSES: [&CStr; 8] = [
+pub const SUBCLASSES: [&CStr; 10] = [
     c"wsbridge::connect",
     c"wsbridge::disconnect",
     c"wsbridge::error",
@@ -17,6 +17,8 @@ pub const SUBCLASSES: [&CStr; 8] = [
     c"wsbridge::reconnecting",
     c"wsbridge::reconnected",
     c"wsbridge::drained",
+    c"wsbridge::fork_start",
+    c"wsbridge::fork_stop",
 ];
 const OWNER: &CStr = c"mod_wsbridge";
 
@@ -69,6 +71,24 @@ pub fn fire(uuid: &str, event: &CallEvent) {
     let located = LocatedSession::find(uuid);
     let session = located.as_ref().map(LocatedSession::session);
     ffi::fire_custom_event(session, &format!("wsbridge::{}", event.kind()), &headers, body);
+}
+
+/// Fires `wsbridge::<kind>` on a channel that may be gone already: then
+/// with its UUID alone.
+pub fn fire_fork(uuid: &str, kind: &str, mut headers: Vec<(&'static str, String)>, body: Option<&str>) {
+    let located = LocatedSession::find(uuid);
+    let session = located.as_ref().map(LocatedSession::session);
+    if session.is_none() {
+        headers.push(("Unique-ID", uuid.to_string()));
+    }
+    ffi::fire_custom_event(session, &format!("wsbridge::{kind}"), &headers, body);
+}
+
+/// A fork's session event: as a call's, with `WSBridge-Fork-Name`.
+pub fn fire_fork_event(uuid: &str, fork: &str, event: &CallEvent) {
+    let (mut headers, body) = describe(event);
+    headers.push(("WSBridge-Fork-Name", fork.to_string()));
+    fire_fork(uuid, event.kind(), headers, body);
 }
 
 /// Fires `wsbridge::drained`: the node drains and its last call has ended.

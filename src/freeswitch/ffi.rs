@@ -216,6 +216,12 @@ impl Channel<'_> {
         unsafe { fs::wsb_channel_hangup(self.0, cause.0) };
     }
 
+    /// The channel's hangup cause by name, e.g. `NORMAL_CLEARING`.
+    pub fn hangup_cause_name(self) -> String {
+        // SAFETY: live channel; cause2str returns a static string for any value.
+        unsafe { copy_c_str(fs::switch_channel_cause2str(fs::switch_channel_get_cause(self.0))) }.unwrap_or_default()
+    }
+
     /// Queues a digit as received on this channel; FreeSWITCH counts duration in 8 kHz samples.
     pub fn queue_dtmf(self, digit: char, duration_ms: u32) {
         let dtmf = fs::switch_dtmf_t {
@@ -460,6 +466,116 @@ pub trait Endpoint: Send + Sync + Sized + 'static {
     fn write_frame(&self, session: Session<'_>, frame: WrittenFrame<'_>);
     /// A digit for the server; FreeSWITCH counts duration in 8 kHz samples, this in ms.
     fn send_dtmf(&self, session: Session<'_>, digit: char, duration_ms: u32);
+    /// receive_message: call progress FreeSWITCH indicates on the leg.
+    fn on_indication(&self, _session: Session<'_>, _indication: Indication) {}
+}
+
+/// Call progress that reaches an endpoint's receive_message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Indication {
+    Ringing,
+    Progress,
+    Answer,
+}
+
+/// What a call from the outside (the WebSocket side) enters the dialplan with.
+pub struct InboundRequest<'a> {
+    pub channel_name: &'a str,
+    pub context: &'a str,
+    pub destination: &'a str,
+    pub caller_id_name: &'a str,
+    pub caller_id_number: &'a str,
+    pub network_address: &'a str,
+    /// Channel variables set before the dialplan runs.
+    pub variables: &'a [(String, String)],
+}
+
+/// Creates an inbound leg of our endpoint with `build`'s state, a caller
+/// profile in the XML dialplan, and its session thread, as mod_loopback's B
+/// side and mod_verto do. Returns the leg's UUID; from then on the leg is
+/// FreeSWITCH's, reached only through [`LocatedSession`].
+pub fn start_inbound<E: Endpoint>(
+    request: &InboundRequest<'_>,
+    build: impl FnOnce(Session<'_>) -> Result<E, String>,
+) -> Result<String, String> {
+    let endpoint = ENDPOINT.load(Ordering::Acquire);
+    if endpoint.is_null() {
+        return Err("mod_wsbridge is unloading".into());
+    }
+    // SAFETY: our endpoint interface; a null pool makes FreeSWITCH create the session's own.
+    let mut raw = unsafe {
+        fs::switch_core_session_request_uuid(
+            endpoint,
+            fs::switch_call_direction_t::SWITCH_CALL_DIRECTION_INBOUND,
+            fs::switch_originate_flag_enum_t::SOF_NONE.0 as fs::switch_originate_flag_t,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+        )
+    };
+    // SAFETY: a new session that only this function holds until its thread is launched.
+    let Some(session) = (unsafe { Session::from_raw(raw) }) else {
+        return Err("FreeSWITCH could not create a session (max-sessions?)".into());
+    };
+    // SAFETY: the new session has one stream like any leg.
+    unsafe { fs::switch_core_session_add_stream(raw, std::ptr::null_mut()) };
+    let call = match build(session) {
+        Ok(call) => call,
+        Err(why) => {
+            // SAFETY: ours alone; no private state attached, nothing else points at it.
+            unsafe { fs::wsb_session_destroy(&mut raw) };
+            return Err(why);
+        }
+    };
+    let call = Box::into_raw(Box::new(call)) as *mut c_void;
+    // SAFETY: live session; only our endpoint's state is ever stored here (see private_of).
+    unsafe { fs::switch_core_session_set_private_class(raw, call, fs::switch_pvt_class_t::SWITCH_PVT_PRIMARY) };
+    let channel = session.channel();
+    channel.set_name(request.channel_name);
+    let text = |value: &str| c_string(value);
+    let (context, destination, name, number, address) = (
+        text(request.context),
+        text(request.destination),
+        text(request.caller_id_name),
+        text(request.caller_id_number),
+        text(request.network_address),
+    );
+    // SAFETY: every string is copied into the session's pool by switch_caller_profile_new.
+    let profile = unsafe {
+        fs::switch_caller_profile_new(
+            session.pool(),
+            std::ptr::null(),
+            c"XML".as_ptr(),
+            name.as_ptr(),
+            number.as_ptr(),
+            address.as_ptr(),
+            number.as_ptr(),
+            std::ptr::null(),
+            std::ptr::null(),
+            c"mod_wsbridge".as_ptr(),
+            context.as_ptr(),
+            destination.as_ptr(),
+        )
+    };
+    if profile.is_null() {
+        // SAFETY: ours alone; on_destroy frees the attached state.
+        unsafe { fs::wsb_session_destroy(&mut raw) };
+        return Err("FreeSWITCH could not create a caller profile".into());
+    }
+    // SAFETY: live channel; the profile lives in the session's pool.
+    unsafe { fs::switch_channel_set_caller_profile(channel.0, profile) };
+    for (name, value) in request.variables {
+        channel.set_variable(name, value);
+    }
+    channel.set_audio_flag();
+    channel.set_state(ChannelState::Init);
+    let uuid = session.uuid();
+    // SAFETY: a complete session; from here its thread owns it.
+    if unsafe { fs::switch_core_session_thread_launch(raw) } != SUCCESS {
+        // SAFETY: the thread did not start, so the session is still ours alone.
+        unsafe { fs::wsb_session_destroy(&mut raw) };
+        return Err("FreeSWITCH could not start the session's thread".into());
+    }
+    Ok(uuid)
 }
 
 /// The endpoint interface FreeSWITCH created for us at load; null once unloading.
@@ -730,6 +846,27 @@ unsafe extern "C" fn send_dtmf<E: Endpoint>(
     })
 }
 
+unsafe extern "C" fn receive_message<E: Endpoint>(
+    raw: *mut fs::switch_core_session_t,
+    message: *mut fs::switch_core_session_message_t,
+) -> fs::switch_status_t {
+    session_callback(raw, "receive_message", SUCCESS, |session| {
+        // SAFETY: FreeSWITCH's message, live for the callback.
+        let (Some(call), Some(message)) = (private_of::<E>(session), unsafe { message.as_ref() }) else {
+            return SUCCESS;
+        };
+        use fs::switch_core_session_message_types_t as M;
+        let indication = match message.message_id {
+            M::SWITCH_MESSAGE_INDICATE_RINGING => Indication::Ringing,
+            M::SWITCH_MESSAGE_INDICATE_PROGRESS => Indication::Progress,
+            M::SWITCH_MESSAGE_INDICATE_ANSWER => Indication::Answer,
+            _ => return SUCCESS,
+        };
+        call.on_indication(session, indication);
+        SUCCESS
+    })
+}
+
 /// A C table FreeSWITCH keeps a pointer to for as long as the module is loaded.
 struct Table<T>(UnsafeCell<T>);
 
@@ -749,6 +886,7 @@ fn endpoint_tables<E: Endpoint>() -> (*mut fs::switch_io_routines_t, *mut fs::sw
             write_frame: Some(write_frame::<E>),
             kill_channel: Some(kill_channel::<E>),
             send_dtmf: Some(send_dtmf::<E>),
+            receive_message: Some(receive_message::<E>),
             ..Default::default()
         }))
     });
@@ -761,6 +899,210 @@ fn endpoint_tables<E: Endpoint>() -> (*mut fs::switch_io_routines_t, *mut fs::sw
         }))
     });
     (io.0.get(), states.0.get())
+}
+
+// ---------------------------------------------------------------- media bugs
+
+/// What a media bug does with the audio of the channel it is attached to.
+/// Called on the channel's media threads (read and write may be different
+/// threads): it must never block.
+pub trait MediaBugHandler: Send + Sync + 'static {
+    /// A frame the channel read (the caller): host-order L16, mono, at `rate`. False removes the bug.
+    fn on_read(&self, samples: &[i16], rate: u32) -> bool;
+    /// A frame about to be written to the channel (what the caller hears),
+    /// which may be changed in place. False removes the bug.
+    fn on_write(&self, samples: &mut [i16], rate: u32) -> bool;
+    /// The bug is gone: removed, or the channel hung up. The channel is
+    /// still there to take variables.
+    fn on_close(&self, channel: Option<Channel<'_>>);
+}
+
+/// Attaches a bug that sees what `session` reads and may change what it
+/// writes (FreeSWITCH's read and write replace). `handler` is dropped when
+/// the bug closes, or here if it cannot be attached.
+pub fn add_media_bug<H: MediaBugHandler>(
+    session: Session<'_>,
+    function: &str,
+    handler: std::sync::Arc<H>,
+) -> Result<(), String> {
+    let user_data = Box::into_raw(Box::new(handler)) as *mut c_void;
+    let flags =
+        fs::switch_media_bug_flag_enum_t::SMBF_READ_REPLACE.0 | fs::switch_media_bug_flag_enum_t::SMBF_WRITE_REPLACE.0;
+    let function = c_string(function);
+    let mut bug: *mut fs::switch_media_bug_t = std::ptr::null_mut();
+    // SAFETY: live session; FreeSWITCH copies the strings; the callback owns
+    // user_data from now on and frees it on SWITCH_ABC_TYPE_CLOSE.
+    let status = unsafe {
+        fs::switch_core_media_bug_add(
+            session.as_ptr(),
+            function.as_ptr(),
+            std::ptr::null(),
+            Some(media_bug_callback::<H>),
+            user_data,
+            0,
+            flags as fs::switch_media_bug_flag_t,
+            &mut bug,
+        )
+    };
+    if status != SUCCESS {
+        // SAFETY: not attached, so no callback saw or will see it (INIT always accepts).
+        drop(unsafe { Box::from_raw(user_data as *mut std::sync::Arc<H>) });
+        return Err("FreeSWITCH could not attach the media bug".into());
+    }
+    Ok(())
+}
+
+/// The samples of a bug's frame, when it holds mono L16 audio.
+///
+/// # Safety
+/// `frame` is null or a frame FreeSWITCH hands the callback, live for it.
+unsafe fn frame_samples<'f>(frame: *mut fs::switch_frame_t) -> Option<(&'f mut [i16], u32)> {
+    // SAFETY: as the caller promises.
+    let frame = unsafe { frame.as_mut() }?;
+    if frame.data.is_null() || frame.datalen < 2 || frame.channels > 1 || frame.data as usize % 2 != 0 {
+        return None;
+    }
+    let samples = frame.datalen as usize / 2;
+    let rate = if frame.rate > 0 { frame.rate } else { (samples * 1000 / FRAME_MS_USIZE) as u32 };
+    // SAFETY: FreeSWITCH's frame holds datalen bytes of host-order L16, aligned (checked above).
+    Some((unsafe { std::slice::from_raw_parts_mut(frame.data as *mut i16, samples) }, rate))
+}
+
+const FRAME_MS_USIZE: usize = 20;
+
+unsafe extern "C" fn media_bug_callback<H: MediaBugHandler>(
+    bug: *mut fs::switch_media_bug_t,
+    user_data: *mut c_void,
+    kind: fs::switch_abc_type_t,
+) -> fs::switch_bool_t {
+    const KEEP: fs::switch_bool_t = fs::switch_bool_t::SWITCH_TRUE;
+    guard("media bug", KEEP, || {
+        if user_data.is_null() {
+            return KEEP;
+        }
+        let keep = match kind {
+            fs::switch_abc_type_t::SWITCH_ABC_TYPE_READ_REPLACE => {
+                // SAFETY: user_data is the handler add_media_bug stored, live until CLOSE.
+                let handler = unsafe { &*(user_data as *const std::sync::Arc<H>) };
+                // SAFETY: FreeSWITCH's bug, live for the callback; its read frame likewise.
+                let frame = unsafe { fs::switch_core_media_bug_get_read_replace_frame(bug) };
+                // SAFETY: as above.
+                let keep = match unsafe { frame_samples(frame) } {
+                    Some((samples, rate)) => handler.on_read(samples, rate),
+                    None => true,
+                };
+                // SAFETY: the frame is handed back unchanged.
+                unsafe { fs::switch_core_media_bug_set_read_replace_frame(bug, frame) };
+                keep
+            }
+            fs::switch_abc_type_t::SWITCH_ABC_TYPE_WRITE_REPLACE => {
+                // SAFETY: as for READ_REPLACE.
+                let handler = unsafe { &*(user_data as *const std::sync::Arc<H>) };
+                // SAFETY: FreeSWITCH's bug and its write frame, live for the callback.
+                let frame = unsafe { fs::switch_core_media_bug_get_write_replace_frame(bug) };
+                // SAFETY: as above; the frame's data is ours to change for the callback.
+                let keep = match unsafe { frame_samples(frame) } {
+                    Some((samples, rate)) => handler.on_write(samples, rate),
+                    None => true,
+                };
+                // SAFETY: the same frame, changed in place.
+                unsafe { fs::switch_core_media_bug_set_write_replace_frame(bug, frame) };
+                keep
+            }
+            fs::switch_abc_type_t::SWITCH_ABC_TYPE_CLOSE => {
+                // SAFETY: made by Box::into_raw in add_media_bug; CLOSE comes once, last.
+                let handler = unsafe { Box::from_raw(user_data as *mut std::sync::Arc<H>) };
+                // SAFETY: the bug's session, live while its bugs close.
+                let session = unsafe { Session::from_raw(fs::switch_core_media_bug_get_session(bug)) };
+                handler.on_close(session.map(Session::channel));
+                true
+            }
+            _ => true,
+        };
+        if keep {
+            KEEP
+        } else {
+            fs::switch_bool_t::SWITCH_FALSE
+        }
+    })
+}
+
+/// FreeSWITCH's (speex) resampler for mono L16; destroyed on drop.
+pub struct Resampler {
+    raw: NonNull<fs::switch_audio_resampler_t>,
+    pub from_rate: u32,
+    pub to_rate: u32,
+}
+
+// SAFETY: used by one thread at a time (`process` takes &mut).
+unsafe impl Send for Resampler {}
+
+impl Resampler {
+    pub fn new(from_rate: u32, to_rate: u32) -> Result<Resampler, String> {
+        let mut raw: *mut fs::switch_audio_resampler_t = std::ptr::null_mut();
+        // SAFETY: FreeSWITCH allocates the resampler into `raw`; the strings are static.
+        let status = unsafe {
+            fs::switch_resample_perform_create(
+                &mut raw,
+                from_rate,
+                to_rate,
+                (to_rate / 50).max(160) * 4,
+                2,
+                1,
+                c"fork".as_ptr(),
+                c"Resampler::new".as_ptr(),
+                0,
+            )
+        };
+        match NonNull::new(raw) {
+            Some(raw) if status == SUCCESS => Ok(Resampler { raw, from_rate, to_rate }),
+            _ => Err(format!("FreeSWITCH cannot resample {from_rate} Hz to {to_rate} Hz")),
+        }
+    }
+
+    /// Appends `input` at the source rate to `out`, at the target rate.
+    pub fn process(&mut self, input: &[i16], out: &mut Vec<i16>) {
+        if input.is_empty() {
+            return;
+        }
+        // SAFETY: a live resampler; speex only reads the input; `to` holds to_len samples after the call.
+        unsafe {
+            let raw = self.raw.as_ptr();
+            let produced = fs::switch_resample_process(raw, input.as_ptr() as *mut i16, input.len() as u32);
+            let to = (*raw).to;
+            if !to.is_null() {
+                out.extend_from_slice(std::slice::from_raw_parts(to, produced as usize));
+            }
+        }
+    }
+}
+
+impl Drop for Resampler {
+    fn drop(&mut self) {
+        let mut raw = self.raw.as_ptr();
+        // SAFETY: created in new() and destroyed only here.
+        unsafe { fs::switch_resample_destroy(&mut raw) };
+    }
+}
+
+// ---------------------------------------------------------------- dialplan applications
+
+/// A dialplan application (`<action application="name" data="..."/>`).
+pub trait Application {
+    const NAME: &'static CStr;
+    const SHORT_DESCRIPTION: &'static CStr;
+    const SYNTAX: &'static CStr;
+    fn run(session: Session<'_>, data: &str);
+}
+
+unsafe extern "C" fn application<A: Application>(raw: *mut fs::switch_core_session_t, data: *const c_char) {
+    guard("application", (), || {
+        // SAFETY: the session running the application, live for the call; data is null or a C string.
+        let (session, data) = unsafe { (Session::from_raw(raw), copy_c_str(data)) };
+        if let Some(session) = session {
+            A::run(session, &data.unwrap_or_default());
+        }
+    })
 }
 
 // ---------------------------------------------------------------- API commands
@@ -924,6 +1266,20 @@ impl ModuleInterface {
         endpoint.io_routines = io_routines;
         endpoint.state_handler = state_handlers;
         ENDPOINT.store(endpoint, Ordering::Release);
+        Ok(())
+    }
+
+    pub fn add_application<A: Application>(&self) -> Result<(), String> {
+        let mut app: NonNull<fs::switch_application_interface_t> =
+            self.create_interface(fs::switch_module_interface_name_t::SWITCH_APPLICATION_INTERFACE)?;
+        // SAFETY: just created for us and not yet seen by FreeSWITCH's callers.
+        let app = unsafe { app.as_mut() };
+        app.interface_name = A::NAME.as_ptr();
+        app.short_desc = A::SHORT_DESCRIPTION.as_ptr();
+        app.long_desc = A::SHORT_DESCRIPTION.as_ptr();
+        app.syntax = A::SYNTAX.as_ptr();
+        app.application_function = Some(application::<A>);
+        app.flags = fs::switch_application_flag_enum_t::SAF_NONE.0;
         Ok(())
     }
 

@@ -2,10 +2,10 @@
 //!
 //! [`ffi`] is the one unsafe layer; everything else here is safe Rust:
 //! - this file: what the module declares at load and undoes at shutdown;
-//! - [`endpoint`]: the `wsbridge` leg of each call;
+//! - [`endpoint`]: the `wsbridge` leg of each call; [`fork`]: streaming a call that is up;
 //! - [`registry`]: the calls up and the counters; [`commands`]: the API;
 //!   [`events`]: CUSTOM events; [`config_store`]: wsbridge.conf in force;
-//!   [`drain`]: taking the node out of rotation;
+//!   [`drain`]: taking the node out of rotation; [`listener`]: calls from the WebSocket side;
 //! - [`runtime`]: the tokio runtime all calls share; [`guard`]: panics stop here.
 
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
@@ -17,7 +17,9 @@ mod endpoint;
 mod events;
 #[allow(unsafe_code)] // the one unsafe layer
 pub mod ffi;
+mod fork;
 mod guard;
+mod listener;
 mod registry;
 mod runtime;
 
@@ -68,13 +70,17 @@ impl Module for Wsbridge {
         interface.add_endpoint::<endpoint::WsbridgeCall>(c"wsbridge")?;
         interface.add_api::<commands::Wsbridge>()?;
         interface.add_api::<commands::WsbridgeDebug>()?;
+        interface.add_api::<fork::UuidWsbridgeFork>()?;
+        interface.add_application::<fork::WsbridgeForkApp>()?;
         interface.bind::<config_store::OnReloadXml>(Self::NAME)?;
         interface.bind::<drain::OnShutdownRequested>(Self::NAME)?;
+        listener::start(&config_store::config().listener);
         tracing::info!("mod_wsbridge {} loaded; {threads} runtime thread(s)", env!("CARGO_PKG_VERSION"));
         Ok(())
     }
 
     fn shutdown() -> bool {
+        listener::stop();
         ffi::retire_endpoint();
         ffi::unbind::<config_store::OnReloadXml>();
         ffi::unbind::<drain::OnShutdownRequested>();

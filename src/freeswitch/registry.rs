@@ -88,6 +88,7 @@ pub fn snapshots() -> Vec<CallSnapshot> {
             age_s: call.started.elapsed().as_secs_f64(),
             target_ms: target_ms.round() as u64,
             jitter_ms: jitter_ms.round() as u64,
+            fork: None,
         })
         .collect()
 }

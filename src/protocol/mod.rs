@@ -170,6 +170,14 @@ pub enum Decoder {
     },
 }
 
+/// What a fork streams, where it differs from a call's: the content type
+/// its first message names, and its Twilio tracks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForkLayout {
+    pub content_type: String,
+    pub tracks: twilio::Tracks,
+}
+
 /// One call's protocol, both ways. Its halves are used side by side (the
 /// read and write loops), hence two fields.
 #[derive(Debug, Clone)]
@@ -205,6 +213,22 @@ impl Dialect {
         }
     }
 
+    /// A fork's layout: the first message names `content_type` (with its
+    /// channels), and a Twilio stream carries `tracks`.
+    pub fn for_fork(mut self, settings: &CallSettings, style: FirstMessageStyle, layout: &ForkLayout) -> Self {
+        match &mut self.encoder {
+            Encoder::Wsbridge { first_message } => {
+                *first_message = settings.first_message_naming(style, &layout.content_type)
+            }
+            Encoder::Vonage { first_message } => {
+                *first_message = settings.first_message_naming(FirstMessageStyle::Vonage, &layout.content_type)
+            }
+            Encoder::Twilio(writer) => writer.set_tracks(layout.tracks),
+            Encoder::AudioSocket { .. } => {}
+        }
+        self
+    }
+
     /// What a new connection opens with (a new Twilio stream each time).
     pub fn open(&mut self) -> Vec<Message> {
         match &mut self.encoder {
@@ -236,6 +260,15 @@ impl Dialect {
 }
 
 impl Encoder {
+    /// A message the last [`Encoder::encode`] left to follow its own (a
+    /// Twilio fork's outbound track), sent right after it.
+    pub fn take_pending(&mut self) -> Option<Message> {
+        match self {
+            Encoder::Twilio(writer) => writer.take_pending().map(Message::text),
+            _ => None,
+        }
+    }
+
     /// The message for one uplink item; `None` where the protocol has no such message.
     pub fn encode(&mut self, item: &Outgoing) -> Option<Message> {
         let message = match (self, item) {
@@ -243,6 +276,9 @@ impl Encoder {
                 Message::Binary(frame.clone())
             }
             (Encoder::Twilio(writer), Outgoing::Audio(frame)) => Message::text(writer.media(frame)),
+            (Encoder::Wsbridge { .. } | Encoder::Vonage { .. } | Encoder::Twilio(_), Outgoing::Text(text)) => {
+                Message::text(text.clone())
+            }
             (Encoder::AudioSocket { audio_kind, .. }, Outgoing::Audio(frame)) => {
                 Message::Binary(audiosocket::message(*audio_kind, frame))
             }

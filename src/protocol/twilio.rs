@@ -40,6 +40,29 @@ impl CallIdentity {
     }
 }
 
+/// Which of the call's audio a stream carries: a call's leg sends `inbound`;
+/// a fork sends what its mode takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Tracks {
+    #[default]
+    Inbound,
+    /// Both directions mixed into one track, `mixed` (Twilio has no such track).
+    Mixed,
+    /// `inbound` and `outbound`, as Twilio's `both_tracks`: each frame is the
+    /// inbound μ-law then the outbound, sent as one media message each.
+    Both,
+}
+
+impl Tracks {
+    fn names(self) -> &'static [&'static str] {
+        match self {
+            Tracks::Inbound => &["inbound"],
+            Tracks::Mixed => &["mixed"],
+            Tracks::Both => &["inbound", "outbound"],
+        }
+    }
+}
+
 /// One stream: what the module sends on one connection.
 #[derive(Debug, Clone)]
 pub struct StreamWriter {
@@ -51,6 +74,9 @@ pub struct StreamWriter {
     chunk: u64,
     /// Caller audio sent on this stream, in ms: the next chunk's `timestamp`.
     audio_ms: u64,
+    tracks: Tracks,
+    /// The outbound track's message of the last frame, sent after the inbound one.
+    pending: Option<String>,
 }
 
 /// `MZ` and 32 hex digits, new for every connection.
@@ -60,7 +86,23 @@ pub fn new_stream_sid() -> String {
 
 impl StreamWriter {
     pub fn new(identity: CallIdentity) -> Self {
-        StreamWriter { identity, stream_sid: new_stream_sid(), sequence: 0, chunk: 0, audio_ms: 0 }
+        StreamWriter {
+            identity,
+            stream_sid: new_stream_sid(),
+            sequence: 0,
+            chunk: 0,
+            audio_ms: 0,
+            tracks: Tracks::Inbound,
+            pending: None,
+        }
+    }
+
+    pub fn set_tracks(&mut self, tracks: Tracks) {
+        self.tracks = tracks;
+    }
+
+    pub fn take_pending(&mut self) -> Option<String> {
+        self.pending.take()
     }
 
     pub fn stream_sid(&self) -> &str {
@@ -74,6 +116,7 @@ impl StreamWriter {
         self.sequence = 0;
         self.chunk = 0;
         self.audio_ms = 0;
+        self.pending = None;
         let connected = json!({ "event": "connected", "protocol": "Call", "version": "1.0.0" }).to_string();
         let start = json!({
             "event": "start",
@@ -82,7 +125,7 @@ impl StreamWriter {
                 "accountSid": self.identity.account_sid,
                 "streamSid": self.stream_sid,
                 "callSid": self.identity.call_sid,
-                "tracks": ["inbound"],
+                "tracks": self.tracks.names(),
                 "customParameters": self.identity.custom_parameters,
                 "mediaFormat": { "encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1 },
             },
@@ -97,16 +140,31 @@ impl StreamWriter {
         self.sequence.to_string()
     }
 
-    /// One message of caller audio (μ-law bytes).
+    /// One message of caller audio (μ-law bytes); with both tracks, the
+    /// inbound half now and the outbound half left in [`Self::take_pending`].
     pub fn media(&mut self, mulaw: &[u8]) -> String {
-        self.chunk += 1;
         let timestamp = self.audio_ms;
-        self.audio_ms += mulaw.len() as u64 / BYTES_PER_MS;
+        match self.tracks {
+            Tracks::Inbound => self.media_of("inbound", mulaw, timestamp),
+            Tracks::Mixed => self.media_of("mixed", mulaw, timestamp),
+            Tracks::Both => {
+                let (inbound, outbound) = mulaw.split_at(mulaw.len() / 2);
+                let first = self.media_of("inbound", inbound, timestamp);
+                self.audio_ms = timestamp;
+                self.pending = Some(self.media_of("outbound", outbound, timestamp));
+                first
+            }
+        }
+    }
+
+    fn media_of(&mut self, track: &str, mulaw: &[u8], timestamp: u64) -> String {
+        self.chunk += 1;
+        self.audio_ms = timestamp + mulaw.len() as u64 / BYTES_PER_MS;
         json!({
             "event": "media",
             "sequenceNumber": self.next_sequence(),
             "media": {
-                "track": "inbound",
+                "track": track,
                 "chunk": self.chunk.to_string(),
                 "timestamp": timestamp.to_string(),
                 "payload": BASE64.encode(mulaw),
@@ -192,6 +250,24 @@ mod tests {
 
     fn parsed(text: &str) -> Value {
         serde_json::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn a_stereo_fork_sends_both_tracks_one_message_each() {
+        let mut writer = writer();
+        writer.set_tracks(Tracks::Both);
+        let [_, start] = writer.open();
+        assert_eq!(parsed(&start)["start"]["tracks"], json!(["inbound", "outbound"]));
+        let inbound = parsed(&writer.media(&[0xFF; 320]));
+        let outbound = parsed(&writer.take_pending().expect("the outbound track"));
+        assert_eq!(
+            (inbound["media"]["track"].as_str(), outbound["media"]["track"].as_str()),
+            (Some("inbound"), Some("outbound"))
+        );
+        assert_eq!(inbound["media"]["timestamp"], outbound["media"]["timestamp"]);
+        assert_eq!(BASE64.decode(outbound["media"]["payload"].as_str().unwrap()).unwrap().len(), 160);
+        assert!(writer.take_pending().is_none());
+        assert_eq!(parsed(&writer.media(&[0xFF; 320]))["media"]["timestamp"], "20");
     }
 
     fn writer() -> StreamWriter {

@@ -224,6 +224,11 @@ pub const CNG_FRAMES: Setting = per_call(
     Kind::Flag { default: false },
     "flag comfort-noise frames as CNG (`SFF_CNG`) so a leg with RFC 3389 comfort noise sends CN instead of the noise; off, every leg and recording hears the noise itself",
 );
+pub const FORK_PLAYBACK: Setting = per_call(
+    "fork-playback",
+    Kind::Flag { default: true },
+    "a fork (`uuid_wsbridge_fork`, `wsbridge_fork`) plays the server's audio into the channel, so the caller hears it; `false` makes forks listen only: server audio is counted and dropped",
+);
 pub const TLS_CA_FILE: Setting = per_call(
     "tls-ca-file",
     Kind::Text,
@@ -302,6 +307,33 @@ pub const DRAIN_CAUSE: Setting = module_only(
     "the cause new calls are refused with while draining; mod_sofia answers the first three with SIP 503, which a dispatcher retries on another node",
 );
 
+pub const LISTEN: Setting = module_only(
+    "listen",
+    Kind::Text,
+    "address:port of the listener for calls from the WebSocket side (e.g. `127.0.0.1:8089`); unset: no listener. Rebound by `reload mod_wsbridge`",
+);
+pub const LISTEN_TLS_CERT_FILE: Setting = module_only(
+    "listen-tls-cert-file",
+    Kind::Text,
+    "the listener's certificate chain (PEM): with the key, the listener speaks `wss`",
+);
+pub const LISTEN_TLS_KEY_FILE: Setting =
+    module_only("listen-tls-key-file", Kind::Text, "the private key (PEM) of `listen-tls-cert-file`");
+pub const LISTEN_TOKENS: Setting = module_only(
+    "listen-tokens",
+    Kind::Text,
+    "bearer tokens a client must present (`Authorization: Bearer <token>`), separated by spaces or commas; none: the listener stays off",
+);
+pub const LISTEN_CONTEXT: Setting = Setting {
+    default_text: Some("public"),
+    ..module_only("listen-context", Kind::Text, "the dialplan context calls from the WebSocket side land in")
+};
+pub const LISTEN_MAX_CALLS: Setting = module_only(
+    "listen-max-calls",
+    integer(100, 1, 100_000),
+    "most calls from the WebSocket side at once; beyond it upgrades get HTTP 503",
+);
+
 /// Every setting, in the order the README lists them.
 pub const TABLE: &[Setting] = &[
     PLAYOUT_MAX_MS,
@@ -324,6 +356,7 @@ pub const TABLE: &[Setting] = &[
     TWILIO_ACCOUNT_SID,
     UPLINK_FRAME_MS,
     CNG_FRAMES,
+    FORK_PLAYBACK,
     TLS_CA_FILE,
     TLS_PIN_SHA256,
     TLS_CERT_FILE,
@@ -339,6 +372,12 @@ pub const TABLE: &[Setting] = &[
     RUNTIME_THREADS,
     DRAIN,
     DRAIN_CAUSE,
+    LISTEN,
+    LISTEN_TLS_CERT_FILE,
+    LISTEN_TLS_KEY_FILE,
+    LISTEN_TOKENS,
+    LISTEN_CONTEXT,
+    LISTEN_MAX_CALLS,
 ];
 
 /// The row for a param name, if there is one.

@@ -8,10 +8,12 @@ use super::server::ContentType;
 use super::tuning::{parse_flag, Reader};
 use super::{by_param, CallTuning, Scope, Setting};
 use super::{
-    ALLOWED_HOSTS, ALLOW_SIP_HEADER_URI, DEBUG, DEFAULT_CONTENT_TYPE, DEFAULT_URI, DRAIN, DRAIN_CAUSE, MAX_CONNECTING,
+    ALLOWED_HOSTS, ALLOW_SIP_HEADER_URI, DEBUG, DEFAULT_CONTENT_TYPE, DEFAULT_URI, DRAIN, DRAIN_CAUSE, LISTEN,
+    LISTEN_CONTEXT, LISTEN_MAX_CALLS, LISTEN_TLS_CERT_FILE, LISTEN_TLS_KEY_FILE, LISTEN_TOKENS, MAX_CONNECTING,
     RUNTIME_THREADS,
 };
 use crate::cause::HangupCause;
+use crate::inbound::Tokens;
 use crate::security::HostPattern;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -33,6 +35,50 @@ pub struct ModuleConfig {
     pub drain: bool,
     /// What new calls are refused with while draining.
     pub drain_cause: HangupCause,
+    /// The listener for calls from the WebSocket side.
+    pub listener: ListenerConfig,
+}
+
+/// The listener for calls from the WebSocket side; read at load.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenerConfig {
+    /// None: no listener.
+    pub address: Option<std::net::SocketAddr>,
+    pub tls_cert_file: Option<String>,
+    pub tls_key_file: Option<String>,
+    pub tokens: Tokens,
+    pub context: String,
+    pub max_calls: usize,
+}
+
+impl Default for ListenerConfig {
+    fn default() -> Self {
+        ListenerConfig {
+            address: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tokens: Tokens::parse(""),
+            context: LISTEN_CONTEXT.default_shown(),
+            max_calls: LISTEN_MAX_CALLS.integer_default() as usize,
+        }
+    }
+}
+
+impl ListenerConfig {
+    /// Why the listener cannot start as configured; None when it can (or is off).
+    pub fn unusable(&self) -> Option<String> {
+        self.address?;
+        if self.tokens.is_empty() {
+            return Some(format!("param {} is set but {} is empty", LISTEN.param, LISTEN_TOKENS.param));
+        }
+        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+            return Some(format!(
+                "{} and {} must be set together",
+                LISTEN_TLS_CERT_FILE.param, LISTEN_TLS_KEY_FILE.param
+            ));
+        }
+        None
+    }
 }
 
 /// One per core, up to 4. One alone costs less CPU (see the README's benchmark),
@@ -55,6 +101,7 @@ impl Default for ModuleConfig {
             runtime_threads: default_runtime_threads(),
             drain: DRAIN.flag_default(),
             drain_cause: HangupCause::DRAIN_CHOICES[0],
+            listener: ListenerConfig::default(),
         }
     }
 }
@@ -125,6 +172,26 @@ impl ModuleConfig {
                     setting.default_shown()
                 )),
             },
+            _ if param == LISTEN.param => match value.parse() {
+                _ if value.is_empty() => self.listener.address = None,
+                Ok(address) => self.listener.address = Some(address),
+                Err(_) => problems.push(format!("param {param}='{value}' is not an address:port; no listener")),
+            },
+            _ if param == LISTEN_TLS_CERT_FILE.param => self.listener.tls_cert_file = Some(value).filter(|v| !v.is_empty()),
+            _ if param == LISTEN_TLS_KEY_FILE.param => self.listener.tls_key_file = Some(value).filter(|v| !v.is_empty()),
+            _ if param == LISTEN_TOKENS.param => self.listener.tokens = Tokens::parse(&value),
+            _ if param == LISTEN_CONTEXT.param => {
+                let valid = !value.is_empty()
+                    && value.len() <= 64
+                    && value.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
+                match valid {
+                    true => self.listener.context = value,
+                    false => problems.push(format!(
+                        "param {param}='{value}' is not a context name (A-Z, a-z, 0-9, _, - and .); using {}",
+                        setting.default_shown()
+                    )),
+                }
+            }
             _ if param == ALLOWED_HOSTS.param => match crate::security::parse_allowlist(&value) {
                 Ok(patterns) => {
                     self.allowed_hosts = patterns;
@@ -145,6 +212,7 @@ impl ModuleConfig {
                 match value {
                     Some(value) if param == MAX_CONNECTING.param => self.max_connecting = value as usize,
                     Some(value) if param == RUNTIME_THREADS.param => self.runtime_threads = value as usize,
+                    Some(value) if param == LISTEN_MAX_CALLS.param => self.listener.max_calls = value as usize,
                     _ => {}
                 }
             }
@@ -169,6 +237,13 @@ impl ModuleConfig {
             (RUNTIME_THREADS.param.to_string(), self.runtime_threads.to_string()),
             (DRAIN.param.to_string(), self.drain.to_string()),
             (DRAIN_CAUSE.param.to_string(), self.drain_cause.to_string()),
+            (LISTEN.param.to_string(), self.listener.address.map_or_else(String::new, |a| a.to_string())),
+            (LISTEN_TLS_CERT_FILE.param.to_string(), self.listener.tls_cert_file.clone().unwrap_or_default()),
+            (LISTEN_TLS_KEY_FILE.param.to_string(), self.listener.tls_key_file.clone().unwrap_or_default()),
+            // Never the tokens themselves.
+            (LISTEN_TOKENS.param.to_string(), format!("{} configured", self.listener.tokens.len())),
+            (LISTEN_CONTEXT.param.to_string(), self.listener.context.clone()),
+            (LISTEN_MAX_CALLS.param.to_string(), self.listener.max_calls.to_string()),
         ];
         lines.extend(self.per_call.iter().map(|(param, value)| (param.to_string(), value.clone())));
         lines
@@ -257,6 +332,42 @@ mod tests {
         assert!(problems[7].starts_with("param http-headers header name"), "{}", problems[7]);
         assert!(problems[8].starts_with("param drain='soon' is not true or false"), "{}", problems[8]);
         assert!(problems[9].starts_with("param drain-cause='NORMAL_CLEARING' is not one of"), "{}", problems[9]);
+    }
+
+    #[test]
+    fn listener_params_are_read_and_checked() {
+        let (config, problems) = ModuleConfig::from_params(&params(&[
+            ("listen", "127.0.0.1:8089"),
+            ("listen-tokens", "a, b"),
+            ("listen-context", "bots"),
+            ("listen-max-calls", "7"),
+        ]));
+        assert!(problems.is_empty(), "{problems:?}");
+        let listener = &config.listener;
+        assert_eq!(listener.address, Some("127.0.0.1:8089".parse().unwrap()));
+        assert!(listener.tokens.admits(Some("b")));
+        assert_eq!((listener.context.as_str(), listener.max_calls), ("bots", 7));
+        assert_eq!(listener.unusable(), None);
+        let shown = config.describe();
+        assert!(shown.contains(&("listen-tokens".to_string(), "2 configured".to_string())), "{shown:?}");
+
+        assert_eq!(ModuleConfig::default().listener.context, "public");
+        assert_eq!(ModuleConfig::default().listener.unusable(), None, "off is usable");
+        let (config, problems) = ModuleConfig::from_params(&params(&[
+            ("listen", "nowhere"),
+            ("listen-context", "a b"),
+            ("listen-max-calls", "0"),
+        ]));
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert_eq!(config.listener, ListenerConfig::default());
+        let (config, _) = ModuleConfig::from_params(&params(&[("listen", "127.0.0.1:1")]));
+        assert!(config.listener.unusable().unwrap().contains("listen-tokens"));
+        let (config, _) = ModuleConfig::from_params(&params(&[
+            ("listen", "127.0.0.1:1"),
+            ("listen-tokens", "t"),
+            ("listen-tls-cert-file", "/c"),
+        ]));
+        assert!(config.listener.unusable().unwrap().contains("together"));
     }
 
     #[test]

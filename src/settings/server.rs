@@ -309,11 +309,16 @@ impl CallSettings {
     /// `Wsbridge`: a space, then compact JSON, the header keys in order and
     /// `content-type` last. `Vonage`: the event and content type first.
     pub fn first_message(&self, style: FirstMessageStyle) -> String {
+        self.first_message_naming(style, &self.content_type.to_string())
+    }
+
+    /// The first message, naming `content_type` (a fork's may carry `;channels=2`).
+    pub fn first_message_naming(&self, style: FirstMessageStyle, content_type: &str) -> String {
         let reserved = |key: &str| {
             key.eq_ignore_ascii_case("content-type") || (style == FirstMessageStyle::Vonage && key == "event")
         };
         let mut message = Map::with_capacity(self.headers.len() + 2);
-        let content_type = Value::String(self.content_type.to_string());
+        let content_type = Value::String(content_type.to_string());
         if style == FirstMessageStyle::Vonage {
             message.insert("event".to_string(), Value::String("websocket:connected".into()));
             message.insert("content-type".to_string(), content_type.clone());

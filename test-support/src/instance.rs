@@ -103,6 +103,7 @@ fn config(
     log_level: &str,
 ) -> String {
     let log = dir.join("log").display().to_string();
+    let recordings = dir.join("recordings").display().to_string();
     let samples = inline_xml(&build.repo_file("dialplan/wsbridge.xml"));
     let wsbridge_conf = inline_xml(&build.repo_file("autoload_configs/wsbridge.conf.xml"));
     format!(
@@ -191,9 +192,69 @@ fn config(
           <action application="playback" data="tone_stream://%($1,0,1000)"/>
         </condition>
       </extension>
+      <!-- Calls from the WebSocket side (the listener's context in its tests). -->
+      <extension name="listener_tone">
+        <condition field="destination_number" expression="^listener_tone$">
+          <action application="answer"/>
+          <action application="set" data="RECORD_READ_ONLY=true"/>
+          <action application="record_session" data="{recordings}/listener_${{wsbridge_in_tag}}.wav"/>
+          <action application="playback" data="tone_stream://%(3000,0,1000)"/>
+          <action application="hangup"/>
+        </condition>
+      </extension>
+      <extension name="listener_hold">
+        <condition field="destination_number" expression="^listener_hold_(\d+)$">
+          <action application="answer"/>
+          <action application="playback" data="tone_stream://%($1,0,1000)"/>
+          <action application="hangup"/>
+        </condition>
+      </extension>
+      <extension name="listener_to_sip">
+        <condition field="destination_number" expression="^listener_sip_(\w+)$">
+          <action application="bridge" data="{{absolute_codec_string=PCMU}}sofia/test/listener_answer_$1@127.0.0.1:{sip_port}"/>
+        </condition>
+      </extension>
+      <extension name="listener_answer">
+        <condition field="destination_number" expression="^listener_answer_(\w+)$">
+          <action application="ring_ready"/>
+          <action application="sleep" data="300"/>
+          <action application="answer"/>
+          <action application="set" data="RECORD_READ_ONLY=true"/>
+          <action application="record_session" data="{recordings}/listener_sip_$1.wav"/>
+          <action application="playback" data="tone_stream://%(3000,0,1000)"/>
+          <action application="hangup"/>
+        </condition>
+      </extension>
       <extension name="sip_to_wsbridge">
         <condition field="destination_number" expression="^sip_to_wsbridge$">
           <action application="bridge" data="wsbridge"/>
+        </condition>
+      </extension>
+      <!-- fork tests: a caller's tone (fork_tone_N, or fork_tone_rec_N recording what it hears)
+           bridged to an agent's tone through loopback legs; fork_bridge_app_N forks from the dialplan -->
+      <extension name="fork_tone">
+        <condition field="destination_number" expression="^fork_tone_(\d+)$">
+          <action application="answer"/>
+          <action application="playback" data="tone_stream://%(600000,0,$1)"/>
+        </condition>
+      </extension>
+      <extension name="fork_tone_rec">
+        <condition field="destination_number" expression="^fork_tone_rec_(\d+)$">
+          <action application="answer"/>
+          <action application="set" data="RECORD_READ_ONLY=true"/>
+          <action application="record_session" data="${{fork_record}}"/>
+          <action application="playback" data="tone_stream://%(600000,0,$1)"/>
+        </condition>
+      </extension>
+      <extension name="fork_bridge">
+        <condition field="destination_number" expression="^fork_bridge_(\d+)$">
+          <action application="bridge" data="{{loopback_bowout=false}}loopback/fork_tone_$1/wsbridge-test"/>
+        </condition>
+      </extension>
+      <extension name="fork_bridge_app">
+        <condition field="destination_number" expression="^fork_bridge_app_(\d+)$">
+          <action application="wsbridge_fork" data="${{fork_args}}"/>
+          <action application="bridge" data="{{loopback_bowout=false}}loopback/fork_tone_$1/wsbridge-test"/>
         </condition>
       </extension>
     </context>

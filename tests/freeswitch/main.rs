@@ -58,8 +58,10 @@ use tests;
 mod audio;
 mod calls;
 mod drain;
+mod fork;
 mod g711;
 mod hostile;
+mod listener;
 mod media;
 mod operating;
 mod package;
@@ -162,7 +164,9 @@ fn main() {
     let mut tests = [
         calls::TESTS,
         drain::TESTS,
+        fork::TESTS,
         hostile::TESTS,
+        listener::TESTS,
         operating::TESTS,
         package::TESTS,
         media::TESTS,

@@ -1026,6 +1026,7 @@ fn accept_audiosocket(listener: &TcpListener) -> TcpStream {
             Ok((tcp, _)) => {
                 tcp.set_nonblocking(false).unwrap();
                 tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                let _ = tcp.set_nodelay(true);
                 return tcp;
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => {

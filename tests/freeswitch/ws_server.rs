@@ -40,6 +40,10 @@ impl Router {
         runtime().spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else { continue };
+                // As any real-time server should: without it, Nagle holds each small
+                // message until the module's ACK, and once a test server stops
+                // reading the uplink those ACKs are delayed ones (40 ms or more).
+                let _ = tcp.set_nodelay(true);
                 let routes = accept_routes.clone();
                 tokio::spawn(async move {
                     type Seen = (String, Option<String>, Vec<(String, String)>);
