@@ -2,9 +2,12 @@
 //! or (live) each after a random delay in order, places a mark every 5 s to
 //! time the downlink playout, and measures what it receives. Each connection
 //! keeps its own figures and merges them once, at its end, so the frame path
-//! takes no shared lock.
+//! takes no shared lock. Uplink jitter is timed by the kernel's receive
+//! timestamps (see stamped.rs); the server's own wake-up times are kept beside
+//! them, to show what the server's scheduling would have added.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,6 +24,8 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
+use crate::stamped::Stamped;
+
 pub const FRAME: Duration = Duration::from_millis(20);
 /// Arrivals before this frame are the call settling in; jitter counts from here.
 const WARM_UP_FRAMES: u64 = 5;
@@ -30,7 +35,7 @@ const TONE_CHECK_EVERY_FRAMES: u64 = 50;
 /// The live echo's delays: connection n draws from a generator seeded with this plus n.
 const DELAY_SEED: u64 = 0x5eed_0000;
 
-type Ws = WebSocketStream<TcpStream>;
+type Ws = WebSocketStream<Stamped>;
 
 /// G.711 μ-law's decoding (ITU-T G.711), to check the tone of a μ-law stream.
 fn mulaw_to_linear(byte: u8) -> i16 {
@@ -52,8 +57,12 @@ pub struct Tally {
     pub frames_per_call: Vec<u64>,
     pub wrong_size_frames: u64,
     pub echoed_frames: u64,
-    /// |arrival gap - 20 ms| of caller frames, µs.
+    /// |arrival gap - 20 ms| of caller frames by the kernel's receive timestamps, µs.
     pub jitter_us: Histogram<u64>,
+    /// The same by when the server's task read each frame, µs.
+    pub jitter_read_us: Histogram<u64>,
+    /// Frames that had no kernel timestamp, and were timed when read.
+    pub unstamped_frames: u64,
     /// From sending a mark after an echoed frame to hearing it was played, µs.
     pub mark_delay_us: Histogram<u64>,
     pub marks_sent: u64,
@@ -70,6 +79,8 @@ impl Tally {
             wrong_size_frames: 0,
             echoed_frames: 0,
             jitter_us: histogram(),
+            jitter_read_us: histogram(),
+            unstamped_frames: 0,
             mark_delay_us: histogram(),
             marks_sent: 0,
             marks_back: 0,
@@ -84,6 +95,8 @@ impl Tally {
         self.wrong_size_frames += call.wrong_size_frames;
         self.echoed_frames += call.echoed_frames;
         self.jitter_us.add(&call.jitter_us).expect("same bounds");
+        self.jitter_read_us.add(&call.jitter_read_us).expect("same bounds");
+        self.unstamped_frames += call.unstamped_frames;
         self.mark_delay_us.add(&call.mark_delay_us).expect("same bounds");
         self.marks_sent += call.marks_sent;
         self.marks_back += call.marks_back;
@@ -204,8 +217,7 @@ impl DelayedEchoes {
 }
 
 /// Answers the upgrade, naming the WSBRIDGE subprotocol when it is asked for.
-async fn handshake(tcp: TcpStream) -> Option<Ws> {
-    let _ = tcp.set_nodelay(true);
+async fn handshake(tcp: Stamped) -> Option<Ws> {
     tokio_tungstenite::accept_hdr_async(tcp, |request: &Request, mut response: Response| {
         if request.headers().contains_key("Sec-WebSocket-Protocol") {
             response.headers_mut().insert("Sec-WebSocket-Protocol", HeaderValue::from_static("WSBRIDGE"));
@@ -222,6 +234,9 @@ struct Connection {
     call: Tally,
     frames: u64,
     last_arrival: Option<Instant>,
+    /// The kernel's receive time of the latest read, ns since the epoch (0: none).
+    stamp: Arc<AtomicU64>,
+    last_stamp_ns: Option<u64>,
     /// Marks sent and not yet heard back: (frame they follow, when sent).
     marks: VecDeque<(u64, Instant)>,
     echoes: DelayedEchoes,
@@ -237,11 +252,22 @@ impl Connection {
         if data.len() != self.echo.frame_bytes {
             self.call.wrong_size_frames += 1;
         }
-        if let Some(previous) = self.last_arrival.filter(|_| self.frames > WARM_UP_FRAMES) {
-            let off = (arrival - previous).abs_diff(FRAME);
-            self.call.jitter_us.saturating_record(off.as_micros() as u64);
+        let read_gap = self.last_arrival.map(|previous| arrival - previous);
+        let stamp_ns = Some(self.stamp.load(Ordering::Relaxed)).filter(|ns| *ns != 0);
+        let stamp_gap =
+            stamp_ns.zip(self.last_stamp_ns).map(|(now, then)| Duration::from_nanos(now.saturating_sub(then)));
+        if self.frames > WARM_UP_FRAMES {
+            if let Some(gap) = read_gap {
+                self.call.jitter_read_us.saturating_record(gap.abs_diff(FRAME).as_micros() as u64);
+                if stamp_gap.is_none() {
+                    self.call.unstamped_frames += 1;
+                }
+                let gap = stamp_gap.unwrap_or(gap);
+                self.call.jitter_us.saturating_record(gap.abs_diff(FRAME).as_micros() as u64);
+            }
         }
         self.last_arrival = Some(arrival);
+        self.last_stamp_ns = stamp_ns;
         if self.frames % TONE_CHECK_EVERY_FRAMES == TONE_CHECK_EVERY_FRAMES / 2 {
             self.check_tone(&data);
         }
@@ -352,11 +378,18 @@ impl Connection {
 }
 
 async fn serve(tcp: TcpStream, echo: Echo, echoes: DelayedEchoes) -> Tally {
+    let _ = tcp.set_nodelay(true);
+    // One caller frame on the wire a read (the client's header: 2 + 2 + 4 bytes),
+    // so that a read's stamp is its frame's; Twilio's JSON frames vary, and are read as they come.
+    let read_cap = if echo.twilio { 64 * 1024 } else { echo.frame_bytes + 8 };
+    let (tcp, stamp) = Stamped::new(tcp, read_cap);
     let mut connection = Connection {
         echo,
         call: Tally::new(),
         frames: 0,
         last_arrival: None,
+        stamp,
+        last_stamp_ns: None,
         marks: VecDeque::new(),
         echoes,
         stream_sid: None,

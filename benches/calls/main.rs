@@ -9,18 +9,24 @@
 //! kind; `wsbridge-pcmu` carries the same μ-law in the native protocol, so
 //! the two differ by Twilio's JSON and base64 alone. `wsbridge-fork` streams
 //! the null endpoint's calls through listen-only forks (media bugs), for a
-//! fork's cost next to an endpoint call's.
+//! fork's cost next to an endpoint call's. `socket-floor` is no
+//! FreeSWITCH at all: a lean epoll loop of its own process sends the same
+//! frames over the same number of connections to the same server, the kernel's
+//! cost that any module must pay; the table sets `(wsbridge − null)` against it.
 //!
 //! Every run gets a fresh FreeSWITCH from a temporary loopback config, as the
 //! integration tests do. Prints one table, writes calls.csv, calls.md and
 //! calls.png. Options (after `--`): `--calls 50,200,500`, `--seconds 60`,
-//! `--rate 50` (call attempts per second), `--endpoints null,wsbridge,wsbridge-live,wsbridge-pcmu,wsbridge-twilio,wsbridge-fork`,
+//! `--rate 50` (call attempts per second),
+//! `--endpoints null,socket-floor,wsbridge,wsbridge-live,wsbridge-pcmu,wsbridge-twilio,wsbridge-fork`,
 //! `--out <dir>` (default target/calls-bench).
 
 #![allow(clippy::result_large_err)] // tungstenite's handshake callback type
 
 mod echo_server;
 mod report;
+mod socket_floor;
+mod stamped;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -30,6 +36,7 @@ use std::time::{Duration, Instant};
 
 use echo_server::{Echo, EchoServer};
 use report::{Media, Row};
+use socket_floor::SocketFloor;
 use test_support::instance::FreeSwitch;
 use test_support::{esl, proc_stats, BuildEnv};
 
@@ -47,6 +54,8 @@ const LIVE_MAX_DELAY_MS: u64 = 40;
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Endpoint {
     Null,
+    /// No FreeSWITCH: the same frames from a minimal epoll loop, the kernel's share.
+    SocketFloor,
     Wsbridge,
     /// wsbridge with a server that echoes each frame after a random 0–40 ms.
     WsbridgeLive,
@@ -61,8 +70,9 @@ enum Endpoint {
 }
 
 impl Endpoint {
-    const ALL: [Endpoint; 6] = [
+    const ALL: [Endpoint; 7] = [
         Endpoint::Null,
+        Endpoint::SocketFloor,
         Endpoint::Wsbridge,
         Endpoint::WsbridgeLive,
         Endpoint::WsbridgePcmu,
@@ -73,6 +83,7 @@ impl Endpoint {
     fn name(self) -> &'static str {
         match self {
             Endpoint::Null => "null",
+            Endpoint::SocketFloor => "socket-floor",
             Endpoint::Wsbridge => "wsbridge",
             Endpoint::WsbridgeLive => "wsbridge-live",
             Endpoint::WsbridgeTwilio => "wsbridge-twilio",
@@ -97,7 +108,7 @@ impl Endpoint {
         };
         match self {
             Endpoint::Null => None,
-            Endpoint::Wsbridge => Some(echo),
+            Endpoint::Wsbridge | Endpoint::SocketFloor => Some(echo),
             Endpoint::WsbridgeLive => Some(Echo { max_delay_ms: LIVE_MAX_DELAY_MS, ..echo }),
             // Twilio's 20 ms of μ-law at 8 kHz.
             Endpoint::WsbridgeTwilio => Some(Echo { frame_bytes: 160, rate: 8000, mulaw: true, twilio: true, ..echo }),
@@ -116,7 +127,8 @@ struct Options {
 }
 
 const USAGE: &str = "usage: cargo bench --bench calls -- [--calls 50,200,500] [--seconds 60] [--rate 50] \
-                     [--endpoints null,wsbridge,wsbridge-live,wsbridge-pcmu,wsbridge-twilio,wsbridge-fork] [--out target/calls-bench]";
+                     [--endpoints null,socket-floor,wsbridge,wsbridge-live,wsbridge-pcmu,wsbridge-twilio,wsbridge-fork] \
+                     [--out target/calls-bench]";
 
 fn parse_options() -> Result<Options, String> {
     let mut options = Options {
@@ -155,6 +167,8 @@ fn parse_options() -> Result<Options, String> {
 #[derive(Default)]
 struct CallEvents {
     originated: Option<Instant>,
+    /// When originate's `+OK` (its BACKGROUND_JOB) reached us.
+    originate_ok: Option<Instant>,
     /// When the CHANNEL_ANSWER event reached us. FreeSWITCH's own event
     /// timestamps move in 20 ms timer steps, too coarse for setup times.
     answered: Option<Instant>,
@@ -167,11 +181,19 @@ type Calls = Arc<Mutex<HashMap<String, CallEvents>>>;
 fn collect_events(mut esl: esl::Esl, prefix: String, calls: Calls, stop: Arc<AtomicBool>) {
     while !stop.load(Ordering::Relaxed) {
         let Some(event) = esl.next_event(Duration::from_secs(1)) else { continue };
-        let Some(uuid) = event.get("Unique-ID").filter(|uuid| uuid.starts_with(&prefix)) else { continue };
+        // originate's reply names the call's UUID after its +OK.
+        let job_uuid =
+            event.get("_body").and_then(|body| body.strip_prefix("+OK ")).map(|uuid| uuid.trim().to_string());
+        let uuid = match event.get("Event-Name").map(String::as_str) {
+            Some("BACKGROUND_JOB") => job_uuid.as_ref(),
+            _ => event.get("Unique-ID"),
+        };
+        let Some(uuid) = uuid.filter(|uuid| uuid.starts_with(&prefix)) else { continue };
         let mut calls = calls.lock().unwrap();
         let call = calls.entry(uuid.clone()).or_default();
         match event.get("Event-Name").map(String::as_str) {
             Some("CHANNEL_ANSWER") => call.answered = Some(Instant::now()),
+            Some("BACKGROUND_JOB") => call.originate_ok = Some(Instant::now()),
             Some("CHANNEL_HANGUP_COMPLETE") => call.hangup = Some(event),
             _ => {}
         }
@@ -247,6 +269,8 @@ struct Window {
     length: Duration,
     cpu_used_us: u64,
     runtime_cpu_us: u64,
+    /// Context switches of mod_wsbridge's runtime threads.
+    runtime_wakeups: u64,
     bench_cpu_used_us: u64,
     peak_rss_kib: u64,
     calls_up: usize,
@@ -264,7 +288,7 @@ impl Collector {
         let calls: Calls = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
         let mut esl = freeswitch.esl();
-        esl.subscribe("CHANNEL_ANSWER CHANNEL_HANGUP_COMPLETE");
+        esl.subscribe("CHANNEL_ANSWER CHANNEL_HANGUP_COMPLETE BACKGROUND_JOB");
         let (prefix, events, stopped) = (prefix.to_string(), calls.clone(), stop.clone());
         let thread = std::thread::spawn(move || collect_events(esl, prefix, events, stopped));
         Collector { calls, stop, thread }
@@ -278,6 +302,9 @@ impl Collector {
 }
 
 fn run(options: &Options, endpoint: Endpoint, calls: usize, run_number: u16, server: &tokio::runtime::Handle) -> Row {
+    if endpoint == Endpoint::SocketFloor {
+        return run_socket_floor(options, calls, server);
+    }
     let run = Run { options, endpoint, calls, prefix: format!("{:08x}-", 0xbe_0000 + run_number as u32) };
     let server = endpoint.echo().map(|echo| EchoServer::start(server, echo));
     let freeswitch = start_freeswitch(endpoint, run_number);
@@ -296,6 +323,23 @@ fn run(options: &Options, endpoint: Endpoint, calls: usize, run_number: u16, ser
     let media = server.map(|server| run.media(server, &events));
     let row = run.row(&events, &window, idle_rss_kib, media);
     run.print(&row, &window, &ramp, idle_rss_kib, &version);
+    // Why a call did not complete, for the few that do not.
+    for (uuid, call) in events.iter().filter(|(_, call)| {
+        call.hangup.as_ref().and_then(|h| h.get("Hangup-Cause")).is_none_or(|cause| cause != "NORMAL_CLEARING")
+    }) {
+        let hangup = call.hangup.as_ref();
+        let variable = |name: &str| hangup.and_then(|h| h.get(name)).map_or("-", String::as_str);
+        println!(
+            "{:>13} {:>4} calls: {uuid} not completed: answered {}, +OK {}, hangup cause {}, {} frames sent, {}",
+            "",
+            calls,
+            call.answered.is_some(),
+            call.originate_ok.is_some(),
+            variable("Hangup-Cause"),
+            variable("variable_wsbridge_frames_sent"),
+            variable("variable_wsbridge_close_reason"),
+        );
+    }
     row
 }
 
@@ -333,6 +377,7 @@ impl Run<'_> {
             let uuid = format!("{}0000-4000-8000-{call:012x}", self.prefix);
             let target = match self.endpoint {
                 Endpoint::Null => format!("{{origination_uuid={uuid},rate={RATE}}}null/bench"),
+                Endpoint::SocketFloor => unreachable!("the socket floor places no calls"),
                 Endpoint::Wsbridge | Endpoint::WsbridgeLive => {
                     let port = server.unwrap().port;
                     format!("{{origination_uuid={uuid}}}wsbridge/ws://127.0.0.1:{port}/bench/{call}")
@@ -386,15 +431,18 @@ impl Run<'_> {
         std::thread::sleep(window_start - Instant::now());
         let cpu_before = proc_stats::cpu_us(pid);
         let runtime_cpu_before = proc_stats::threads_cpu_us(pid, "wsbridge");
+        let runtime_wakeups_before = proc_stats::threads_context_switches(pid, "wsbridge");
         let bench_cpu_before = proc_stats::cpu_us("self");
         let measured_from = Instant::now();
         let peak_rss_kib = peak_rss_kib_until(pid, window_end);
         let cpu_used_us = proc_stats::cpu_us(pid) - cpu_before;
         let runtime_cpu_us = proc_stats::threads_cpu_us(pid, "wsbridge") - runtime_cpu_before;
+        let runtime_wakeups =
+            proc_stats::threads_context_switches(pid, "wsbridge").saturating_sub(runtime_wakeups_before);
         let length = measured_from.elapsed();
         let bench_cpu_used_us = proc_stats::cpu_us("self") - bench_cpu_before;
         let calls_up = self.calls - count(events, |c| c.hangup.is_some());
-        Window { length, cpu_used_us, runtime_cpu_us, bench_cpu_used_us, peak_rss_kib, calls_up }
+        Window { length, cpu_used_us, runtime_cpu_us, runtime_wakeups, bench_cpu_used_us, peak_rss_kib, calls_up }
     }
 
     /// Waits for the answered calls to hang up, stops the event collector and
@@ -446,6 +494,8 @@ impl Run<'_> {
             jitter_p50_ms: ms(tally.jitter_us.value_at_quantile(0.5)),
             jitter_p99_ms: ms(tally.jitter_us.value_at_quantile(0.99)),
             jitter_max_ms: ms(tally.jitter_us.max()),
+            jitter_read_p99_ms: ms(tally.jitter_read_us.value_at_quantile(0.99)),
+            unstamped_frames: tally.unstamped_frames,
             frames_echoed: tally.echoed_frames,
             frames_played: variable_sum(events, &self.figure("wsbridge_frames_played")),
             underruns,
@@ -482,16 +532,26 @@ impl Run<'_> {
             .values()
             .filter_map(|call| Some(call.answered?.saturating_duration_since(call.originated?).as_micros() as u64))
             .collect();
+        let mut setup_ok_us: Vec<u64> = events
+            .values()
+            .filter_map(|call| Some(call.originate_ok?.saturating_duration_since(call.originated?).as_micros() as u64))
+            .collect();
+        let call_seconds = self.calls as f64 * window.length.as_secs_f64();
         let calls = self.calls as f64;
         Row {
             endpoint: self.endpoint.name(),
             calls: self.calls,
             completed,
-            cpu_us_per_call_second: window.cpu_used_us as f64 / (calls * window.length.as_secs_f64()),
+            cpu_us_per_call_second: window.cpu_used_us as f64 / call_seconds,
             cpu_ratio_to_null: None,
+            over_floor: None,
+            wakeups_per_call_second: (self.endpoint != Endpoint::Null)
+                .then(|| window.runtime_wakeups as f64 / call_seconds),
             rss_kib_per_call: window.peak_rss_kib.saturating_sub(idle_rss_kib) as f64 / calls,
             setup_p50_ms: percentile_ms(&mut setup_us, 0.5),
             setup_p99_ms: percentile_ms(&mut setup_us, 0.99),
+            setup_ok_p50_ms: percentile_ms(&mut setup_ok_us, 0.5),
+            setup_ok_p99_ms: percentile_ms(&mut setup_ok_us, 0.99),
             bench_cpu_percent: window.bench_cpu_used_us as f64 / window.length.as_micros() as f64 * 100.0,
             media,
         }
@@ -501,8 +561,8 @@ impl Run<'_> {
     fn print(&self, row: &Row, window: &Window, ramp: &Ramp, idle_rss_kib: u64, version: &str) {
         println!(
             "{:>13} {:>4} calls: {} completed, {} up through a {:.1} s window, ramp {:.1} s; \
-             FreeSWITCH used {:.2} CPU-s ({:.2} in mod_wsbridge's runtime threads), RSS {idle_rss_kib} -> {} KiB \
-             ({version})",
+             FreeSWITCH used {:.2} CPU-s ({:.2} in mod_wsbridge's runtime threads, {} context switches), \
+             RSS {idle_rss_kib} -> {} KiB ({version})",
             self.endpoint.name(),
             self.calls,
             row.completed,
@@ -511,6 +571,7 @@ impl Run<'_> {
             ramp.took.as_secs_f64(),
             window.cpu_used_us as f64 / 1e6,
             window.runtime_cpu_us as f64 / 1e6,
+            window.runtime_wakeups,
             window.peak_rss_kib,
         );
         if let Some(media) = &row.media {
@@ -534,6 +595,11 @@ impl Run<'_> {
 }
 
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some(socket_floor::CHILD_ARGUMENT) {
+        socket_floor::child_main(&args[2..]);
+        return;
+    }
     let missing = env!("WSBRIDGE_FS_MISSING");
     if !missing.is_empty() {
         println!("SKIPPED: the calls benchmark needs FreeSWITCH, and {missing}");
@@ -561,12 +627,30 @@ fn main() {
     }
     let floors: HashMap<usize, f64> =
         rows.iter().filter(|row| row.endpoint == "null").map(|row| (row.calls, row.cpu_us_per_call_second)).collect();
+    let socket_floors: HashMap<usize, f64> = rows
+        .iter()
+        .filter(|row| row.endpoint == "socket-floor")
+        .map(|row| (row.calls, row.cpu_us_per_call_second))
+        .collect();
     for row in rows.iter_mut() {
         row.cpu_ratio_to_null = floors.get(&row.calls).map(|floor| row.cpu_us_per_call_second / floor);
+        // The floor carries 640-byte L16 frames: wsbridge's and wsbridge-live's traffic.
+        if row.endpoint == "wsbridge" || row.endpoint == "wsbridge-live" {
+            row.over_floor = floors
+                .get(&row.calls)
+                .zip(socket_floors.get(&row.calls))
+                .map(|(null, socket)| (row.cpu_us_per_call_second - null) / socket);
+        }
     }
 
     let table = report::table(&rows);
-    println!("\n{} s per call, {} call attempts per second, {} cores\n", options.seconds, options.rate, cores());
+    println!(
+        "\n{} s per call, {} call attempts per second, {} cores; the echo server's two threads are not pinned \
+         (the cores are shared with FreeSWITCH), so uplink jitter is timed by the kernel's receive timestamps\n",
+        options.seconds,
+        options.rate,
+        cores()
+    );
     println!("{table}");
     std::fs::create_dir_all(&options.out).expect("creating the output directory");
     let write = |name: &str, text: &str| {
@@ -585,4 +669,91 @@ fn main() {
 
 fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// One 20 ms frame of the 1 kHz tone at 16 kHz, L16 little-endian, as FreeSWITCH's tone_stream makes it.
+fn tone_frame() -> Vec<u8> {
+    (0..FRAME_BYTES / 2)
+        .flat_map(|n| {
+            let phase = 2.0 * std::f64::consts::PI * TONE_HZ * n as f64 / RATE as f64;
+            ((phase.sin() * 8000.0) as i16).to_le_bytes()
+        })
+        .collect()
+}
+
+/// The `socket-floor` row: the same connections and frames from the floor's own
+/// process, its CPU and context switches read from /proc over the same window.
+fn run_socket_floor(options: &Options, calls: usize, server: &tokio::runtime::Handle) -> Row {
+    let server = EchoServer::start(server, Endpoint::SocketFloor.echo().unwrap());
+    let floor = SocketFloor::start(server.port, calls, options.seconds, &tone_frame());
+    let pid = floor.pid;
+    let window_start = floor.ready + Duration::from_secs(2);
+    let window_end = floor.ready + Duration::from_secs(options.seconds) - Duration::from_secs(2);
+    assert!(window_end > window_start + Duration::from_secs(5), "raise --seconds");
+    std::thread::sleep(window_start.saturating_duration_since(Instant::now()));
+    let cpu_before = proc_stats::cpu_us(pid);
+    let wakeups_before = proc_stats::context_switches(pid);
+    let bench_cpu_before = proc_stats::cpu_us("self");
+    let measured_from = Instant::now();
+    let peak_rss_kib = peak_rss_kib_until(pid, window_end);
+    let cpu_used_us = proc_stats::cpu_us(pid) - cpu_before;
+    let wakeups = proc_stats::context_switches(pid) - wakeups_before;
+    let length = measured_from.elapsed();
+    let bench_cpu_used_us = proc_stats::cpu_us("self") - bench_cpu_before;
+    let (sent, short_sends) = floor.finish();
+    std::thread::sleep(Duration::from_millis(500));
+    let tally = server.finish();
+
+    let per_call = options.seconds * FRAMES_PER_SECOND;
+    let mut frames_per_call = tally.frames_per_call.clone();
+    frames_per_call.resize(calls.max(frames_per_call.len()), 0);
+    let media = Media {
+        frames_expected: per_call * calls as u64,
+        frames_sent: sent,
+        frames_received: tally.frames_per_call.iter().sum(),
+        frames_lost: frames_per_call.iter().map(|frames| per_call.saturating_sub(*frames)).sum(),
+        jitter_p50_ms: ms(tally.jitter_us.value_at_quantile(0.5)),
+        jitter_p99_ms: ms(tally.jitter_us.value_at_quantile(0.99)),
+        jitter_max_ms: ms(tally.jitter_us.max()),
+        jitter_read_p99_ms: ms(tally.jitter_read_us.value_at_quantile(0.99)),
+        unstamped_frames: tally.unstamped_frames,
+        frames_echoed: tally.echoed_frames,
+        marks_sent: tally.marks_sent,
+        tone_checked: tally.tone_checked,
+        tone_found: tally.tone_found,
+        mark_delay_mean_ms: f64::NAN,
+        mark_delay_p50_ms: f64::NAN,
+        mark_delay_p99_ms: f64::NAN,
+        gaps_per_call_minute: f64::NAN,
+        playout_target_mean_ms: f64::NAN,
+        ..Media::default()
+    };
+    let call_seconds = calls as f64 * length.as_secs_f64();
+    println!(
+        "{:>13} {:>4} calls: {} connections, {sent} frames sent ({short_sends} short sends), {} received by the \
+         server; used {:.2} CPU-s and {wakeups} context switches through a {:.1} s window, peak RSS {peak_rss_kib} KiB",
+        "socket-floor",
+        calls,
+        tally.connections,
+        media.frames_received,
+        cpu_used_us as f64 / 1e6,
+        length.as_secs_f64(),
+    );
+    Row {
+        endpoint: "socket-floor",
+        calls,
+        completed: tally.connections as usize,
+        cpu_us_per_call_second: cpu_used_us as f64 / call_seconds,
+        cpu_ratio_to_null: None,
+        over_floor: None,
+        wakeups_per_call_second: Some(wakeups as f64 / call_seconds),
+        // The floor's process is the whole benchmark binary; its memory says nothing of a module's.
+        rss_kib_per_call: f64::NAN,
+        setup_p50_ms: f64::NAN,
+        setup_p99_ms: f64::NAN,
+        setup_ok_p50_ms: f64::NAN,
+        setup_ok_p99_ms: f64::NAN,
+        bench_cpu_percent: bench_cpu_used_us as f64 / length.as_micros() as f64 * 100.0,
+        media: Some(media),
+    }
 }

@@ -15,9 +15,19 @@ pub struct Row {
     pub cpu_us_per_call_second: f64,
     /// Against the null endpoint at the same number of calls.
     pub cpu_ratio_to_null: Option<f64>,
+    /// `(this − null) / socket-floor` at the same number of calls: what the
+    /// row costs over FreeSWITCH's floor, in units of the kernel's share.
+    pub over_floor: Option<f64>,
+    /// Context switches per call-second of mod_wsbridge's runtime threads
+    /// (the floor's process for `socket-floor`): how often they woke.
+    pub wakeups_per_call_second: Option<f64>,
     pub rss_kib_per_call: f64,
+    /// From originate to the CHANNEL_ANSWER event.
     pub setup_p50_ms: f64,
     pub setup_p99_ms: f64,
+    /// From originate to its `+OK` reply.
+    pub setup_ok_p50_ms: f64,
+    pub setup_ok_p99_ms: f64,
     /// CPU the benchmark itself used (echo server, event socket), percent of one core.
     pub bench_cpu_percent: f64,
     pub media: Option<Media>,
@@ -37,6 +47,10 @@ pub struct Media {
     pub jitter_p50_ms: f64,
     pub jitter_p99_ms: f64,
     pub jitter_max_ms: f64,
+    /// p99 of the same gaps timed when the server read each frame: what its own scheduling adds.
+    pub jitter_read_p99_ms: f64,
+    /// Caller frames without a kernel timestamp, timed when read instead.
+    pub unstamped_frames: u64,
     pub frames_echoed: u64,
     pub frames_played: u64,
     /// Times a call's playout ran dry after it had started playing, summed over calls.
@@ -82,29 +96,38 @@ fn playout_cells(media: Option<&Media>) -> String {
 pub fn table(rows: &[Row]) -> String {
     let mut out = String::new();
     out.push_str(
-        "| endpoint | calls | completed | FS CPU µs per call-second | × null | RSS KiB per call | \
+        "| endpoint | calls | completed | FS CPU µs per call-second | × null | (− null) / socket floor | \
+         runtime wake-ups per call-second | RSS KiB per call | \
          caller frames expected / received / lost | server frames echoed / played | \
-         uplink jitter p50 / p99 / max ms | setup p50 / p99 ms | playout delay p50 / p99 ms | \
+         uplink jitter p50 / p99 / max ms (kernel stamps) | uplink jitter p99 ms by server reads | setup to answer p50 / p99 ms | setup to +OK p50 / p99 ms | \
+         playout delay p50 / p99 ms | \
          playout latency mean ms | gaps per call-minute | concealed frames | drift-dropped frames | \
          final target mean ms | bench process CPU |\n",
     );
-    out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    out.push_str(
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
     for row in rows {
         let media = row.media.as_ref();
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {:.0} | {} | {:.0} | {} | {} | {} | {:.1} / {:.1} | {} | {} | {:.0}% |",
+            "| {} | {} | {} | {:.0} | {} | {} | {} | {:.0} | {} | {} | {} | {} | {:.1} / {:.1} | {:.1} / {:.1} | {} | {} | {:.0}% |",
             row.endpoint,
             row.calls,
             row.completed,
             row.cpu_us_per_call_second,
             or_dash(row.cpu_ratio_to_null.map(|r| format!("{r:.2}"))),
+            or_dash(row.over_floor.map(|r| format!("{r:.2}"))),
+            or_dash(row.wakeups_per_call_second.map(|w| format!("{w:.1}"))),
             row.rss_kib_per_call,
             or_dash(media.map(|m| format!("{} / {} / {}", m.frames_expected, m.frames_received, m.frames_lost))),
             or_dash(media.map(|m| format!("{} / {}", m.frames_echoed, m.frames_played))),
             or_dash(media.map(|m| format!("{:.2} / {:.2} / {:.1}", m.jitter_p50_ms, m.jitter_p99_ms, m.jitter_max_ms))),
+            or_dash(media.map(|m| format!("{:.2}", m.jitter_read_p99_ms))),
             row.setup_p50_ms,
             row.setup_p99_ms,
+            row.setup_ok_p50_ms,
+            row.setup_ok_p99_ms,
             or_dash(media.map(|m| format!("{:.1} / {:.1}", m.mark_delay_p50_ms, m.mark_delay_p99_ms))),
             playout_cells(media),
             row.bench_cpu_percent,
@@ -115,31 +138,36 @@ pub fn table(rows: &[Row]) -> String {
 
 pub fn csv(rows: &[Row]) -> String {
     let mut out = String::from(
-        "endpoint,calls,completed,cpu_us_per_call_second,cpu_ratio_to_null,rss_kib_per_call,setup_p50_ms,setup_p99_ms,\
+        "endpoint,calls,completed,cpu_us_per_call_second,cpu_ratio_to_null,over_socket_floor,\
+         wakeups_per_call_second,rss_kib_per_call,setup_p50_ms,setup_p99_ms,setup_ok_p50_ms,setup_ok_p99_ms,\
          bench_cpu_percent,frames_expected,frames_sent,frames_received,frames_lost,frames_dropped_by_module,\
          jitter_p50_ms,jitter_p99_ms,jitter_max_ms,frames_echoed,frames_played,underruns,mark_delay_p50_ms,\
          mark_delay_p99_ms,marks_sent,marks_back,tone_checked,tone_found,gaps_per_call_minute,concealed_frames,\
-         drift_dropped_frames,mark_delay_mean_ms,playout_target_mean_ms\n",
+         drift_dropped_frames,mark_delay_mean_ms,playout_target_mean_ms,jitter_read_p99_ms,unstamped_frames\n",
     );
     for row in rows {
         let _ = write!(
             out,
-            "{},{},{},{:.1},{},{:.1},{:.2},{:.2},{:.1}",
+            "{},{},{},{:.1},{},{},{},{:.1},{:.2},{:.2},{:.2},{:.2},{:.1}",
             row.endpoint,
             row.calls,
             row.completed,
             row.cpu_us_per_call_second,
             row.cpu_ratio_to_null.map(|r| format!("{r:.3}")).unwrap_or_default(),
+            row.over_floor.map(|r| format!("{r:.3}")).unwrap_or_default(),
+            row.wakeups_per_call_second.map(|w| format!("{w:.2}")).unwrap_or_default(),
             row.rss_kib_per_call,
             row.setup_p50_ms,
             row.setup_p99_ms,
+            row.setup_ok_p50_ms,
+            row.setup_ok_p99_ms,
             row.bench_cpu_percent,
         );
         match &row.media {
             Some(m) => {
                 let _ = writeln!(
                     out,
-                    ",{},{},{},{},{},{:.3},{:.3},{:.3},{},{},{},{:.2},{:.2},{},{},{},{},{:.3},{},{},{:.2},{:.1}",
+                    ",{},{},{},{},{},{:.3},{:.3},{:.3},{},{},{},{:.2},{:.2},{},{},{},{},{:.3},{},{},{:.2},{:.1},{:.3},{}",
                     m.frames_expected,
                     m.frames_sent,
                     m.frames_received,
@@ -162,10 +190,12 @@ pub fn csv(rows: &[Row]) -> String {
                     m.drift_dropped_frames,
                     m.mark_delay_mean_ms,
                     m.playout_target_mean_ms,
+                    m.jitter_read_p99_ms,
+                    m.unstamped_frames,
                 );
             }
-            // 22 empty media columns.
-            None => out.push_str(&format!("{}\n", ",".repeat(22))),
+            // 24 empty media columns.
+            None => out.push_str(&format!("{}\n", ",".repeat(24))),
         }
     }
     out
@@ -256,6 +286,7 @@ fn points(rows: &[Row], endpoint: &str, value: &dyn Fn(&Row) -> Option<f64>) -> 
 fn endpoint_style(endpoint: &str) -> (&'static str, RGBColor) {
     match endpoint {
         "null" => ("null endpoint (floor)", BLUE),
+        "socket-floor" => ("socket floor (epoll loop)", GREEN),
         "wsbridge" => ("wsbridge", RED),
         "wsbridge-live" => ("wsbridge-live", RGBColor(230, 140, 0)),
         _ => ("other", BLACK),

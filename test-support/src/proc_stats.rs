@@ -32,3 +32,25 @@ pub fn threads_cpu_us(pid: impl std::fmt::Display, name: &str) -> u64 {
         .map(|task| cpu_us(format!("{pid}/task/{}", task.file_name().to_string_lossy())))
         .sum()
 }
+
+/// Voluntary plus involuntary context switches of one task (`pid` or
+/// `pid/task/tid`): how often it was put to sleep or preempted, so about
+/// how often it woke. /proc/<pid>/status counts the main thread alone.
+pub fn context_switches(task: impl std::fmt::Display) -> u64 {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{task}/status")) else { return 0 };
+    status
+        .lines()
+        .filter(|l| l.starts_with("voluntary_ctxt_switches:") || l.starts_with("nonvoluntary_ctxt_switches:"))
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Context switches of the process's live threads named `name`, summed.
+pub fn threads_context_switches(pid: impl std::fmt::Display, name: &str) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
+    tasks
+        .filter_map(|task| task.ok())
+        .filter(|task| std::fs::read_to_string(task.path().join("comm")).is_ok_and(|comm| comm.trim_end() == name))
+        .map(|task| context_switches(format!("{pid}/task/{}", task.file_name().to_string_lossy())))
+        .sum()
+}
