@@ -362,6 +362,25 @@ impl CallMedia {
         report
     }
 
+    /// The call's figures as `wsbridge list` shows them; `age` since it began.
+    pub fn snapshot(&self, uuid: &str, uri: &str, age: Duration) -> crate::command::CallSnapshot {
+        let (target_ms, jitter_ms) = self.jitter_now();
+        crate::command::CallSnapshot {
+            uuid: uuid.to_string(),
+            uri: uri.to_string(),
+            state: self.state(),
+            frames_sent: self.stats.frames_sent.load(Ordering::Relaxed),
+            frames_received: self.stats.frames_received.load(Ordering::Relaxed),
+            buffered_ms: self.buffered_playout().as_millis() as u64,
+            underruns: self.underruns(),
+            dropped: self.dropped_uplink_frames(),
+            age_s: age.as_secs_f64(),
+            target_ms: target_ms.round() as u64,
+            jitter_ms: jitter_ms.round() as u64,
+            fork: None,
+        }
+    }
+
     pub fn is_caller_gone(&self) -> bool {
         self.caller_gone.is_cancelled()
     }

@@ -24,7 +24,7 @@ use crate::poll_watch::Watched;
 use crate::reframe::Reframer;
 use crate::session::{self, CallControl, CallEvent};
 use crate::settings::CallTuning;
-use crate::settings::{Encoding, VariableSource, FRAME_MS};
+use crate::settings::{ContentType, Encoding, VariableSource, FRAME_MS};
 use crate::uplink::PushOutcome;
 use std::net::SocketAddr;
 
@@ -88,8 +88,21 @@ fn plan(request: &Outgoing<'_>) -> Result<CallPlan, HangupCause> {
     })
 }
 
-/// The server's G.711, decoded by FreeSWITCH's own codec for the playout.
-struct FreeSwitchDecoder(Codec);
+/// The server's G.711, decoded by FreeSWITCH's own codec for the playout
+/// (a call's, or a fork's).
+pub(super) struct FreeSwitchDecoder(Codec);
+
+impl FreeSwitchDecoder {
+    /// The decoder a wire format needs: none for L16.
+    pub(super) fn for_wire(format: ContentType) -> Result<Option<Box<dyn WireDecoder>>, String> {
+        Ok(match format.encoding {
+            Encoding::L16 => None,
+            encoding => {
+                Some(Box::new(FreeSwitchDecoder(Codec::standalone(encoding.codec_name(), format.rate, FRAME_MS)?)))
+            }
+        })
+    }
+}
 
 impl WireDecoder for FreeSwitchDecoder {
     fn decode(&self, wire: &[u8], linear: &mut Vec<u8>) {
@@ -108,12 +121,7 @@ impl WsbridgeCall {
         let format = plan.server.content_type;
         let read_codec = Codec::l16(session, format.rate, FRAME_MS)?;
         let write_codec = Codec::named(session, format.encoding.codec_name(), format.rate, FRAME_MS)?;
-        let wire_decoder: Option<Box<dyn WireDecoder>> = match format.encoding {
-            Encoding::L16 => None,
-            encoding => {
-                Some(Box::new(FreeSwitchDecoder(Codec::standalone(encoding.codec_name(), format.rate, FRAME_MS)?)))
-            }
-        };
+        let wire_decoder = FreeSwitchDecoder::for_wire(format)?;
         let timer = Timer::soft(session, FRAME_MS, format.samples_per_frame() as u32)?;
         session.use_codecs(&read_codec, &write_codec);
         let media = CallMedia::new(format, plan.tuning.media, wire_decoder);

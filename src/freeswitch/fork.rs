@@ -14,19 +14,20 @@ use std::time::Instant;
 use bytes::Bytes;
 use tracing::Instrument;
 
+use super::endpoint::FreeSwitchDecoder;
 use super::ffi::{
-    self, ApiCommand, Application, CauseCode, Channel, Codec, LocatedSession, MediaBugHandler, Resampler, Session,
+    self, ApiCommand, Application, CauseCode, Channel, LocatedSession, MediaBugHandler, Resampler, Session,
 };
 use super::{config_store, drain, events, runtime};
 use crate::call_plan::admit;
 use crate::cause::HangupCause;
 use crate::command::CallSnapshot;
 use crate::fork::{self, Combiner, ForkAction, ForkMode, ForkPlan, StartRequest};
-use crate::media::{CallMedia, WireDecoder};
+use crate::media::CallMedia;
 use crate::poll_watch::Watched;
 use crate::reframe::Reframer;
 use crate::session::{self, CallControl, CallEvent, SessionEnd};
-use crate::settings::{ContentType, Encoding, FRAME_MS};
+use crate::settings::{ContentType, Encoding};
 use crate::uplink::PushOutcome;
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -180,25 +181,12 @@ impl Fork {
     }
 
     fn snapshot(&self) -> CallSnapshot {
-        let (target_ms, jitter_ms) = self.media.jitter_now();
-        let state = match (self.paused.load(Ordering::Relaxed), self.media.state()) {
-            (true, "open") => "paused",
-            (_, state) => state,
-        };
-        CallSnapshot {
-            uuid: self.uuid.clone(),
-            uri: self.shown_uri.clone(),
-            state,
-            frames_sent: self.media.stats.frames_sent.load(Ordering::Relaxed),
-            frames_received: self.media.stats.frames_received.load(Ordering::Relaxed),
-            buffered_ms: self.media.buffered_playout().as_millis() as u64,
-            underruns: self.media.underruns(),
-            dropped: self.media.dropped_uplink_frames(),
-            age_s: self.started.elapsed().as_secs_f64(),
-            target_ms: target_ms.round() as u64,
-            jitter_ms: jitter_ms.round() as u64,
-            fork: Some(self.name.clone()),
+        let mut snapshot = self.media.snapshot(&self.uuid, &self.shown_uri, self.started.elapsed());
+        if self.paused.load(Ordering::Relaxed) && snapshot.state == "open" {
+            snapshot.state = "paused";
         }
+        snapshot.fork = Some(self.name.clone());
+        snapshot
     }
 }
 
@@ -279,17 +267,6 @@ impl MediaBugHandler for Fork {
     }
 }
 
-/// The server's G.711 (a Twilio fork's), decoded by FreeSWITCH's codec for playback.
-struct FreeSwitchDecoder(Codec);
-
-impl WireDecoder for FreeSwitchDecoder {
-    fn decode(&self, wire: &[u8], linear: &mut Vec<u8>) {
-        let mut samples = Vec::with_capacity(wire.len());
-        self.0.decode(wire, &mut samples);
-        linear.extend(samples.iter().flat_map(|sample| sample.to_le_bytes()));
-    }
-}
-
 /// How a fork's task acts on its call: by UUID, and never hanging it up
 /// unless the server sends the `hangup` action.
 struct ForkControl {
@@ -350,12 +327,10 @@ fn start(session: Session<'_>, name: &str, request: StartRequest) -> String {
     };
     let ForkPlan { call, mode, playback, layout } = plan;
     let wire = call.server.content_type;
-    let decoder: Option<Box<dyn WireDecoder>> = match wire.encoding {
-        Encoding::L16 => None,
-        encoding => match Codec::standalone(encoding.codec_name(), wire.rate, FRAME_MS) {
-            Ok(codec) => Some(Box::new(FreeSwitchDecoder(codec))),
-            Err(why) => return format!("-ERR {why}\n"),
-        },
+    // A Twilio fork's G.711 is decoded as a call's is.
+    let decoder = match FreeSwitchDecoder::for_wire(wire) {
+        Ok(decoder) => decoder,
+        Err(why) => return format!("-ERR {why}\n"),
     };
     let media = Arc::new(CallMedia::new(wire, call.tuning.media, decoder));
     if !playback {

@@ -73,22 +73,5 @@ pub fn totals() -> Totals {
 }
 
 pub fn snapshots() -> Vec<CallSnapshot> {
-    calls()
-        .iter()
-        .map(|(uuid, call)| (uuid, call, call.media.jitter_now()))
-        .map(|(uuid, call, (target_ms, jitter_ms))| CallSnapshot {
-            uuid: uuid.clone(),
-            uri: call.uri.clone(),
-            state: call.media.state(),
-            frames_sent: call.media.stats.frames_sent.load(Ordering::Relaxed),
-            frames_received: call.media.stats.frames_received.load(Ordering::Relaxed),
-            buffered_ms: call.media.buffered_playout().as_millis() as u64,
-            underruns: call.media.underruns(),
-            dropped: call.media.dropped_uplink_frames(),
-            age_s: call.started.elapsed().as_secs_f64(),
-            target_ms: target_ms.round() as u64,
-            jitter_ms: jitter_ms.round() as u64,
-            fork: None,
-        })
-        .collect()
+    calls().iter().map(|(uuid, call)| call.media.snapshot(uuid, &call.uri, call.started.elapsed())).collect()
 }
