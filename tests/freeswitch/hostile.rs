@@ -25,7 +25,7 @@ crate::tests! {
     hostile::tcp_reset_mid_call,
     hostile::half_close,
     hostile::text_and_ping_floods,
-    hostile::thousand_calls_churn,
+    hostile::thousand_calls_churn (alone),
     wss_with_a_private_ca,
 }
 

@@ -22,7 +22,7 @@ use test_support::proc_stats;
 
 crate::tests! {
     listener::calls (runs 30 s),
-    listener::load (runs 40 s),
+    listener::load (runs 40 s, alone),
 }
 
 const TOKEN: &str = "listener-test-token";

@@ -10,10 +10,23 @@
 struct Test {
     name: &'static str,
     body: fn(),
+    shape: Shape,
+}
+
+#[derive(Clone, Copy)]
+struct Shape {
     /// About how long the test runs, where that is long enough to matter:
     /// such tests start first, longest first, so that the rest run beside
     /// them. The others start in the order they are declared.
     runs_seconds: u32,
+    /// The test loads the machine with a hundred calls or more, so it runs
+    /// with no other test beside it: their timing and frame counts would
+    /// otherwise be judged on a saturated machine, and the test's own
+    /// senders stalled.
+    alone: bool,
+    /// The test judges nothing that load could upset, so it also runs
+    /// beside a test that runs alone (which would otherwise wait for it).
+    beside_load: bool,
 }
 
 /// Declares the tests of one file as its `TESTS`, which `main` runs:
@@ -22,6 +35,8 @@ struct Test {
 /// crate::tests! {
 ///     hostile::half_close,                        // runs as hostile_half_close
 ///     hostile::deaf_for_a_minute (runs 60 s),     // started ahead of the rest
+///     fork::load_100_calls (runs 60 s, alone),    // with no other test beside it
+///     media::ten_minute_burst (runs 600 s, beside load), // even beside those
 ///     wss_with_a_private_ca,                      // runs as wss_with_a_private_ca
 /// }
 /// ```
@@ -29,28 +44,30 @@ struct Test {
 /// Each entry names a function of that file; a `prefix::` before it is
 /// joined to the function's name with `_` to make the test's name.
 macro_rules! tests {
-    ($($($part:ident)::+ $((runs $seconds:literal s))?),* $(,)?) => {
-        pub const TESTS: &[$crate::Test] = &[$($crate::tests!(@test [$($part)::+] $($seconds)?)),*];
+    ($($($part:ident)::+ $(($($attribute:tt)*))?),* $(,)?) => {
+        pub const TESTS: &[$crate::Test] = &[$($crate::tests!(@test [$($part)::+] $($($attribute)*)?)),*];
     };
-    (@test [$prefix:ident :: $function:ident] $($seconds:literal)?) => {
+    (@test [$prefix:ident :: $function:ident] $($attribute:tt)*) => {
         $crate::Test {
             name: concat!(stringify!($prefix), "_", stringify!($function)),
             body: $function,
-            runs_seconds: $crate::tests!(@seconds $($seconds)?),
+            shape: $crate::tests!(@shape [0, false, false] $($attribute)*),
         }
     };
-    (@test [$function:ident] $($seconds:literal)?) => {
-        $crate::Test {
-            name: stringify!($function),
-            body: $function,
-            runs_seconds: $crate::tests!(@seconds $($seconds)?),
-        }
+    (@test [$function:ident] $($attribute:tt)*) => {
+        $crate::Test { name: stringify!($function), body: $function, shape: $crate::tests!(@shape [0, false, false] $($attribute)*) }
     };
-    (@seconds) => {
-        0
+    (@shape [$seconds:expr, $alone:literal, $beside:literal]) => {
+        $crate::Shape { runs_seconds: $seconds, alone: $alone, beside_load: $beside }
     };
-    (@seconds $seconds:literal) => {
-        $seconds
+    (@shape [$old:expr, $alone:literal, $beside:literal] runs $seconds:literal s $(, $($rest:tt)*)?) => {
+        $crate::tests!(@shape [$seconds, $alone, $beside] $($($rest)*)?)
+    };
+    (@shape [$seconds:expr, $old:literal, $beside:literal] alone $(, $($rest:tt)*)?) => {
+        $crate::tests!(@shape [$seconds, true, $beside] $($($rest)*)?)
+    };
+    (@shape [$seconds:expr, $alone:literal, $old:literal] beside load $(, $($rest:tt)*)?) => {
+        $crate::tests!(@shape [$seconds, $alone, true] $($($rest)*)?)
     };
 }
 use tests;
@@ -72,7 +89,7 @@ mod scale_out;
 mod trust;
 mod ws_server;
 
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use libtest_mimic::{Arguments, Trial};
@@ -179,7 +196,7 @@ fn main() {
     .concat();
     // The longest first, so the rest run beside them (a stable sort: the
     // others keep their order).
-    tests.sort_by_key(|test| std::cmp::Reverse(test.runs_seconds));
+    tests.sort_by_key(|test| std::cmp::Reverse(test.shape.runs_seconds));
     let missing = env!("WSBRIDGE_FS_MISSING");
     if !missing.is_empty() {
         println!("SKIPPED: the mod_wsbridge build and the FreeSWITCH integration tests, because {missing}");
@@ -191,8 +208,13 @@ fn main() {
     let needs_kamailio = |name: &str| scale_out::TESTS.iter().any(|test| test.name == name);
     let trials = tests
         .into_iter()
-        .map(|Test { name, body, .. }| {
+        .map(|Test { name, body, shape }| {
             Trial::test(name, move || {
+                // Every test shares the machine, but one that runs alone holds it.
+                static MACHINE: RwLock<()> = RwLock::new(());
+                let _shared = (!shape.alone && !shape.beside_load)
+                    .then(|| MACHINE.read().unwrap_or_else(|e| e.into_inner()));
+                let _alone = shape.alone.then(|| MACHINE.write().unwrap_or_else(|e| e.into_inner()));
                 body();
                 Ok(())
             })

@@ -12,7 +12,7 @@ use crate::ws_server::{runtime, Connection};
 use crate::{encode, esl, ok_uuid, recording_path, uri, wait_gone, world};
 
 crate::tests! {
-    media::ten_minute_burst_into_a_small_buffer (runs 600 s),
+    media::ten_minute_burst_into_a_small_buffer (runs 600 s, beside load),
     media::burst_30s_in_one_message,
     media::burst_30s_in_1500_messages,
     media::odd_sized_messages_play_continuously,

@@ -18,7 +18,7 @@ crate::tests! {
     reconnect::a_reset_mid_call_resumes_on_the_fallback,
     reconnect::a_server_gone_for_good_hangs_up_after_the_budget,
     reconnect::a_close_frame_still_ends_the_call,
-    reconnect::hundred_calls_each_dropped_once (runs 90 s),
+    reconnect::hundred_calls_each_dropped_once (runs 90 s, alone),
 }
 
 fn closed_port() -> u16 {
