@@ -212,8 +212,8 @@ fn main() {
             Trial::test(name, move || {
                 // Every test shares the machine, but one that runs alone holds it.
                 static MACHINE: RwLock<()> = RwLock::new(());
-                let _shared = (!shape.alone && !shape.beside_load)
-                    .then(|| MACHINE.read().unwrap_or_else(|e| e.into_inner()));
+                let _shared =
+                    (!shape.alone && !shape.beside_load).then(|| MACHINE.read().unwrap_or_else(|e| e.into_inner()));
                 let _alone = shape.alone.then(|| MACHINE.write().unwrap_or_else(|e| e.into_inner()));
                 body();
                 Ok(())
