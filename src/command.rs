@@ -91,6 +91,8 @@ pub struct Totals {
 pub struct StatusReport<'a> {
     pub version: &'a str,
     pub active: usize,
+    /// Forks streaming calls that are up (`uuid_wsbridge_fork`).
+    pub forks: usize,
     pub totals: Totals,
     pub debug: bool,
     pub drain: DrainReport,
@@ -105,16 +107,26 @@ pub struct StatusReport<'a> {
 
 /// The `status` text; the configured number of threads follows the running one when they differ.
 pub fn status(report: &StatusReport<'_>) -> String {
-    let StatusReport { version, active, ref totals, debug, ref drain, settings, running_threads, slow_polls, stalls } =
-        *report;
+    let StatusReport {
+        version,
+        active,
+        forks,
+        ref totals,
+        debug,
+        ref drain,
+        settings,
+        running_threads,
+        slow_polls,
+        stalls,
+    } = *report;
     let draining = match (drain.reason, drain.seconds) {
         (Some(reason), Some(seconds)) => {
-            format!("yes, for {seconds:.1} s ({}), {active} call(s) still up", reason.name())
+            format!("yes, for {seconds:.1} s ({}), {active} call(s) and {forks} fork(s) still up", reason.name())
         }
         _ => "no".to_string(),
     };
     let mut text = format!(
-        "mod_wsbridge {version}\nactive calls: {active}\ndraining: {draining}\ncalls since load: {}\nrefused (bad settings): {}\nrefused (draining): {}\nfailed (server unreachable or broken): {}\ndebug: {}\nruntime threads running: {running_threads}\nslow task polls (a frame or more): {}, longest poll {} ms\nruntime stalls (woke 40 ms late or more): {}, longest {} ms\n",
+        "mod_wsbridge {version}\nactive calls: {active}\nactive forks: {forks}\ndraining: {draining}\ncalls since load: {}\nrefused (bad settings): {}\nrefused (draining): {}\nfailed (server unreachable or broken): {}\ndebug: {}\nruntime threads running: {running_threads}\nslow task polls (a frame or more): {}, longest poll {} ms\nruntime stalls (woke 40 ms late or more): {}, longest {} ms\n",
         totals.calls,
         totals.refused,
         totals.refused_draining,
@@ -149,6 +161,7 @@ pub fn status_json(report: &StatusReport<'_>) -> String {
     let status = json!({
         "version": report.version,
         "active_calls": report.active,
+        "active_forks": report.forks,
         "draining": report.drain.reason.is_some(),
         "drain_reason": report.drain.reason.map(|reason| reason.name()),
         "draining_seconds": report.drain.seconds.map(|seconds| (seconds * 10.0).round() / 10.0),
@@ -239,6 +252,7 @@ mod tests {
         StatusReport {
             version: "1",
             active: 0,
+            forks: 0,
             totals: Totals::default(),
             debug: false,
             drain: DrainReport { reason: None, seconds: None },
@@ -272,15 +286,17 @@ mod tests {
 
         let draining = StatusReport {
             active: 3,
+            forks: 2,
             totals: Totals { calls: 9, refused_draining: 4, ..Totals::default() },
             drain: DrainReport { reason: Some(DrainReason::Api), seconds: Some(12.34) },
             ..report(&settings, 1)
         };
         let text = status(&draining);
-        assert!(text.contains("draining: yes, for 12.3 s (api), 3 call(s) still up\n"), "{text}");
+        assert!(text.contains("draining: yes, for 12.3 s (api), 3 call(s) and 2 fork(s) still up\n"), "{text}");
         assert!(text.contains("refused (draining): 4\n"), "{text}");
         let parsed: serde_json::Value = serde_json::from_str(&status_json(&draining)).unwrap();
         assert_eq!(parsed["draining"], true);
+        assert_eq!(parsed["active_forks"], 2);
         assert_eq!(parsed["drain_reason"], "api");
         assert_eq!(parsed["draining_seconds"], 12.3);
         assert_eq!(parsed["active_calls"], 3);

@@ -374,6 +374,9 @@ impl Combiner {
     }
 }
 
+/// The close reason when `stop` ends a fork.
+pub const FORK_STOPPED: &str = "fork stopped";
+
 /// A fork's CDR variable for one of the call's: `wsbridge_frames_sent` of
 /// the fork `a` is `wsbridge_fork_a_frames_sent`.
 pub fn cdr_variable(variable: &str, fork: &str) -> String {

@@ -273,13 +273,18 @@ impl CallMedia {
     /// The caller hung up while the socket was open: the task sends what is
     /// queued, then closes with 1000. Returns whether that flush is to come.
     pub fn caller_closes(&self) -> bool {
+        self.closes_with(CALLER_HUNG_UP)
+    }
+
+    /// As `caller_closes`, with the close reason given (a fork's `stop`).
+    pub fn closes_with(&self, reason: &str) -> bool {
         self.caller_hung_up();
         if !self.is_open() {
             return false;
         }
         let mut close = lock(&self.close);
         let first = close.is_none();
-        close.get_or_insert_with(|| (1000, CALLER_HUNG_UP.to_string()));
+        close.get_or_insert_with(|| (1000, reason.to_string()));
         if first {
             self.caller_flush.store(true, Ordering::Release);
         }

@@ -38,6 +38,10 @@ pub trait CallControl: Send + Sync + 'static {
     fn event(&self, event: CallEvent);
     /// The call's identity for the server (the wsbridge leg's UUID).
     fn call_id(&self) -> &str;
+    /// Whether the session's end hangs the call up (a fork's does not).
+    fn session_ends_the_call(&self) -> bool {
+        true
+    }
 }
 
 /// What a session announces, for the FreeSWITCH events `wsbridge::<kind>`.
@@ -257,13 +261,20 @@ fn conclude(end: SessionEnd, shown: &str, media: &CallMedia, control: &impl Call
         let (code, reason) = media.close_info().map_or((None, String::new()), |(code, reason)| (Some(code), reason));
         control.event(CallEvent::Disconnect { code, reason });
     }
+    let ends_the_call = control.session_ends_the_call();
     match &end {
-        SessionEnd::CallerHungUp => tracing::info!("caller hung up; WebSocket to {shown} closed"),
+        SessionEnd::CallerHungUp => {
+            // The close reason tells a hangup from a fork's `stop`.
+            let why = media.close_info().map_or(crate::media::CALLER_HUNG_UP.to_string(), |(_, reason)| reason);
+            tracing::info!("{why}; WebSocket to {shown} closed")
+        }
         SessionEnd::ServerClosed { code, reason } => tracing::info!(
-            "server {shown} closed the WebSocket (code {}, reason '{reason}'); hanging up",
-            code.map_or("none".to_string(), |c| c.to_string())
+            "server {shown} closed the WebSocket (code {}, reason '{reason}'); {}",
+            code.map_or("none".to_string(), |c| c.to_string()),
+            if ends_the_call { "hanging up" } else { "the call goes on" }
         ),
-        SessionEnd::Failed { cause, why } => tracing::warn!("{why}; hanging up with {cause}"),
+        SessionEnd::Failed { cause, why } if ends_the_call => tracing::warn!("{why}; hanging up with {cause}"),
+        SessionEnd::Failed { why, .. } => tracing::warn!("{why}; the call goes on"),
     }
     if let Some(cause) = end.hangup_cause() {
         control.hangup(cause);
@@ -638,13 +649,15 @@ async fn finish(
     match ended {
         Ended::CallerGone => {
             media.record_close(1000, CALLER_HUNG_UP);
+            // The reason recorded first: a hangup's, or a fork's `stop`.
+            let reason = media.close_info().map_or(CALLER_HUNG_UP.to_string(), |(_, reason)| reason);
             // The caller's last frames were queued before the hangup: they go before the close.
             media.take_uplink(unsent);
             let _ = timeout(options.close_timeout, send_batch(sink, unsent, control, &mut dialect.encoder)).await;
             if let Some(goodbye) = dialect.closing() {
                 let _ = timeout(options.close_timeout, sink.send(goodbye)).await;
             }
-            let close = CloseFrame { code: CloseCode::Normal, reason: CALLER_HUNG_UP.into() };
+            let close = CloseFrame { code: CloseCode::Normal, reason: reason.into() };
             if timeout(options.close_timeout, sink.send(Message::Close(Some(close)))).await.is_ok() {
                 // Give the server its chance to answer the close.
                 let _ = timeout(options.close_timeout, async {

@@ -20,6 +20,7 @@ fn run(arguments: &str) -> String {
             let report = StatusReport {
                 version: env!("CARGO_PKG_VERSION"),
                 active: registry::active_calls(),
+                forks: fork::running(),
                 totals: registry::totals(),
                 debug: logging::debug(),
                 drain: drain::report(),

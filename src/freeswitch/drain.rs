@@ -6,7 +6,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
 use super::ffi::{EventKind, EventListener};
-use super::{config_store, events, registry};
+use super::{config_store, events, fork, registry};
 use crate::drain::{DrainReason, DrainReport, DrainState};
 
 static STATE: Mutex<DrainState> = Mutex::new(DrainState::new());
@@ -28,10 +28,11 @@ pub fn report() -> DrainReport {
 pub fn start(reason: DrainReason) {
     if state().start(Instant::now(), reason) {
         tracing::info!(
-            "draining ({}): new calls are refused with {}; {} call(s) up",
+            "draining ({}): new calls are refused with {}; {} call(s) and {} fork(s) up",
             reason.name(),
             config_store::config().drain_cause,
-            registry::active_calls()
+            registry::active_calls(),
+            fork::running()
         );
     }
     announce_if_drained();
@@ -43,16 +44,16 @@ pub fn stop() {
     }
 }
 
-/// Fires `wsbridge::drained` when the node drains and no call is left;
-/// called when draining starts and whenever a call ends.
+/// Fires `wsbridge::drained` when the node drains and no call or fork is
+/// left; called when draining starts and whenever a call or fork ends.
 pub fn announce_if_drained() {
-    let calls_up = registry::active_calls();
+    let calls_up = registry::active_calls() + fork::running();
     let mut state = state();
     let reason = state.report(Instant::now()).reason;
     let took = state.take_drained(calls_up, Instant::now());
     drop(state);
     if let (Some(took), Some(reason)) = (took, reason) {
-        tracing::info!("drained: no call is left, {:.1} s after draining began", took.as_secs_f64());
+        tracing::info!("drained: no call or fork is left, {:.1} s after draining began", took.as_secs_f64());
         events::fire_drained(took, reason);
     }
 }

@@ -148,7 +148,7 @@ impl Fork {
                 );
             }
         }
-        self.media.caller_closes();
+        self.media.closes_with(fork::FORK_STOPPED);
         self.ended.store(true, Ordering::Release);
     }
 
@@ -178,6 +178,7 @@ impl Fork {
             ("WSBridge-Frames-Sent", self.media.stats.frames_sent.load(Ordering::Relaxed).to_string()),
         ];
         events::fire_fork(&self.uuid, "fork_stop", headers, None);
+        drain::announce_if_drained();
     }
 
     fn snapshot(&self) -> CallSnapshot {
@@ -303,6 +304,10 @@ impl CallControl for ForkControl {
 
     fn call_id(&self) -> &str {
         &self.uuid
+    }
+
+    fn session_ends_the_call(&self) -> bool {
+        false
     }
 }
 
@@ -442,6 +447,11 @@ pub fn run(arguments: &str) -> String {
             false => format!("-ERR too many messages waiting for fork {name}\n"),
         },
     }
+}
+
+/// How many forks are streaming, for `wsbridge status` and the drain.
+pub fn running() -> usize {
+    forks().len()
 }
 
 /// The forks running, for `wsbridge list`.

@@ -31,9 +31,9 @@ fn drained_event(events: &mut Esl, limit: Duration) -> Option<test_support::esl:
     events.wait_event(limit, |event| event.get("Event-Subclass").map(String::as_str) == Some("wsbridge::drained"))
 }
 
-/// `wsbridge drain on` refuses new calls with NORMAL_TEMPORARY_FAILURE while
-/// the calls up go on; `wsbridge::drained` fires when the last one ends, not
-/// before; `drain off` takes calls again; `fsctl shutdown elegant` drains by itself.
+/// `wsbridge drain on` refuses new calls and forks (calls with
+/// NORMAL_TEMPORARY_FAILURE) while the calls and forks up go on;
+/// `wsbridge::drained` fires when the last of them ends, not before; `drain off` takes calls again; `fsctl shutdown elegant` drains by itself.
 pub fn api_and_shutdown() {
     let router = Router::start();
     let freeswitch = FreeSwitch::start(&BUILD, &router.base(), 5);
@@ -43,12 +43,19 @@ pub fn api_and_shutdown() {
 
     let (first, mut first_connection) = call(&mut esl, &router, "/drain-1");
     let (second, _second_connection) = call(&mut esl, &router, "/drain-2");
+    // A fork on a call of another endpoint: the node is not drained while it streams.
+    let mut fork_incoming = router.expect("/drain-fork");
+    let forked = ok_uuid(&esl.api("originate null/drain-fork tone_60000ms XML wsbridge-test"));
+    let reply = esl.api(&format!("uuid_wsbridge_fork {forked} start {}/drain-fork mono 8000", router.base()));
+    assert!(reply.starts_with("+OK"), "fork start: {reply}");
+    let mut fork_connection = fork_incoming.next(Duration::from_secs(5));
+    runtime().block_on(fork_connection.first_text());
     assert_eq!(status(&mut esl)["draining"], false);
     assert_eq!(esl.api("wsbridge drain on").trim(), "+OK draining on");
     let began = Instant::now();
     let draining = status(&mut esl);
     assert_eq!((draining["draining"].as_bool(), draining["drain_reason"].as_str()), (Some(true), Some("api")));
-    assert_eq!(draining["active_calls"], 2);
+    assert_eq!((draining["active_calls"].as_u64(), draining["active_forks"].as_u64()), (Some(2), Some(1)));
     assert!(esl.api("wsbridge status").contains("draining: yes, for "), "status text");
 
     let refused = esl.api(&format!("originate wsbridge/{}/drain-3 &park", router.base()));
@@ -63,11 +70,18 @@ pub fn api_and_shutdown() {
     wait_gone_on(&mut esl, &first, Duration::from_secs(5));
     assert!(drained_event(&mut events, Duration::from_secs(1)).is_none(), "drained with a call still up");
     assert!(esl.api(&format!("uuid_kill {second}")).starts_with("+OK"));
+    wait_gone_on(&mut esl, &second, Duration::from_secs(5));
+    assert!(drained_event(&mut events, Duration::from_secs(1)).is_none(), "drained with a fork still streaming");
+    let refused_fork =
+        esl.api(&format!("uuid_wsbridge_fork {forked} start name=b {}/drain-fork mono 8000", router.base()));
+    assert!(refused_fork.starts_with("-ERR"), "a new fork while draining: {refused_fork}");
+    assert!(esl.api(&format!("uuid_wsbridge_fork {forked} stop")).starts_with("+OK"));
     let drained = drained_event(&mut events, Duration::from_secs(5)).expect("no wsbridge::drained after the last call");
     let took: f64 = drained["WSBridge-Drain-Seconds"].parse().unwrap();
     assert!(took > 0.9 && took <= began.elapsed().as_secs_f64() + 0.1, "drain took {took} s");
     assert_eq!(drained["WSBridge-Drain-Reason"], "api");
-    println!("drain: refused 1 new call, the last of 2 calls ended {took:.2} s after drain on, then wsbridge::drained");
+    assert!(esl.api(&format!("uuid_kill {forked}")).starts_with("+OK"));
+    println!("drain: refused 1 new call and 1 new fork; the last of 2 calls and 1 fork ended {took:.2} s after drain on, then wsbridge::drained");
 
     assert_eq!(esl.api("wsbridge drain off").trim(), "+OK draining off");
     assert_eq!(status(&mut esl)["draining"], false);

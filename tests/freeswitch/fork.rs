@@ -138,6 +138,7 @@ pub fn controls() {
                 Ok(Some(Ok(Message::Text(text)))) => received.texts.push(format!("{at:.3} {text}")),
                 Ok(Some(Ok(Message::Close(frame)))) => {
                     received.closed = true;
+                    received.close_reason = frame.as_ref().map(|f| f.reason.to_string());
                     received.close_code = frame.map(|f| u16::from(f.code));
                     break;
                 }
@@ -180,6 +181,7 @@ pub fn controls() {
     let last_text = received.texts.last().expect("texts");
     assert!(last_text.ends_with(r#" {"reason":"done"}"#), "stop's metadata comes last: {:?}", received.texts);
     assert!(received.closed && received.close_code == Some(1000), "stop closes with 1000");
+    assert_eq!(received.close_reason.as_deref(), Some("fork stopped"), "stop's close reason");
     assert_eq!(up.trim(), "true", "the call is still up after stop");
 }
 
@@ -252,6 +254,9 @@ pub fn two_named_forks() {
     start(&leg, &format!("name=b {} mono 8000", uri("/fork-two-b")));
     let duplicate = api(&format!("uuid_wsbridge_fork {leg} start name=a {} mono 8000", uri("/fork-two-a")));
     let (mut a, mut b) = (first.next(Duration::from_secs(5)), second.next(Duration::from_secs(5)));
+    let status: Value = serde_json::from_str(&api("wsbridge status json")).unwrap();
+    // Other tests' forks may run beside these two.
+    assert!(status["active_forks"].as_u64() >= Some(2), "wsbridge status counts both forks: {status}");
     let (received_a, received_b) = runtime().block_on(async {
         tokio::time::sleep(Duration::from_millis(1000)).await;
         tokio::task::block_in_place(|| api(&format!("uuid_wsbridge_fork {leg} stop name=a")));

@@ -116,6 +116,7 @@ pub struct Received {
     /// (arrival seconds since the first message, frame bytes)
     pub frames: Vec<(f64, Vec<u8>)>,
     pub close_code: Option<u16>,
+    pub close_reason: Option<String>,
     pub closed: bool,
 }
 
@@ -140,6 +141,7 @@ impl Connection {
                 Ok(Message::Binary(data)) => received.frames.push((start.elapsed().as_secs_f64(), data.to_vec())),
                 Ok(Message::Close(frame)) => {
                     received.closed = true;
+                    received.close_reason = frame.as_ref().map(|f| f.reason.to_string());
                     received.close_code = frame.map(|f| u16::from(f.code));
                     break;
                 }
