@@ -38,6 +38,7 @@ pub mod security;
 pub mod session;
 pub mod settings;
 pub mod uplink;
+pub mod uplink_pump;
 pub mod websocket;
 
 #[cfg(freeswitch)]

@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,6 +15,7 @@ use crate::jitter::JitterLimits;
 use crate::playout::{Downlink, MarkOutcome, PlayoutBuffer};
 use crate::settings::{ContentType, Encoding};
 use crate::uplink::{Outgoing, PushOutcome, UplinkQueue};
+use crate::uplink_pump::{PumpSlot, UplinkPump};
 
 #[derive(Debug, Clone, Copy)]
 pub struct MediaLimits {
@@ -84,7 +85,10 @@ pub struct CallMedia {
     high_water_bytes: usize,
     low_water_bytes: usize,
     uplink: Mutex<UplinkQueue>,
-    uplink_ready: Notify,
+    /// Wakes the task for queued caller audio and text.
+    uplink_ready: Arc<PumpSlot>,
+    /// Where caller audio's wake-ups are batched; none wakes the task per frame.
+    uplink_pump: Option<Arc<UplinkPump>>,
     caller_gone: CancellationToken,
     /// Set once the server has the first message; caller audio before that is not queued.
     open: AtomicBool,
@@ -150,7 +154,8 @@ impl CallMedia {
             high_water_bytes: high_water,
             low_water_bytes: low_water,
             uplink: Mutex::new(UplinkQueue::new(uplink_messages)),
-            uplink_ready: Notify::new(),
+            uplink_ready: Arc::new(PumpSlot::default()),
+            uplink_pump: None,
             caller_gone: CancellationToken::new(),
             open: AtomicBool::new(false),
             started: std::time::Instant::now(),
@@ -161,6 +166,12 @@ impl CallMedia {
             listen_only: AtomicBool::new(false),
             stats: MediaStats::default(),
         }
+    }
+
+    /// Caller audio wakes the task with `pump`'s batches instead of frame by frame.
+    pub fn with_uplink_pump(mut self, pump: Option<Arc<UplinkPump>>) -> Self {
+        self.uplink_pump = pump;
+        self
     }
 
     // ---- session thread side: never waits ----
@@ -198,7 +209,10 @@ impl CallMedia {
     /// Queues one frame of caller audio (little-endian bytes).
     pub fn send_audio(&self, frame: Bytes) -> PushOutcome {
         let outcome = lock(&self.uplink).push_audio(frame);
-        self.uplink_ready.notify_one();
+        match &self.uplink_pump {
+            Some(pump) => pump.schedule(&self.uplink_ready),
+            None => self.uplink_ready.wake_now(),
+        }
         outcome
     }
 
@@ -224,7 +238,7 @@ impl CallMedia {
 
     fn queue_item(&self, item: Outgoing) -> bool {
         let queued = lock(&self.uplink).push_control(item);
-        self.uplink_ready.notify_one();
+        self.uplink_ready.wake_now();
         queued
     }
 

@@ -19,7 +19,10 @@
 //! calls.png. Options (after `--`): `--calls 50,200,500`, `--seconds 60`,
 //! `--rate 50` (call attempts per second),
 //! `--endpoints null,socket-floor,wsbridge,wsbridge-live,wsbridge-pcmu,wsbridge-twilio,wsbridge-fork`,
-//! `--out <dir>` (default target/calls-bench).
+//! `--out <dir>` (default target/calls-bench), `--uplink-batch-ms N` (the
+//! module param, to measure it; default: the module's own), `--capacity
+//! FROM,STEP,MAX` (wsbridge calls stepped up until a step loses a frame or its
+//! uplink jitter p99 reaches 5 ms: the node's call capacity).
 
 #![allow(clippy::result_large_err)] // tungstenite's handshake callback type
 
@@ -124,11 +127,19 @@ struct Options {
     rate: f64,
     endpoints: Vec<Endpoint>,
     out: PathBuf,
+    /// wsbridge.conf's `uplink-batch-ms`; None: the module's default.
+    uplink_batch_ms: Option<u64>,
+    /// `--capacity FROM,STEP,MAX`: wsbridge calls stepped up until a step
+    /// loses a frame or its uplink jitter p99 reaches 5 ms.
+    capacity: Option<(usize, usize, usize)>,
 }
+
+/// What a node's call capacity must keep: no frame lost, jitter p99 under this.
+const CAPACITY_JITTER_P99_MS: f64 = 5.0;
 
 const USAGE: &str = "usage: cargo bench --bench calls -- [--calls 50,200,500] [--seconds 60] [--rate 50] \
                      [--endpoints null,socket-floor,wsbridge,wsbridge-live,wsbridge-pcmu,wsbridge-twilio,wsbridge-fork] \
-                     [--out target/calls-bench]";
+                     [--out target/calls-bench] [--uplink-batch-ms N] [--capacity FROM,STEP,MAX]";
 
 fn parse_options() -> Result<Options, String> {
     let mut options = Options {
@@ -137,6 +148,8 @@ fn parse_options() -> Result<Options, String> {
         rate: 50.0,
         endpoints: Endpoint::ALL.to_vec(),
         out: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/calls-bench"),
+        uplink_batch_ms: None,
+        capacity: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -157,6 +170,18 @@ fn parse_options() -> Result<Options, String> {
                     value()?.split(',').map(|name| Endpoint::from_name(name.trim())).collect::<Result<_, _>>()?
             }
             "--out" => options.out = PathBuf::from(value()?),
+            "--capacity" => {
+                let steps: Vec<usize> = value()?.split(',').map(|n| n.trim().parse().unwrap_or(0)).collect();
+                match steps[..] {
+                    [from, step, max] if from > 0 && step > 0 && max >= from => {
+                        options.capacity = Some((from, step, max))
+                    }
+                    _ => return Err("bad --capacity: FROM,STEP,MAX".into()),
+                }
+            }
+            "--uplink-batch-ms" => {
+                options.uplink_batch_ms = Some(value()?.parse().map_err(|_| "bad --uplink-batch-ms")?)
+            }
             other => return Err(format!("unknown argument '{other}'")),
         }
     }
@@ -307,7 +332,7 @@ fn run(options: &Options, endpoint: Endpoint, calls: usize, run_number: u16, ser
     }
     let run = Run { options, endpoint, calls, prefix: format!("{:08x}-", 0xbe_0000 + run_number as u32) };
     let server = endpoint.echo().map(|echo| EchoServer::start(server, echo));
-    let freeswitch = start_freeswitch(endpoint, run_number);
+    let freeswitch = start_freeswitch(endpoint, run_number, options.uplink_batch_ms);
     let pid = freeswitch.pid();
     let collector = Collector::start(&freeswitch, &run.prefix);
     std::thread::sleep(Duration::from_secs(2));
@@ -355,11 +380,13 @@ fn peak_rss_kib_until(pid: u32, end: Instant) -> u64 {
 }
 
 /// A fresh FreeSWITCH for one run; for wsbridge, with the published run's settings.
-fn start_freeswitch(endpoint: Endpoint, run_number: u16) -> FreeSwitch {
+fn start_freeswitch(endpoint: Endpoint, run_number: u16, uplink_batch_ms: Option<u64>) -> FreeSwitch {
     let freeswitch = FreeSwitch::start_with_log_level(&BUILD, "ws://127.0.0.1:9", 10 + run_number, "warning");
     if endpoint.echo().is_some() {
         // The published run's setting: one runtime thread costs the least CPU.
-        freeswitch.set_wsbridge_conf(&format!(r#"<param name="runtime-threads" value="{RUNTIME_THREADS}"/>"#));
+        let batch =
+            uplink_batch_ms.map_or(String::new(), |ms| format!(r#"<param name="uplink-batch-ms" value="{ms}"/>"#));
+        freeswitch.set_wsbridge_conf(&format!(r#"<param name="runtime-threads" value="{RUNTIME_THREADS}"/>{batch}"#));
         let mut esl = freeswitch.esl();
         esl.api("reloadxml");
         let reply = esl.api("reload mod_wsbridge");
@@ -619,6 +646,10 @@ fn main() {
 
     let mut rows = Vec::new();
     let mut run_number = 0;
+    if let Some((from, step, max)) = options.capacity {
+        capacity_search(&options, (from, step, max), &server);
+        return;
+    }
     for &calls in &options.calls {
         for &endpoint in &options.endpoints {
             rows.push(run(&options, endpoint, calls, run_number, &server));
@@ -664,6 +695,45 @@ fn main() {
     match report::plot(&rows, &png) {
         Ok(()) => println!("wrote {}", png.display()),
         Err(why) => println!("no plot: {why}"),
+    }
+}
+
+/// Steps wsbridge calls up from `from` until a step loses a frame or its
+/// uplink jitter p99 reaches the bound; the last step that kept both is the
+/// node's call capacity.
+fn capacity_search(options: &Options, (from, step, max): (usize, usize, usize), server: &tokio::runtime::Handle) {
+    let mut capacity = None;
+    let mut calls = from;
+    let mut run_number = 0;
+    while calls <= max {
+        let row = run(options, Endpoint::Wsbridge, calls, run_number, server);
+        run_number += 1;
+        let media = row.media.as_ref().expect("a wsbridge row has media");
+        let lost = media.frames_lost + media.frames_dropped_by_module;
+        let kept = row.completed == calls && lost == 0 && media.jitter_p99_ms < CAPACITY_JITTER_P99_MS;
+        println!(
+            "capacity step: {calls} calls: {} completed, {lost} frames lost, uplink jitter p99 {:.2} ms, \
+             FreeSWITCH {:.0} µs per call-second: {}",
+            row.completed,
+            media.jitter_p99_ms,
+            row.cpu_us_per_call_second,
+            if kept { "kept" } else { "NOT kept" }
+        );
+        if !kept {
+            break;
+        }
+        capacity = Some(calls);
+        calls += step;
+    }
+    match capacity {
+        Some(calls) if calls + step > max => println!(
+            "capacity: at least {calls} calls (0 lost, jitter p99 < {CAPACITY_JITTER_P99_MS} ms), the most tried"
+        ),
+        Some(calls) => println!(
+            "capacity: {calls} calls with 0 lost frames and uplink jitter p99 < {CAPACITY_JITTER_P99_MS} ms on {} cores",
+            cores()
+        ),
+        None => println!("capacity: below {from} calls"),
     }
 }
 

@@ -124,7 +124,7 @@ impl WsbridgeCall {
         let wire_decoder = FreeSwitchDecoder::for_wire(format)?;
         let timer = Timer::soft(session, FRAME_MS, format.samples_per_frame() as u32)?;
         session.use_codecs(&read_codec, &write_codec);
-        let media = CallMedia::new(format, plan.tuning.media, wire_decoder);
+        let media = CallMedia::new(format, plan.tuning.media, wire_decoder).with_uplink_pump(runtime::uplink_pump());
         Ok(WsbridgeCall {
             uplink_reframer: Mutex::new(Reframer::new(media.uplink_message_bytes())),
             media: Arc::new(media),

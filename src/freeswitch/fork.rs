@@ -337,7 +337,7 @@ fn start(session: Session<'_>, name: &str, request: StartRequest) -> String {
         Ok(decoder) => decoder,
         Err(why) => return format!("-ERR {why}\n"),
     };
-    let media = Arc::new(CallMedia::new(wire, call.tuning.media, decoder));
+    let media = Arc::new(CallMedia::new(wire, call.tuning.media, decoder).with_uplink_pump(runtime::uplink_pump()));
     if !playback {
         media.set_listen_only();
     }

@@ -64,8 +64,9 @@ impl Module for Wsbridge {
     fn load(interface: &ModuleInterface) -> Result<(), String> {
         install_logging();
         config_store::load();
-        let threads = config_store::config().runtime_threads;
-        runtime::start(threads).map_err(|error| format!("cannot start the WebSocket runtime: {error}"))?;
+        let (threads, uplink_batch) = (config_store::config().runtime_threads, config_store::config().uplink_batch);
+        runtime::start(threads, uplink_batch)
+            .map_err(|error| format!("cannot start the WebSocket runtime: {error}"))?;
         events::reserve_subclasses()?;
         interface.add_endpoint::<endpoint::WsbridgeCall>(c"wsbridge")?;
         interface.add_api::<commands::Wsbridge>()?;

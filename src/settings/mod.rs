@@ -287,6 +287,11 @@ pub const RUNTIME_THREADS: Setting = Setting {
         "threads that carry every call's WebSocket; read when the module loads",
     )
 };
+pub const UPLINK_BATCH_MS: Setting = module_only(
+    "uplink-batch-ms",
+    integer(2, 0, 10),
+    "how long the first caller frame of a tick waits for the other calls' frames, so that one wake-up of the runtime sends them all; 0 wakes it for every frame; read when the module loads",
+);
 pub const DRAIN: Setting = module_only(
     "drain",
     Kind::Flag { default: false },
@@ -370,6 +375,7 @@ pub const TABLE: &[Setting] = &[
     ALLOW_SIP_HEADER_URI,
     MAX_CONNECTING,
     RUNTIME_THREADS,
+    UPLINK_BATCH_MS,
     DRAIN,
     DRAIN_CAUSE,
     LISTEN,

@@ -10,7 +10,7 @@ use super::{by_param, CallTuning, Scope, Setting};
 use super::{
     ALLOWED_HOSTS, ALLOW_SIP_HEADER_URI, DEBUG, DEFAULT_CONTENT_TYPE, DEFAULT_URI, DRAIN, DRAIN_CAUSE, LISTEN,
     LISTEN_CONTEXT, LISTEN_MAX_CALLS, LISTEN_TLS_CERT_FILE, LISTEN_TLS_KEY_FILE, LISTEN_TOKENS, MAX_CONNECTING,
-    RUNTIME_THREADS,
+    RUNTIME_THREADS, UPLINK_BATCH_MS,
 };
 use crate::cause::HangupCause;
 use crate::inbound::Tokens;
@@ -31,6 +31,8 @@ pub struct ModuleConfig {
     pub max_connecting: usize,
     /// Threads that run every call's WebSocket; read when the module loads.
     pub runtime_threads: usize,
+    /// How long caller audio's wake-ups are gathered; read when the module loads.
+    pub uplink_batch: std::time::Duration,
     /// Whether the file asks the node to drain.
     pub drain: bool,
     /// What new calls are refused with while draining.
@@ -99,6 +101,7 @@ impl Default for ModuleConfig {
             allow_sip_header_uri: ALLOW_SIP_HEADER_URI.flag_default(),
             max_connecting: MAX_CONNECTING.integer_default() as usize,
             runtime_threads: default_runtime_threads(),
+            uplink_batch: std::time::Duration::from_millis(UPLINK_BATCH_MS.integer_default()),
             drain: DRAIN.flag_default(),
             drain_cause: HangupCause::DRAIN_CHOICES[0],
             listener: ListenerConfig::default(),
@@ -205,13 +208,16 @@ impl ModuleConfig {
                 }
             },
             _ => {
-                // The integer params: max-connecting and runtime-threads.
+                // The integer params: max-connecting, runtime-threads, uplink-batch-ms.
                 let mut reader = Reader::new(&source, &named);
                 let value = reader.integer(setting);
                 problems.append(&mut reader.problems);
                 match value {
                     Some(value) if param == MAX_CONNECTING.param => self.max_connecting = value as usize,
                     Some(value) if param == RUNTIME_THREADS.param => self.runtime_threads = value as usize,
+                    Some(value) if param == UPLINK_BATCH_MS.param => {
+                        self.uplink_batch = std::time::Duration::from_millis(value)
+                    }
                     Some(value) if param == LISTEN_MAX_CALLS.param => self.listener.max_calls = value as usize,
                     _ => {}
                 }
@@ -235,6 +241,7 @@ impl ModuleConfig {
             (ALLOW_SIP_HEADER_URI.param.to_string(), self.allow_sip_header_uri.to_string()),
             (MAX_CONNECTING.param.to_string(), self.max_connecting.to_string()),
             (RUNTIME_THREADS.param.to_string(), self.runtime_threads.to_string()),
+            (UPLINK_BATCH_MS.param.to_string(), self.uplink_batch.as_millis().to_string()),
             (DRAIN.param.to_string(), self.drain.to_string()),
             (DRAIN_CAUSE.param.to_string(), self.drain_cause.to_string()),
             (LISTEN.param.to_string(), self.listener.address.map_or_else(String::new, |a| a.to_string())),
@@ -285,10 +292,12 @@ mod tests {
             ("default-content-type", "audio/l16;rate=8000"),
             ("debug", "on"),
             ("runtime-threads", "7"),
+            ("uplink-batch-ms", "0"),
         ]));
         assert!(problems.is_empty(), "{problems:?}");
         assert!(config.debug);
         assert_eq!(config.runtime_threads, 7);
+        assert_eq!(config.uplink_batch, Duration::ZERO, "0: a wake-up per frame");
         let call_variables = |name: &str| (name == "wsbridge_comfort_noise_dbov").then(|| "-40".to_string());
         let (tuning, _) =
             CallTuning::from_variables(&|name: &str| call_variables(name).or_else(|| config.value(name))).unwrap();
