@@ -529,6 +529,7 @@ impl Run<'_> {
             gaps_per_call_minute: underruns as f64 / call_minutes,
             concealed_frames: variable_sum(events, &self.figure("wsbridge_concealed_frames")),
             drift_dropped_frames: variable_sum(events, &self.figure("wsbridge_drift_dropped_frames")),
+            compressed_ms: variable_sum(events, &self.figure("wsbridge_compressed_ms")),
             playout_target_mean_ms: variable_mean(events, &self.figure("wsbridge_playout_target_ms")),
             mark_delay_mean_ms: tally.mark_delay_us.mean() / 1000.0,
             mark_delay_p50_ms: ms(tally.mark_delay_us.value_at_quantile(0.5)),
@@ -604,7 +605,7 @@ impl Run<'_> {
         if let Some(media) = &row.media {
             println!(
                 "{:>13} {:>4} calls: module sent {} frames, dropped {}; {} underruns, {} frames concealed, \
-                 {} drift-dropped; marks {} sent, {} back; 1 kHz tone in {} of {} checked frames",
+                 {} drift-dropped, {} ms compressed; marks {} sent, {} back; 1 kHz tone in {} of {} checked frames",
                 "",
                 self.calls,
                 media.frames_sent,
@@ -612,6 +613,7 @@ impl Run<'_> {
                 media.underruns,
                 media.concealed_frames,
                 media.drift_dropped_frames,
+                media.compressed_ms,
                 media.marks_sent,
                 media.marks_back,
                 media.tone_found,

@@ -61,6 +61,8 @@ pub struct Media {
     pub concealed_frames: u64,
     /// Near-silent frames the module dropped to steer a fast stream back to its target.
     pub drift_dropped_frames: u64,
+    /// Audio taken out of sound by time compression, summed over calls.
+    pub compressed_ms: u64,
     /// The jitter buffer's target at hangup, mean over calls.
     pub playout_target_mean_ms: f64,
     /// From the server sending a mark after an echoed frame to hearing it was
@@ -78,9 +80,20 @@ fn or_dash(value: Option<String>) -> String {
     value.unwrap_or_else(|| "-".to_string())
 }
 
+/// A figure with `digits` decimals, or "-" where the row has none (NaN).
+fn fixed(value: f64, digits: usize) -> String {
+    if value.is_nan() {
+        "-".to_string()
+    } else {
+        format!("{value:.digits$}")
+    }
+}
+
 /// The jitter buffer's columns: latency, gaps, concealed and dropped frames, target.
 fn playout_cells(media: Option<&Media>) -> String {
     match media {
+        // The socket floor plays nothing: its playout cells are NaN.
+        Some(m) if m.mark_delay_mean_ms.is_nan() => ["-"; 5].join(" | "),
         Some(m) => format!(
             "{:.1} | {:.2} | {} | {} | {:.0}",
             m.mark_delay_mean_ms,
@@ -111,7 +124,7 @@ pub fn table(rows: &[Row]) -> String {
         let media = row.media.as_ref();
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {:.0} | {} | {} | {} | {:.0} | {} | {} | {} | {} | {:.1} / {:.1} | {:.1} / {:.1} | {} | {} | {:.0}% |",
+            "| {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} | {} / {} | {} | {} | {:.0}% |",
             row.endpoint,
             row.calls,
             row.completed,
@@ -119,16 +132,19 @@ pub fn table(rows: &[Row]) -> String {
             or_dash(row.cpu_ratio_to_null.map(|r| format!("{r:.2}"))),
             or_dash(row.over_floor.map(|r| format!("{r:.2}"))),
             or_dash(row.wakeups_per_call_second.map(|w| format!("{w:.1}"))),
-            row.rss_kib_per_call,
+            fixed(row.rss_kib_per_call, 0),
             or_dash(media.map(|m| format!("{} / {} / {}", m.frames_expected, m.frames_received, m.frames_lost))),
-            or_dash(media.map(|m| format!("{} / {}", m.frames_echoed, m.frames_played))),
+            or_dash(media.map(|m| match m.mark_delay_mean_ms.is_nan() {
+                true => format!("{} / -", m.frames_echoed),
+                false => format!("{} / {}", m.frames_echoed, m.frames_played),
+            })),
             or_dash(media.map(|m| format!("{:.2} / {:.2} / {:.1}", m.jitter_p50_ms, m.jitter_p99_ms, m.jitter_max_ms))),
             or_dash(media.map(|m| format!("{:.2}", m.jitter_read_p99_ms))),
-            row.setup_p50_ms,
-            row.setup_p99_ms,
-            row.setup_ok_p50_ms,
-            row.setup_ok_p99_ms,
-            or_dash(media.map(|m| format!("{:.1} / {:.1}", m.mark_delay_p50_ms, m.mark_delay_p99_ms))),
+            fixed(row.setup_p50_ms, 1),
+            fixed(row.setup_p99_ms, 1),
+            fixed(row.setup_ok_p50_ms, 1),
+            fixed(row.setup_ok_p99_ms, 1),
+            or_dash(media.map(|m| format!("{} / {}", fixed(m.mark_delay_p50_ms, 1), fixed(m.mark_delay_p99_ms, 1)))),
             playout_cells(media),
             row.bench_cpu_percent,
         );
