@@ -297,18 +297,20 @@ impl PlayoutBuffer {
 /// repeats well enough to cross-fade unheard.
 fn best_period(samples: &[i16], span: usize, min: usize, max: usize) -> Option<usize> {
     let mut best: Option<(usize, f64)> = None;
+    let span = span.min(samples.len());
+    let head = &samples[..span];
+    // Integer sums: exact, and they vectorise. The search runs when a call's
+    // queue stays high, which happens to many calls at once on an overloaded node.
+    let energy = |part: &[i16]| part.iter().map(|&s| i64::from(s) * i64::from(s)).sum::<i64>();
+    let energy_a = energy(head);
     for period in min..=max.min(samples.len().saturating_sub(span)) {
-        let (mut cross, mut energy_a, mut energy_b) = (0f64, 0f64, 0f64);
-        for index in 0..span {
-            let (a, b) = (samples[index] as f64, samples[index + period] as f64);
-            cross += a * b;
-            energy_a += a * a;
-            energy_b += b * b;
-        }
-        if energy_a <= 0.0 || energy_b <= 0.0 {
+        let tail = &samples[period..period + span];
+        let cross: i64 = head.iter().zip(tail).map(|(&a, &b)| i64::from(i32::from(a) * i32::from(b))).sum();
+        let energy_b = energy(tail);
+        if energy_a <= 0 || energy_b <= 0 {
             continue;
         }
-        let score = cross / (energy_a * energy_b).sqrt();
+        let score = cross as f64 / (energy_a as f64 * energy_b as f64).sqrt();
         if best.is_none_or(|(_, top)| score > top) {
             best = Some((period, score));
         }

@@ -8,7 +8,7 @@
 //! window for the tick's other frames, then wakes every call that has audio
 //! queued from the runtime itself, where a wake costs no context switch.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -16,10 +16,18 @@ use tokio::sync::Notify;
 
 /// One call's side of the pump: its task's wake-up, and whether it is
 /// already among the calls the pump will wake.
-#[derive(Default)]
 pub struct PumpSlot {
     task: Notify,
     due: AtomicBool,
+    /// The slot's place in every batch: calls are woken oldest first.
+    order: u64,
+}
+
+impl Default for PumpSlot {
+    fn default() -> Self {
+        static CREATED: AtomicU64 = AtomicU64::new(0);
+        PumpSlot { task: Notify::new(), due: AtomicBool::new(false), order: CREATED.fetch_add(1, Ordering::Relaxed) }
+    }
 }
 
 impl PumpSlot {
@@ -75,6 +83,7 @@ impl UplinkPump {
             // Disarmed first: a frame from now on wakes the pump for the next batch.
             self.armed.store(false, Ordering::Release);
             std::mem::swap(&mut batch, &mut *self.due());
+            in_wake_order(&mut batch);
             for slot in batch.drain(..) {
                 // Cleared before the wake, so a frame queued meanwhile is either
                 // taken by this wake or schedules the call again.
@@ -83,6 +92,13 @@ impl UplinkPump {
             }
         }
     }
+}
+
+/// The batch in the calls' own order, not the order their frames came in:
+/// FreeSWITCH's session threads run in a different order every tick, and a
+/// call whose place in the batch moved would send its frames unevenly.
+fn in_wake_order(batch: &mut [Arc<PumpSlot>]) {
+    batch.sort_unstable_by_key(|slot| slot.order);
 }
 
 #[cfg(test)]
@@ -149,6 +165,18 @@ mod tests {
                 tokio::time::sleep(Duration::from_micros(300)).await;
             }
         }
+    }
+
+    #[test]
+    fn each_batch_wakes_the_calls_in_the_same_order() {
+        let slots: Vec<Arc<PumpSlot>> = (0..20).map(|_| Arc::new(PumpSlot::default())).collect();
+        // Frames came in as FreeSWITCH's threads ran: newest call first, then the rest.
+        let mut tick: Vec<Arc<PumpSlot>> = slots.iter().skip(1).rev().step_by(2).cloned().collect();
+        tick.extend(slots.iter().step_by(2).cloned());
+        in_wake_order(&mut tick);
+        let places: Vec<usize> =
+            tick.iter().map(|slot| slots.iter().position(|s| Arc::ptr_eq(s, slot)).unwrap()).collect();
+        assert!(places.windows(2).all(|pair| pair[0] < pair[1]), "oldest call first: {places:?}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]

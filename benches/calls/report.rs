@@ -336,7 +336,8 @@ pub fn plot(rows: &[Row], path: &Path) -> Result<(), String> {
     let areas = root.split_evenly((2, 2));
     let cpu = |row: &Row| Some(row.cpu_us_per_call_second);
     panel(&areas[0], "FreeSWITCH CPU per call", "CPU µs per call-second", &per_endpoint(rows, &cpu), None)?;
-    let media = |pick: fn(&Media) -> f64| move |row: &Row| row.media.as_ref().map(pick);
+    // NaN where the row has no such figure (the socket floor plays nothing).
+    let media = |pick: fn(&Media) -> f64| move |row: &Row| row.media.as_ref().map(pick).filter(|v| !v.is_nan());
     panel(
         &areas[1],
         "Uplink jitter at the server (wsbridge)",
