@@ -477,6 +477,5 @@ pub fn wss_with_a_private_ca() {
 
     let reply = esl.api(&format!("originate wsbridge/wss://localhost:{port}/tls &park"));
     assert_eq!(reply.trim(), "-ERR DESTINATION_OUT_OF_ORDER", "the system CAs do not know the test CA");
-    let log = std::fs::read_to_string(world().dir.join("log/freeswitch.log")).unwrap();
-    assert!(log.contains("TLS failed: unknown issuer"), "the log names the TLS failure");
+    crate::log_showing(&world().dir.join("log/freeswitch.log"), &["TLS failed: unknown issuer"]);
 }

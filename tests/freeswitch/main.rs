@@ -170,6 +170,25 @@ fn wait_gone_on(esl: &mut esl::Esl, uuid: &str, limit: Duration) {
     }
 }
 
+/// FreeSWITCH's log once it holds every one of `wanted`: its log thread
+/// writes a moment after the API reply, later still on a loaded machine.
+fn log_showing(path: &std::path::Path, wanted: &[&str]) -> String {
+    log_when(path, &format!("{wanted:?} in the log"), |log| wanted.iter().all(|text| log.contains(text)))
+}
+
+/// FreeSWITCH's log once `ready` holds for it (within 10 s), as for [`log_showing`].
+fn log_when(path: &std::path::Path, what: &str, ready: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = std::fs::read_to_string(path).unwrap_or_default();
+        if ready(&log) {
+            return log;
+        }
+        assert!(Instant::now() < deadline, "not after 10 s: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn recording_path(name: &str) -> std::path::PathBuf {
     world().dir.join("recordings").join(format!("{name}.wav"))
 }
