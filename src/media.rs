@@ -279,9 +279,10 @@ impl CallMedia {
         reconnection.reconnects
     }
 
-    /// The close code and reason of the WebSocket, whichever side closed it.
-    pub fn record_close(&self, code: u16, reason: &str) {
-        lock(&self.close).get_or_insert_with(|| (code, reason.to_string()));
+    /// The close code and reason of the WebSocket, whichever side closed it
+    /// first; returns the reason in force (an earlier one stays).
+    pub fn record_close(&self, code: u16, reason: &str) -> String {
+        lock(&self.close).get_or_insert_with(|| (code, reason.to_string())).1.clone()
     }
 
     /// The caller hung up while the socket was open: the task sends what is

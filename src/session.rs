@@ -648,9 +648,8 @@ async fn finish(
     let Session { sink, stream, unsent, dialect } = session;
     match ended {
         Ended::CallerGone => {
-            media.record_close(1000, CALLER_HUNG_UP);
             // The reason recorded first: a hangup's, or a fork's `stop`.
-            let reason = media.close_info().map_or(CALLER_HUNG_UP.to_string(), |(_, reason)| reason);
+            let reason = media.record_close(1000, CALLER_HUNG_UP);
             // The caller's last frames were queued before the hangup: they go before the close.
             media.take_uplink(unsent);
             let _ = timeout(options.close_timeout, send_batch(sink, unsent, control, &mut dialect.encoder)).await;

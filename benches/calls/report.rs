@@ -80,6 +80,13 @@ fn or_dash(value: Option<String>) -> String {
     value.unwrap_or_else(|| "-".to_string())
 }
 
+impl Media {
+    /// False for the socket floor, which plays nothing: its playout figures are NaN.
+    fn plays(&self) -> bool {
+        !self.mark_delay_mean_ms.is_nan()
+    }
+}
+
 /// A figure with `digits` decimals, or "-" where the row has none (NaN).
 fn fixed(value: f64, digits: usize) -> String {
     if value.is_nan() {
@@ -92,8 +99,7 @@ fn fixed(value: f64, digits: usize) -> String {
 /// The jitter buffer's columns: latency, gaps, concealed and dropped frames, target.
 fn playout_cells(media: Option<&Media>) -> String {
     match media {
-        // The socket floor plays nothing: its playout cells are NaN.
-        Some(m) if m.mark_delay_mean_ms.is_nan() => ["-"; 5].join(" | "),
+        Some(m) if !m.plays() => ["-"; 5].join(" | "),
         Some(m) => format!(
             "{:.1} | {:.2} | {} | {} | {:.0}",
             m.mark_delay_mean_ms,
@@ -134,9 +140,9 @@ pub fn table(rows: &[Row]) -> String {
             or_dash(row.wakeups_per_call_second.map(|w| format!("{w:.1}"))),
             fixed(row.rss_kib_per_call, 0),
             or_dash(media.map(|m| format!("{} / {} / {}", m.frames_expected, m.frames_received, m.frames_lost))),
-            or_dash(media.map(|m| match m.mark_delay_mean_ms.is_nan() {
-                true => format!("{} / -", m.frames_echoed),
-                false => format!("{} / {}", m.frames_echoed, m.frames_played),
+            or_dash(media.map(|m| match m.plays() {
+                true => format!("{} / {}", m.frames_echoed, m.frames_played),
+                false => format!("{} / -", m.frames_echoed),
             })),
             or_dash(media.map(|m| format!("{:.2} / {:.2} / {:.1}", m.jitter_p50_ms, m.jitter_p99_ms, m.jitter_max_ms))),
             or_dash(media.map(|m| format!("{:.2}", m.jitter_read_p99_ms))),

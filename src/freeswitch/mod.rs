@@ -64,8 +64,9 @@ impl Module for Wsbridge {
     fn load(interface: &ModuleInterface) -> Result<(), String> {
         install_logging();
         config_store::load();
-        let (threads, uplink_batch) = (config_store::config().runtime_threads, config_store::config().uplink_batch);
-        runtime::start(threads, uplink_batch)
+        let config = config_store::config();
+        let threads = config.runtime_threads;
+        runtime::start(threads, config.uplink_batch)
             .map_err(|error| format!("cannot start the WebSocket runtime: {error}"))?;
         events::reserve_subclasses()?;
         interface.add_endpoint::<endpoint::WsbridgeCall>(c"wsbridge")?;
@@ -75,7 +76,7 @@ impl Module for Wsbridge {
         interface.add_application::<fork::WsbridgeForkApp>()?;
         interface.bind::<config_store::OnReloadXml>(Self::NAME)?;
         interface.bind::<drain::OnShutdownRequested>(Self::NAME)?;
-        listener::start(&config_store::config().listener);
+        listener::start(&config.listener);
         tracing::info!("mod_wsbridge {} loaded; {threads} runtime thread(s)", env!("CARGO_PKG_VERSION"));
         Ok(())
     }

@@ -19,14 +19,22 @@ struct Shape {
     /// such tests start first, longest first, so that the rest run beside
     /// them. The others start in the order they are declared.
     runs_seconds: u32,
+    sharing: Sharing,
+}
+
+/// Which tests a test may run beside.
+#[derive(Clone, Copy, PartialEq)]
+enum Sharing {
+    /// Beside any test but one that runs `Alone`.
+    Shares,
     /// The test loads the machine with a hundred calls or more, so it runs
     /// with no other test beside it: their timing and frame counts would
     /// otherwise be judged on a saturated machine, and the test's own
     /// senders stalled.
-    alone: bool,
+    Alone,
     /// The test judges nothing that load could upset, so it also runs
     /// beside a test that runs alone (which would otherwise wait for it).
-    beside_load: bool,
+    BesideLoad,
 }
 
 /// Declares the tests of one file as its `TESTS`, which `main` runs:
@@ -51,23 +59,23 @@ macro_rules! tests {
         $crate::Test {
             name: concat!(stringify!($prefix), "_", stringify!($function)),
             body: $function,
-            shape: $crate::tests!(@shape [0, false, false] $($attribute)*),
+            shape: $crate::tests!(@shape [0, Shares] $($attribute)*),
         }
     };
     (@test [$function:ident] $($attribute:tt)*) => {
-        $crate::Test { name: stringify!($function), body: $function, shape: $crate::tests!(@shape [0, false, false] $($attribute)*) }
+        $crate::Test { name: stringify!($function), body: $function, shape: $crate::tests!(@shape [0, Shares] $($attribute)*) }
     };
-    (@shape [$seconds:expr, $alone:literal, $beside:literal]) => {
-        $crate::Shape { runs_seconds: $seconds, alone: $alone, beside_load: $beside }
+    (@shape [$seconds:expr, $sharing:ident]) => {
+        $crate::Shape { runs_seconds: $seconds, sharing: $crate::Sharing::$sharing }
     };
-    (@shape [$old:expr, $alone:literal, $beside:literal] runs $seconds:literal s $(, $($rest:tt)*)?) => {
-        $crate::tests!(@shape [$seconds, $alone, $beside] $($($rest)*)?)
+    (@shape [$old:expr, $sharing:ident] runs $seconds:literal s $(, $($rest:tt)*)?) => {
+        $crate::tests!(@shape [$seconds, $sharing] $($($rest)*)?)
     };
-    (@shape [$seconds:expr, $old:literal, $beside:literal] alone $(, $($rest:tt)*)?) => {
-        $crate::tests!(@shape [$seconds, true, $beside] $($($rest)*)?)
+    (@shape [$seconds:expr, $old:ident] alone $(, $($rest:tt)*)?) => {
+        $crate::tests!(@shape [$seconds, Alone] $($($rest)*)?)
     };
-    (@shape [$seconds:expr, $alone:literal, $old:literal] beside load $(, $($rest:tt)*)?) => {
-        $crate::tests!(@shape [$seconds, $alone, true] $($($rest)*)?)
+    (@shape [$seconds:expr, $old:ident] beside load $(, $($rest:tt)*)?) => {
+        $crate::tests!(@shape [$seconds, BesideLoad] $($($rest)*)?)
     };
 }
 use tests;
@@ -232,8 +240,9 @@ fn main() {
                 // Every test shares the machine, but one that runs alone holds it.
                 static MACHINE: RwLock<()> = RwLock::new(());
                 let _shared =
-                    (!shape.alone && !shape.beside_load).then(|| MACHINE.read().unwrap_or_else(|e| e.into_inner()));
-                let _alone = shape.alone.then(|| MACHINE.write().unwrap_or_else(|e| e.into_inner()));
+                    (shape.sharing == Sharing::Shares).then(|| MACHINE.read().unwrap_or_else(|e| e.into_inner()));
+                let _alone =
+                    (shape.sharing == Sharing::Alone).then(|| MACHINE.write().unwrap_or_else(|e| e.into_inner()));
                 body();
                 Ok(())
             })
