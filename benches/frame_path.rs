@@ -6,10 +6,10 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use bytes::Bytes;
-use mod_wsbridge::comfort_noise::DownlinkMixer;
-use mod_wsbridge::media::{CallMedia, MediaLimits};
-use mod_wsbridge::playout::PlayoutBuffer;
-use mod_wsbridge::reframe::Reframer;
+use mod_wsbridge::audio::comfort_noise::DownlinkMixer;
+use mod_wsbridge::audio::media::{CallMedia, MediaLimits};
+use mod_wsbridge::audio::playout::PlayoutBuffer;
+use mod_wsbridge::audio::reframe::Reframer;
 use mod_wsbridge::settings::ContentType;
 
 const FRAMES: usize = 200_000;

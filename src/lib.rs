@@ -18,28 +18,11 @@
 //! entry points and the endpoint; its `ffi` module is the one place with
 //! unsafe code.
 
-pub mod call_plan;
-pub mod cause;
-pub mod comfort_noise;
-pub mod command;
-pub mod concealment;
-pub mod connection;
-pub mod drain;
-pub mod fork;
-pub mod inbound;
-pub mod jitter;
-pub mod logging;
-pub mod media;
-pub mod playout;
-pub mod poll_watch;
-pub mod protocol;
-pub mod reframe;
-pub mod security;
-pub mod session;
+pub mod audio;
+pub mod call;
+pub mod diagnostics;
 pub mod settings;
-pub mod uplink;
-pub mod uplink_pump;
-pub mod websocket;
+pub mod wire;
 
 #[cfg(freeswitch)]
 pub mod freeswitch;

@@ -3,7 +3,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use mod_wsbridge::settings::ModuleConfig;
-use mod_wsbridge::protocol::{mark_event, parse_control, Control};
+use mod_wsbridge::wire::protocol::{mark_event, parse_control, Control};
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mod_wsbridge::security;
+use mod_wsbridge::settings::security;
 use mod_wsbridge::settings::{url_decode, ContentType, FirstMessageStyle, RawSettings, ServerUri};
 
 fuzz_target!(|data: &[u8]| {

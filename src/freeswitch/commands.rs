@@ -4,10 +4,10 @@ use std::ffi::CStr;
 
 use super::ffi::{ApiCommand, CauseCode, LocatedSession};
 use super::{config_store, drain, fork, registry, runtime};
-use crate::cause::HangupCause;
-use crate::command::{self, Command, StatusReport};
-use crate::drain::DrainReason;
-use crate::logging;
+use crate::settings::cause::HangupCause;
+use crate::call::api::{self, Command, StatusReport};
+use crate::call::drain_state::DrainReason;
+use crate::diagnostics::logging;
 
 fn run(arguments: &str) -> String {
     let command = match command::parse(arguments) {
@@ -26,8 +26,8 @@ fn run(arguments: &str) -> String {
                 drain: drain::report(),
                 settings: &settings,
                 running_threads: runtime::workers(),
-                slow_polls: crate::poll_watch::figures(),
-                stalls: crate::poll_watch::stalls(),
+                slow_polls: crate::diagnostics::poll_watch::figures(),
+                stalls: crate::diagnostics::poll_watch::stalls(),
             };
             match json {
                 true => command::status_json(&report),

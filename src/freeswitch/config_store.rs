@@ -4,7 +4,7 @@
 use std::sync::{Arc, RwLock};
 
 use super::ffi::{self, EventKind, EventListener};
-use crate::logging;
+use crate::diagnostics::logging;
 use crate::settings::ModuleConfig;
 
 static CONFIG: RwLock<Option<Arc<ModuleConfig>>> = RwLock::new(None);
@@ -25,7 +25,7 @@ pub fn load() {
         tracing::warn!("wsbridge.conf: {problem}");
     }
     logging::set_debug(config.debug);
-    crate::websocket::clear_tls_cache();
+    crate::wire::websocket::clear_tls_cache();
     tracing::info!("wsbridge.conf: {} settings loaded", params.len());
     let drain = config.drain;
     *CONFIG.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(config));

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use super::ffi::{EventKind, EventListener};
 use super::{config_store, events, fork, registry};
-use crate::drain::{DrainReason, DrainReport, DrainState};
+use crate::call::drain_state::{DrainReason, DrainReport, DrainState};
 
 static STATE: Mutex<DrainState> = Mutex::new(DrainState::new());
 /// The `drain` param as last read, so that a reload changes the state only when the file did.

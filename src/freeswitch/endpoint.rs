@@ -15,17 +15,17 @@ use super::ffi::{
     Session, Timer, Variables, WrittenFrame,
 };
 use super::{config_store, drain, events, registry, runtime};
-use crate::call_plan::{admit, plan_call, CallPlan, CallSources};
-use crate::cause::HangupCause;
-use crate::comfort_noise::DownlinkMixer;
-use crate::inbound::{self, FirstMessage, Progress, ProgressSeen};
-use crate::media::{CallMedia, WireDecoder};
-use crate::poll_watch::Watched;
-use crate::reframe::Reframer;
-use crate::session::{self, CallControl, CallEvent};
+use crate::call::plan::{admit, plan_call, CallPlan, CallSources};
+use crate::settings::cause::HangupCause;
+use crate::audio::comfort_noise::DownlinkMixer;
+use crate::call::admission::{self, FirstMessage, Progress, ProgressSeen};
+use crate::audio::media::{CallMedia, WireDecoder};
+use crate::diagnostics::poll_watch::Watched;
+use crate::audio::reframe::Reframer;
+use crate::call::conversation::{self, CallControl, CallEvent};
 use crate::settings::CallTuning;
 use crate::settings::{ContentType, Encoding, VariableSource, FRAME_MS};
-use crate::uplink::PushOutcome;
+use crate::audio::uplink::PushOutcome;
 use std::net::SocketAddr;
 
 impl VariableSource for Variables<'_> {

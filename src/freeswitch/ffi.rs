@@ -21,7 +21,7 @@ use std::sync::OnceLock;
 use freeswitch_sys as fs;
 
 use super::guard::{guard, guard_session};
-use crate::cause::HangupCause;
+use crate::settings::cause::HangupCause;
 
 const SUCCESS: fs::switch_status_t = fs::switch_status_t::SWITCH_STATUS_SUCCESS;
 const FALSE: fs::switch_status_t = fs::switch_status_t::SWITCH_STATUS_FALSE;

@@ -19,16 +19,16 @@ use super::ffi::{
     self, ApiCommand, Application, CauseCode, Channel, LocatedSession, MediaBugHandler, Resampler, Session,
 };
 use super::{config_store, drain, events, runtime};
-use crate::call_plan::admit;
-use crate::cause::HangupCause;
-use crate::command::CallSnapshot;
-use crate::fork::{self, Combiner, ForkAction, ForkMode, ForkPlan, StartRequest};
-use crate::media::CallMedia;
-use crate::poll_watch::Watched;
-use crate::reframe::Reframer;
-use crate::session::{self, CallControl, CallEvent, SessionEnd};
+use crate::call::plan::admit;
+use crate::settings::cause::HangupCause;
+use crate::call::api::CallSnapshot;
+use crate::call::fork_plan::{self, Combiner, ForkAction, ForkMode, ForkPlan, StartRequest};
+use crate::audio::media::CallMedia;
+use crate::diagnostics::poll_watch::Watched;
+use crate::audio::reframe::Reframer;
+use crate::call::conversation::{self, CallControl, CallEvent, SessionEnd};
 use crate::settings::{ContentType, Encoding};
-use crate::uplink::PushOutcome;
+use crate::audio::uplink::PushOutcome;
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())

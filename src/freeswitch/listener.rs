@@ -1,7 +1,7 @@
 //! The listener for calls from the WebSocket side: bound at load when
 //! `listen` is set, on the module's runtime, and closed at unload (so
 //! `reload mod_wsbridge` rebinds it with the file's new settings). Each
-//! client is admitted by [`crate::inbound::admit`] before any channel exists.
+//! client is admitted by [`crate::call::admission::admit`] before any channel exists.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -15,12 +15,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::{endpoint, registry, runtime};
-use crate::connection::Connection;
-use crate::inbound::{self, Admission, Admitted, CallSlots};
-use crate::poll_watch::Watched;
-use crate::session::CallControl;
+use crate::wire::connection::Connection;
+use crate::call::admission::{self, Admission, Admitted, CallSlots};
+use crate::diagnostics::poll_watch::Watched;
+use crate::call::conversation::CallControl;
 use crate::settings::module_conf::ListenerConfig;
-use crate::websocket::Io;
+use crate::wire::websocket::Io;
 
 /// Stops the running listener; None when there is none.
 static RUNNING: Mutex<Option<CancellationToken>> = Mutex::new(None);
@@ -81,7 +81,7 @@ pub fn start(config: &ListenerConfig) {
             return;
         }
     };
-    let session = crate::session::SessionOptions::default();
+    let session = crate::call::conversation::SessionOptions::default();
     let mut websocket = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default();
     websocket.read_buffer_size = 8 * 1024;
     websocket.max_message_size = Some(session.max_message_bytes.max(session.max_text_bytes));
@@ -209,7 +209,7 @@ async fn serve_client(
     tracing::info!("WebSocket client {peer} calls {} in context {context} ({})", first.destination, first.content_type);
     let label = inbound::inbound_label(peer);
     let uuid = control.call_id().to_string();
-    crate::session::serve_inbound(Connection::WebSocket(socket), label, media, control, tuning.session)
+    crate::call::conversation::serve_inbound(Connection::WebSocket(socket), label, media, control, tuning.session)
         .instrument(tracing::info_span!("call", uuid = uuid.as_str()))
         .await;
     drop(slot);

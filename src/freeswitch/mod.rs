@@ -29,7 +29,7 @@ use std::time::Duration;
 use tracing::Level;
 use tracing_subscriber::layer::SubscriberExt;
 
-use crate::logging::{LogSink, SinkLayer};
+use crate::diagnostics::logging::{LogSink, SinkLayer};
 use ffi::{LogLevel, Module, ModuleInterface};
 
 ffi::declare_module!(mod_wsbridge_module_interface, Wsbridge);

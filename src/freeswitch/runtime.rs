@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::uplink_pump::UplinkPump;
+use crate::audio::uplink_pump::UplinkPump;
 
 static RUNTIME: Mutex<Option<tokio::runtime::Runtime>> = Mutex::new(None);
 /// The running runtime's uplink pump; none when batching is off.
@@ -31,7 +31,7 @@ pub fn start(workers: usize, uplink_batch: Duration) -> std::io::Result<()> {
             LIVE_THREADS.fetch_sub(1, Ordering::SeqCst);
         })
         .build()?;
-    runtime.spawn(crate::poll_watch::heartbeat());
+    runtime.spawn(crate::diagnostics::poll_watch::heartbeat());
     let pump = (!uplink_batch.is_zero()).then(|| UplinkPump::new(uplink_batch));
     if let Some(pump) = &pump {
         runtime.spawn(pump.clone().run());

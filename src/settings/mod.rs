@@ -11,7 +11,9 @@
 //! the README's settings table is generated from it (a unit test keeps the
 //! two equal).
 
+pub mod cause;
 pub mod module_conf;
+pub mod security;
 pub mod server;
 pub mod tuning;
 
@@ -457,7 +459,7 @@ mod tests {
     #[test]
     fn drain_cause_choices_are_the_drain_causes() {
         let Kind::Choice { default, choices } = DRAIN_CAUSE.kind else { panic!("drain-cause is a choice") };
-        let causes: Vec<&str> = crate::cause::HangupCause::DRAIN_CHOICES.iter().map(|cause| cause.name()).collect();
+        let causes: Vec<&str> = crate::settings::cause::HangupCause::DRAIN_CHOICES.iter().map(|cause| cause.name()).collect();
         assert_eq!(choices, causes.as_slice());
         assert_eq!(default, causes[0]);
     }

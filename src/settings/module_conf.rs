@@ -12,9 +12,9 @@ use super::{
     LISTEN_CONTEXT, LISTEN_MAX_CALLS, LISTEN_TLS_CERT_FILE, LISTEN_TLS_KEY_FILE, LISTEN_TOKENS, MAX_CONNECTING,
     RUNTIME_THREADS, UPLINK_BATCH_MS,
 };
-use crate::cause::HangupCause;
-use crate::inbound::Tokens;
-use crate::security::HostPattern;
+use crate::settings::cause::HangupCause;
+use crate::call::admission::Tokens;
+use crate::settings::security::HostPattern;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModuleConfig {
@@ -195,7 +195,7 @@ impl ModuleConfig {
                     )),
                 }
             }
-            _ if param == ALLOWED_HOSTS.param => match crate::security::parse_allowlist(&value) {
+            _ if param == ALLOWED_HOSTS.param => match crate::settings::security::parse_allowlist(&value) {
                 Ok(patterns) => {
                     self.allowed_hosts = patterns;
                     self.allowed_hosts_text = value;
@@ -203,7 +203,7 @@ impl ModuleConfig {
                 // Failing closed: a broken allowlist must not open every host.
                 Err(why) => {
                     problems.push(format!("param {param}: {why}; no host is allowed until it is fixed"));
-                    self.allowed_hosts = crate::security::parse_allowlist("0.0.0.0:1").expect("valid");
+                    self.allowed_hosts = crate::settings::security::parse_allowlist("0.0.0.0:1").expect("valid");
                     self.allowed_hosts_text = "(invalid: nothing allowed)".into();
                 }
             },
@@ -310,7 +310,7 @@ mod tests {
         let (config, problems) = ModuleConfig::from_params(&params(&[("allowed-hosts", "good.example.com, bad/host")]));
         assert_eq!(problems.len(), 1);
         let uri = crate::settings::ServerUri::parse("ws://good.example.com/").unwrap();
-        assert!(!crate::security::allows(&config.allowed_hosts, &uri));
+        assert!(!crate::settings::security::allows(&config.allowed_hosts, &uri));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::fmt;
 
 use serde_json::{Map, Value};
 
-use crate::cause::HangupCause;
+use crate::settings::cause::HangupCause;
 
 pub const URI_VARIABLE: &str = "P-wsbridge-websocket-uri";
 pub const CONTENT_TYPE_VARIABLE: &str = "P-wsbridge-websocket-content-type";

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::{Kind, Setting};
-use crate::media::MediaLimits;
-use crate::session::SessionOptions;
+use crate::audio::media::MediaLimits;
+use crate::call::conversation::SessionOptions;
 
 /// How one call is tuned.
 #[derive(Debug, Clone)]
@@ -218,7 +218,7 @@ impl CallTuning {
             session.tls.insecure = insecure;
         }
         if let Some(text) = reader.text(&TLS_PIN_SHA256) {
-            match crate::security::parse_sha256_pin(&text) {
+            match crate::settings::security::parse_sha256_pin(&text) {
                 Ok(pin) => session.tls.pin_sha256 = pin,
                 // Refused, not ignored: without its pin the call would trust more than intended.
                 Err(why) => return Err(format!("{} {why}", reader.display(&TLS_PIN_SHA256))),
@@ -246,7 +246,7 @@ impl CallTuning {
             }
         }
         if let Some(text) = reader.json(&HTTP_HEADERS) {
-            match crate::security::parse_http_headers(&text) {
+            match crate::settings::security::parse_http_headers(&text) {
                 Ok(headers) => session.http_headers = headers,
                 Err(why) => return Err(format!("{} {why}", reader.display(&HTTP_HEADERS))),
             }

@@ -5,8 +5,8 @@
 
 use std::fmt;
 
-use crate::cause::HangupCause;
-use crate::security;
+use crate::settings::cause::HangupCause;
+use crate::settings::security;
 use crate::settings::server::{RawSettings, VariableSource};
 use crate::settings::tuning::Reader;
 use crate::settings::{CallSettings, CallTuning, ModuleConfig, FALLBACK_URIS, MAX_HEADERS_BYTES, PROTOCOL};

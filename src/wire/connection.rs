@@ -12,8 +12,8 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::codec::Framed;
 
-use crate::protocol::audiosocket::Framing;
-use crate::websocket::Io;
+use crate::wire::protocol::audiosocket::Framing;
+use crate::wire::websocket::Io;
 
 pub enum Connection {
     WebSocket(WebSocketStream<Box<dyn Io>>),
@@ -90,7 +90,7 @@ impl Sink<Message> for Connection {
 
 /// AudioSocket's connection: TCP alone, no TLS and no HTTP.
 pub async fn connect_audiosocket(host: &str, port: u16) -> io::Result<Connection> {
-    let tcp = crate::websocket::connect_tcp(host, port).await?;
+    let tcp = crate::wire::websocket::connect_tcp(host, port).await?;
     let _ = tcp.set_nodelay(true);
     Ok(Connection::AudioSocket(AudioSocketStream::new(tcp)))
 }

@@ -6,7 +6,7 @@
 //!
 //! [`admit`] runs the whole admission on an accepted stream; the FreeSWITCH
 //! side (`freeswitch::listener`) binds, accepts, creates the channel and
-//! hands the socket to [`crate::session::serve_inbound`].
+//! hands the socket to [`crate::call::conversation::serve_inbound`].
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -23,9 +23,9 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::call_plan::CallPlan;
+use crate::call::plan::CallPlan;
 use crate::settings::{CallSettings, CallTuning, ContentType, Protocol, ServerUri};
-use crate::websocket::{Io, WebSocket};
+use crate::wire::websocket::{Io, WebSocket};
 
 /// Largest first message, in bytes.
 pub const MAX_FIRST_MESSAGE_BYTES: usize = 4096;

@@ -13,7 +13,7 @@ use serde_json::{json, Map, Value};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::settings::{CallSettings, FirstMessageStyle, Protocol};
-use crate::uplink::Outgoing;
+use crate::audio::uplink::Outgoing;
 
 /// An action the server asks for in a text message.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -7,8 +7,8 @@ use std::collections::VecDeque;
 use std::io::Read;
 use std::time::Instant;
 
-use crate::concealment::Concealer;
-use crate::jitter::{JitterControl, JitterLimits, Tick};
+use crate::audio::concealment::Concealer;
+use crate::audio::jitter::{JitterControl, JitterLimits, Tick};
 
 /// What a playout tick produced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -644,7 +644,7 @@ mod tests {
             );
             assert!(after_stall > before + 100.0, "the stall left a backlog");
             // The target rose with the stall and decays slowly; the backlog follows it down.
-            let bound = outcome.target_ms + crate::jitter::DRIFT_MARGIN_MS + 20.0;
+            let bound = outcome.target_ms + crate::audio::jitter::DRIFT_MARGIN_MS + 20.0;
             assert!(end <= bound, "the backlog is drained: {end:.0} ms at the end, over {bound:.0} ms");
             // Whole periods of the tone were taken out: its phase never steps.
             let step = outcome

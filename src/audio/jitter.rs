@@ -1,7 +1,7 @@
 //! When to play the server's audio: a small pre-fill before playing, a
 //! target depth that follows the measured arrival jitter, and a steer back
 //! to it when the server's clock runs fast. Pure timing decisions; the bytes
-//! stay in [`crate::playout::PlayoutBuffer`].
+//! stay in [`crate::audio::playout::PlayoutBuffer`].
 //!
 //! How the target adapts:
 //! - Each message's relative delay is its arrival time less the media time

@@ -11,11 +11,11 @@ use bytes::Bytes;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::jitter::JitterLimits;
-use crate::playout::{Downlink, MarkOutcome, PlayoutBuffer};
+use crate::audio::jitter::JitterLimits;
+use crate::audio::playout::{Downlink, MarkOutcome, PlayoutBuffer};
 use crate::settings::{ContentType, Encoding};
-use crate::uplink::{Outgoing, PushOutcome, UplinkQueue};
-use crate::uplink_pump::{PumpSlot, UplinkPump};
+use crate::audio::uplink::{Outgoing, PushOutcome, UplinkQueue};
+use crate::audio::uplink_pump::{PumpSlot, UplinkPump};
 
 #[derive(Debug, Clone, Copy)]
 pub struct MediaLimits {
@@ -383,9 +383,9 @@ impl CallMedia {
     }
 
     /// The call's figures as `wsbridge list` shows them; `age` since it began.
-    pub fn snapshot(&self, uuid: &str, uri: &str, age: Duration) -> crate::command::CallSnapshot {
+    pub fn snapshot(&self, uuid: &str, uri: &str, age: Duration) -> crate::call::api::CallSnapshot {
         let (target_ms, jitter_ms) = self.jitter_now();
-        crate::command::CallSnapshot {
+        crate::call::api::CallSnapshot {
             uuid: uuid.to_string(),
             uri: uri.to_string(),
             state: self.state(),

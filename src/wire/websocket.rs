@@ -265,8 +265,8 @@ impl fmt::Display for PinMismatch {
             f,
             "pin mismatch: wsbridge_tls_pin_sha256 expects the certificate with SHA-256 fingerprint {}, but the \
              server's has {}: if the server's certificate was replaced, pin the new one",
-            crate::security::fingerprint_text(&self.expected),
-            crate::security::fingerprint_text(&self.seen)
+            crate::settings::security::fingerprint_text(&self.expected),
+            crate::settings::security::fingerprint_text(&self.seen)
         )
     }
 }
@@ -1192,8 +1192,8 @@ mod tests {
         let error = try_wss_at("127.0.0.1", port, &pinning(&other.der)).await.unwrap_err();
         let (expected, seen) = (sha256(&other.der), sha256(&certificate.der));
         assert!(error.starts_with("TLS failed: pin mismatch: wsbridge_tls_pin_sha256 expects"), "{error}");
-        assert!(error.contains(&crate::security::fingerprint_text(&expected)), "{error}");
-        assert!(error.contains(&crate::security::fingerprint_text(&seen)), "{error}");
+        assert!(error.contains(&crate::settings::security::fingerprint_text(&expected)), "{error}");
+        assert!(error.contains(&crate::settings::security::fingerprint_text(&seen)), "{error}");
 
         // The pin decides: a certificate a trusted CA signed is refused when it is not the pinned one.
         let pki = pki("localhost", false);

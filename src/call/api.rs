@@ -4,7 +4,7 @@ use std::ffi::CStr;
 
 use serde_json::json;
 
-use crate::drain::DrainReport;
+use crate::call::drain_state::DrainReport;
 
 /// The arguments `wsbridge` takes; the one place they are spelled out.
 macro_rules! syntax {
@@ -224,7 +224,7 @@ pub fn list(calls: &[CallSnapshot], as_json: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::drain::DrainReason;
+    use crate::call::drain_state::DrainReason;
 
     #[test]
     fn commands_parse_and_junk_gets_the_usage() {

@@ -17,13 +17,13 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use crate::cause::HangupCause;
-use crate::connection::{self, Connection};
-use crate::media::{CallMedia, CALLER_HUNG_UP};
-use crate::protocol::{self, Control, Decoder, Dialect, Encoder, Inbound};
+use crate::settings::cause::HangupCause;
+use crate::wire::connection::{self, Connection};
+use crate::audio::media::{CallMedia, CALLER_HUNG_UP};
+use crate::wire::protocol::{self, Control, Decoder, Dialect, Encoder, Inbound};
 use crate::settings::{CallSettings, FirstMessageStyle, Scheme, ServerUri};
-use crate::uplink::Outgoing;
-use crate::websocket::{self, TlsOptions};
+use crate::audio::uplink::Outgoing;
+use crate::wire::websocket::{self, TlsOptions};
 
 /// What the task may do to its call. Implementations must not block.
 pub trait CallControl: Send + Sync + 'static {
@@ -197,7 +197,7 @@ pub async fn run(
 }
 
 /// Runs a call from the WebSocket side on the socket its client opened and
-/// was admitted on (see [`crate::inbound`]); `media` is marked open already.
+/// was admitted on (see [`crate::call::admission`]); `media` is marked open already.
 /// Nothing is sent first and nothing answers the call here: the dialplan
 /// does. The client closing the socket hangs the call up with `NORMAL_CLEARING`.
 pub async fn serve_inbound(
@@ -231,7 +231,7 @@ async fn guarded(
     match AssertUnwindSafe(session).catch_unwind().await {
         Ok(end) => end,
         Err(payload) => {
-            let why = format!("panic in the WebSocket task: {}", crate::logging::describe_panic(payload.as_ref()));
+            let why = format!("panic in the WebSocket task: {}", crate::diagnostics::logging::describe_panic(payload.as_ref()));
             let _ = std::panic::catch_unwind(AssertUnwindSafe(|| {
                 tracing::error!("{why}; hanging up with {}", HangupCause::Crash);
                 media.caller_hung_up();
@@ -249,7 +249,7 @@ async fn run_to_end(
     options: &SessionOptions,
 ) -> SessionEnd {
     let end = converse(settings, media, control, options).await;
-    conclude(end, &crate::security::redact_uri(&settings.uri.text), media, control)
+    conclude(end, &crate::settings::security::redact_uri(&settings.uri.text), media, control)
 }
 
 /// Announces and logs how the session with `shown` ended, and hangs the call up if the session ended it.
@@ -265,7 +265,7 @@ fn conclude(end: SessionEnd, shown: &str, media: &CallMedia, control: &impl Call
     match &end {
         SessionEnd::CallerHungUp => {
             // The close reason tells a hangup from a fork's `stop`.
-            let why = media.close_info().map_or(crate::media::CALLER_HUNG_UP.to_string(), |(_, reason)| reason);
+            let why = media.close_info().map_or(crate::audio::media::CALLER_HUNG_UP.to_string(), |(_, reason)| reason);
             tracing::info!("{why}; WebSocket to {shown} closed")
         }
         SessionEnd::ServerClosed { code, reason } => tracing::info!(
@@ -402,7 +402,7 @@ async fn connect_one(
     limit: Duration,
     dialect: &mut Dialect,
 ) -> Result<Connection, String> {
-    let shown = crate::security::redact_uri(&server.text);
+    let shown = crate::settings::security::redact_uri(&server.text);
     let opening = async {
         let mut connection = match server.scheme {
             Scheme::Tcp => connection::connect_audiosocket(&server.host, server.port)
@@ -448,7 +448,7 @@ async fn connect_any(
             break;
         }
         match connect_one(server, options, limit, dialect).await {
-            Ok(connection) => return Ok((connection, crate::security::redact_uri(&server.text))),
+            Ok(connection) => return Ok((connection, crate::settings::security::redact_uri(&server.text))),
             Err(why) => {
                 if !settings.fallbacks.is_empty() {
                     tracing::warn!("{why}; trying the next server");
@@ -469,7 +469,7 @@ async fn open(
     dialect: &mut Dialect,
 ) -> Result<(Connection, String), SessionEnd> {
     let Some(slot) = ConnectingSlot::take(options.max_connecting) else {
-        let uri = crate::security::redact_uri(&settings.uri.text);
+        let uri = crate::settings::security::redact_uri(&settings.uri.text);
         return Err(failed(
             HangupCause::DestinationOutOfOrder,
             format!("{} connection attempts already in progress; not connecting to {uri}", options.max_connecting),
@@ -903,8 +903,8 @@ async fn send_batch(
 #[allow(clippy::result_large_err)] // tungstenite's handshake callback type
 mod tests {
     use super::*;
-    use crate::media::MediaLimits;
-    use crate::playout::Downlink;
+    use crate::audio::media::MediaLimits;
+    use crate::audio::playout::Downlink;
     use crate::settings::{ContentType, RawSettings};
     use bytes::Bytes;
     use std::sync::Mutex;
@@ -1087,7 +1087,7 @@ mod tests {
     /// Decodes every G.711 byte as silence: the session test checks lengths only.
     struct SilentDecoder;
 
-    impl crate::media::WireDecoder for SilentDecoder {
+    impl crate::audio::media::WireDecoder for SilentDecoder {
         fn decode(&self, wire: &[u8], linear: &mut Vec<u8>) {
             linear.resize(linear.len() + wire.len() * 2, 0);
         }
@@ -1105,7 +1105,7 @@ mod tests {
     /// messages, the server's hangup ends the call normally.
     #[tokio::test]
     async fn an_audiosocket_session_over_tcp() {
-        use crate::protocol::audiosocket;
+        use crate::wire::protocol::audiosocket;
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let (listener, port) = listener().await;
         let raw = RawSettings {
@@ -1546,7 +1546,7 @@ mod tests {
             tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/")).await.unwrap().0
         });
         let (tcp, _) = listener.accept().await.unwrap();
-        let io: Box<dyn crate::websocket::Io> = Box::new(tcp);
+        let io: Box<dyn crate::wire::websocket::Io> = Box::new(tcp);
         let server = tokio_tungstenite::accept_async(io).await.unwrap();
         (Connection::WebSocket(server), client.await.unwrap())
     }
@@ -1565,7 +1565,7 @@ mod tests {
             SessionOptions::default(),
         ));
         // Nothing is sent first: the first thing the client hears is what the call queues.
-        assert!(media.send_text(crate::inbound::Progress::Answered.event()));
+        assert!(media.send_text(crate::call::admission::Progress::Answered.event()));
         media.send_audio(Bytes::from(vec![9u8; 320]));
         let first = client.next().await.unwrap().unwrap();
         assert_eq!(first.into_text().unwrap().as_str(), r#"{"event":"answered"}"#);
@@ -1601,7 +1601,7 @@ mod tests {
             control.clone(),
             SessionOptions::default(),
         ));
-        media.send_text(crate::inbound::hangup_event("USER_BUSY"));
+        media.send_text(crate::call::admission::hangup_event("USER_BUSY"));
         media.caller_closes();
         let mut texts = Vec::new();
         let close = loop {

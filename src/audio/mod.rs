@@ -1,0 +1,13 @@
+//! The audio of a call, as samples and frames: what a call's FreeSWITCH
+//! thread and its task share ([`media`]), the downlink's [`playout`] with its
+//! [`jitter`] buffer, [`concealment`] and [`comfort_noise`], re-framing
+//! ([`reframe`]), and the [`uplink`] queue with its [`uplink_pump`].
+
+pub mod comfort_noise;
+pub mod concealment;
+pub mod jitter;
+pub mod media;
+pub mod playout;
+pub mod reframe;
+pub mod uplink;
+pub mod uplink_pump;

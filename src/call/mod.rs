@@ -1,0 +1,11 @@
+//! One call's life: its [`plan`] (from variables to the server it reaches),
+//! its [`conversation`] with the server, [`admission`] of calls from the
+//! WebSocket side, [`fork_plan`] for streaming a call that is up,
+//! [`drain_state`] and the [`api`]'s arguments and output.
+
+pub mod admission;
+pub mod api;
+pub mod conversation;
+pub mod drain_state;
+pub mod fork_plan;
+pub mod plan;
