@@ -25,6 +25,7 @@
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
+use crate::settings::options::JitterLimits;
 
 /// Recent relative delays kept for the base (their minimum).
 pub const BASE_WINDOW: Duration = Duration::from_secs(4);
@@ -53,28 +54,6 @@ pub const ACCELERATE_AFTER: Duration = Duration::from_secs(3);
 pub const ACCELERATE_EVERY: Duration = Duration::from_millis(100);
 /// After this long without audio arriving, a new stream starts afresh.
 const IDLE_GAP: Duration = Duration::from_millis(500);
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct JitterLimits {
-    /// 0: play each frame as soon as it is complete (no pre-fill, no concealment).
-    pub target_min_ms: f64,
-    pub target_max_ms: f64,
-}
-
-impl JitterLimits {
-    /// Each frame plays as soon as it is complete, as before the jitter buffer.
-    pub const OFF: JitterLimits = JitterLimits { target_min_ms: 0.0, target_max_ms: 0.0 };
-}
-
-impl Default for JitterLimits {
-    fn default() -> Self {
-        use crate::settings::{PLAYOUT_TARGET_MAX_MS, PLAYOUT_TARGET_MS};
-        JitterLimits {
-            target_min_ms: PLAYOUT_TARGET_MS.integer_default() as f64,
-            target_max_ms: PLAYOUT_TARGET_MAX_MS.integer_default() as f64,
-        }
-    }
-}
 
 /// What to do at a playout tick.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,52 +11,11 @@ use bytes::Bytes;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::audio::jitter::JitterLimits;
 use crate::audio::playout::{Downlink, MarkOutcome, PlayoutBuffer};
 use crate::settings::{ContentType, Encoding};
 use crate::audio::uplink::{Outgoing, PushOutcome, UplinkQueue};
 use crate::audio::uplink_pump::{PumpSlot, UplinkPump};
-
-#[derive(Debug, Clone, Copy)]
-pub struct MediaLimits {
-    /// Most server audio held for playout.
-    pub playout_capacity: Duration,
-    /// Stop reading the socket above this much queued audio...
-    pub playout_high_water: Duration,
-    /// ...and start again below this.
-    pub playout_low_water: Duration,
-    /// Most caller audio held while the server is slow to take it.
-    pub uplink_backlog: Duration,
-    /// The jitter buffer's target range; a minimum of 0 turns it off.
-    pub jitter: JitterLimits,
-    /// Caller audio per message to the server: a multiple of 20 ms.
-    pub uplink_frame_ms: u32,
-}
-
-impl MediaLimits {
-    /// A playout of `capacity`, with reading stopped above 5/6 of it and resumed below 2/3.
-    pub fn for_capacity(capacity: Duration, uplink_backlog: Duration) -> Self {
-        let capacity_ms = capacity.as_millis() as u64;
-        MediaLimits {
-            playout_capacity: capacity,
-            playout_high_water: Duration::from_millis(capacity_ms * 5 / 6),
-            playout_low_water: Duration::from_millis(capacity_ms * 2 / 3),
-            uplink_backlog,
-            jitter: JitterLimits::default(),
-            uplink_frame_ms: crate::settings::FRAME_MS,
-        }
-    }
-}
-
-impl Default for MediaLimits {
-    fn default() -> Self {
-        use crate::settings::{PLAYOUT_MAX_MS, UPLINK_BACKLOG_MS};
-        MediaLimits::for_capacity(
-            Duration::from_millis(PLAYOUT_MAX_MS.integer_default()),
-            Duration::from_millis(UPLINK_BACKLOG_MS.integer_default()),
-        )
-    }
-}
+use crate::settings::options::MediaLimits;
 
 #[derive(Default)]
 pub struct MediaStats {
@@ -382,25 +341,6 @@ impl CallMedia {
         report
     }
 
-    /// The call's figures as `wsbridge list` shows them; `age` since it began.
-    pub fn snapshot(&self, uuid: &str, uri: &str, age: Duration) -> crate::call::api::CallSnapshot {
-        let (target_ms, jitter_ms) = self.jitter_now();
-        crate::call::api::CallSnapshot {
-            uuid: uuid.to_string(),
-            uri: uri.to_string(),
-            state: self.state(),
-            frames_sent: self.stats.frames_sent.load(Ordering::Relaxed),
-            frames_received: self.stats.frames_received.load(Ordering::Relaxed),
-            buffered_ms: self.buffered_playout().as_millis() as u64,
-            underruns: self.underruns(),
-            dropped: self.dropped_uplink_frames(),
-            age_s: age.as_secs_f64(),
-            target_ms: target_ms.round() as u64,
-            jitter_ms: jitter_ms.round() as u64,
-            fork: None,
-        }
-    }
-
     pub fn is_caller_gone(&self) -> bool {
         self.caller_gone.is_cancelled()
     }
@@ -528,6 +468,7 @@ impl CallMedia {
 
 #[cfg(test)]
 mod tests {
+    use crate::settings::options::JitterLimits;
     use super::*;
     use std::sync::Arc;
 

@@ -8,7 +8,8 @@ use std::io::Read;
 use std::time::Instant;
 
 use crate::audio::concealment::Concealer;
-use crate::audio::jitter::{JitterControl, JitterLimits, Tick};
+use crate::audio::jitter::{JitterControl, Tick};
+use crate::settings::options::JitterLimits;
 
 /// What a playout tick produced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,9 +1,12 @@
 //! The `wsbridge` API command: parsing its arguments and the text it prints.
 
 use std::ffi::CStr;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use serde_json::json;
 
+use crate::audio::media::CallMedia;
 use crate::call::drain_state::DrainReport;
 
 /// The arguments `wsbridge` takes; the one place they are spelled out.
@@ -75,6 +78,28 @@ pub struct CallSnapshot {
     pub jitter_ms: u64,
     /// A fork's name; `None` for an endpoint call.
     pub fork: Option<String>,
+}
+
+impl CallSnapshot {
+    /// The call's figures as `wsbridge list` shows them; `age` since it began.
+    pub fn of(media: &CallMedia, uuid: &str, uri: &str, age: Duration) -> CallSnapshot {
+        let (target_ms, jitter_ms) = media.jitter_now();
+        CallSnapshot {
+            uuid: uuid.to_string(),
+            uri: uri.to_string(),
+            state: media.state(),
+            frames_sent: media.stats.frames_sent.load(Ordering::Relaxed),
+            frames_received: media.stats.frames_received.load(Ordering::Relaxed),
+            buffered_ms: media.buffered_playout().as_millis() as u64,
+            underruns: media.underruns(),
+            dropped: media.dropped_uplink_frames(),
+            age_s: age.as_secs_f64(),
+            target_ms: target_ms.round() as u64,
+            jitter_ms: jitter_ms.round() as u64,
+            fork: None,
+        }
+    }
+
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

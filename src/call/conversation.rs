@@ -21,9 +21,10 @@ use crate::settings::cause::HangupCause;
 use crate::wire::connection::{self, Connection};
 use crate::audio::media::{CallMedia, CALLER_HUNG_UP};
 use crate::wire::protocol::{self, Control, Decoder, Dialect, Encoder, Inbound};
-use crate::settings::{CallSettings, FirstMessageStyle, Scheme, ServerUri};
+use crate::settings::{CallSettings, Scheme, ServerUri};
 use crate::audio::uplink::Outgoing;
-use crate::wire::websocket::{self, TlsOptions};
+use crate::wire::websocket;
+use crate::settings::options::ConnectionOptions;
 
 /// What the task may do to its call. Implementations must not block.
 pub trait CallControl: Send + Sync + 'static {
@@ -93,34 +94,6 @@ impl CallEvent {
     }
 }
 
-#[derive(Debug, Clone)]
-pub struct SessionOptions {
-    /// For TCP, TLS, the upgrade and the first message together.
-    pub connect_timeout: Duration,
-    /// How long a close handshake may take before the socket is dropped.
-    pub close_timeout: Duration,
-    /// Largest message of any kind; a larger one closes with 1009.
-    pub max_message_bytes: usize,
-    /// Largest text message.
-    pub max_text_bytes: usize,
-    /// Zero: no pings.
-    pub ping_interval: Duration,
-    /// Hang up when nothing at all comes from the server for this long; zero: never.
-    pub dead_peer_timeout: Duration,
-    pub first_message: FirstMessageStyle,
-    pub tls: TlsOptions,
-    /// Extra headers for the upgrade request, already validated.
-    pub http_headers: Vec<(String, String)>,
-    /// Most connection attempts in progress at once, module-wide.
-    pub max_connecting: usize,
-    /// How long a call may live without its WebSocket after a network failure; zero: hang up at once.
-    pub reconnect: Duration,
-    /// The `accountSid` a Twilio server is told.
-    pub twilio_account_sid: String,
-    /// A fork's layout on the wire; `None` for a call's leg.
-    pub fork_layout: Option<protocol::ForkLayout>,
-}
-
 static CONNECTING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// Counts one connection attempt for as long as it lives.
@@ -143,43 +116,21 @@ impl Drop for ConnectingSlot {
     }
 }
 
-impl Default for SessionOptions {
-    fn default() -> Self {
-        use crate::settings::*;
-        let ms = |setting: &Setting| Duration::from_millis(setting.integer_default());
-        SessionOptions {
-            connect_timeout: ms(&CONNECT_TIMEOUT_MS),
-            close_timeout: Duration::from_secs(1),
-            max_message_bytes: MAX_MESSAGE_BYTES.integer_default() as usize,
-            max_text_bytes: MAX_TEXT_BYTES.integer_default() as usize,
-            ping_interval: ms(&PING_INTERVAL_MS),
-            dead_peer_timeout: ms(&DEAD_PEER_TIMEOUT_MS),
-            first_message: FirstMessageStyle::Wsbridge,
-            tls: TlsOptions::default(),
-            http_headers: Vec::new(),
-            max_connecting: MAX_CONNECTING.integer_default() as usize,
-            reconnect: ms(&RECONNECT_MS),
-            twilio_account_sid: format!("AC{}", "0".repeat(32)),
-            fork_layout: None,
-        }
-    }
-}
-
 /// How a session ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SessionEnd {
+pub enum ConversationEnd {
     CallerHungUp,
     ServerClosed { code: Option<u16>, reason: String },
     Failed { cause: HangupCause, why: String },
 }
 
-impl SessionEnd {
+impl ConversationEnd {
     /// The cause to hang the call up with, if the session ended it.
     pub fn hangup_cause(&self) -> Option<HangupCause> {
         match self {
-            SessionEnd::CallerHungUp => None,
-            SessionEnd::ServerClosed { .. } => Some(HangupCause::NormalClearing),
-            SessionEnd::Failed { cause, .. } => Some(*cause),
+            ConversationEnd::CallerHungUp => None,
+            ConversationEnd::ServerClosed { .. } => Some(HangupCause::NormalClearing),
+            ConversationEnd::Failed { cause, .. } => Some(*cause),
         }
     }
 }
@@ -191,8 +142,8 @@ pub async fn run(
     settings: CallSettings,
     media: Arc<CallMedia>,
     control: impl CallControl,
-    options: SessionOptions,
-) -> SessionEnd {
+    options: ConnectionOptions,
+) -> ConversationEnd {
     guarded(&media, &control, run_to_end(&settings, &media, &control, &options)).await
 }
 
@@ -205,8 +156,8 @@ pub async fn serve_inbound(
     client: String,
     media: Arc<CallMedia>,
     control: impl CallControl,
-    options: SessionOptions,
-) -> SessionEnd {
+    options: ConnectionOptions,
+) -> ConversationEnd {
     let serve = async {
         control.event(CallEvent::Connect { uri: client.clone(), connect_ms: 0 });
         // The client's own protocol is wsbridge's, both ways.
@@ -226,8 +177,8 @@ pub async fn serve_inbound(
 async fn guarded(
     media: &CallMedia,
     control: &impl CallControl,
-    session: impl std::future::Future<Output = SessionEnd>,
-) -> SessionEnd {
+    session: impl std::future::Future<Output = ConversationEnd>,
+) -> ConversationEnd {
     match AssertUnwindSafe(session).catch_unwind().await {
         Ok(end) => end,
         Err(payload) => {
@@ -246,15 +197,15 @@ async fn run_to_end(
     settings: &CallSettings,
     media: &CallMedia,
     control: &impl CallControl,
-    options: &SessionOptions,
-) -> SessionEnd {
+    options: &ConnectionOptions,
+) -> ConversationEnd {
     let end = converse(settings, media, control, options).await;
     conclude(end, &crate::settings::security::redact_uri(&settings.uri.text), media, control)
 }
 
 /// Announces and logs how the session with `shown` ended, and hangs the call up if the session ended it.
-fn conclude(end: SessionEnd, shown: &str, media: &CallMedia, control: &impl CallControl) -> SessionEnd {
-    if let SessionEnd::Failed { why, .. } = &end {
+fn conclude(end: ConversationEnd, shown: &str, media: &CallMedia, control: &impl CallControl) -> ConversationEnd {
+    if let ConversationEnd::Failed { why, .. } = &end {
         control.event(CallEvent::Error { what: why.clone() });
     }
     if media.is_open() {
@@ -263,18 +214,18 @@ fn conclude(end: SessionEnd, shown: &str, media: &CallMedia, control: &impl Call
     }
     let ends_the_call = control.session_ends_the_call();
     match &end {
-        SessionEnd::CallerHungUp => {
+        ConversationEnd::CallerHungUp => {
             // The close reason tells a hangup from a fork's `stop`.
             let why = media.close_info().map_or(crate::audio::media::CALLER_HUNG_UP.to_string(), |(_, reason)| reason);
             tracing::info!("{why}; WebSocket to {shown} closed")
         }
-        SessionEnd::ServerClosed { code, reason } => tracing::info!(
+        ConversationEnd::ServerClosed { code, reason } => tracing::info!(
             "server {shown} closed the WebSocket (code {}, reason '{reason}'); {}",
             code.map_or("none".to_string(), |c| c.to_string()),
             if ends_the_call { "hanging up" } else { "the call goes on" }
         ),
-        SessionEnd::Failed { cause, why } if ends_the_call => tracing::warn!("{why}; hanging up with {cause}"),
-        SessionEnd::Failed { why, .. } => tracing::warn!("{why}; the call goes on"),
+        ConversationEnd::Failed { cause, why } if ends_the_call => tracing::warn!("{why}; hanging up with {cause}"),
+        ConversationEnd::Failed { why, .. } => tracing::warn!("{why}; the call goes on"),
     }
     if let Some(cause) = end.hangup_cause() {
         control.hangup(cause);
@@ -351,8 +302,8 @@ async fn converse(
     settings: &CallSettings,
     media: &CallMedia,
     control: &impl CallControl,
-    options: &SessionOptions,
-) -> SessionEnd {
+    options: &ConnectionOptions,
+) -> ConversationEnd {
     let mut dialect = Dialect::new(settings, options.first_message, &options.twilio_account_sid, control.call_id());
     if let Some(layout) = &options.fork_layout {
         dialect = dialect.for_fork(settings, options.first_message, layout);
@@ -384,7 +335,7 @@ fn servers(settings: &CallSettings) -> impl Iterator<Item = &ServerUri> {
     std::iter::once(&settings.uri).chain(&settings.fallbacks)
 }
 
-fn websocket_config(options: &SessionOptions) -> WebSocketConfig {
+fn websocket_config(options: &ConnectionOptions) -> WebSocketConfig {
     let mut config = WebSocketConfig::default();
     // tungstenite zero-fills this much before every socket read; its 128 KiB
     // default costs more than the read itself and stays resident per call.
@@ -398,7 +349,7 @@ fn websocket_config(options: &SessionOptions) -> WebSocketConfig {
 /// One server: TCP, TLS, the upgrade and the first messages, within the connect timeout.
 async fn connect_one(
     server: &ServerUri,
-    options: &SessionOptions,
+    options: &ConnectionOptions,
     limit: Duration,
     dialect: &mut Dialect,
 ) -> Result<Connection, String> {
@@ -432,7 +383,7 @@ async fn connect_one(
 /// `deadline` when given); the first that completes the session wins.
 async fn connect_any(
     settings: &CallSettings,
-    options: &SessionOptions,
+    options: &ConnectionOptions,
     deadline: Option<tokio::time::Instant>,
     dialect: &mut Dialect,
 ) -> Result<(Connection, String), String> {
@@ -465,9 +416,9 @@ async fn open(
     settings: &CallSettings,
     media: &CallMedia,
     control: &impl CallControl,
-    options: &SessionOptions,
+    options: &ConnectionOptions,
     dialect: &mut Dialect,
-) -> Result<(Connection, String), SessionEnd> {
+) -> Result<(Connection, String), ConversationEnd> {
     let Some(slot) = ConnectingSlot::take(options.max_connecting) else {
         let uri = crate::settings::security::redact_uri(&settings.uri.text);
         return Err(failed(
@@ -476,7 +427,7 @@ async fn open(
         ));
     };
     let (connection, uri) = tokio::select! {
-        _ = media.caller_gone() => return Err(SessionEnd::CallerHungUp),
+        _ = media.caller_gone() => return Err(ConversationEnd::CallerHungUp),
         opened = connect_any(settings, options, None, dialect) => match opened {
             Ok(opened) => opened,
             Err(why) => return Err(failed(HangupCause::DestinationOutOfOrder, why)),
@@ -500,7 +451,7 @@ struct Failure {
     why: String,
 }
 
-fn recoverable(ended: &Ended, options: &SessionOptions, uri: &str) -> Option<Failure> {
+fn recoverable(ended: &Ended, options: &ConnectionOptions, uri: &str) -> Option<Failure> {
     if options.reconnect.is_zero() {
         return None;
     }
@@ -546,10 +497,10 @@ async fn reconnect(
     settings: &CallSettings,
     media: &CallMedia,
     control: &impl CallControl,
-    options: &SessionOptions,
+    options: &ConnectionOptions,
     failure: Failure,
     dialect: &mut Dialect,
-) -> Result<(Connection, String), SessionEnd> {
+) -> Result<(Connection, String), ConversationEnd> {
     let gap_started = tokio::time::Instant::now();
     let deadline = gap_started + options.reconnect;
     let dropped_before = media.dropped_uplink_frames();
@@ -575,7 +526,7 @@ async fn reconnect(
     let connected = tokio::select! {
         _ = media.caller_gone() => {
             media.set_reconnecting(false);
-            return Err(SessionEnd::CallerHungUp);
+            return Err(ConversationEnd::CallerHungUp);
         }
         connected = attempts => connected,
     };
@@ -610,7 +561,7 @@ async fn exchange(
     unsent: &mut VecDeque<Outgoing>,
     media: &CallMedia,
     control: &impl CallControl,
-    options: &SessionOptions,
+    options: &ConnectionOptions,
     dialect: &mut Dialect,
 ) -> Ended {
     let liveness = Liveness::new();
@@ -642,9 +593,9 @@ async fn finish(
     session: Session<'_>,
     media: &CallMedia,
     control: &impl CallControl,
-    options: &SessionOptions,
+    options: &ConnectionOptions,
     uri: &str,
-) -> SessionEnd {
+) -> ConversationEnd {
     let Session { sink, stream, unsent, dialect } = session;
     match ended {
         Ended::CallerGone => {
@@ -668,7 +619,7 @@ async fn finish(
                 })
                 .await;
             }
-            SessionEnd::CallerHungUp
+            ConversationEnd::CallerHungUp
         }
         Ended::Read(ReadEnd::Closed(frame)) => {
             // tungstenite has queued the close reply; flush it out.
@@ -679,7 +630,7 @@ async fn finish(
             };
             // 1005: "no status code was present", as RFC 6455 names it.
             media.record_close(code.unwrap_or(1005), &reason);
-            SessionEnd::ServerClosed { code, reason }
+            ConversationEnd::ServerClosed { code, reason }
         }
         Ended::Read(ReadEnd::TooBig(why)) => {
             media.record_close(1009, "message too big");
@@ -688,7 +639,7 @@ async fn finish(
             failed(HangupCause::ProtocolError, format!("{uri} sent {why}; closed with 1009"))
         }
         Ended::Read(ReadEnd::Eof) => {
-            SessionEnd::ServerClosed { code: None, reason: "connection closed without a close frame".into() }
+            ConversationEnd::ServerClosed { code: None, reason: "connection closed without a close frame".into() }
         }
         Ended::Read(ReadEnd::Error(WsError::Protocol(error)))
             if !matches!(error, ProtocolError::ResetWithoutClosingHandshake) =>
@@ -710,15 +661,15 @@ async fn finish(
     }
 }
 
-fn failed(cause: HangupCause, why: String) -> SessionEnd {
-    SessionEnd::Failed { cause, why }
+fn failed(cause: HangupCause, why: String) -> ConversationEnd {
+    ConversationEnd::Failed { cause, why }
 }
 
 async fn read_loop(
     stream: &mut (impl StreamExt<Item = Result<Message, WsError>> + Unpin),
     media: &CallMedia,
     control: &impl CallControl,
-    options: &SessionOptions,
+    options: &ConnectionOptions,
     liveness: &Liveness,
     decoder: &Decoder,
 ) -> ReadEnd {
@@ -903,7 +854,8 @@ async fn send_batch(
 #[allow(clippy::result_large_err)] // tungstenite's handshake callback type
 mod tests {
     use super::*;
-    use crate::audio::media::MediaLimits;
+    use crate::settings::options::MediaLimits;
+
     use crate::audio::playout::Downlink;
     use crate::settings::{ContentType, RawSettings};
     use bytes::Bytes;
@@ -984,7 +936,7 @@ mod tests {
         let (listener, port) = listener().await;
         let media = Arc::new(CallMedia::new(ContentType::l16(8000), MediaLimits::default(), None));
         let control = Recorder::default();
-        let task = tokio::spawn(run(settings(port, 8000), media.clone(), control.clone(), SessionOptions::default()));
+        let task = tokio::spawn(run(settings(port, 8000), media.clone(), control.clone(), ConnectionOptions::default()));
 
         let mut server = accept(&listener, false).await;
         let first = server.next().await.unwrap().unwrap();
@@ -1017,7 +969,7 @@ mod tests {
 
         server.close(Some(CloseFrame { code: CloseCode::Away, reason: "bye".into() })).await.unwrap();
         let end = task.await.unwrap();
-        assert_eq!(end, SessionEnd::ServerClosed { code: Some(1001), reason: "bye".into() });
+        assert_eq!(end, ConversationEnd::ServerClosed { code: Some(1001), reason: "bye".into() });
         assert_eq!(control.events(), vec!["answer", "hangup NORMAL_CLEARING"]);
         assert_eq!(control.announced(), vec!["connect", "message", "disconnect"]);
     }
@@ -1032,7 +984,7 @@ mod tests {
         let settings = RawSettings { protocol: Some("twilio".into()), ..raw_settings(port) }.resolve(1024).unwrap();
         let media = Arc::new(CallMedia::new(ContentType::PCMU, MediaLimits::default(), Some(Box::new(SilentDecoder))));
         let control = Recorder::default();
-        let task = tokio::spawn(run(settings, media.clone(), control.clone(), SessionOptions::default()));
+        let task = tokio::spawn(run(settings, media.clone(), control.clone(), ConnectionOptions::default()));
         let mut server = accept(&listener, true).await;
         assert_eq!(next_json(&mut server).await["event"], "connected");
         let start = next_json(&mut server).await;
@@ -1076,7 +1028,7 @@ mod tests {
         assert!(
             matches!(server.next().await.unwrap().unwrap(), Message::Close(Some(frame)) if frame.code == CloseCode::Normal)
         );
-        assert_eq!(task.await.unwrap(), SessionEnd::CallerHungUp);
+        assert_eq!(task.await.unwrap(), ConversationEnd::CallerHungUp);
     }
 
     async fn next_json(server: &mut WebSocketStream<TcpStream>) -> serde_json::Value {
@@ -1116,7 +1068,7 @@ mod tests {
         let media = Arc::new(CallMedia::new(ContentType::l16(8000), MediaLimits::default(), None));
         let control = Recorder::default();
         let task =
-            tokio::spawn(run(raw.resolve(1024).unwrap(), media.clone(), control.clone(), SessionOptions::default()));
+            tokio::spawn(run(raw.resolve(1024).unwrap(), media.clone(), control.clone(), ConnectionOptions::default()));
         let (mut tcp, _) = listener.accept().await.unwrap();
         let mut header = [0u8; 3];
         let mut read_message = async |tcp: &mut TcpStream| {
@@ -1150,7 +1102,7 @@ mod tests {
         // FreeSWITCH would now hang the leg up: the caller side goes, and the module says goodbye.
         media.caller_closes();
         assert_eq!(read_message(&mut tcp).await, (audiosocket::HANGUP, vec![]));
-        assert_eq!(task.await.unwrap(), SessionEnd::CallerHungUp);
+        assert_eq!(task.await.unwrap(), ConversationEnd::CallerHungUp);
     }
 
     #[tokio::test]
@@ -1158,7 +1110,7 @@ mod tests {
         let (listener, port) = listener().await;
         let media = Arc::new(CallMedia::new(ContentType::default(), MediaLimits::default(), None));
         let control = Recorder::default();
-        let task = tokio::spawn(run(settings(port, 16000), media.clone(), control.clone(), SessionOptions::default()));
+        let task = tokio::spawn(run(settings(port, 16000), media.clone(), control.clone(), ConnectionOptions::default()));
         let mut server = accept(&listener, true).await;
         server.next().await.unwrap().unwrap();
         // The caller's last frames, queued just before the hangup, still go out first.
@@ -1179,7 +1131,7 @@ mod tests {
         assert_eq!(frames, [1, 2, 3]);
         assert_eq!(reported, frames.len().to_string(), "wsbridge_frames_sent matches what the server got");
         assert_eq!(close.code, CloseCode::Normal);
-        assert_eq!(task.await.unwrap(), SessionEnd::CallerHungUp);
+        assert_eq!(task.await.unwrap(), ConversationEnd::CallerHungUp);
         assert_eq!(control.events(), vec!["answer"], "the caller's own hangup is not repeated");
     }
 
@@ -1189,7 +1141,7 @@ mod tests {
         drop(listener);
         let control = Recorder::default();
         let media = Arc::new(CallMedia::new(ContentType::default(), MediaLimits::default(), None));
-        let end = run(settings(port, 16000), media, control.clone(), SessionOptions::default()).await;
+        let end = run(settings(port, 16000), media, control.clone(), ConnectionOptions::default()).await;
         assert_eq!(end.hangup_cause(), Some(HangupCause::DestinationOutOfOrder));
         assert_eq!(control.events(), vec!["hangup DESTINATION_OUT_OF_ORDER"]);
         assert_eq!(control.announced(), vec!["error"]);
@@ -1203,13 +1155,13 @@ mod tests {
             tokio::time::sleep(Duration::from_secs(5)).await;
             drop(tcp);
         });
-        let options = SessionOptions { connect_timeout: Duration::from_millis(300), ..SessionOptions::default() };
+        let options = ConnectionOptions { connect_timeout: Duration::from_millis(300), ..ConnectionOptions::default() };
         let media = Arc::new(CallMedia::new(ContentType::default(), MediaLimits::default(), None));
         let started = std::time::Instant::now();
         let end = run(settings(port, 16000), media, Recorder::default(), options).await;
         assert!(started.elapsed() < Duration::from_secs(2));
         assert!(
-            matches!(&end, SessionEnd::Failed { cause: HangupCause::DestinationOutOfOrder, why } if why.contains("within 300 ms")),
+            matches!(&end, ConversationEnd::Failed { cause: HangupCause::DestinationOutOfOrder, why } if why.contains("within 300 ms")),
             "{end:?}"
         );
         holder.abort();
@@ -1229,7 +1181,7 @@ mod tests {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             });
             let media = Arc::new(CallMedia::new(ContentType::default(), MediaLimits::default(), None));
-            let end = run(settings(port, 16000), media, Recorder::default(), SessionOptions::default()).await;
+            let end = run(settings(port, 16000), media, Recorder::default(), ConnectionOptions::default()).await;
             assert_eq!(end.hangup_cause(), Some(HangupCause::DestinationOutOfOrder), "{end:?}");
             server.await.unwrap();
         }
@@ -1244,8 +1196,8 @@ mod tests {
             .await;
         });
         let media = Arc::new(CallMedia::new(ContentType::default(), MediaLimits::default(), None));
-        let end = run(settings(port, 16000), media, Recorder::default(), SessionOptions::default()).await;
-        assert!(matches!(&end, SessionEnd::Failed { why, .. } if why.contains("subprotocol")), "{end:?}");
+        let end = run(settings(port, 16000), media, Recorder::default(), ConnectionOptions::default()).await;
+        assert!(matches!(&end, ConversationEnd::Failed { why, .. } if why.contains("subprotocol")), "{end:?}");
         server.await.unwrap();
     }
 
@@ -1254,10 +1206,10 @@ mod tests {
         let (listener, port) = listener().await;
         let media = Arc::new(CallMedia::new(ContentType::default(), MediaLimits::default(), None));
         let control = Recorder::default();
-        let task = tokio::spawn(run(settings(port, 16000), media.clone(), control.clone(), SessionOptions::default()));
+        let task = tokio::spawn(run(settings(port, 16000), media.clone(), control.clone(), ConnectionOptions::default()));
         let (_tcp, _) = listener.accept().await.unwrap();
         media.caller_hung_up();
-        assert_eq!(task.await.unwrap(), SessionEnd::CallerHungUp);
+        assert_eq!(task.await.unwrap(), ConversationEnd::CallerHungUp);
         assert!(control.events().is_empty());
     }
 
@@ -1266,7 +1218,7 @@ mod tests {
         let (listener, port) = listener().await;
         let media = Arc::new(CallMedia::new(ContentType::l16(8000), MediaLimits::default(), None));
         let control = Recorder::default();
-        let task = tokio::spawn(run(settings(port, 8000), media.clone(), control.clone(), SessionOptions::default()));
+        let task = tokio::spawn(run(settings(port, 8000), media.clone(), control.clone(), ConnectionOptions::default()));
         let mut server = accept(&listener, true).await;
         server.next().await.unwrap().unwrap();
         for text in [
@@ -1292,7 +1244,7 @@ mod tests {
         assert_eq!(echo.into_text().unwrap().as_str(), r#"{"event":"mark","name":"m1"}"#);
         assert_eq!(control.events(), vec!["answer", "dtmf 12# 100", "hangup_named USER_BUSY"]);
         media.caller_hung_up();
-        assert_eq!(task.await.unwrap(), SessionEnd::CallerHungUp);
+        assert_eq!(task.await.unwrap(), ConversationEnd::CallerHungUp);
     }
 
     #[tokio::test]
@@ -1301,7 +1253,7 @@ mod tests {
             let (listener, port) = listener().await;
             let media = Arc::new(CallMedia::new(ContentType::default(), MediaLimits::default(), None));
             let control = Recorder::default();
-            let options = SessionOptions { max_message_bytes: 4096, max_text_bytes: 1024, ..SessionOptions::default() };
+            let options = ConnectionOptions { max_message_bytes: 4096, max_text_bytes: 1024, ..ConnectionOptions::default() };
             let task = tokio::spawn(run(settings(port, 16000), media, control.clone(), options));
             let mut server = accept(&listener, true).await;
             server.next().await.unwrap().unwrap();
@@ -1329,10 +1281,10 @@ mod tests {
         let (listener, port) = listener().await;
         let media = Arc::new(CallMedia::new(ContentType::default(), MediaLimits::default(), None));
         let control = Recorder::default();
-        let options = SessionOptions {
+        let options = ConnectionOptions {
             ping_interval: Duration::from_millis(100),
             dead_peer_timeout: Duration::from_millis(400),
-            ..SessionOptions::default()
+            ..ConnectionOptions::default()
         };
         let task = tokio::spawn(run(settings(port, 16000), media, control.clone(), options));
         let mut server = accept(&listener, true).await;
@@ -1360,11 +1312,11 @@ mod tests {
     async fn connection_attempts_beyond_the_cap_fail_at_once() {
         let (listener, port) = listener().await;
         let media = Arc::new(CallMedia::new(ContentType::default(), MediaLimits::default(), None));
-        let options = SessionOptions { max_connecting: 0, ..SessionOptions::default() };
+        let options = ConnectionOptions { max_connecting: 0, ..ConnectionOptions::default() };
         let started = std::time::Instant::now();
         let end = run(settings(port, 16000), media, Recorder::default(), options).await;
         assert!(
-            matches!(&end, SessionEnd::Failed { cause: HangupCause::DestinationOutOfOrder, why } if why.contains("already in progress")),
+            matches!(&end, ConversationEnd::Failed { cause: HangupCause::DestinationOutOfOrder, why } if why.contains("already in progress")),
             "{end:?}"
         );
         assert!(started.elapsed() < Duration::from_millis(100), "no waiting, no connecting");
@@ -1402,11 +1354,11 @@ mod tests {
         let (listener, port) = listener().await;
         let media = Arc::new(CallMedia::new(ContentType::l16(8000), MediaLimits::default(), None));
         let control = PanicsOnAnswer::default();
-        let task = tokio::spawn(run(settings(port, 8000), media.clone(), control.clone(), SessionOptions::default()));
+        let task = tokio::spawn(run(settings(port, 8000), media.clone(), control.clone(), ConnectionOptions::default()));
         let _server = accept(&listener, true).await;
         let end = timeout(Duration::from_secs(5), task).await.expect("the task ends").expect("no panic escapes");
         assert!(
-            matches!(&end, SessionEnd::Failed { cause: HangupCause::Crash, why } if why.contains("bug while answering")),
+            matches!(&end, ConversationEnd::Failed { cause: HangupCause::Crash, why } if why.contains("bug while answering")),
             "{end:?}"
         );
         assert_eq!(control.0.events(), vec!["hangup CRASH"]);
@@ -1421,8 +1373,8 @@ mod tests {
 
     /// An 8 kHz call whose session runs against a fresh listener.
     async fn started_call(
-        options: SessionOptions,
-    ) -> (TcpListener, Arc<CallMedia>, Recorder, tokio::task::JoinHandle<SessionEnd>) {
+        options: ConnectionOptions,
+    ) -> (TcpListener, Arc<CallMedia>, Recorder, tokio::task::JoinHandle<ConversationEnd>) {
         let (listener, port) = listener().await;
         let media = Arc::new(CallMedia::new(ContentType::l16(8000), MediaLimits::default(), None));
         let control = Recorder::default();
@@ -1430,8 +1382,8 @@ mod tests {
         (listener, media, control, task)
     }
 
-    fn reconnecting(budget_ms: u64) -> SessionOptions {
-        SessionOptions { reconnect: Duration::from_millis(budget_ms), ..SessionOptions::default() }
+    fn reconnecting(budget_ms: u64) -> ConnectionOptions {
+        ConnectionOptions { reconnect: Duration::from_millis(budget_ms), ..ConnectionOptions::default() }
     }
 
     #[tokio::test]
@@ -1445,7 +1397,7 @@ mod tests {
             with_fallback(port, fallback_port),
             media.clone(),
             control.clone(),
-            SessionOptions::default(),
+            ConnectionOptions::default(),
         ));
         let mut server = accept(&listener, true).await;
         assert!(server.next().await.unwrap().unwrap().is_text(), "the first message goes to the fallback");
@@ -1454,7 +1406,7 @@ mod tests {
             .iter()
             .any(|(name, value)| *name == "wsbridge_server_uri" && value.ends_with("/fallback")));
         server.close(None).await.unwrap();
-        assert_eq!(task.await.unwrap(), SessionEnd::ServerClosed { code: None, reason: String::new() });
+        assert_eq!(task.await.unwrap(), ConversationEnd::ServerClosed { code: None, reason: String::new() });
         assert_eq!(control.events(), vec!["answer", "hangup NORMAL_CLEARING"]);
     }
 
@@ -1535,7 +1487,7 @@ mod tests {
         assert_eq!(media.state(), "reconnecting");
         let hung_up = tokio::time::Instant::now();
         media.caller_hung_up();
-        assert_eq!(task.await.unwrap(), SessionEnd::CallerHungUp);
+        assert_eq!(task.await.unwrap(), ConversationEnd::CallerHungUp);
         assert!(hung_up.elapsed() < Duration::from_millis(200));
     }
 
@@ -1562,7 +1514,7 @@ mod tests {
             "inbound:client".into(),
             media.clone(),
             control.clone(),
-            SessionOptions::default(),
+            ConnectionOptions::default(),
         ));
         // Nothing is sent first: the first thing the client hears is what the call queues.
         assert!(media.send_text(crate::call::admission::Progress::Answered.event()));
@@ -1599,9 +1551,9 @@ mod tests {
             "inbound:client".into(),
             media.clone(),
             control.clone(),
-            SessionOptions::default(),
+            ConnectionOptions::default(),
         ));
-        media.send_text(crate::call::admission::hangup_event("USER_BUSY"));
+        media.send_text(crate::wire::protocol::hangup_event("USER_BUSY"));
         media.caller_closes();
         let mut texts = Vec::new();
         let close = loop {
@@ -1615,7 +1567,7 @@ mod tests {
         assert_eq!(texts, vec![r#"{"event":"hangup","cause":"USER_BUSY"}"#]);
         assert_eq!(close.map(|f| u16::from(f.code)), Some(1000));
         drop(client);
-        assert_eq!(task.await.unwrap(), SessionEnd::CallerHungUp);
+        assert_eq!(task.await.unwrap(), ConversationEnd::CallerHungUp);
         assert!(control.events().is_empty(), "the call is hung up already");
     }
 }

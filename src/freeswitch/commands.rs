@@ -10,7 +10,7 @@ use crate::call::drain_state::DrainReason;
 use crate::diagnostics::logging;
 
 fn run(arguments: &str) -> String {
-    let command = match command::parse(arguments) {
+    let command = match api::parse(arguments) {
         Ok(command) => command,
         Err(usage) => return usage,
     };
@@ -30,8 +30,8 @@ fn run(arguments: &str) -> String {
                 stalls: crate::diagnostics::poll_watch::stalls(),
             };
             match json {
-                true => command::status_json(&report),
-                false => command::status(&report),
+                true => api::status_json(&report),
+                false => api::status(&report),
             }
         }
         Command::Drain(on) => {
@@ -41,7 +41,7 @@ fn run(arguments: &str) -> String {
             }
             format!("+OK draining {}\n", if on { "on" } else { "off" })
         }
-        Command::List { json } => command::list(&[registry::snapshots(), fork::snapshots()].concat(), json),
+        Command::List { json } => api::list(&[registry::snapshots(), fork::snapshots()].concat(), json),
         Command::Fork(arguments) => fork::run(&arguments),
         Command::Kill { uuid, cause } => kill(&uuid, cause.as_deref()),
         Command::Debug(on) => {
@@ -77,7 +77,7 @@ pub struct Wsbridge;
 impl ApiCommand for Wsbridge {
     const NAME: &'static CStr = c"wsbridge";
     const DESCRIPTION: &'static CStr = c"mod_wsbridge status and control";
-    const SYNTAX: &'static CStr = command::SYNTAX;
+    const SYNTAX: &'static CStr = api::SYNTAX;
 
     fn run(arguments: &str) -> String {
         run(arguments)
@@ -95,7 +95,7 @@ impl ApiCommand for WsbridgeDebug {
     fn run(arguments: &str) -> String {
         match arguments.trim() {
             flag @ ("on" | "off") => run(&format!("debug {flag}")),
-            _ => format!("-ERR {}\n", command::DEBUG_USAGE),
+            _ => format!("-ERR {}\n", api::DEBUG_USAGE),
         }
     }
 }

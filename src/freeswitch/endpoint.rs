@@ -179,7 +179,7 @@ pub(super) fn start_inbound_call(
     let caller_id_number = first.caller_id_number.clone().unwrap_or_else(|| peer.ip().to_string());
     let caller_id_name = first.caller_id_name.clone().unwrap_or_else(|| "wsbridge".to_string());
     let request = InboundRequest {
-        channel_name: &inbound::channel_name(peer),
+        channel_name: &admission::channel_name(peer),
         context,
         destination: &first.destination,
         caller_id_name: &caller_id_name,
@@ -232,7 +232,7 @@ impl Endpoint for WsbridgeCall {
             channel.set_state(ChannelState::Routing);
             return true;
         }
-        let task = Watched::new(session::run(
+        let task = Watched::new(conversation::run(
             self.plan.server.clone(),
             self.media.clone(),
             LocatedCall { uuid: uuid.clone() },

@@ -26,7 +26,7 @@ use crate::call::fork_plan::{self, Combiner, ForkAction, ForkMode, ForkPlan, Sta
 use crate::audio::media::CallMedia;
 use crate::diagnostics::poll_watch::Watched;
 use crate::audio::reframe::Reframer;
-use crate::call::conversation::{self, CallControl, CallEvent, SessionEnd};
+use crate::call::conversation::{self, CallControl, CallEvent, ConversationEnd};
 use crate::settings::{ContentType, Encoding};
 use crate::audio::uplink::PushOutcome;
 
@@ -120,7 +120,7 @@ impl Fork {
         let wire = match self.wire.encoding {
             // The combiner writes little-endian, as the wire wants.
             Encoding::L16 => Bytes::copy_from_slice(chunk),
-            _ => Bytes::from(fork::to_mulaw_tracks(chunk, self.mode.channels())),
+            _ => Bytes::from(fork_plan::to_mulaw_tracks(chunk, self.mode.channels())),
         };
         match self.media.send_audio(wire) {
             PushOutcome::DroppedOldest { first_of_episode: true } if !*dropping => {
@@ -148,12 +148,12 @@ impl Fork {
                 );
             }
         }
-        self.media.closes_with(fork::FORK_STOPPED);
+        self.media.closes_with(fork_plan::FORK_STOPPED);
         self.ended.store(true, Ordering::Release);
     }
 
     /// The task has ended: forget the fork and say so.
-    fn finish(self: &Arc<Self>, end: SessionEnd) {
+    fn finish(self: &Arc<Self>, end: ConversationEnd) {
         self.ended.store(true, Ordering::Release);
         {
             let mut forks = forks();
@@ -163,12 +163,12 @@ impl Fork {
             }
         }
         let reason = match &end {
-            SessionEnd::CallerHungUp if self.stop_asked.load(Ordering::Acquire) => "stopped".to_string(),
-            SessionEnd::CallerHungUp => "hangup".to_string(),
-            SessionEnd::ServerClosed { code, .. } => {
+            ConversationEnd::CallerHungUp if self.stop_asked.load(Ordering::Acquire) => "stopped".to_string(),
+            ConversationEnd::CallerHungUp => "hangup".to_string(),
+            ConversationEnd::ServerClosed { code, .. } => {
                 format!("server closed ({})", code.map_or("no code".to_string(), |c| c.to_string()))
             }
-            SessionEnd::Failed { why, .. } => format!("failed: {why}"),
+            ConversationEnd::Failed { why, .. } => format!("failed: {why}"),
         };
         tracing::info!("fork {} to {} ended: {reason}", self.name, self.shown_uri);
         let headers = vec![
@@ -182,7 +182,7 @@ impl Fork {
     }
 
     fn snapshot(&self) -> CallSnapshot {
-        let mut snapshot = self.media.snapshot(&self.uuid, &self.shown_uri, self.started.elapsed());
+        let mut snapshot = CallSnapshot::of(&self.media, &self.uuid, &self.shown_uri, self.started.elapsed());
         if self.paused.load(Ordering::Relaxed) && snapshot.state == "open" {
             snapshot.state = "paused";
         }
@@ -248,8 +248,8 @@ impl MediaBugHandler for Fork {
         if n > 0 {
             let (first, second) = play.pending.as_slices();
             let split = first.len().min(n);
-            fork::mix_into(&mut samples[..split], &first[..split]);
-            fork::mix_into(&mut samples[split..n], &second[..n - split]);
+            fork_plan::mix_into(&mut samples[..split], &first[..split]);
+            fork_plan::mix_into(&mut samples[split..n], &second[..n - split]);
             play.pending.drain(..n);
         }
         true
@@ -261,9 +261,9 @@ impl MediaBugHandler for Fork {
         self.media.caller_closes();
         if let Some(channel) = channel {
             for (name, value) in self.media.report() {
-                channel.set_variable(&fork::cdr_variable(name, &self.name), &value);
+                channel.set_variable(&fork_plan::cdr_variable(name, &self.name), &value);
             }
-            channel.set_variable(&fork::cdr_variable("wsbridge_uri", &self.name), &self.shown_uri);
+            channel.set_variable(&fork_plan::cdr_variable("wsbridge_uri", &self.name), &self.shown_uri);
         }
     }
 }
@@ -323,7 +323,7 @@ fn start(session: Session<'_>, name: &str, request: StartRequest) -> String {
         return format!("-ERR {}\n", refusal.why);
     }
     let channel = session.channel();
-    let plan = match fork::plan_fork(&channel, &request, &config) {
+    let plan = match fork_plan::plan_fork(&channel, &request, &config) {
         Ok(plan) => plan,
         Err(refusal) => {
             tracing::error!("refusing the fork {name}: {refusal}");
@@ -389,7 +389,7 @@ fn start(session: Session<'_>, name: &str, request: StartRequest) -> String {
     let control = ForkControl { uuid: uuid.clone(), name: name.to_string() };
     let task_fork = fork.clone();
     let task = Watched::new(async move {
-        let end = session::run(call.server, media, control, options).await;
+        let end = conversation::run(call.server, media, control, options).await;
         task_fork.finish(end);
     })
     .instrument(tracing::info_span!("call", uuid = uuid.as_str()));
@@ -411,7 +411,7 @@ fn start(session: Session<'_>, name: &str, request: StartRequest) -> String {
 
 /// `uuid_wsbridge_fork <uuid> <command> ...`; also `wsbridge fork ...`.
 pub fn run(arguments: &str) -> String {
-    let command = match fork::parse(arguments) {
+    let command = match fork_plan::parse(arguments) {
         Ok(command) => command,
         Err(usage) => return usage,
     };
@@ -466,7 +466,7 @@ pub struct UuidWsbridgeFork;
 impl ApiCommand for UuidWsbridgeFork {
     const NAME: &'static CStr = c"uuid_wsbridge_fork";
     const DESCRIPTION: &'static CStr = c"stream a call that is up to a WebSocket server (fork mode)";
-    const SYNTAX: &'static CStr = fork::SYNTAX;
+    const SYNTAX: &'static CStr = fork_plan::SYNTAX;
 
     fn run(arguments: &str) -> String {
         run(arguments)
@@ -482,7 +482,7 @@ impl Application for WsbridgeForkApp {
     const SYNTAX: &'static CStr = c"[name=<id>] <url> [mono|mixed|stereo] [8000|16000|24000|32000|48000] [metadata]";
 
     fn run(session: Session<'_>, data: &str) {
-        let reply = match fork::parse_app(data) {
+        let reply = match fork_plan::parse_app(data) {
             Ok((name, request)) => start(session, &name, request),
             Err(usage) => usage,
         };

@@ -21,6 +21,8 @@ use crate::diagnostics::poll_watch::Watched;
 use crate::call::conversation::CallControl;
 use crate::settings::module_conf::ListenerConfig;
 use crate::wire::websocket::Io;
+use crate::settings::options::ConnectionOptions;
+use crate::wire::protocol::hangup_event;
 
 /// Stops the running listener; None when there is none.
 static RUNNING: Mutex<Option<CancellationToken>> = Mutex::new(None);
@@ -81,7 +83,7 @@ pub fn start(config: &ListenerConfig) {
             return;
         }
     };
-    let session = crate::call::conversation::SessionOptions::default();
+    let session = ConnectionOptions::default();
     let mut websocket = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default();
     websocket.read_buffer_size = 8 * 1024;
     websocket.max_message_size = Some(session.max_message_bytes.max(session.max_text_bytes));
@@ -163,12 +165,12 @@ async fn serve_client(
     tls: Option<tokio_rustls::TlsAcceptor>,
     admission: Arc<Admission>,
     context: String,
-    pending_slot: inbound::Slot,
+    pending_slot: admission::Slot,
 ) {
     let _ = tcp.set_nodelay(true);
     let io: Box<dyn Io> = match tls {
         None => Box::new(tcp),
-        Some(acceptor) => match timeout(inbound::UPGRADE_TIMEOUT, acceptor.accept(tcp)).await {
+        Some(acceptor) => match timeout(admission::UPGRADE_TIMEOUT, acceptor.accept(tcp)).await {
             Ok(Ok(stream)) => Box::new(stream),
             Ok(Err(error)) => {
                 tracing::info!("WebSocket client {peer}: TLS failed: {error}");
@@ -180,7 +182,7 @@ async fn serve_client(
             }
         },
     };
-    let admitted = inbound::admit(io, &admission).await;
+    let admitted = admission::admit(io, &admission).await;
     drop(pending_slot);
     let Admitted { mut socket, first, slot } = match admitted {
         Ok(admitted) => admitted,
@@ -195,7 +197,7 @@ async fn serve_client(
         Err(why) => {
             registry::count_refused();
             tracing::warn!("WebSocket client {peer}: no call to {}: {why}", first.destination);
-            let hangup = inbound::hangup_event("DESTINATION_OUT_OF_ORDER");
+            let hangup = hangup_event("DESTINATION_OUT_OF_ORDER");
             let close = CloseFrame { code: CloseCode::Again, reason: "no call could be created".into() };
             let _ = timeout(std::time::Duration::from_secs(1), async {
                 use futures_util::SinkExt;
@@ -207,7 +209,7 @@ async fn serve_client(
         }
     };
     tracing::info!("WebSocket client {peer} calls {} in context {context} ({})", first.destination, first.content_type);
-    let label = inbound::inbound_label(peer);
+    let label = admission::inbound_label(peer);
     let uuid = control.call_id().to_string();
     crate::call::conversation::serve_inbound(Connection::WebSocket(socket), label, media, control, tuning.session)
         .instrument(tracing::info_span!("call", uuid = uuid.as_str()))

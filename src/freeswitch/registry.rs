@@ -73,5 +73,5 @@ pub fn totals() -> Totals {
 }
 
 pub fn snapshots() -> Vec<CallSnapshot> {
-    calls().iter().map(|(uuid, call)| call.media.snapshot(uuid, &call.uri, call.started.elapsed())).collect()
+    calls().iter().map(|(uuid, call)| CallSnapshot::of(&call.media, uuid, &call.uri, call.started.elapsed())).collect()
 }

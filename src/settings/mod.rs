@@ -13,7 +13,9 @@
 
 pub mod cause;
 pub mod module_conf;
+pub mod options;
 pub mod security;
+pub mod tokens;
 pub mod server;
 pub mod tuning;
 

@@ -13,8 +13,9 @@ use super::{
     RUNTIME_THREADS, UPLINK_BATCH_MS,
 };
 use crate::settings::cause::HangupCause;
-use crate::call::admission::Tokens;
+
 use crate::settings::security::HostPattern;
+use crate::settings::tokens::Tokens;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModuleConfig {

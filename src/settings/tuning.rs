@@ -6,8 +6,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::{Kind, Setting};
-use crate::audio::media::MediaLimits;
-use crate::call::conversation::SessionOptions;
+use crate::settings::options::{MediaLimits, ConnectionOptions};
+
+
 
 /// How one call is tuned.
 #[derive(Debug, Clone)]
@@ -17,7 +18,7 @@ pub struct CallTuning {
     /// Flag comfort-noise frames SFF_CNG, for legs that carry RFC 3389 CN
     /// rather than the noise itself. Off: every leg and recording hears the noise.
     pub cng_frames: bool,
-    pub session: SessionOptions,
+    pub session: ConnectionOptions,
 }
 
 impl Default for CallTuning {
@@ -26,7 +27,7 @@ impl Default for CallTuning {
             media: MediaLimits::default(),
             comfort_noise_dbov: super::COMFORT_NOISE_DBOV.level_default(),
             cng_frames: super::CNG_FRAMES.flag_default(),
-            session: SessionOptions::default(),
+            session: ConnectionOptions::default(),
         }
     }
 }

@@ -20,6 +20,7 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 
 use crate::settings::{Scheme, ServerUri};
+use crate::settings::options::TlsOptions;
 
 pub const SUBPROTOCOL: &str = "WSBRIDGE";
 /// Bounds what the kernel holds for a slow server (about 2 s at 16 kHz), so
@@ -48,21 +49,6 @@ impl fmt::Display for ConnectError {
             ConnectError::Handshake(why) => write!(f, "WebSocket handshake failed: {why}"),
         }
     }
-}
-
-/// How wss:// servers are checked, and who we are to them.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
-pub struct TlsOptions {
-    /// Trust these CAs (a PEM bundle) instead of the system's.
-    pub ca_file: Option<PathBuf>,
-    /// A client certificate chain and its key, both PEM.
-    pub cert_file: Option<PathBuf>,
-    pub key_file: Option<PathBuf>,
-    /// Accept any certificate. Logged loudly; for tests and labs only.
-    pub insecure: bool,
-    /// Trust only the server certificate with this SHA-256 fingerprint,
-    /// whoever signed it (its dates and names are still checked).
-    pub pin_sha256: Option<[u8; 32]>,
 }
 
 /// Accepts any server certificate, still checking handshake signatures.

@@ -14,6 +14,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::settings::{CallSettings, FirstMessageStyle, Protocol};
 use crate::audio::uplink::Outgoing;
+use crate::settings::options::ForkLayout;
 
 /// An action the server asks for in a text message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -168,14 +169,6 @@ pub enum Decoder {
     AudioSocket {
         audio_kind: u8,
     },
-}
-
-/// What a fork streams, where it differs from a call's: the content type
-/// its first message names, and its Twilio tracks.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ForkLayout {
-    pub content_type: String,
-    pub tracks: twilio::Tracks,
 }
 
 /// One call's protocol, both ways. Its halves are used side by side (the
@@ -378,4 +371,8 @@ mod tests {
         assert_eq!(mark_event("a\"b", false), r#"{"event":"mark","name":"a\"b"}"#);
         assert_eq!(mark_event("x", true), r#"{"event":"mark","name":"x","cleared":true}"#);
     }
+}
+
+pub fn hangup_event(cause: &str) -> String {
+    json!({ "event": "hangup", "cause": cause }).to_string()
 }

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
 use super::{parse_control, Control, Inbound};
+use crate::settings::options::Tracks;
 
 /// μ-law at 8 kHz: one byte a sample, eight a millisecond.
 const BYTES_PER_MS: u64 = 8;
@@ -38,19 +39,6 @@ impl CallIdentity {
         let call_sid = format!("CA{:0<32.32}", hex);
         CallIdentity { account_sid: account_sid.to_string(), call_sid, custom_parameters }
     }
-}
-
-/// Which of the call's audio a stream carries: a call's leg sends `inbound`;
-/// a fork sends what its mode takes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Tracks {
-    #[default]
-    Inbound,
-    /// Both directions mixed into one track, `mixed` (Twilio has no such track).
-    Mixed,
-    /// `inbound` and `outbound`, as Twilio's `both_tracks`: each frame is the
-    /// inbound μ-law then the outbound, sent as one media message each.
-    Both,
 }
 
 impl Tracks {
