@@ -99,7 +99,6 @@ impl CallSnapshot {
             fork: None,
         }
     }
-
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -17,14 +17,14 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use crate::settings::cause::HangupCause;
-use crate::wire::connection::{self, Connection};
 use crate::audio::media::{CallMedia, CALLER_HUNG_UP};
-use crate::wire::protocol::{self, Control, Decoder, Dialect, Encoder, Inbound};
-use crate::settings::{CallSettings, Scheme, ServerUri};
-use crate::audio::uplink::Outgoing;
-use crate::wire::websocket;
+use crate::audio::uplink::ToServer;
+use crate::settings::cause::HangupCause;
 use crate::settings::options::ConnectionOptions;
+use crate::settings::{CallSettings, Scheme, ServerUri};
+use crate::wire::connection::{self, Connection};
+use crate::wire::protocol::{self, wsbridge, Control, Decoder, Dialect, Encoder, FromServer, Opening};
+use crate::wire::websocket;
 
 /// What the task may do to its call. Implementations must not block.
 pub trait CallControl: Send + Sync + 'static {
@@ -161,8 +161,8 @@ pub async fn serve_inbound(
     let serve = async {
         control.event(CallEvent::Connect { uri: client.clone(), connect_ms: 0 });
         // The client's own protocol is wsbridge's, both ways.
-        let mut dialect =
-            Dialect { encoder: Encoder::Wsbridge { first_message: String::new() }, decoder: Decoder::Wsbridge };
+        let encoder = wsbridge::client_encoder();
+        let mut dialect = Dialect { decoder: encoder.decoder(), encoder, pings: true };
         let (mut sink, mut stream) = connection.split();
         let mut unsent = VecDeque::new();
         let ended = exchange(&mut sink, &mut stream, &mut unsent, &media, &control, &options, &mut dialect).await;
@@ -182,7 +182,10 @@ async fn guarded(
     match AssertUnwindSafe(session).catch_unwind().await {
         Ok(end) => end,
         Err(payload) => {
-            let why = format!("panic in the WebSocket task: {}", crate::diagnostics::logging::describe_panic(payload.as_ref()));
+            let why = format!(
+                "panic in the WebSocket task: {}",
+                crate::diagnostics::logging::describe_panic(payload.as_ref())
+            );
             let _ = std::panic::catch_unwind(AssertUnwindSafe(|| {
                 tracing::error!("{why}; hanging up with {}", HangupCause::Crash);
                 media.caller_hung_up();
@@ -304,10 +307,13 @@ async fn converse(
     control: &impl CallControl,
     options: &ConnectionOptions,
 ) -> ConversationEnd {
-    let mut dialect = Dialect::new(settings, options.first_message, &options.twilio_account_sid, control.call_id());
-    if let Some(layout) = &options.fork_layout {
-        dialect = dialect.for_fork(settings, options.first_message, layout);
-    }
+    let mut dialect = Dialect::new(&Opening {
+        settings,
+        style: options.first_message,
+        twilio_account_sid: &options.twilio_account_sid,
+        call_id: control.call_id(),
+        fork: options.fork_layout.as_ref(),
+    });
     let (connection, mut uri) = match open(settings, media, control, options, &mut dialect).await {
         Ok(opened) => opened,
         Err(end) => return end,
@@ -542,7 +548,7 @@ async fn reconnect(
     let gap_ms = gap_started.elapsed().as_millis() as u64;
     let reconnects = media.count_reconnect(gap_ms);
     let dropped = media.dropped_uplink_frames() - dropped_before;
-    let resumed = protocol::resumed_event(control.call_id(), gap_ms, reconnects, dropped);
+    let resumed = protocol::wsbridge::resumed_event(control.call_id(), gap_ms, reconnects, dropped);
     if let Some(resumed) = dialect.resumed(resumed) {
         if let Err(error) = connection.send(resumed).await {
             return Err(failed(failure.cause, format!("sending resumed to {uri} failed: {error}")));
@@ -558,23 +564,20 @@ async fn reconnect(
 async fn exchange(
     sink: &mut Sink,
     stream: &mut Stream,
-    unsent: &mut VecDeque<Outgoing>,
+    unsent: &mut VecDeque<ToServer>,
     media: &CallMedia,
     control: &impl CallControl,
     options: &ConnectionOptions,
     dialect: &mut Dialect,
 ) -> Ended {
     let liveness = Liveness::new();
-    // AudioSocket has no pings: a server that only listens sends nothing, and is not dead for it.
-    let dead_peer_timeout = match dialect.decoder {
-        Decoder::AudioSocket { .. } => Duration::ZERO,
-        _ => options.dead_peer_timeout,
-    };
-    let Dialect { encoder, decoder } = dialect;
+    // Without pings, a server that only listens sends nothing, and is not dead for it.
+    let dead_peer_timeout = if dialect.pings { options.dead_peer_timeout } else { Duration::ZERO };
+    let Dialect { encoder, decoder, .. } = dialect;
     tokio::select! {
         _ = media.caller_gone() => Ended::CallerGone,
-        end = read_loop(stream, media, control, options, &liveness, decoder) => Ended::Read(end),
-        error = write_loop(sink, unsent, media, control, options.ping_interval, encoder) => Ended::Write(error),
+        end = read_loop(stream, media, control, options, &liveness, decoder.as_ref()) => Ended::Read(end),
+        error = write_loop(sink, unsent, media, control, options.ping_interval, encoder.as_mut()) => Ended::Write(error),
         silent = liveness.wait_dead(dead_peer_timeout) => Ended::DeadPeer(silent),
     }
 }
@@ -583,7 +586,7 @@ async fn exchange(
 struct Session<'a> {
     sink: &'a mut Sink,
     stream: &'a mut Stream,
-    unsent: &'a mut VecDeque<Outgoing>,
+    unsent: &'a mut VecDeque<ToServer>,
     dialect: &'a mut Dialect,
 }
 
@@ -603,7 +606,7 @@ async fn finish(
             let reason = media.record_close(1000, CALLER_HUNG_UP);
             // The caller's last frames were queued before the hangup: they go before the close.
             media.take_uplink(unsent);
-            let _ = timeout(options.close_timeout, send_batch(sink, unsent, control, &mut dialect.encoder)).await;
+            let _ = timeout(options.close_timeout, send_batch(sink, unsent, control, dialect.encoder.as_mut())).await;
             if let Some(goodbye) = dialect.closing() {
                 let _ = timeout(options.close_timeout, sink.send(goodbye)).await;
             }
@@ -671,7 +674,7 @@ async fn read_loop(
     control: &impl CallControl,
     options: &ConnectionOptions,
     liveness: &Liveness,
-    decoder: &Decoder,
+    decoder: &dyn Decoder,
 ) -> ReadEnd {
     let frame_bytes = media.format.bytes_per_frame() as u64;
     let mut partial_bytes = 0u64;
@@ -698,7 +701,7 @@ async fn read_loop(
                     _ => None,
                 };
                 match decoder.decode(message) {
-                    Inbound::Audio(data) => {
+                    FromServer::Audio(data) => {
                         media.queue_playout(&data).await;
                         partial_bytes += data.len() as u64;
                         media.count_received(partial_bytes / frame_bytes);
@@ -756,11 +759,11 @@ impl EventBudget {
     }
 }
 
-fn act_on(inbound: Inbound, media: &CallMedia, control: &impl CallControl) {
+fn act_on(inbound: FromServer, media: &CallMedia, control: &impl CallControl) {
     let control_message = match inbound {
-        Inbound::Control(control_message) => control_message,
-        Inbound::Audio(_) => return,
-        Inbound::Ignored(why) => {
+        FromServer::Control(control_message) => control_message,
+        FromServer::Audio(_) => return,
+        FromServer::Ignored(why) => {
             tracing::debug!("ignoring a message from the server: {why}");
             return;
         }
@@ -790,11 +793,11 @@ fn act_on(inbound: Inbound, media: &CallMedia, control: &impl CallControl) {
 /// Sends caller audio and text as it is queued, and pings; returns only on a send error.
 async fn write_loop(
     sink: &mut (impl SinkExt<Message, Error = WsError> + Unpin),
-    batch: &mut VecDeque<Outgoing>,
+    batch: &mut VecDeque<ToServer>,
     media: &CallMedia,
     control: &impl CallControl,
     ping_interval: Duration,
-    encoder: &mut Encoder,
+    encoder: &mut dyn Encoder,
 ) -> WsError {
     let mut pings = (!ping_interval.is_zero()).then(|| {
         let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
@@ -831,9 +834,9 @@ async fn write_loop(
 /// only once the sink has taken it, so a send cut short loses nothing.
 async fn send_batch(
     sink: &mut (impl SinkExt<Message, Error = WsError> + Unpin),
-    batch: &mut VecDeque<Outgoing>,
+    batch: &mut VecDeque<ToServer>,
     control: &impl CallControl,
-    encoder: &mut Encoder,
+    encoder: &mut dyn Encoder,
 ) -> Result<(), WsError> {
     while let Some(item) = batch.front() {
         // Encoded again if a failed send leaves the item for the next connection.
@@ -843,7 +846,7 @@ async fn send_batch(
                 sink.feed(follower).await?;
             }
         }
-        if let Some(Outgoing::Mark { name, cleared }) = batch.pop_front() {
+        if let Some(ToServer::Mark { name, cleared }) = batch.pop_front() {
             control.event(CallEvent::Mark { name, cleared });
         }
     }
@@ -901,14 +904,13 @@ mod tests {
     }
 
     fn settings(port: u16, rate: u32) -> CallSettings {
-        RawSettings {
+        let raw = RawSettings {
             uri: Some(format!("ws://127.0.0.1:{port}/call")),
             content_type: Some(format!("audio/l16;rate={rate}")),
             headers: Some(r#"{"caller":"447700900123"}"#.into()),
             ..RawSettings::default()
-        }
-        .resolve(1024)
-        .unwrap()
+        };
+        protocol::resolve(&raw, 1024).unwrap()
     }
 
     async fn listener() -> (TcpListener, u16) {
@@ -936,7 +938,8 @@ mod tests {
         let (listener, port) = listener().await;
         let media = Arc::new(CallMedia::new(ContentType::l16(8000), MediaLimits::default(), None));
         let control = Recorder::default();
-        let task = tokio::spawn(run(settings(port, 8000), media.clone(), control.clone(), ConnectionOptions::default()));
+        let task =
+            tokio::spawn(run(settings(port, 8000), media.clone(), control.clone(), ConnectionOptions::default()));
 
         let mut server = accept(&listener, false).await;
         let first = server.next().await.unwrap().unwrap();
@@ -981,7 +984,8 @@ mod tests {
         use base64::Engine as _;
         let base64 = base64::engine::general_purpose::STANDARD;
         let (listener, port) = listener().await;
-        let settings = RawSettings { protocol: Some("twilio".into()), ..raw_settings(port) }.resolve(1024).unwrap();
+        let settings =
+            protocol::resolve(&RawSettings { protocol: Some("twilio".into()), ..raw_settings(port) }, 1024).unwrap();
         let media = Arc::new(CallMedia::new(ContentType::PCMU, MediaLimits::default(), Some(Box::new(SilentDecoder))));
         let control = Recorder::default();
         let task = tokio::spawn(run(settings, media.clone(), control.clone(), ConnectionOptions::default()));
@@ -1067,8 +1071,12 @@ mod tests {
         };
         let media = Arc::new(CallMedia::new(ContentType::l16(8000), MediaLimits::default(), None));
         let control = Recorder::default();
-        let task =
-            tokio::spawn(run(raw.resolve(1024).unwrap(), media.clone(), control.clone(), ConnectionOptions::default()));
+        let task = tokio::spawn(run(
+            protocol::resolve(&raw, 1024).unwrap(),
+            media.clone(),
+            control.clone(),
+            ConnectionOptions::default(),
+        ));
         let (mut tcp, _) = listener.accept().await.unwrap();
         let mut header = [0u8; 3];
         let mut read_message = async |tcp: &mut TcpStream| {
@@ -1110,7 +1118,8 @@ mod tests {
         let (listener, port) = listener().await;
         let media = Arc::new(CallMedia::new(ContentType::default(), MediaLimits::default(), None));
         let control = Recorder::default();
-        let task = tokio::spawn(run(settings(port, 16000), media.clone(), control.clone(), ConnectionOptions::default()));
+        let task =
+            tokio::spawn(run(settings(port, 16000), media.clone(), control.clone(), ConnectionOptions::default()));
         let mut server = accept(&listener, true).await;
         server.next().await.unwrap().unwrap();
         // The caller's last frames, queued just before the hangup, still go out first.
@@ -1206,7 +1215,8 @@ mod tests {
         let (listener, port) = listener().await;
         let media = Arc::new(CallMedia::new(ContentType::default(), MediaLimits::default(), None));
         let control = Recorder::default();
-        let task = tokio::spawn(run(settings(port, 16000), media.clone(), control.clone(), ConnectionOptions::default()));
+        let task =
+            tokio::spawn(run(settings(port, 16000), media.clone(), control.clone(), ConnectionOptions::default()));
         let (_tcp, _) = listener.accept().await.unwrap();
         media.caller_hung_up();
         assert_eq!(task.await.unwrap(), ConversationEnd::CallerHungUp);
@@ -1218,7 +1228,8 @@ mod tests {
         let (listener, port) = listener().await;
         let media = Arc::new(CallMedia::new(ContentType::l16(8000), MediaLimits::default(), None));
         let control = Recorder::default();
-        let task = tokio::spawn(run(settings(port, 8000), media.clone(), control.clone(), ConnectionOptions::default()));
+        let task =
+            tokio::spawn(run(settings(port, 8000), media.clone(), control.clone(), ConnectionOptions::default()));
         let mut server = accept(&listener, true).await;
         server.next().await.unwrap().unwrap();
         for text in [
@@ -1253,7 +1264,8 @@ mod tests {
             let (listener, port) = listener().await;
             let media = Arc::new(CallMedia::new(ContentType::default(), MediaLimits::default(), None));
             let control = Recorder::default();
-            let options = ConnectionOptions { max_message_bytes: 4096, max_text_bytes: 1024, ..ConnectionOptions::default() };
+            let options =
+                ConnectionOptions { max_message_bytes: 4096, max_text_bytes: 1024, ..ConnectionOptions::default() };
             let task = tokio::spawn(run(settings(port, 16000), media, control.clone(), options));
             let mut server = accept(&listener, true).await;
             server.next().await.unwrap().unwrap();
@@ -1354,7 +1366,8 @@ mod tests {
         let (listener, port) = listener().await;
         let media = Arc::new(CallMedia::new(ContentType::l16(8000), MediaLimits::default(), None));
         let control = PanicsOnAnswer::default();
-        let task = tokio::spawn(run(settings(port, 8000), media.clone(), control.clone(), ConnectionOptions::default()));
+        let task =
+            tokio::spawn(run(settings(port, 8000), media.clone(), control.clone(), ConnectionOptions::default()));
         let _server = accept(&listener, true).await;
         let end = timeout(Duration::from_secs(5), task).await.expect("the task ends").expect("no panic escapes");
         assert!(
@@ -1553,7 +1566,7 @@ mod tests {
             control.clone(),
             ConnectionOptions::default(),
         ));
-        media.send_text(crate::wire::protocol::hangup_event("USER_BUSY"));
+        media.send_text(crate::wire::protocol::wsbridge::hangup_event("USER_BUSY"));
         media.caller_closes();
         let mut texts = Vec::new();
         let close = loop {

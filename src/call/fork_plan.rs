@@ -8,10 +8,10 @@ use std::collections::VecDeque;
 
 use crate::call::plan::{plan_call, CallPlan, CallSources, Refusal};
 use crate::settings::cause::HangupCause;
+use crate::settings::options::{ForkLayout, Tracks};
 use crate::settings::server::{CONTENT_TYPE_VARIABLE, HEADERS_VARIABLE, SIP_HEADER_PREFIX, URI_VARIABLE};
 use crate::settings::tuning::Reader;
-use crate::settings::{ContentType, ModuleConfig, Protocol, VariableSource, FORK_PLAYBACK, FRAME_MS, SUPPORTED_RATES};
-use crate::settings::options::{ForkLayout, Tracks};
+use crate::settings::{ContentType, ModuleConfig, VariableSource, FORK_PLAYBACK, FRAME_MS, SUPPORTED_RATES};
 
 /// Which audio of the call a fork streams.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -256,16 +256,8 @@ fn plan_fork_call(
     let variables = ForkVariables { channel, url: &start.url, metadata: start.metadata.as_deref() };
     let sources = CallSources { originate: &variables, a_leg: None, destination: None };
     let mut plan = plan_call(&sources, config)?;
-    plan.server.content_type = match plan.server.protocol {
-        Protocol::Twilio => ContentType::PCMU,
-        Protocol::Wsbridge | Protocol::Vonage => ContentType::l16(start.rate),
-        Protocol::AudioSocket => {
-            return Err(Refusal {
-                why: "a fork speaks the wsbridge, twilio or vonage protocol, not audiosocket".into(),
-                cause: HangupCause::InvalidIeContents,
-            })
-        }
-    };
+    let content_type = (plan.server.protocol.rules().fork_content_type)(start.rate);
+    plan.server.content_type = content_type.map_err(|why| Refusal { why, cause: HangupCause::InvalidIeContents })?;
     Ok(plan)
 }
 
@@ -525,7 +517,10 @@ mod tests {
 
         let twilio = vars(&[("wsbridge_protocol", "twilio"), ("wsbridge_fork_playback", "false")]);
         let fork = plan_fork(&twilio, &start, &config).unwrap();
-        assert_eq!((fork.call.server.protocol, fork.call.server.content_type), (Protocol::Twilio, ContentType::PCMU));
+        assert_eq!(
+            (fork.call.server.protocol, fork.call.server.content_type),
+            (crate::wire::protocol::named("twilio").unwrap(), ContentType::PCMU)
+        );
         assert!(!fork.playback);
         let (listen_only, _) = ModuleConfig::from_params(&[("fork-playback".into(), "false".into())]);
         assert!(!plan_fork(&vars(&[]), &start, &listen_only).unwrap().playback);

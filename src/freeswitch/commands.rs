@@ -4,10 +4,10 @@ use std::ffi::CStr;
 
 use super::ffi::{ApiCommand, CauseCode, LocatedSession};
 use super::{config_store, drain, fork, registry, runtime};
-use crate::settings::cause::HangupCause;
 use crate::call::api::{self, Command, StatusReport};
 use crate::call::drain_state::DrainReason;
 use crate::diagnostics::logging;
+use crate::settings::cause::HangupCause;
 
 fn run(arguments: &str) -> String {
     let command = match api::parse(arguments) {

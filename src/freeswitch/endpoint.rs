@@ -15,17 +15,17 @@ use super::ffi::{
     Session, Timer, Variables, WrittenFrame,
 };
 use super::{config_store, drain, events, registry, runtime};
-use crate::call::plan::{admit, plan_call, CallPlan, CallSources};
-use crate::settings::cause::HangupCause;
 use crate::audio::comfort_noise::DownlinkMixer;
-use crate::call::admission::{self, FirstMessage, Progress, ProgressSeen};
 use crate::audio::media::{CallMedia, WireDecoder};
-use crate::diagnostics::poll_watch::Watched;
 use crate::audio::reframe::Reframer;
+use crate::audio::uplink::PushOutcome;
+use crate::call::admission::{self, FirstMessage, Progress, ProgressSeen};
 use crate::call::conversation::{self, CallControl, CallEvent};
+use crate::call::plan::{admit, plan_call, CallPlan, CallSources};
+use crate::diagnostics::poll_watch::Watched;
+use crate::settings::cause::HangupCause;
 use crate::settings::CallTuning;
 use crate::settings::{ContentType, Encoding, VariableSource, FRAME_MS};
-use crate::audio::uplink::PushOutcome;
 use std::net::SocketAddr;
 
 impl VariableSource for Variables<'_> {

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use super::ffi::{self, LocatedSession};
 use super::registry;
-use crate::call::drain_state::DrainReason;
 use crate::call::conversation::CallEvent;
+use crate::call::drain_state::DrainReason;
 
 pub const SUBCLASSES: [&CStr; 10] = [
     c"wsbridge::connect",

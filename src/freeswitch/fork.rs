@@ -19,16 +19,16 @@ use super::ffi::{
     self, ApiCommand, Application, CauseCode, Channel, LocatedSession, MediaBugHandler, Resampler, Session,
 };
 use super::{config_store, drain, events, runtime};
-use crate::call::plan::admit;
-use crate::settings::cause::HangupCause;
-use crate::call::api::CallSnapshot;
-use crate::call::fork_plan::{self, Combiner, ForkAction, ForkMode, ForkPlan, StartRequest};
 use crate::audio::media::CallMedia;
-use crate::diagnostics::poll_watch::Watched;
 use crate::audio::reframe::Reframer;
-use crate::call::conversation::{self, CallControl, CallEvent, ConversationEnd};
-use crate::settings::{ContentType, Encoding};
 use crate::audio::uplink::PushOutcome;
+use crate::call::api::CallSnapshot;
+use crate::call::conversation::{self, CallControl, CallEvent, ConversationEnd};
+use crate::call::fork_plan::{self, Combiner, ForkAction, ForkMode, ForkPlan, StartRequest};
+use crate::call::plan::admit;
+use crate::diagnostics::poll_watch::Watched;
+use crate::settings::cause::HangupCause;
+use crate::settings::{ContentType, Encoding};
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())

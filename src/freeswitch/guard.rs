@@ -5,8 +5,8 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use super::ffi::Channel;
-use crate::settings::cause::HangupCause;
 use crate::diagnostics::logging::describe_panic;
+use crate::settings::cause::HangupCause;
 
 /// Runs `body`; a panic is logged and becomes `failed`.
 pub fn guard<R>(callback: &str, failed: R, body: impl FnOnce() -> R) -> R {

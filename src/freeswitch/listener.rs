@@ -15,14 +15,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::{endpoint, registry, runtime};
-use crate::wire::connection::Connection;
 use crate::call::admission::{self, Admission, Admitted, CallSlots};
-use crate::diagnostics::poll_watch::Watched;
 use crate::call::conversation::CallControl;
+use crate::diagnostics::poll_watch::Watched;
 use crate::settings::module_conf::ListenerConfig;
-use crate::wire::websocket::Io;
 use crate::settings::options::ConnectionOptions;
-use crate::wire::protocol::hangup_event;
+use crate::wire::connection::Connection;
+use crate::wire::protocol::wsbridge::hangup_event;
+use crate::wire::websocket::Io;
 
 /// Stops the running listener; None when there is none.
 static RUNNING: Mutex<Option<CancellationToken>> = Mutex::new(None);

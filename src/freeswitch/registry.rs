@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use crate::call::api::{CallSnapshot, Totals};
 use crate::audio::media::CallMedia;
+use crate::call::api::{CallSnapshot, Totals};
 
 pub struct CallEntry {
     uri: String,
