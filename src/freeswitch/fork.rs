@@ -19,12 +19,14 @@ use super::ffi::{
     self, ApiCommand, Application, CauseCode, Channel, LocatedSession, MediaBugHandler, Resampler, Session,
 };
 use super::{config_store, drain, events, runtime};
+use crate::audio::g711;
 use crate::audio::media::CallMedia;
+use crate::audio::mixing::{self, Combiner, ForkMode};
 use crate::audio::reframe::Reframer;
 use crate::audio::uplink::PushOutcome;
 use crate::call::api::CallSnapshot;
 use crate::call::conversation::{self, CallControl, CallEvent, ConversationEnd};
-use crate::call::fork_plan::{self, Combiner, ForkAction, ForkMode, ForkPlan, StartRequest};
+use crate::call::fork_plan::{self, ForkAction, ForkPlan, StartRequest};
 use crate::call::plan::admit;
 use crate::diagnostics::poll_watch::Watched;
 use crate::settings::cause::HangupCause;
@@ -120,7 +122,7 @@ impl Fork {
         let wire = match self.wire.encoding {
             // The combiner writes little-endian, as the wire wants.
             Encoding::L16 => Bytes::copy_from_slice(chunk),
-            _ => Bytes::from(fork_plan::to_mulaw_tracks(chunk, self.mode.channels())),
+            _ => Bytes::from(g711::to_mulaw_tracks(chunk, self.mode.channels())),
         };
         match self.media.send_audio(wire) {
             PushOutcome::DroppedOldest { first_of_episode: true } if !*dropping => {
@@ -248,8 +250,8 @@ impl MediaBugHandler for Fork {
         if n > 0 {
             let (first, second) = play.pending.as_slices();
             let split = first.len().min(n);
-            fork_plan::mix_into(&mut samples[..split], &first[..split]);
-            fork_plan::mix_into(&mut samples[split..n], &second[..n - split]);
+            mixing::mix_into(&mut samples[..split], &first[..split]);
+            mixing::mix_into(&mut samples[split..n], &second[..n - split]);
             play.pending.drain(..n);
         }
         true
