@@ -1,6 +1,8 @@
 //! Fork mode, as pure code: a call that is already up streamed to a server
 //! through a media bug. What `uuid_wsbridge_fork` and the `wsbridge_fork`
-//! application ask for ([`parse`]), how a fork's settings are planned from
+//! application ask for ([`parse`]) and how a fork's settings are planned
+//! from the channel ([`plan_fork`]); `audio::mixing` turns the call's two
+//! directions into the frames the server gets.
 
 use crate::audio::mixing::ForkMode;
 use crate::call::plan::{plan_call, CallPlan, CallSources, Refusal};
