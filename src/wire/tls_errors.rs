@@ -257,23 +257,20 @@ fn words(value: &impl fmt::Debug) -> String {
 
 /// `2002-01-01 00:00:00 UTC`.
 fn format_time(time: UnixTime) -> String {
-    let seconds = time.as_secs();
-    let (days, rest) = ((seconds / 86_400) as i64, seconds % 86_400);
-    let (year, month, day) = civil_from_days(days);
-    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC", rest / 3600, rest / 60 % 60, rest % 60)
-}
-
-/// The date `days` after 1970-01-01 (the inverse of [`days_from_civil`]).
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let days = days + 719_468;
-    let era = days.div_euclid(146_097);
-    let day_of_era = days - era * 146_097;
-    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let shifted_month = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * shifted_month + 2) / 5 + 1;
-    let month = if shifted_month < 10 { shifted_month + 3 } else { shifted_month - 9 };
-    (year_of_era + era * 400 + i64::from(month <= 2), month, day)
+    let seconds = std::time::Duration::from_secs(time.as_secs());
+    match x509_cert::der::DateTime::from_unix_duration(seconds) {
+        Ok(t) => format!(
+            "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
+            t.year(),
+            t.month(),
+            t.day(),
+            t.hour(),
+            t.minutes(),
+            t.seconds()
+        ),
+        // After the year 9999.
+        Err(_) => format!("{} s after 1970-01-01 00:00:00 UTC", time.as_secs()),
+    }
 }
 
 /// What a TLS alert from the server means for us.
@@ -320,7 +317,6 @@ fn describe_alert(alert: rustls::AlertDescription, tls: &TlsOptions) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::tls_trust::days_from_civil;
     use std::sync::Arc;
 
     fn described(error: rustls::Error) -> String {
@@ -400,9 +396,8 @@ mod tests {
         assert_eq!(format_time(at(1_009_843_200)), "2002-01-01 00:00:00 UTC");
         assert_eq!(format_time(at(951_782_400 + 12 * 3600 + 34 * 60 + 56)), "2000-02-29 12:34:56 UTC");
         assert_eq!(format_time(at(2_561_500_800)), "2051-03-04 00:00:00 UTC");
-        for days in [-800_000, -1, 0, 59, 365, 10_956, 30_000, 800_000] {
-            let (year, month, day) = civil_from_days(days);
-            assert_eq!(days_from_civil(year, month, day), days);
-        }
+        assert_eq!(format_time(at(0)), "1970-01-01 00:00:00 UTC");
+        assert_eq!(format_time(at(253_402_300_799)), "9999-12-31 23:59:59 UTC");
+        assert_eq!(format_time(at(253_402_300_800)), "253402300800 s after 1970-01-01 00:00:00 UTC");
     }
 }

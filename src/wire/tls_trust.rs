@@ -211,88 +211,15 @@ fn check_dates_and_name(
     rustls::client::verify_server_name(&parsed, server_name)
 }
 
-/// A certificate's notBefore and notAfter (RFC 5280, 4.1.2.5).
+/// A certificate's notBefore and notAfter (RFC 5280, 4.1.2.5). None when
+/// it does not decode, or has a date before 1970 (as webpki, which refuses
+/// such a date in a chain it checks).
 fn validity(certificate: &[u8]) -> Option<(UnixTime, UnixTime)> {
-    const SEQUENCE: u8 = 0x30;
-    let (certificate, _) = der_item(certificate, SEQUENCE)?;
-    let (tbs, _) = der_item(certificate, SEQUENCE)?;
-    // [0] version (absent in v1), serialNumber, signature, issuer, then validity.
-    let rest = match der_item(tbs, 0xa0) {
-        Some((_, rest)) => rest,
-        None => tbs,
-    };
-    let (_, rest) = der_item(rest, 0x02)?;
-    let (_, rest) = der_item(rest, SEQUENCE)?;
-    let (_, rest) = der_item(rest, SEQUENCE)?;
-    let (validity, _) = der_item(rest, SEQUENCE)?;
-    let (not_before, rest) = der_time(validity)?;
-    let (not_after, rest) = der_time(rest)?;
-    rest.is_empty().then_some((not_before, not_after))
-}
-
-/// The contents of the DER item at the start of `input`, if it has `tag`, and what follows it.
-fn der_item(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
-    let (&found, rest) = input.split_first()?;
-    let (&first, rest) = rest.split_first()?;
-    if found != tag {
-        return None;
-    }
-    let (length, rest) = match first {
-        0..=0x7f => (usize::from(first), rest),
-        0x81..=0x84 => {
-            let count = usize::from(first & 0x7f);
-            if rest.len() < count {
-                return None;
-            }
-            let (bytes, rest) = rest.split_at(count);
-            (bytes.iter().fold(0usize, |length, &byte| length << 8 | usize::from(byte)), rest)
-        }
-        _ => return None,
-    };
-    (rest.len() >= length).then(|| rest.split_at(length))
-}
-
-/// A UTCTime (YYMMDDHHMMSSZ) or GeneralizedTime (YYYYMMDDHHMMSSZ), as RFC 5280 allows them.
-fn der_time(input: &[u8]) -> Option<(UnixTime, &[u8])> {
-    const UTC_TIME: u8 = 0x17;
-    const GENERALIZED_TIME: u8 = 0x18;
-    let tag = *input.first()?;
-    let (text, rest) = der_item(input, tag)?;
-    let number = |digits: &[u8]| -> Option<i64> {
-        digits.iter().try_fold(0i64, |n, &d| d.is_ascii_digit().then(|| n * 10 + i64::from(d - b'0')))
-    };
-    let (year, text) = match (tag, text.len()) {
-        (UTC_TIME, 13) => {
-            let year = number(&text[..2])?;
-            (if year < 50 { 2000 + year } else { 1900 + year }, &text[2..])
-        }
-        (GENERALIZED_TIME, 15) => (number(&text[..4])?, &text[4..]),
-        _ => return None,
-    };
-    let [month, day, hour, minute, second] = [0, 2, 4, 6, 8].map(|at| number(&text[at..at + 2]));
-    let (month, day, hour, minute, second) = (month?, day?, hour?, minute?, second?);
-    if text[10] != b'Z'
-        || !(1..=12).contains(&month)
-        || !(1..=31).contains(&day)
-        || hour > 23
-        || minute > 59
-        || second > 59
-    {
-        return None;
-    }
-    let seconds = days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second;
-    // Before 1970 counts as 1970: only ever a notBefore, and equally in the past.
-    Some((UnixTime::since_unix_epoch(std::time::Duration::from_secs(seconds.max(0) as u64)), rest))
-}
-
-/// Days from 1970-01-01 to a date of the proleptic Gregorian calendar (H. Hinnant's algorithm).
-pub(super) fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let year = if month <= 2 { year - 1 } else { year };
-    let era = year.div_euclid(400);
-    let year_of_era = year - era * 400;
-    let day_of_year = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
-    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    era * 146_097 + day_of_era - 719_468
+    use x509_cert::der::Decode;
+    let certificate = x509_cert::Certificate::from_der(certificate).ok()?;
+    let validity = certificate.tbs_certificate().validity();
+    let unix = |time: x509_cert::time::Time| UnixTime::since_unix_epoch(time.to_unix_duration());
+    Some((unix(validity.not_before), unix(validity.not_after)))
 }
 
 #[cfg(test)]
@@ -317,8 +244,9 @@ mod tests {
         let late = certificate((2050, 3, 4), (2051, 3, 4));
         let (_, not_after) = validity(&late).unwrap();
         assert_eq!(seconds(not_after), 2_561_500_800, "GeneralizedTime, from 2050 on");
-        assert_eq!(days_from_civil(2000, 2, 29) * 86_400, 951_782_400);
-        assert_eq!(days_from_civil(1960, 6, 1) * 86_400, -302_486_400);
+        let leap = certificate((2000, 2, 29), (2030, 1, 1));
+        assert_eq!(validity(&leap).unwrap().0.as_secs(), 951_782_400, "a leap day");
+        assert_eq!(validity(&certificate((1960, 6, 1), (2030, 1, 1))), None, "before 1970, as webpki");
         assert_eq!(validity(b"not a certificate"), None);
         assert_eq!(validity(&expired[..expired.len() / 2]), None, "truncated");
     }
