@@ -14,7 +14,7 @@ use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::settings::cause::HangupCause;
@@ -290,9 +290,6 @@ impl Liveness {
     }
 }
 
-/// Several 20 ms frames at 48 kHz per read; larger messages take more reads.
-const READ_BUFFER_BYTES: usize = 8 * 1024;
-
 type Sink = futures_util::stream::SplitSink<Connection, Message>;
 type Stream = futures_util::stream::SplitStream<Connection>;
 
@@ -335,17 +332,6 @@ fn servers(settings: &CallSettings) -> impl Iterator<Item = &ServerUri> {
     std::iter::once(&settings.uri).chain(&settings.fallbacks)
 }
 
-fn websocket_config(options: &ConnectionOptions) -> WebSocketConfig {
-    let mut config = WebSocketConfig::default();
-    // tungstenite zero-fills this much before every socket read; its 128 KiB
-    // default costs more than the read itself and stays resident per call.
-    config.read_buffer_size = READ_BUFFER_BYTES;
-    let largest = options.max_message_bytes.max(options.max_text_bytes);
-    config.max_message_size = Some(largest);
-    config.max_frame_size = Some(largest);
-    config
-}
-
 /// One server: TCP, TLS, the upgrade and the first messages, within the connect timeout.
 async fn connect_one(
     server: &ServerUri,
@@ -360,7 +346,7 @@ async fn connect_one(
                 .await
                 .map_err(|error| format!("cannot reach {shown}: {error}"))?,
             Scheme::Ws | Scheme::Wss => Connection::WebSocket(
-                websocket::connect(server, websocket_config(options), &options.tls, &options.http_headers)
+                websocket::connect(server, websocket::websocket_config(options), &options.tls, &options.http_headers)
                     .await
                     .map_err(|error| format!("cannot reach {shown}: {error}"))?,
             ),

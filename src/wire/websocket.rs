@@ -9,12 +9,29 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::WebSocketStream;
 
 use super::upgrade::{upgrade, UpgradeError};
-use crate::settings::options::TlsOptions;
+use crate::settings::options::{ConnectionOptions, TlsOptions};
 use crate::settings::{Scheme, ServerUri};
 
 pub(crate) use super::tcp::connect_tcp;
 pub use super::tls::clear_tls_cache;
 pub use super::upgrade::SUBPROTOCOL;
+
+/// Several 20 ms frames at 48 kHz per read; larger messages take more reads.
+const READ_BUFFER_BYTES: usize = 8 * 1024;
+
+/// tungstenite's settings for a call's WebSocket, opened by us or by the
+/// server: messages and frames up to the larger of `options`' binary and
+/// text limits.
+pub fn websocket_config(options: &ConnectionOptions) -> WebSocketConfig {
+    let mut config = WebSocketConfig::default();
+    // tungstenite zero-fills this much before every socket read; its 128 KiB
+    // default costs more than the read itself and stays resident per call.
+    config.read_buffer_size = READ_BUFFER_BYTES;
+    let largest = options.max_message_bytes.max(options.max_text_bytes);
+    config.max_message_size = Some(largest);
+    config.max_frame_size = Some(largest);
+    config
+}
 
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
@@ -76,6 +93,15 @@ pub async fn connect(
 mod tests {
     use super::*;
     use tokio::net::TcpListener;
+
+    #[test]
+    fn the_config_reads_little_and_takes_the_larger_limit() {
+        let options =
+            ConnectionOptions { max_message_bytes: 1000, max_text_bytes: 3000, ..ConnectionOptions::default() };
+        let config = websocket_config(&options);
+        assert_eq!(config.read_buffer_size, 8 * 1024);
+        assert_eq!((config.max_message_size, config.max_frame_size), (Some(3000), Some(3000)));
+    }
 
     #[tokio::test]
     async fn upgrade_headers_are_sent() {
