@@ -43,7 +43,7 @@ pub const MAX_VARIABLES_BYTES: usize = 2048;
 pub const VARIABLE_PREFIX: &str = "wsbridge_in_";
 /// Longest destination or caller ID.
 const MAX_FIELD_CHARS: usize = 128;
-pub const SUBPROTOCOL: &str = "WSBRIDGE";
+pub use crate::wire::websocket::SUBPROTOCOL;
 
 /// The token of an `Authorization: Bearer <token>` header.
 pub fn bearer_token(header: &str) -> Option<&str> {

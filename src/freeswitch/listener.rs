@@ -83,11 +83,7 @@ pub fn start(config: &ListenerConfig) {
             return;
         }
     };
-    let session = ConnectionOptions::default();
-    let mut websocket = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default();
-    websocket.read_buffer_size = 8 * 1024;
-    websocket.max_message_size = Some(session.max_message_bytes.max(session.max_text_bytes));
-    websocket.max_frame_size = websocket.max_message_size;
+    let websocket = crate::wire::websocket::websocket_config(&ConnectionOptions::default());
     let admission = Arc::new(Admission {
         tokens: config.tokens.clone(),
         max_calls: config.max_calls,

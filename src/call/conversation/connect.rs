@@ -30,16 +30,6 @@ pub(super) fn servers(settings: &CallSettings) -> impl Iterator<Item = &ServerUr
     std::iter::once(&settings.uri).chain(&settings.fallbacks)
 }
 
-pub(super) fn websocket_config(options: &ConnectionOptions) -> WebSocketConfig {
-    let mut config = WebSocketConfig::default();
-    // tungstenite zero-fills this much before every socket read; its 128 KiB
-    // default costs more than the read itself and stays resident per call.
-    config.read_buffer_size = READ_BUFFER_BYTES;
-    let largest = options.max_message_bytes.max(options.max_text_bytes);
-    config.max_message_size = Some(largest);
-    config.max_frame_size = Some(largest);
-    config
-}
 
 /// One server: TCP, TLS, the upgrade and the first messages, within the connect timeout.
 pub(super) async fn connect_one(
@@ -55,7 +45,7 @@ pub(super) async fn connect_one(
                 .await
                 .map_err(|error| format!("cannot reach {shown}: {error}"))?,
             Scheme::Ws | Scheme::Wss => Connection::WebSocket(
-                websocket::connect(server, websocket_config(options), &options.tls, &options.http_headers)
+                websocket::connect(server, websocket::websocket_config(options), &options.tls, &options.http_headers)
                     .await
                     .map_err(|error| format!("cannot reach {shown}: {error}"))?,
             ),

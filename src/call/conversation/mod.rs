@@ -14,7 +14,7 @@ use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::audio::media::{CallMedia, CALLER_HUNG_UP};
@@ -244,9 +244,6 @@ enum Ended {
     Write(WsError),
     DeadPeer(Duration),
 }
-
-/// Several 20 ms frames at 48 kHz per read; larger messages take more reads.
-const READ_BUFFER_BYTES: usize = 8 * 1024;
 
 type Sink = futures_util::stream::SplitSink<Connection, Message>;
 type Stream = futures_util::stream::SplitStream<Connection>;
