@@ -1,5 +1,5 @@
-//! Opening the WebSocket: [`connect`] goes through TCP ([`super::tcp`]),
-//! TLS for wss ([`super::tls`]) and the HTTP upgrade ([`super::upgrade`]).
+//! Opening the WebSocket: [`connect`] goes through TCP (`tcp.rs`), TLS for
+//! wss (`tls.rs`) and the HTTP upgrade (`upgrade.rs`).
 
 use std::fmt;
 use std::io;
