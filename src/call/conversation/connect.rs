@@ -30,7 +30,6 @@ pub(super) fn servers(settings: &CallSettings) -> impl Iterator<Item = &ServerUr
     std::iter::once(&settings.uri).chain(&settings.fallbacks)
 }
 
-
 /// One server: TCP, TLS, the upgrade and the first messages, within the connect timeout.
 pub(super) async fn connect_one(
     server: &ServerUri,
