@@ -22,7 +22,10 @@
 //!   server (`connect`, `exchange`, `close`), `admission` of calls from the
 //!   WebSocket side, `fork_plan`, `drain_state` and the `api`'s text.
 //! - `freeswitch` (built only where FreeSWITCH was found): the module's
-//!   entry points and the glue; its `ffi` is the one unsafe layer.
+//!   entry points (its `mod.rs`) and the glue: the `endpoint` leg, a
+//!   `fork`'s media bug, the `listener`, the `registry` of calls, the API's
+//!   `commands`, `events`, `config_store`, `drain`, the tokio `runtime`; its
+//!   `ffi` is the one unsafe layer, and `guard` stops panics at it.
 //!
 
 pub mod audio;
