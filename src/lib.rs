@@ -15,7 +15,8 @@
 //!   and `comfort_noise`, `reframe`, the `uplink` and its `uplink_pump`, and
 //!   for forks `mixing` and `g711`.
 //! - [`wire`]: what crosses the network: the `connection` (a `websocket`
-//!   over `tcp`, `tls` with `tls_trust` and `tls_errors`, and the `upgrade`;
+//!   over `tcp`, `tls` with `tls_trust` and `tls_errors` (and `tls_tests`),
+//!   and the `upgrade`;
 //!   or AudioSocket's TCP) and the `protocol` spoken on it, one file each:
 //!   `wsbridge`, `twilio`, `vonage`, `audiosocket`.
 //! - [`call`]: one call's life: its `plan`, its `conversation` with the
