@@ -353,6 +353,33 @@ async fn close_with(socket: &mut WebSocket, code: CloseCode, reason: &str) {
     .await;
 }
 
+/// The client's first message, within its time and size limits.
+async fn read_first_message(socket: &mut WebSocket) -> Result<FirstMessage, Refused> {
+    let first = timeout(FIRST_MESSAGE_TIMEOUT, async {
+        loop {
+            match socket.next().await {
+                Some(Ok(Message::Text(text))) => return Ok(text),
+                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
+                Some(Ok(Message::Binary(_))) => return Err("the first message must be text JSON".to_string()),
+                Some(Ok(Message::Close(_))) | None => return Err("the client left before its first message".into()),
+                Some(Err(tokio_tungstenite::tungstenite::Error::Capacity(_))) => {
+                    return Err(format!("the first message is over {MAX_FIRST_MESSAGE_BYTES} bytes"))
+                }
+                Some(Err(error)) => return Err(error.to_string()),
+            }
+        }
+    })
+    .await;
+    match first {
+        Err(_) => Err(Refused::NoFirstMessage("no first message within 5 s".into())),
+        Ok(Err(why)) => Err(Refused::NoFirstMessage(why)),
+        Ok(Ok(text)) if text.len() > MAX_FIRST_MESSAGE_BYTES => {
+            Err(Refused::NoFirstMessage(format!("the first message is over {MAX_FIRST_MESSAGE_BYTES} bytes")))
+        }
+        Ok(Ok(text)) => FirstMessage::parse(text.as_str()).map_err(|Malformed(why)| Refused::Malformed(why)),
+    }
+}
+
 /// Upgrades `stream` if its request carries a valid token and a call may be
 /// added, then waits for the client's first message. Nothing is created
 /// before this returns Ok.
@@ -393,29 +420,7 @@ pub async fn admit(stream: Box<dyn Io>, admission: &Admission) -> Result<Admitte
     if slot.is_none() {
         return Err(Refused::Upgrade("upgraded without a call slot".into()));
     }
-    let first = timeout(FIRST_MESSAGE_TIMEOUT, async {
-        loop {
-            match socket.next().await {
-                Some(Ok(Message::Text(text))) => return Ok(text),
-                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
-                Some(Ok(Message::Binary(_))) => return Err("the first message must be text JSON".to_string()),
-                Some(Ok(Message::Close(_))) | None => return Err("the client left before its first message".into()),
-                Some(Err(tokio_tungstenite::tungstenite::Error::Capacity(_))) => {
-                    return Err(format!("the first message is over {MAX_FIRST_MESSAGE_BYTES} bytes"))
-                }
-                Some(Err(error)) => return Err(error.to_string()),
-            }
-        }
-    })
-    .await;
-    let parsed = match first {
-        Err(_) => Err(Refused::NoFirstMessage("no first message within 5 s".into())),
-        Ok(Err(why)) => Err(Refused::NoFirstMessage(why)),
-        Ok(Ok(text)) if text.len() > MAX_FIRST_MESSAGE_BYTES => {
-            Err(Refused::NoFirstMessage(format!("the first message is over {MAX_FIRST_MESSAGE_BYTES} bytes")))
-        }
-        Ok(Ok(text)) => FirstMessage::parse(text.as_str()).map_err(|Malformed(why)| Refused::Malformed(why)),
-    };
+    let parsed = read_first_message(&mut socket).await;
     match (parsed, slot) {
         (Ok(first), Some(slot)) => Ok(Admitted { socket, first, slot }),
         (Ok(_), None) => Err(Refused::Upgrade("upgraded without a call slot".into())),

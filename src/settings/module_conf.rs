@@ -176,26 +176,7 @@ impl ModuleConfig {
                     setting.default_shown()
                 )),
             },
-            _ if param == LISTEN.param => match value.parse() {
-                _ if value.is_empty() => self.listener.address = None,
-                Ok(address) => self.listener.address = Some(address),
-                Err(_) => problems.push(format!("param {param}='{value}' is not an address:port; no listener")),
-            },
-            _ if param == LISTEN_TLS_CERT_FILE.param => self.listener.tls_cert_file = Some(value).filter(|v| !v.is_empty()),
-            _ if param == LISTEN_TLS_KEY_FILE.param => self.listener.tls_key_file = Some(value).filter(|v| !v.is_empty()),
-            _ if param == LISTEN_TOKENS.param => self.listener.tokens = Tokens::parse(&value),
-            _ if param == LISTEN_CONTEXT.param => {
-                let valid = !value.is_empty()
-                    && value.len() <= 64
-                    && value.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
-                match valid {
-                    true => self.listener.context = value,
-                    false => problems.push(format!(
-                        "param {param}='{value}' is not a context name (A-Z, a-z, 0-9, _, - and .); using {}",
-                        setting.default_shown()
-                    )),
-                }
-            }
+            _ if param.starts_with("listen") => self.set_listener(setting, value, problems),
             _ if param == ALLOWED_HOSTS.param => match crate::settings::security::parse_allowlist(&value) {
                 Ok(patterns) => {
                     self.allowed_hosts = patterns;
@@ -219,10 +200,49 @@ impl ModuleConfig {
                     Some(value) if param == UPLINK_BATCH_MS.param => {
                         self.uplink_batch = std::time::Duration::from_millis(value)
                     }
-                    Some(value) if param == LISTEN_MAX_CALLS.param => self.listener.max_calls = value as usize,
                     _ => {}
                 }
             }
+        }
+    }
+
+    /// The `listen*` params: the listener's address, TLS, tokens, context and call limit.
+    fn set_listener(&mut self, setting: &'static Setting, value: String, problems: &mut Vec<String>) {
+        let param = setting.param;
+        match param {
+            _ if param == LISTEN.param => match value.parse() {
+                _ if value.is_empty() => self.listener.address = None,
+                Ok(address) => self.listener.address = Some(address),
+                Err(_) => problems.push(format!("param {param}='{value}' is not an address:port; no listener")),
+            },
+            _ if param == LISTEN_TLS_CERT_FILE.param => {
+                self.listener.tls_cert_file = Some(value).filter(|v| !v.is_empty())
+            }
+            _ if param == LISTEN_TLS_KEY_FILE.param => {
+                self.listener.tls_key_file = Some(value).filter(|v| !v.is_empty())
+            }
+            _ if param == LISTEN_TOKENS.param => self.listener.tokens = Tokens::parse(&value),
+            _ if param == LISTEN_CONTEXT.param => {
+                let valid = !value.is_empty()
+                    && value.len() <= 64
+                    && value.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
+                match valid {
+                    true => self.listener.context = value,
+                    false => problems.push(format!(
+                        "param {param}='{value}' is not a context name (A-Z, a-z, 0-9, _, - and .); using {}",
+                        setting.default_shown()
+                    )),
+                }
+            }
+            _ if param == LISTEN_MAX_CALLS.param => {
+                let source = |_: &str| Some(value.clone());
+                let mut reader = Reader::new(&source, &named);
+                if let Some(max) = reader.integer(setting) {
+                    self.listener.max_calls = max as usize;
+                }
+                problems.append(&mut reader.problems);
+            }
+            _ => {}
         }
     }
 

@@ -5,8 +5,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{Kind, Setting};
-use crate::settings::options::{ConnectionOptions, MediaLimits};
+use super::*;
+use crate::settings::options::{ConnectionOptions, MediaLimits, TlsOptions};
 
 /// How one call is tuned.
 #[derive(Debug, Clone)]
@@ -149,110 +149,121 @@ impl CallTuning {
 
     /// Reads every tuning setting through `reader`; Err when the call must be refused.
     pub fn read(reader: &mut Reader<'_>) -> Result<CallTuning, String> {
-        use super::*;
         let mut tuning = CallTuning::default();
-        let ms = Duration::from_millis;
-        let media = &mut tuning.media;
-
-        if let Some(max) = reader.integer(&PLAYOUT_MAX_MS) {
-            *media = MediaLimits::for_capacity(ms(max), media.uplink_backlog);
-        }
-        let capacity = media.playout_capacity.as_millis() as u64;
-        if let Some(high) = reader.integer_up_to(&PLAYOUT_HIGH_WATER_MS, capacity) {
-            media.playout_high_water = ms(high);
-        }
-        let high = media.playout_high_water.as_millis() as u64;
-        if let Some(low) = reader.integer_up_to(&PLAYOUT_LOW_WATER_MS, high) {
-            media.playout_low_water = ms(low);
-        }
-        media.playout_low_water = media.playout_low_water.min(media.playout_high_water);
-        if let Some(target) = reader.integer(&PLAYOUT_TARGET_MS) {
-            media.jitter.target_min_ms = target as f64;
-        }
-        if let Some(max) = reader.integer(&PLAYOUT_TARGET_MAX_MS) {
-            media.jitter.target_max_ms = max as f64;
-        }
-        media.jitter.target_max_ms = media.jitter.target_max_ms.max(media.jitter.target_min_ms);
-        if let Some(backlog) = reader.integer(&UPLINK_BACKLOG_MS) {
-            media.uplink_backlog = ms(backlog);
-        }
+        read_playout(reader, &mut tuning.media);
         if let Some(level) = reader.level(&COMFORT_NOISE_DBOV) {
             tuning.comfort_noise_dbov = level;
         }
         if let Some(flag) = reader.flag(&CNG_FRAMES) {
             tuning.cng_frames = flag;
         }
-        let session = &mut tuning.session;
-        if let Some(timeout) = reader.integer(&CONNECT_TIMEOUT_MS) {
-            session.connect_timeout = ms(timeout);
-        }
-        if let Some(bytes) = reader.integer(&MAX_MESSAGE_BYTES) {
-            session.max_message_bytes = bytes as usize;
-        }
-        if let Some(bytes) = reader.integer(&MAX_TEXT_BYTES) {
-            session.max_text_bytes = bytes as usize;
-        }
-        if let Some(interval) = reader.integer(&PING_INTERVAL_MS) {
-            session.ping_interval = ms(interval);
-        }
-        if let Some(timeout) = reader.integer(&DEAD_PEER_TIMEOUT_MS) {
-            session.dead_peer_timeout = ms(timeout);
-        }
-        if let Some(budget) = reader.integer(&RECONNECT_MS) {
-            session.reconnect = ms(budget);
-        }
-        // Checked here so a bad list in wsbridge.conf is reported; the list itself is the call plan's.
-        if let Some(text) = reader.text(&FALLBACK_URIS) {
-            if let Err(why) = parse_uri_list(&text) {
-                let name = reader.display(&FALLBACK_URIS);
-                reader.problems.push(format!("{name}='{text}' is not a list of server URIs ({why}); ignored"));
-            }
-        }
-        // Checked here so a bad value in wsbridge.conf is reported; the limit itself is the call plan's.
-        reader.integer(&MAX_HEADERS_BYTES);
-        session.tls.ca_file = reader.path(&TLS_CA_FILE);
-        session.tls.cert_file = reader.path(&TLS_CERT_FILE);
-        session.tls.key_file = reader.path(&TLS_KEY_FILE);
-        if let Some(insecure) = reader.flag(&TLS_INSECURE) {
-            session.tls.insecure = insecure;
-        }
-        if let Some(text) = reader.text(&TLS_PIN_SHA256) {
-            match crate::settings::security::parse_sha256_pin(&text) {
-                Ok(pin) => session.tls.pin_sha256 = pin,
-                // Refused, not ignored: without its pin the call would trust more than intended.
-                Err(why) => return Err(format!("{} {why}", reader.display(&TLS_PIN_SHA256))),
-            }
-        }
-        let mut uplink_frame_ms = UPLINK_FRAME_MS.integer_default() as u32;
+        read_connection(reader, &mut tuning.session)?;
+        read_tls(reader, &mut tuning.session.tls)?;
         if let Some(ms) = reader.integer(&UPLINK_FRAME_MS) {
             if ms % FRAME_MS as u64 == 0 {
-                uplink_frame_ms = ms as u32;
+                tuning.media.uplink_frame_ms = ms as u32;
             } else {
                 let name = reader.display(&UPLINK_FRAME_MS);
                 reader.problems.push(format!("{name}='{ms}' is not a multiple of 20; using the default"));
             }
         }
-        if let Some(sid) = reader.text(&TWILIO_ACCOUNT_SID) {
-            session.twilio_account_sid = sid.trim().to_string();
-        }
-        if let Some(text) = reader.text(&FIRST_MESSAGE) {
-            match FirstMessageStyle::parse(&text) {
-                Some(style) => session.first_message = style,
-                None => {
-                    let name = reader.display(&FIRST_MESSAGE);
-                    reader.problems.push(format!("{name}='{text}' is not wsbridge or vonage; using the default"))
-                }
-            }
-        }
-        if let Some(text) = reader.json(&HTTP_HEADERS) {
-            match crate::settings::security::parse_http_headers(&text) {
-                Ok(headers) => session.http_headers = headers,
-                Err(why) => return Err(format!("{} {why}", reader.display(&HTTP_HEADERS))),
-            }
-        }
-        tuning.media.uplink_frame_ms = uplink_frame_ms;
         Ok(tuning)
     }
+}
+
+/// The playout's capacity, its water marks and the jitter buffer's range, each within the one before.
+fn read_playout(reader: &mut Reader<'_>, media: &mut MediaLimits) {
+    let ms = Duration::from_millis;
+    if let Some(max) = reader.integer(&PLAYOUT_MAX_MS) {
+        *media = MediaLimits::for_capacity(ms(max), media.uplink_backlog);
+    }
+    let capacity = media.playout_capacity.as_millis() as u64;
+    if let Some(high) = reader.integer_up_to(&PLAYOUT_HIGH_WATER_MS, capacity) {
+        media.playout_high_water = ms(high);
+    }
+    let high = media.playout_high_water.as_millis() as u64;
+    if let Some(low) = reader.integer_up_to(&PLAYOUT_LOW_WATER_MS, high) {
+        media.playout_low_water = ms(low);
+    }
+    media.playout_low_water = media.playout_low_water.min(media.playout_high_water);
+    if let Some(target) = reader.integer(&PLAYOUT_TARGET_MS) {
+        media.jitter.target_min_ms = target as f64;
+    }
+    if let Some(max) = reader.integer(&PLAYOUT_TARGET_MAX_MS) {
+        media.jitter.target_max_ms = max as f64;
+    }
+    media.jitter.target_max_ms = media.jitter.target_max_ms.max(media.jitter.target_min_ms);
+    if let Some(backlog) = reader.integer(&UPLINK_BACKLOG_MS) {
+        media.uplink_backlog = ms(backlog);
+    }
+}
+
+/// Timeouts, limits, pings, reconnect, the first message and the upgrade's headers.
+fn read_connection(reader: &mut Reader<'_>, session: &mut ConnectionOptions) -> Result<(), String> {
+    let ms = Duration::from_millis;
+    if let Some(timeout) = reader.integer(&CONNECT_TIMEOUT_MS) {
+        session.connect_timeout = ms(timeout);
+    }
+    if let Some(bytes) = reader.integer(&MAX_MESSAGE_BYTES) {
+        session.max_message_bytes = bytes as usize;
+    }
+    if let Some(bytes) = reader.integer(&MAX_TEXT_BYTES) {
+        session.max_text_bytes = bytes as usize;
+    }
+    if let Some(interval) = reader.integer(&PING_INTERVAL_MS) {
+        session.ping_interval = ms(interval);
+    }
+    if let Some(timeout) = reader.integer(&DEAD_PEER_TIMEOUT_MS) {
+        session.dead_peer_timeout = ms(timeout);
+    }
+    if let Some(budget) = reader.integer(&RECONNECT_MS) {
+        session.reconnect = ms(budget);
+    }
+    // Checked here so a bad list in wsbridge.conf is reported; the list itself is the call plan's.
+    if let Some(text) = reader.text(&FALLBACK_URIS) {
+        if let Err(why) = parse_uri_list(&text) {
+            let name = reader.display(&FALLBACK_URIS);
+            reader.problems.push(format!("{name}='{text}' is not a list of server URIs ({why}); ignored"));
+        }
+    }
+    // Checked here so a bad value in wsbridge.conf is reported; the limit itself is the call plan's.
+    reader.integer(&MAX_HEADERS_BYTES);
+    if let Some(sid) = reader.text(&TWILIO_ACCOUNT_SID) {
+        session.twilio_account_sid = sid.trim().to_string();
+    }
+    if let Some(text) = reader.text(&FIRST_MESSAGE) {
+        match FirstMessageStyle::parse(&text) {
+            Some(style) => session.first_message = style,
+            None => {
+                let name = reader.display(&FIRST_MESSAGE);
+                reader.problems.push(format!("{name}='{text}' is not wsbridge or vonage; using the default"))
+            }
+        }
+    }
+    if let Some(text) = reader.json(&HTTP_HEADERS) {
+        match crate::settings::security::parse_http_headers(&text) {
+            Ok(headers) => session.http_headers = headers,
+            Err(why) => return Err(format!("{} {why}", reader.display(&HTTP_HEADERS))),
+        }
+    }
+    Ok(())
+}
+
+fn read_tls(reader: &mut Reader<'_>, tls: &mut TlsOptions) -> Result<(), String> {
+    tls.ca_file = reader.path(&TLS_CA_FILE);
+    tls.cert_file = reader.path(&TLS_CERT_FILE);
+    tls.key_file = reader.path(&TLS_KEY_FILE);
+    if let Some(insecure) = reader.flag(&TLS_INSECURE) {
+        tls.insecure = insecure;
+    }
+    if let Some(text) = reader.text(&TLS_PIN_SHA256) {
+        match crate::settings::security::parse_sha256_pin(&text) {
+            Ok(pin) => tls.pin_sha256 = pin,
+            // Refused, not ignored: without its pin the call would trust more than intended.
+            Err(why) => return Err(format!("{} {why}", reader.display(&TLS_PIN_SHA256))),
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
