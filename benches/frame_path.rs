@@ -8,9 +8,9 @@ use std::time::Instant;
 use bytes::Bytes;
 use mod_wsbridge::audio::comfort_noise::DownlinkMixer;
 use mod_wsbridge::audio::media::CallMedia;
-use mod_wsbridge::settings::options::MediaLimits;
 use mod_wsbridge::audio::playout::PlayoutBuffer;
 use mod_wsbridge::audio::reframe::Reframer;
+use mod_wsbridge::settings::options::MediaLimits;
 use mod_wsbridge::settings::ContentType;
 
 const FRAMES: usize = 200_000;

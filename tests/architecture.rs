@@ -154,7 +154,8 @@ fn paths_named(code: &str, module: &[String], is_mod_file: bool) -> Vec<Vec<Stri
         }
     }
     // A `mod.rs` is its module; any other file's `super` is its parent.
-    let parent: Vec<String> = if is_mod_file { module.to_vec() } else { module[..module.len().saturating_sub(1)].to_vec() };
+    let parent: Vec<String> =
+        if is_mod_file { module.to_vec() } else { module[..module.len().saturating_sub(1)].to_vec() };
     let _ = parent;
     raw.into_iter()
         .filter_map(|path| {
@@ -408,7 +409,10 @@ fn the_readme_layout_is_the_tree() {
     let actual: BTreeSet<String> = source_files().into_iter().collect();
     let missing: Vec<&String> = actual.difference(&listed).collect();
     let stale: Vec<&String> = listed.difference(&actual).collect();
-    assert!(missing.is_empty() && stale.is_empty(), "README Layout: not listed {missing:?}; listed but absent {stale:?}");
+    assert!(
+        missing.is_empty() && stale.is_empty(),
+        "README Layout: not listed {missing:?}; listed but absent {stale:?}"
+    );
     // The path of a header to the first WebSocket byte, in at most 10 hops.
     let path_line = section.lines().find(|l| l.contains('→')).expect("the Layout names the header's path");
     let paragraph: String =

@@ -23,9 +23,9 @@
 //! over [`RATE_WINDOW`], or the buffer holds more than [`BURST_MS`], the
 //! stream is a burst and nothing is dropped from it.
 
+use crate::settings::options::JitterLimits;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
-use crate::settings::options::JitterLimits;
 
 /// Recent relative delays kept for the base (their minimum).
 pub const BASE_WINDOW: Duration = Duration::from_secs(4);

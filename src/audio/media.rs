@@ -12,10 +12,10 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::audio::playout::{Downlink, MarkOutcome, PlayoutBuffer};
-use crate::settings::{ContentType, Encoding};
 use crate::audio::uplink::{Outgoing, PushOutcome, UplinkQueue};
 use crate::audio::uplink_pump::{PumpSlot, UplinkPump};
 use crate::settings::options::MediaLimits;
+use crate::settings::{ContentType, Encoding};
 
 #[derive(Default)]
 pub struct MediaStats {
@@ -468,8 +468,8 @@ impl CallMedia {
 
 #[cfg(test)]
 mod tests {
-    use crate::settings::options::JitterLimits;
     use super::*;
+    use crate::settings::options::JitterLimits;
     use std::sync::Arc;
 
     fn small_limits() -> MediaLimits {

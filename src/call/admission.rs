@@ -24,10 +24,10 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::call::plan::CallPlan;
-use crate::settings::{CallSettings, CallTuning, ContentType, Protocol, ServerUri};
-use crate::wire::websocket::{Io, WebSocket};
 use crate::settings::tokens::Tokens;
+use crate::settings::{CallSettings, CallTuning, ContentType, Protocol, ServerUri};
 use crate::wire::protocol::hangup_event;
+use crate::wire::websocket::{Io, WebSocket};
 
 /// Largest first message, in bytes.
 pub const MAX_FIRST_MESSAGE_BYTES: usize = 4096;
@@ -44,7 +44,6 @@ pub const VARIABLE_PREFIX: &str = "wsbridge_in_";
 /// Longest destination or caller ID.
 const MAX_FIELD_CHARS: usize = 128;
 pub const SUBPROTOCOL: &str = "WSBRIDGE";
-
 
 /// The token of an `Authorization: Bearer <token>` header.
 pub fn bearer_token(header: &str) -> Option<&str> {

@@ -99,7 +99,6 @@ impl CallSnapshot {
             fork: None,
         }
     }
-
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -172,9 +171,9 @@ pub fn status(report: &StatusReport<'_>) -> String {
             continue;
         }
         match started_with.iter().find(|(started, _)| started == name) {
-            Some((_, running)) if running != value => text.push_str(&format!(
-                "{name} = {value} (configured; {running} running until reload mod_wsbridge)\n"
-            )),
+            Some((_, running)) if running != value => {
+                text.push_str(&format!("{name} = {value} (configured; {running} running until reload mod_wsbridge)\n"))
+            }
             _ => text.push_str(&format!("{name} = {value}\n")),
         }
     }
@@ -316,8 +315,12 @@ mod tests {
         assert!(changed.contains("runtime-threads = 2 (configured; 1 running until reload mod_wsbridge)"), "{changed}");
         assert!(changed.contains("uplink-batch-ms = 0 (configured; 2 running until reload mod_wsbridge)"), "{changed}");
         assert!(changed.contains("debug = false\n"), "a setting read on every reload says one value: {changed}");
-        let parsed: serde_json::Value = serde_json::from_str(&status_json(&report(&settings, &started_with, 1))).unwrap();
-        assert_eq!((parsed["settings"]["uplink-batch-ms"].as_str(), parsed["settings_running"]["uplink-batch-ms"].as_str()), (Some("0"), Some("2")));
+        let parsed: serde_json::Value =
+            serde_json::from_str(&status_json(&report(&settings, &started_with, 1))).unwrap();
+        assert_eq!(
+            (parsed["settings"]["uplink-batch-ms"].as_str(), parsed["settings_running"]["uplink-batch-ms"].as_str()),
+            (Some("0"), Some("2"))
+        );
     }
 
     #[test]

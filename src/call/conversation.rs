@@ -17,14 +17,14 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use crate::settings::cause::HangupCause;
-use crate::wire::connection::{self, Connection};
 use crate::audio::media::{CallMedia, CALLER_HUNG_UP};
-use crate::wire::protocol::{self, Control, Decoder, Dialect, Encoder, Inbound};
-use crate::settings::{CallSettings, Scheme, ServerUri};
 use crate::audio::uplink::Outgoing;
-use crate::wire::websocket;
+use crate::settings::cause::HangupCause;
 use crate::settings::options::ConnectionOptions;
+use crate::settings::{CallSettings, Scheme, ServerUri};
+use crate::wire::connection::{self, Connection};
+use crate::wire::protocol::{self, Control, Decoder, Dialect, Encoder, Inbound};
+use crate::wire::websocket;
 
 /// What the task may do to its call. Implementations must not block.
 pub trait CallControl: Send + Sync + 'static {
@@ -184,7 +184,10 @@ async fn guarded(
     match AssertUnwindSafe(session).catch_unwind().await {
         Ok(end) => end,
         Err(payload) => {
-            let why = format!("panic in the WebSocket task: {}", crate::diagnostics::logging::describe_panic(payload.as_ref()));
+            let why = format!(
+                "panic in the WebSocket task: {}",
+                crate::diagnostics::logging::describe_panic(payload.as_ref())
+            );
             let _ = std::panic::catch_unwind(AssertUnwindSafe(|| {
                 tracing::error!("{why}; hanging up with {}", HangupCause::Crash);
                 media.caller_hung_up();
@@ -940,7 +943,8 @@ mod tests {
         let (listener, port) = listener().await;
         let media = Arc::new(CallMedia::new(ContentType::l16(8000), MediaLimits::default(), None));
         let control = Recorder::default();
-        let task = tokio::spawn(run(settings(port, 8000), media.clone(), control.clone(), ConnectionOptions::default()));
+        let task =
+            tokio::spawn(run(settings(port, 8000), media.clone(), control.clone(), ConnectionOptions::default()));
 
         let mut server = accept(&listener, false).await;
         let first = server.next().await.unwrap().unwrap();
@@ -1114,7 +1118,8 @@ mod tests {
         let (listener, port) = listener().await;
         let media = Arc::new(CallMedia::new(ContentType::default(), MediaLimits::default(), None));
         let control = Recorder::default();
-        let task = tokio::spawn(run(settings(port, 16000), media.clone(), control.clone(), ConnectionOptions::default()));
+        let task =
+            tokio::spawn(run(settings(port, 16000), media.clone(), control.clone(), ConnectionOptions::default()));
         let mut server = accept(&listener, true).await;
         server.next().await.unwrap().unwrap();
         // The caller's last frames, queued just before the hangup, still go out first.
@@ -1210,7 +1215,8 @@ mod tests {
         let (listener, port) = listener().await;
         let media = Arc::new(CallMedia::new(ContentType::default(), MediaLimits::default(), None));
         let control = Recorder::default();
-        let task = tokio::spawn(run(settings(port, 16000), media.clone(), control.clone(), ConnectionOptions::default()));
+        let task =
+            tokio::spawn(run(settings(port, 16000), media.clone(), control.clone(), ConnectionOptions::default()));
         let (_tcp, _) = listener.accept().await.unwrap();
         media.caller_hung_up();
         assert_eq!(task.await.unwrap(), ConversationEnd::CallerHungUp);
@@ -1222,7 +1228,8 @@ mod tests {
         let (listener, port) = listener().await;
         let media = Arc::new(CallMedia::new(ContentType::l16(8000), MediaLimits::default(), None));
         let control = Recorder::default();
-        let task = tokio::spawn(run(settings(port, 8000), media.clone(), control.clone(), ConnectionOptions::default()));
+        let task =
+            tokio::spawn(run(settings(port, 8000), media.clone(), control.clone(), ConnectionOptions::default()));
         let mut server = accept(&listener, true).await;
         server.next().await.unwrap().unwrap();
         for text in [
@@ -1257,7 +1264,8 @@ mod tests {
             let (listener, port) = listener().await;
             let media = Arc::new(CallMedia::new(ContentType::default(), MediaLimits::default(), None));
             let control = Recorder::default();
-            let options = ConnectionOptions { max_message_bytes: 4096, max_text_bytes: 1024, ..ConnectionOptions::default() };
+            let options =
+                ConnectionOptions { max_message_bytes: 4096, max_text_bytes: 1024, ..ConnectionOptions::default() };
             let task = tokio::spawn(run(settings(port, 16000), media, control.clone(), options));
             let mut server = accept(&listener, true).await;
             server.next().await.unwrap().unwrap();
@@ -1358,7 +1366,8 @@ mod tests {
         let (listener, port) = listener().await;
         let media = Arc::new(CallMedia::new(ContentType::l16(8000), MediaLimits::default(), None));
         let control = PanicsOnAnswer::default();
-        let task = tokio::spawn(run(settings(port, 8000), media.clone(), control.clone(), ConnectionOptions::default()));
+        let task =
+            tokio::spawn(run(settings(port, 8000), media.clone(), control.clone(), ConnectionOptions::default()));
         let _server = accept(&listener, true).await;
         let end = timeout(Duration::from_secs(5), task).await.expect("the task ends").expect("no panic escapes");
         assert!(

@@ -8,10 +8,10 @@ use std::collections::VecDeque;
 
 use crate::call::plan::{plan_call, CallPlan, CallSources, Refusal};
 use crate::settings::cause::HangupCause;
+use crate::settings::options::{ForkLayout, Tracks};
 use crate::settings::server::{CONTENT_TYPE_VARIABLE, HEADERS_VARIABLE, SIP_HEADER_PREFIX, URI_VARIABLE};
 use crate::settings::tuning::Reader;
 use crate::settings::{ContentType, ModuleConfig, Protocol, VariableSource, FORK_PLAYBACK, FRAME_MS, SUPPORTED_RATES};
-use crate::settings::options::{ForkLayout, Tracks};
 
 /// Which audio of the call a fork streams.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -146,7 +146,12 @@ mod tests {
                     "src/diagnostics/logging.rs:true".to_string(),
                     "100% %s %n safe frames=3".to_string()
                 ),
-                (Level::ERROR, Some("direct".to_string()), "src/diagnostics/logging.rs:true".to_string(), "explicit".to_string()),
+                (
+                    Level::ERROR,
+                    Some("direct".to_string()),
+                    "src/diagnostics/logging.rs:true".to_string(),
+                    "explicit".to_string()
+                ),
             ]
         );
     }

@@ -15,8 +15,8 @@ pub mod cause;
 pub mod module_conf;
 pub mod options;
 pub mod security;
-pub mod tokens;
 pub mod server;
+pub mod tokens;
 pub mod tuning;
 
 pub use module_conf::ModuleConfig;
@@ -461,7 +461,8 @@ mod tests {
     #[test]
     fn drain_cause_choices_are_the_drain_causes() {
         let Kind::Choice { default, choices } = DRAIN_CAUSE.kind else { panic!("drain-cause is a choice") };
-        let causes: Vec<&str> = crate::settings::cause::HangupCause::DRAIN_CHOICES.iter().map(|cause| cause.name()).collect();
+        let causes: Vec<&str> =
+            crate::settings::cause::HangupCause::DRAIN_CHOICES.iter().map(|cause| cause.name()).collect();
         assert_eq!(choices, causes.as_slice());
         assert_eq!(default, causes[0]);
     }

@@ -6,7 +6,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::settings::FirstMessageStyle;
-use crate::settings::{Setting, CONNECT_TIMEOUT_MS, DEAD_PEER_TIMEOUT_MS, MAX_CONNECTING, MAX_MESSAGE_BYTES, MAX_TEXT_BYTES, PING_INTERVAL_MS, RECONNECT_MS};
+use crate::settings::{
+    Setting, CONNECT_TIMEOUT_MS, DEAD_PEER_TIMEOUT_MS, MAX_CONNECTING, MAX_MESSAGE_BYTES, MAX_TEXT_BYTES,
+    PING_INTERVAL_MS, RECONNECT_MS,
+};
 
 #[derive(Debug, Clone, Copy)]
 pub struct MediaLimits {

@@ -6,9 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::{Kind, Setting};
-use crate::settings::options::{MediaLimits, ConnectionOptions};
-
-
+use crate::settings::options::{ConnectionOptions, MediaLimits};
 
 /// How one call is tuned.
 #[derive(Debug, Clone)]

@@ -19,8 +19,8 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 
-use crate::settings::{Scheme, ServerUri};
 use crate::settings::options::TlsOptions;
+use crate::settings::{Scheme, ServerUri};
 
 pub const SUBPROTOCOL: &str = "WSBRIDGE";
 /// Bounds what the kernel holds for a slow server (about 2 s at 16 kHz), so

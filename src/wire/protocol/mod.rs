@@ -12,9 +12,9 @@ use bytes::Bytes;
 use serde_json::{json, Map, Value};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::settings::{CallSettings, FirstMessageStyle, Protocol};
 use crate::audio::uplink::Outgoing;
 use crate::settings::options::ForkLayout;
+use crate::settings::{CallSettings, FirstMessageStyle, Protocol};
 
 /// An action the server asks for in a text message.
 #[derive(Debug, Clone, PartialEq, Eq)]
