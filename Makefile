@@ -39,7 +39,7 @@ package-deb:
 demo:
 	@if [ -z "$(FREESWITCH_PREFIX)" ] && ! PKG_CONFIG_PATH='$(FS_PKG_CONFIG_PATH)' pkg-config --exists freeswitch 2>/dev/null; then \
 		echo "make demo needs FreeSWITCH 1.10 with its headers: install it from source into /usr/local/freeswitch (or set FREESWITCH_PREFIX), and pkg-config"; exit 1; fi
-	PKG_CONFIG_PATH='$(FS_PKG_CONFIG_PATH)' cargo build --release --bin wsbridge-demo
+	PKG_CONFIG_PATH='$(FS_PKG_CONFIG_PATH)' cargo build --release -p wsbridge-demo
 	PKG_CONFIG_PATH='$(FS_PKG_CONFIG_PATH)' cargo run --release --example demo -- target/release/wsbridge-demo target/demo
 
 modules-dir:

@@ -1,22 +1,33 @@
 //! mod_wsbridge: a FreeSWITCH endpoint that bridges calls to WebSocket audio
 //! servers.
 //!
-//! Everything but [`freeswitch`] is plain Rust that knows nothing of
-//! FreeSWITCH and is tested without it:
-//! - [`settings`]: every setting, with one table of defaults;
-//! - [`call_plan`]: from a call's variables to the server it reaches, or a refusal;
-//! - [`drain`]: taking a node out of rotation;
-//! - [`session`]: one call's conversation with its server, over a [`connection`]
-//!   (a [`websocket`], or AudioSocket's TCP), in the call's [`protocol`];
-//! - [`media`]: what a call's FreeSWITCH thread and its task share:
-//!   [`playout`], [`uplink`], [`reframe`], [`comfort_noise`];
-//! - [`inbound`]: calls from the WebSocket side, admitted before a channel exists;
-//! - [`protocol`]: what is said on the wire (wsbridge, Twilio, Vonage,
-//!   AudioSocket); [`command`]: the API's arguments.
+//! The code is in rooms, each importing only from the rooms below it
+//! (`tests/architecture.rs` checks it, and that no file imports itself back):
 //!
-//! [`freeswitch`] (built only where FreeSWITCH was found) holds the module's
-//! entry points and the endpoint; its `ffi` module is the one place with
-//! unsafe code.
+//! - [`diagnostics`]: `logging` into FreeSWITCH's log; `poll_watch`, the
+//!   runtime's heartbeat and slow polls.
+//! - [`settings`]: plain data every room reads: the `TABLE` of settings and
+//!   `tuning` per call, `module_conf` (wsbridge.conf), `server` (the
+//!   `P-wsbridge-websocket-*` values), `options` (the option structs),
+//!   `security` (allow-list, headers, redaction), `tokens`, `cause`.
+//! - [`audio`]: samples and frames: `media` (what a call's FreeSWITCH thread
+//!   and its task share), `playout` with its `jitter` buffer, `concealment`
+//!   and `comfort_noise`, `reframe`, the `uplink` and its `uplink_pump`, and
+//!   for forks `mixing` and `g711`.
+//! - [`wire`]: what crosses the network: the `connection` (a `websocket`
+//!   over `tcp`, `tls` with `tls_trust` and `tls_errors` (and `tls_tests`),
+//!   and the `upgrade`;
+//!   or AudioSocket's TCP) and the `protocol` spoken on it, one file each:
+//!   `wsbridge`, `twilio`, `vonage`, `audiosocket`.
+//! - [`call`]: one call's life: its `plan`, its `conversation` with the
+//!   server (`connect`, `exchange`, `close`), `admission` of calls from the
+//!   WebSocket side, `fork_plan`, `drain_state` and the `api`'s text.
+//! - `freeswitch` (built only where FreeSWITCH was found): the module's
+//!   entry points (its `mod.rs`) and the glue: the `endpoint` leg, a
+//!   `fork`'s media bug, the `listener`, the `registry` of calls, the API's
+//!   `commands`, `events`, `config_store`, `drain`, the tokio `runtime`; its
+//!   `ffi` is the one unsafe layer, and `guard` stops panics at it.
+//!
 
 pub mod audio;
 pub mod call;

@@ -12,7 +12,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::audio::playout::{Downlink, MarkOutcome, PlayoutBuffer};
-use crate::audio::uplink::{Outgoing, PushOutcome, UplinkQueue};
+use crate::audio::uplink::{PushOutcome, ToServer, UplinkQueue};
 use crate::audio::uplink_pump::{PumpSlot, UplinkPump};
 use crate::settings::options::MediaLimits;
 use crate::settings::{ContentType, Encoding};
@@ -177,12 +177,12 @@ impl CallMedia {
 
     /// Queues a caller's digit; false when too many messages are waiting.
     pub fn send_dtmf(&self, digit: char, duration_ms: u32) -> bool {
-        self.queue_item(Outgoing::Dtmf { digit, duration_ms })
+        self.queue_item(ToServer::Dtmf { digit, duration_ms })
     }
 
     /// Queues a text message for the server, sent as given; false when too many are waiting.
     pub fn send_text(&self, text: String) -> bool {
-        self.queue_item(Outgoing::Text(text))
+        self.queue_item(ToServer::Text(text))
     }
 
     /// From now on server audio is counted and dropped (a listen-only fork).
@@ -195,14 +195,14 @@ impl CallMedia {
         self.format.bytes_per_frame() * self.frames_per_message as usize
     }
 
-    fn queue_item(&self, item: Outgoing) -> bool {
+    fn queue_item(&self, item: ToServer) -> bool {
         let queued = lock(&self.uplink).push_control(item);
         self.uplink_ready.wake_now();
         queued
     }
 
     fn send_mark(&self, name: String, cleared: bool) -> bool {
-        self.queue_item(Outgoing::Mark { name, cleared })
+        self.queue_item(ToServer::Mark { name, cleared })
     }
 
     /// The caller's side is gone: the task closes the socket and ends.
@@ -425,7 +425,7 @@ impl CallMedia {
         for name in dropped_marks {
             self.send_mark(name, true);
         }
-        self.queue_item(Outgoing::Cleared);
+        self.queue_item(ToServer::Cleared);
     }
 
     /// Places a mark after the audio queued so far; false when refused.
@@ -439,7 +439,7 @@ impl CallMedia {
     }
 
     /// Waits for caller audio or text, then moves all of it into `batch`.
-    pub async fn next_uplink_batch(&self, batch: &mut VecDeque<Outgoing>) {
+    pub async fn next_uplink_batch(&self, batch: &mut VecDeque<ToServer>) {
         loop {
             let notified = self.uplink_ready.notified();
             if self.take_uplink(batch) {
@@ -451,7 +451,7 @@ impl CallMedia {
 
     /// Moves whatever caller audio or text is queued into `batch` for the
     /// socket, counting its frames as sent; false when none was queued.
-    pub fn take_uplink(&self, batch: &mut VecDeque<Outgoing>) -> bool {
+    pub fn take_uplink(&self, batch: &mut VecDeque<ToServer>) -> bool {
         let mut uplink = lock(&self.uplink);
         if uplink.is_empty() {
             return false;
@@ -546,10 +546,10 @@ mod tests {
         assert_eq!(media.next_downlink_frame(&mut frame), Downlink::Nothing, "nothing plays after a clear");
         let mut batch = VecDeque::new();
         media.next_uplink_batch(&mut batch).await;
-        let mark = |name: &str, cleared| Outgoing::Mark { name: name.into(), cleared };
+        let mark = |name: &str, cleared| ToServer::Mark { name: name.into(), cleared };
         assert_eq!(
             Vec::from(batch),
-            [mark("at-once", false), mark("after-two", false), mark("dropped", true), Outgoing::Cleared]
+            [mark("at-once", false), mark("after-two", false), mark("dropped", true), ToServer::Cleared]
         );
     }
 
@@ -562,7 +562,7 @@ mod tests {
         media.next_uplink_batch(&mut batch).await;
         assert_eq!(
             Vec::from(batch),
-            vec![Outgoing::Audio(Bytes::from_static(&[1])), Outgoing::Dtmf { digit: '5', duration_ms: 100 }]
+            vec![ToServer::Audio(Bytes::from_static(&[1])), ToServer::Dtmf { digit: '5', duration_ms: 100 }]
         );
     }
 

@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use bytes::Bytes;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outgoing {
+pub enum ToServer {
     Audio(Bytes),
     /// A caller's digit.
     Dtmf {
@@ -28,7 +28,7 @@ pub enum Outgoing {
 const MAX_TEXT_MESSAGES: usize = 1024;
 
 pub struct UplinkQueue {
-    items: VecDeque<Outgoing>,
+    items: VecDeque<ToServer>,
     audio_frames: usize,
     max_audio_frames: usize,
     text_messages: usize,
@@ -58,7 +58,7 @@ impl UplinkQueue {
     pub fn push_audio(&mut self, frame: Bytes) -> PushOutcome {
         let mut outcome = PushOutcome::Queued;
         if self.audio_frames >= self.max_audio_frames {
-            if let Some(index) = self.items.iter().position(|item| matches!(item, Outgoing::Audio(_))) {
+            if let Some(index) = self.items.iter().position(|item| matches!(item, ToServer::Audio(_))) {
                 self.items.remove(index);
                 self.audio_frames -= 1;
                 self.dropped_frames += 1;
@@ -66,13 +66,13 @@ impl UplinkQueue {
                 self.dropping = true;
             }
         }
-        self.items.push_back(Outgoing::Audio(frame));
+        self.items.push_back(ToServer::Audio(frame));
         self.audio_frames += 1;
         outcome
     }
 
     /// Queues a text item; false when refused because too many are waiting.
-    pub fn push_control(&mut self, item: Outgoing) -> bool {
+    pub fn push_control(&mut self, item: ToServer) -> bool {
         if self.text_messages >= MAX_TEXT_MESSAGES {
             return false;
         }
@@ -82,7 +82,7 @@ impl UplinkQueue {
     }
 
     /// Moves everything queued into `batch`, in order; returns the audio frames moved.
-    pub fn take_all(&mut self, batch: &mut VecDeque<Outgoing>) -> usize {
+    pub fn take_all(&mut self, batch: &mut VecDeque<ToServer>) -> usize {
         let frames = self.audio_frames;
         batch.append(&mut self.items);
         self.audio_frames = 0;
@@ -117,7 +117,7 @@ mod tests {
     fn overflow_drops_the_oldest_audio_and_keeps_text() {
         let mut queue = UplinkQueue::new(3);
         queue.push_audio(audio(1));
-        assert!(queue.push_control(Outgoing::Dtmf { digit: '1', duration_ms: 100 }));
+        assert!(queue.push_control(ToServer::Dtmf { digit: '1', duration_ms: 100 }));
         queue.push_audio(audio(2));
         queue.push_audio(audio(3));
         assert_eq!(queue.push_audio(audio(4)), PushOutcome::DroppedOldest { first_of_episode: true });
@@ -126,10 +126,10 @@ mod tests {
         let mut batch = VecDeque::new();
         assert_eq!(queue.take_all(&mut batch), 3);
         let expected = vec![
-            Outgoing::Dtmf { digit: '1', duration_ms: 100 },
-            Outgoing::Audio(audio(3)),
-            Outgoing::Audio(audio(4)),
-            Outgoing::Audio(audio(5)),
+            ToServer::Dtmf { digit: '1', duration_ms: 100 },
+            ToServer::Audio(audio(3)),
+            ToServer::Audio(audio(4)),
+            ToServer::Audio(audio(5)),
         ];
         assert_eq!(Vec::from(batch), expected);
         queue.push_audio(audio(6));
@@ -147,7 +147,7 @@ mod tests {
         let mut queue = UplinkQueue::new(1);
         let accepted = (0..MAX_TEXT_MESSAGES + 10)
             .filter(|i| {
-                queue.push_control(Outgoing::Dtmf { digit: char::from(b'0' + (i % 10) as u8), duration_ms: 100 })
+                queue.push_control(ToServer::Dtmf { digit: char::from(b'0' + (i % 10) as u8), duration_ms: 100 })
             })
             .count();
         assert_eq!(accepted, MAX_TEXT_MESSAGES);

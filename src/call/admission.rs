@@ -25,8 +25,8 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::call::plan::CallPlan;
 use crate::settings::tokens::Tokens;
-use crate::settings::{CallSettings, CallTuning, ContentType, Protocol, ServerUri};
-use crate::wire::protocol::hangup_event;
+use crate::settings::{CallSettings, CallTuning, ContentType, ServerUri};
+use crate::wire::protocol::wsbridge::hangup_event;
 use crate::wire::websocket::{Io, WebSocket};
 
 /// Largest first message, in bytes.
@@ -43,7 +43,7 @@ pub const MAX_VARIABLES_BYTES: usize = 2048;
 pub const VARIABLE_PREFIX: &str = "wsbridge_in_";
 /// Longest destination or caller ID.
 const MAX_FIELD_CHARS: usize = 128;
-pub const SUBPROTOCOL: &str = "WSBRIDGE";
+pub use crate::wire::websocket::SUBPROTOCOL;
 
 /// The token of an `Authorization: Bearer <token>` header.
 pub fn bearer_token(header: &str) -> Option<&str> {
@@ -213,7 +213,7 @@ impl FirstMessage {
                 fallbacks: Vec::new(),
                 content_type: self.content_type,
                 headers: Map::new(),
-                protocol: Protocol::Wsbridge,
+                protocol: crate::wire::protocol::DEFAULT,
             },
             tuning,
             shown_uri: inbound_label(peer),

@@ -1,60 +1,16 @@
 //! Fork mode, as pure code: a call that is already up streamed to a server
 //! through a media bug. What `uuid_wsbridge_fork` and the `wsbridge_fork`
-//! application ask for ([`parse`]), how a fork's settings are planned from
-//! the channel ([`plan_fork`]), and how the two directions of the call are
-//! turned into the frames the server gets ([`Combiner`]).
+//! application ask for ([`parse`]) and how a fork's settings are planned
+//! from the channel ([`plan_fork`]); `audio::mixing` turns the call's two
+//! directions into the frames the server gets.
 
-use std::collections::VecDeque;
-
+use crate::audio::mixing::ForkMode;
 use crate::call::plan::{plan_call, CallPlan, CallSources, Refusal};
 use crate::settings::cause::HangupCause;
 use crate::settings::options::{ForkLayout, Tracks};
 use crate::settings::server::{CONTENT_TYPE_VARIABLE, HEADERS_VARIABLE, SIP_HEADER_PREFIX, URI_VARIABLE};
 use crate::settings::tuning::Reader;
-use crate::settings::{ContentType, ModuleConfig, Protocol, VariableSource, FORK_PLAYBACK, FRAME_MS, SUPPORTED_RATES};
-
-/// Which audio of the call a fork streams.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum ForkMode {
-    /// The channel's read audio: what the caller says.
-    #[default]
-    Mono,
-    /// Both directions mixed into one.
-    Mixed,
-    /// The caller left, the other direction right, interleaved.
-    Stereo,
-}
-
-impl ForkMode {
-    pub fn parse(text: &str) -> Option<ForkMode> {
-        match text.to_ascii_lowercase().as_str() {
-            "mono" => Some(ForkMode::Mono),
-            "mixed" => Some(ForkMode::Mixed),
-            "stereo" => Some(ForkMode::Stereo),
-            _ => None,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            ForkMode::Mono => "mono",
-            ForkMode::Mixed => "mixed",
-            ForkMode::Stereo => "stereo",
-        }
-    }
-
-    pub fn channels(self) -> usize {
-        match self {
-            ForkMode::Stereo => 2,
-            ForkMode::Mono | ForkMode::Mixed => 1,
-        }
-    }
-
-    /// Whether the other direction (what the channel is sent) is needed.
-    pub fn hears_both(self) -> bool {
-        self != ForkMode::Mono
-    }
-}
+use crate::settings::{ContentType, ModuleConfig, VariableSource, FORK_PLAYBACK, SUPPORTED_RATES};
 
 /// The name of a fork started without `name=`.
 pub const DEFAULT_NAME: &str = "default";
@@ -256,16 +212,8 @@ fn plan_fork_call(
     let variables = ForkVariables { channel, url: &start.url, metadata: start.metadata.as_deref() };
     let sources = CallSources { originate: &variables, a_leg: None, destination: None };
     let mut plan = plan_call(&sources, config)?;
-    plan.server.content_type = match plan.server.protocol {
-        Protocol::Twilio => ContentType::PCMU,
-        Protocol::Wsbridge | Protocol::Vonage => ContentType::l16(start.rate),
-        Protocol::AudioSocket => {
-            return Err(Refusal {
-                why: "a fork speaks the wsbridge, twilio or vonage protocol, not audiosocket".into(),
-                cause: HangupCause::InvalidIeContents,
-            })
-        }
-    };
+    let content_type = (plan.server.protocol.rules().fork_content_type)(start.rate);
+    plan.server.content_type = content_type.map_err(|why| Refusal { why, cause: HangupCause::InvalidIeContents })?;
     Ok(plan)
 }
 
@@ -280,100 +228,6 @@ pub fn content_type_text(format: ContentType, mode: ForkMode) -> String {
 
 // ---------------------------------------------------------------- the two directions
 
-/// Most audio held per direction while the other catches up: 10 frames.
-const MAX_HELD_FRAMES: usize = 10;
-/// The caller's audio waits at most this many frames for the other direction.
-const WAIT_FRAMES: usize = 2;
-
-/// Turns the two directions of a call, each mono at the wire's rate, into
-/// the fork's frames. The caller's audio (read) paces it: each of its 20 ms
-/// frames gives one frame out. The other direction arrives from another
-/// thread at its own phase, so a read frame waits up to two frames for it,
-/// then goes with silence in its place. Nothing grows without bound.
-#[derive(Debug)]
-pub struct Combiner {
-    mode: ForkMode,
-    samples_per_frame: usize,
-    read: VecDeque<i16>,
-    write: VecDeque<i16>,
-    /// Write samples dropped because they arrived faster than the caller's.
-    pub write_dropped: u64,
-}
-
-impl Combiner {
-    pub fn new(mode: ForkMode, rate: u32) -> Self {
-        let samples_per_frame = (rate * FRAME_MS / 1000) as usize;
-        Combiner {
-            mode,
-            samples_per_frame,
-            read: VecDeque::with_capacity(samples_per_frame * MAX_HELD_FRAMES),
-            write: VecDeque::with_capacity(samples_per_frame * MAX_HELD_FRAMES),
-            write_dropped: 0,
-        }
-    }
-
-    pub fn samples_per_frame(&self) -> usize {
-        self.samples_per_frame
-    }
-
-    /// Bytes of one frame out, little-endian L16.
-    pub fn frame_bytes(&self) -> usize {
-        self.samples_per_frame * self.mode.channels() * 2
-    }
-
-    fn bound(queue: &mut VecDeque<i16>, limit: usize) -> u64 {
-        let excess = queue.len().saturating_sub(limit);
-        queue.drain(..excess);
-        excess as u64
-    }
-
-    /// Audio the channel read (the caller), at the wire's rate.
-    pub fn push_read(&mut self, samples: &[i16]) {
-        self.read.extend(samples);
-        Self::bound(&mut self.read, self.samples_per_frame * MAX_HELD_FRAMES);
-    }
-
-    /// Audio written to the channel (the other side), at the wire's rate.
-    pub fn push_write(&mut self, samples: &[i16]) {
-        if !self.mode.hears_both() {
-            return;
-        }
-        self.write.extend(samples);
-        // The other side may run ahead of the caller by at most a few frames.
-        self.write_dropped += Self::bound(&mut self.write, self.samples_per_frame * (WAIT_FRAMES + 2));
-    }
-
-    /// The next frame out, little-endian L16, appended to `out`; false when none is due yet.
-    pub fn next_frame(&mut self, out: &mut Vec<u8>) -> bool {
-        let n = self.samples_per_frame;
-        if self.read.len() < n {
-            return false;
-        }
-        let both = self.mode.hears_both();
-        if both && self.write.len() < n && self.read.len() < n * (WAIT_FRAMES + 1) {
-            return false;
-        }
-        let take_write = if both { self.write.len().min(n) } else { 0 };
-        out.reserve(self.frame_bytes());
-        let mut write = self.write.drain(..take_write).chain(std::iter::repeat(0));
-        for left in self.read.drain(..n) {
-            match self.mode {
-                ForkMode::Mono => out.extend_from_slice(&left.to_le_bytes()),
-                ForkMode::Mixed => {
-                    let right = write.next().unwrap_or(0);
-                    out.extend_from_slice(&mix(left, right).to_le_bytes());
-                }
-                ForkMode::Stereo => {
-                    let right = write.next().unwrap_or(0);
-                    out.extend_from_slice(&left.to_le_bytes());
-                    out.extend_from_slice(&right.to_le_bytes());
-                }
-            }
-        }
-        true
-    }
-}
-
 /// The close reason when `stop` ends a fork.
 pub const FORK_STOPPED: &str = "fork stopped";
 
@@ -382,43 +236,6 @@ pub const FORK_STOPPED: &str = "fork stopped";
 pub fn cdr_variable(variable: &str, fork: &str) -> String {
     let figure = variable.strip_prefix("wsbridge_").unwrap_or(variable);
     format!("wsbridge_fork_{}_{figure}", fork.replace(['-', '.'], "_"))
-}
-
-/// Two samples added, clipped to 16 bits.
-pub fn mix(a: i16, b: i16) -> i16 {
-    (a as i32 + b as i32).clamp(i16::MIN as i32, i16::MAX as i32) as i16
-}
-
-/// Adds `played` into `frame`, clipped.
-pub fn mix_into(frame: &mut [i16], played: &[i16]) {
-    for (sample, add) in frame.iter_mut().zip(played) {
-        *sample = mix(*sample, *add);
-    }
-}
-
-/// G.711 μ-law of one sample (ITU-T G.711), for Twilio forks.
-pub fn mulaw(sample: i16) -> u8 {
-    const BIAS: i32 = 0x84;
-    const CLIP: i32 = 32635;
-    let mut value = sample as i32;
-    let sign = if value < 0 {
-        value = -value;
-        0x80
-    } else {
-        0
-    };
-    let value = value.min(CLIP) + BIAS;
-    let segment = (value >> 7) as u32;
-    let exponent = if segment == 0 { 0 } else { 31 - segment.leading_zeros() as i32 };
-    let mantissa = (value >> (exponent + 3)) & 0x0F;
-    !((sign | (exponent << 4) | mantissa) as u8)
-}
-
-/// A frame of little-endian L16 as μ-law; a stereo frame becomes its left
-/// half then its right half (Twilio's inbound and outbound tracks).
-pub fn to_mulaw_tracks(frame: &[u8], channels: usize) -> Vec<u8> {
-    let samples: Vec<i16> = frame.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])).collect();
-    (0..channels).flat_map(|channel| samples.iter().skip(channel).step_by(channels).map(|s| mulaw(*s))).collect()
 }
 
 #[cfg(test)]
@@ -525,7 +342,10 @@ mod tests {
 
         let twilio = vars(&[("wsbridge_protocol", "twilio"), ("wsbridge_fork_playback", "false")]);
         let fork = plan_fork(&twilio, &start, &config).unwrap();
-        assert_eq!((fork.call.server.protocol, fork.call.server.content_type), (Protocol::Twilio, ContentType::PCMU));
+        assert_eq!(
+            (fork.call.server.protocol, fork.call.server.content_type),
+            (crate::wire::protocol::named("twilio").unwrap(), ContentType::PCMU)
+        );
         assert!(!fork.playback);
         let (listen_only, _) = ModuleConfig::from_params(&[("fork-playback".into(), "false".into())]);
         assert!(!plan_fork(&vars(&[]), &start, &listen_only).unwrap().playback);
@@ -536,72 +356,9 @@ mod tests {
         assert!(plan_fork(&audiosocket, &parse_start("tcp://127.0.0.1:9").unwrap(), &config).is_err());
     }
 
-    fn frame_samples(bytes: &[u8]) -> Vec<i16> {
-        bytes.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])).collect()
-    }
-
-    #[test]
-    fn stereo_interleaves_caller_left_and_other_side_right() {
-        let mut combiner = Combiner::new(ForkMode::Stereo, 8000);
-        let mut out = Vec::new();
-        combiner.push_read(&[1; 160]);
-        assert!(!combiner.next_frame(&mut out), "the caller's frame waits for the other side");
-        combiner.push_write(&[2; 160]);
-        assert!(combiner.next_frame(&mut out));
-        assert_eq!(out.len(), combiner.frame_bytes());
-        assert_eq!(frame_samples(&out)[..4], [1, 2, 1, 2]);
-        // The other side is silent: the caller's audio goes after two frames' wait, with silence on the right.
-        out.clear();
-        for _ in 0..3 {
-            combiner.push_read(&[5; 160]);
-        }
-        assert!(combiner.next_frame(&mut out));
-        assert_eq!(frame_samples(&out)[..2], [5, 0]);
-    }
-
-    #[test]
-    fn mixed_adds_with_clipping_and_mono_ignores_the_other_side() {
-        let mut mixed = Combiner::new(ForkMode::Mixed, 8000);
-        mixed.push_read(&[30000; 160]);
-        mixed.push_write(&[10000; 160]);
-        let mut out = Vec::new();
-        assert!(mixed.next_frame(&mut out));
-        assert!(frame_samples(&out).iter().all(|s| *s == i16::MAX));
-
-        let mut mono = Combiner::new(ForkMode::Mono, 16000);
-        mono.push_write(&[9; 320]);
-        mono.push_read(&[3; 320]);
-        out.clear();
-        assert!(mono.next_frame(&mut out));
-        assert_eq!(frame_samples(&out), vec![3; 320]);
-        assert!(!mono.next_frame(&mut out));
-    }
-
-    #[test]
-    fn nothing_grows_without_bound() {
-        let mut combiner = Combiner::new(ForkMode::Stereo, 8000);
-        for _ in 0..1000 {
-            combiner.push_write(&[1; 160]);
-            combiner.push_read(&[1; 170]);
-        }
-        assert!(combiner.read.len() <= 160 * MAX_HELD_FRAMES && combiner.write.len() <= 160 * (WAIT_FRAMES + 2));
-        assert!(combiner.write_dropped > 0);
-    }
-
     #[test]
     fn cdr_variables_carry_the_fork_name() {
         assert_eq!(cdr_variable("wsbridge_frames_sent", "default"), "wsbridge_fork_default_frames_sent");
         assert_eq!(cdr_variable("wsbridge_close_code", "agent-1.x"), "wsbridge_fork_agent_1_x_close_code");
-    }
-
-    #[test]
-    fn mulaw_matches_g711() {
-        assert_eq!(mulaw(0), 0xFF);
-        assert_eq!(mulaw(-1), 0x7F);
-        assert_eq!(mulaw(32767), 0x80);
-        assert_eq!(mulaw(-32768), 0x00);
-        assert_eq!(mulaw(1000), 0xCE);
-        let tracks = to_mulaw_tracks(&[0, 0, 0xFF, 0x7F, 0, 0, 0xFF, 0x7F], 2);
-        assert_eq!(tracks, [0xFF, 0xFF, 0x80, 0x80]);
     }
 }

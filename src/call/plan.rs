@@ -10,6 +10,7 @@ use crate::settings::security;
 use crate::settings::server::{RawSettings, VariableSource};
 use crate::settings::tuning::Reader;
 use crate::settings::{CallSettings, CallTuning, ModuleConfig, FALLBACK_URIS, MAX_HEADERS_BYTES, PROTOCOL};
+use crate::wire::protocol;
 
 /// Where a call's settings come from.
 pub struct CallSources<'a> {
@@ -87,7 +88,8 @@ pub fn plan_call(sources: &CallSources<'_>, config: &ModuleConfig) -> Result<Cal
     }
     raw.default_uri = config.default_uri.clone();
     raw.default_content_type = config.default_content_type.clone();
-    let server = raw.resolve(max_headers_bytes).map_err(|error| refuse(error.to_string(), error.cause()))?;
+    let server =
+        protocol::resolve(&raw, max_headers_bytes).map_err(|error| refuse(error.to_string(), error.cause()))?;
 
     let shown_uri = security::redact_uri(&server.uri.text);
     if raw.uri_from_sip_header && !config.allow_sip_header_uri {

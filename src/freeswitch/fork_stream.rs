@@ -17,8 +17,11 @@ use crate::audio::reframe::Reframer;
 use crate::audio::uplink::PushOutcome;
 use crate::call::api::CallSnapshot;
 use crate::call::conversation::ConversationEnd;
-use crate::call::fork_plan::{self, Combiner, ForkMode};
+use crate::audio::g711;
+use crate::audio::mixing::{self, Combiner, ForkMode};
+use crate::call::fork_plan;
 use crate::settings::{ContentType, Encoding, Protocol};
+use crate::wire::protocol::audiosocket;
 
 /// What the read side owns: the caller's and the other side's audio on the way to the server.
 struct Capture {
@@ -100,7 +103,7 @@ fn convert(slot: &mut Option<Resampler>, samples: &[i16], from: u32, to: u32, ou
 
 /// Whether a protocol has text messages: AudioSocket has none.
 fn carries_text(protocol: Protocol) -> bool {
-    protocol != Protocol::AudioSocket
+    protocol != Protocol(&audiosocket::RULES)
 }
 
 /// The reply to `send_text`: `queue` runs only where the protocol carries text.
@@ -190,7 +193,7 @@ impl Fork {
         let wire = match self.wire.encoding {
             // The combiner writes little-endian, as the wire wants.
             Encoding::L16 => Bytes::copy_from_slice(chunk),
-            _ => Bytes::from(fork_plan::to_mulaw_tracks(chunk, self.mode.channels())),
+            _ => Bytes::from(g711::to_mulaw_tracks(chunk, self.mode.channels())),
         };
         match self.media.send_audio(wire) {
             PushOutcome::DroppedOldest { first_of_episode: true } if !*dropping => {
@@ -321,8 +324,8 @@ impl MediaBugHandler for Fork {
         if n > 0 {
             let (first, second) = play.pending.as_slices();
             let split = first.len().min(n);
-            fork_plan::mix_into(&mut samples[..split], &first[..split]);
-            fork_plan::mix_into(&mut samples[split..n], &second[..n - split]);
+            mixing::mix_into(&mut samples[..split], &first[..split]);
+            mixing::mix_into(&mut samples[split..n], &second[..n - split]);
             play.pending.drain(..n);
         }
         true
@@ -348,13 +351,14 @@ mod tests {
     #[test]
     fn audiosocket_carries_no_text() {
         let mut queued = false;
-        let reply = send_text_reply(Protocol::AudioSocket, "a", || {
+        let reply = send_text_reply(Protocol(&audiosocket::RULES), "a", || {
             queued = true;
             true
         });
         assert!(reply.starts_with("-ERR the audiosocket protocol carries no text"), "{reply}");
         assert!(!queued, "nothing is queued for a protocol without text");
-        for protocol in [Protocol::Wsbridge, Protocol::Twilio, Protocol::Vonage] {
+        use crate::wire::protocol::{twilio, vonage, wsbridge};
+        for protocol in [Protocol(&wsbridge::RULES), Protocol(&twilio::RULES), Protocol(&vonage::RULES)] {
             assert_eq!(send_text_reply(protocol, "a", || true), "+OK text queued for fork a\n");
             assert_eq!(send_text_reply(protocol, "a", || false), "-ERR too many messages waiting for fork a\n");
         }

@@ -20,7 +20,7 @@ use crate::call::conversation::CallControl;
 use crate::settings::module_conf::ListenerConfig;
 use crate::settings::options::ConnectionOptions;
 use crate::wire::connection::Connection;
-use crate::wire::protocol::hangup_event;
+use crate::wire::protocol::wsbridge::hangup_event;
 use crate::wire::websocket::Io;
 
 /// Stops the running listener; None when there is none.
@@ -82,11 +82,7 @@ pub fn start(config: &ListenerConfig) {
             return;
         }
     };
-    let session = ConnectionOptions::default();
-    let mut websocket = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default();
-    websocket.read_buffer_size = 8 * 1024;
-    websocket.max_message_size = Some(session.max_message_bytes.max(session.max_text_bytes));
-    websocket.max_frame_size = websocket.max_message_size;
+    let websocket = crate::wire::websocket::websocket_config(&ConnectionOptions::default());
     let admission = Arc::new(Admission {
         tokens: config.tokens.clone(),
         max_calls: config.max_calls,

@@ -21,8 +21,8 @@ pub mod tuning;
 
 pub use module_conf::ModuleConfig;
 pub use server::{
-    parse_uri_list, url_decode, CallSettings, ContentType, Encoding, FirstMessageStyle, Protocol, RawSettings, Scheme,
-    ServerUri, SettingsError, VariableSource, FRAME_MS, SUPPORTED_RATES,
+    parse_uri_list, url_decode, CallSettings, ContentType, Encoding, FirstMessageStyle, Protocol, ProtocolRules,
+    RawSettings, Scheme, ServerUri, SettingsError, VariableSource, FRAME_MS, SUPPORTED_RATES,
 };
 pub use tuning::CallTuning;
 
@@ -37,6 +37,8 @@ pub enum Kind {
     Flag { default: bool },
     /// One of the listed words.
     Choice { default: &'static str, choices: &'static [&'static str] },
+    /// A protocol's name, from the protocols the module speaks (wire/protocol).
+    Protocol { default: &'static str },
     /// Free text (a path, a URI); unset by default.
     Text,
     /// A JSON value, given plain or URL-encoded (dial strings split `{...}`
@@ -112,7 +114,7 @@ impl Setting {
             Kind::Integer { default: None, .. } | Kind::Text | Kind::Json | Kind::UriList => "unset".to_string(),
             Kind::Level { default, .. } => default.to_string(),
             Kind::Flag { default } => default.to_string(),
-            Kind::Choice { default, .. } => default.to_string(),
+            Kind::Choice { default, .. } | Kind::Protocol { default } => default.to_string(),
         }
     }
 
@@ -123,6 +125,7 @@ impl Setting {
             Kind::Level { min, max, .. } => format!("{min} to {max}"),
             Kind::Flag { .. } => "true or false".to_string(),
             Kind::Choice { choices, .. } => choices.join(" or "),
+            Kind::Protocol { .. } => "a protocol's name: [Protocol](#protocol)".to_string(),
             Kind::Text => "text".to_string(),
             Kind::Json => "JSON, plain or URL-encoded".to_string(),
             Kind::UriList => "ws(s) URIs separated by spaces, plain or URL-encoded".to_string(),
@@ -211,7 +214,7 @@ pub const FIRST_MESSAGE: Setting = per_call(
 );
 pub const PROTOCOL: Setting = per_call(
     "protocol",
-    Kind::Choice { default: "wsbridge", choices: Protocol::NAMES },
+    Kind::Protocol { default: "wsbridge" },
     "what the module and the server speak: `wsbridge` (the original's), `twilio` (Twilio Media Streams, μ-law), `vonage` (Vonage's WebSocket protocol) or `audiosocket` (Asterisk's AudioSocket over a `tcp://host:port` URI); also the SIP header `P-wsbridge-websocket-protocol`; an unknown name refuses the call (`SERVICE_NOT_IMPLEMENTED`)",
 );
 pub const TWILIO_ACCOUNT_SID: Setting = Setting {

@@ -122,59 +122,46 @@ impl fmt::Display for ContentType {
     }
 }
 
-/// The language the module and the server speak over the connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Protocol {
-    /// The original module's: a first text message, binary audio, text control.
-    #[default]
-    Wsbridge,
-    /// Twilio Media Streams, bidirectional: JSON with base64 μ-law.
-    Twilio,
-    /// Vonage's WebSocket protocol: binary L16 and `websocket:*` events.
-    Vonage,
-    /// Asterisk's AudioSocket, over plain TCP.
-    AudioSocket,
+/// What a protocol carries and how its connection is kept, as the settings
+/// check them. Each protocol's file under `wire/protocol/` holds its rules.
+#[derive(Debug)]
+pub struct ProtocolRules {
+    /// As `wsbridge_protocol` and `P-wsbridge-websocket-protocol` name it.
+    pub name: &'static str,
+    /// Carried over plain TCP (`tcp://host:port`) rather than a WebSocket.
+    pub over_tcp: bool,
+    /// The connection is kept alive with pings, so a silent server counts as dead.
+    pub pings: bool,
+    /// The wire format the protocol imposes on `asked` (the bool: the call's
+    /// own variable asked for it), or why it cannot carry it.
+    pub content_type: fn(ContentType, bool) -> Result<ContentType, String>,
+    /// What a fork at this rate streams in this protocol, or why a fork cannot speak it.
+    pub fork_content_type: fn(u32) -> Result<ContentType, String>,
 }
 
+/// The language the module and the server speak over the connection.
+#[derive(Clone, Copy)]
+pub struct Protocol(pub &'static ProtocolRules);
+
 impl Protocol {
-    pub const NAMES: &'static [&'static str] = &["wsbridge", "twilio", "vonage", "audiosocket"];
-
-    pub fn parse(text: &str) -> Option<Protocol> {
-        match text.trim().to_ascii_lowercase().as_str() {
-            "wsbridge" => Some(Protocol::Wsbridge),
-            "twilio" => Some(Protocol::Twilio),
-            "vonage" => Some(Protocol::Vonage),
-            "audiosocket" => Some(Protocol::AudioSocket),
-            _ => None,
-        }
-    }
-
     pub fn name(self) -> &'static str {
-        match self {
-            Protocol::Wsbridge => "wsbridge",
-            Protocol::Twilio => "twilio",
-            Protocol::Vonage => "vonage",
-            Protocol::AudioSocket => "audiosocket",
-        }
+        self.0.name
     }
 
-    /// The wire format this protocol imposes on `asked` (`set_for_call` when the
-    /// call's own variable asked for it), or why it cannot carry it.
-    fn content_type(self, asked: ContentType, set_for_call: bool) -> Result<ContentType, String> {
-        match self {
-            Protocol::Wsbridge => Ok(asked),
-            // Twilio streams carry μ-law at 8 kHz, whatever else is configured.
-            Protocol::Twilio => Ok(ContentType::PCMU),
-            Protocol::Vonage if asked.encoding == Encoding::L16 => Ok(asked),
-            Protocol::Vonage => Err(format!("the vonage protocol carries L16 only, not {asked}")),
-            // AudioSocket's classic type 0x10 is 8 kHz signed linear: the default
-            // whatever wsbridge.conf says; a call may ask for a newer type's rate.
-            Protocol::AudioSocket if set_for_call && asked.encoding == Encoding::L16 => Ok(asked),
-            Protocol::AudioSocket if set_for_call => {
-                Err(format!("the audiosocket protocol carries L16 only, not {asked}"))
-            }
-            Protocol::AudioSocket => Ok(ContentType::l16(8000)),
-        }
+    pub fn rules(self) -> &'static ProtocolRules {
+        self.0
+    }
+}
+
+impl PartialEq for Protocol {
+    fn eq(&self, other: &Protocol) -> bool {
+        self.0.name == other.0.name
+    }
+}
+
+impl fmt::Debug for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0.name)
     }
 }
 
@@ -364,6 +351,8 @@ pub enum SettingsError {
     },
     UnknownProtocol {
         protocol: String,
+        /// The names the module knows, for the log line.
+        known: String,
     },
     /// The protocol cannot carry the content type, or not over the URI's scheme.
     ProtocolMismatch {
@@ -413,8 +402,8 @@ impl fmt::Display for SettingsError {
                 f,
                 "unsupported content type '{content_type}': use audio/l16;rate=N with N one of 8000, 16000, 24000, 32000, 48000, or audio/pcmu;rate=8000 or audio/pcma;rate=8000"
             ),
-            SettingsError::UnknownProtocol { protocol } => {
-                write!(f, "unknown protocol '{protocol}': use wsbridge, twilio, vonage or audiosocket")
+            SettingsError::UnknownProtocol { protocol, known } => {
+                write!(f, "unknown protocol '{protocol}': use {known}")
             }
             SettingsError::ProtocolMismatch { why } => write!(f, "{why}"),
         }
@@ -521,7 +510,7 @@ impl RawSettings {
 
     /// Decodes copies of the values and validates them; the inputs are untouched.
     /// `max_headers_bytes` bounds the decoded headers JSON.
-    pub fn resolve(&self, max_headers_bytes: usize) -> Result<CallSettings, SettingsError> {
+    pub fn resolve(&self, max_headers_bytes: usize, protocol: Protocol) -> Result<CallSettings, SettingsError> {
         let without_spaces = |text: &str| text.chars().filter(|c| !c.is_whitespace()).collect::<String>();
 
         let chosen = self.uri.as_ref().or(self.destination.as_ref()).or(self.default_uri.as_ref());
@@ -554,23 +543,14 @@ impl RawSettings {
             Some(raw) => parse_uri_list(raw)?,
         };
 
-        let protocol = match &self.protocol {
-            None => Protocol::default(),
-            Some(raw) => {
-                let decoded = url_decode(raw).unwrap_or_else(|| raw.clone());
-                Protocol::parse(&decoded)
-                    .ok_or_else(|| SettingsError::UnknownProtocol { protocol: decoded.chars().take(64).collect() })?
-            }
-        };
-        let content_type = protocol
-            .content_type(content_type, self.content_type.is_some())
+        let content_type = (protocol.rules().content_type)(content_type, self.content_type.is_some())
             .map_err(|why| SettingsError::ProtocolMismatch { why })?;
         for server in std::iter::once(&uri).chain(&fallbacks) {
             let over_tcp = server.scheme == Scheme::Tcp;
-            if over_tcp != (protocol == Protocol::AudioSocket) {
+            if over_tcp != protocol.rules().over_tcp {
                 let why = match over_tcp {
-                    true => format!("{}: tcp URIs are for protocol audiosocket only", server.text),
-                    false => format!("{}: protocol audiosocket needs a tcp://host:port URI", server.text),
+                    true => format!("{}: tcp URIs are not for protocol {}", server.text, protocol.name()),
+                    false => format!("{}: protocol {} needs a tcp://host:port URI", server.text, protocol.name()),
                 };
                 return Err(SettingsError::ProtocolMismatch { why });
             }
@@ -604,9 +584,18 @@ mod tests {
 
     const MAX_HEADERS_BYTES: usize = crate::settings::MAX_HEADERS_BYTES.integer_default() as usize;
 
+    /// Any content type, over a WebSocket: the protocols' own rules are tested with them.
+    const PLAIN: ProtocolRules = ProtocolRules {
+        name: "plain",
+        over_tcp: false,
+        pings: true,
+        content_type: |asked, _| Ok(asked),
+        fork_content_type: |rate| Ok(ContentType::l16(rate)),
+    };
+
     impl RawSettings {
         fn resolve_default(&self) -> Result<CallSettings, SettingsError> {
-            self.resolve(MAX_HEADERS_BYTES)
+            self.resolve(MAX_HEADERS_BYTES, Protocol(&PLAIN))
         }
     }
 
@@ -655,35 +644,6 @@ mod tests {
         assert_eq!(ContentType::l16(16000).bytes_per_frame(), 640);
         assert_eq!(ContentType::l16(8000).bytes_per_frame(), 320);
         assert_eq!(ContentType::l16(48000).samples_per_frame(), 960);
-    }
-
-    #[test]
-    fn the_protocol_fixes_or_refuses_the_wire_format_and_scheme() {
-        let resolve = |uri: &str, content_type: Option<&str>, protocol: Option<&str>| {
-            RawSettings { protocol: protocol.map(Into::into), ..raw(Some(uri), content_type, None) }.resolve_default()
-        };
-        let plain = resolve("ws://h/x", None, None).unwrap();
-        assert_eq!((plain.protocol, plain.content_type), (Protocol::Wsbridge, ContentType::l16(16000)));
-        let twilio = resolve("wss://h/x", Some("audio/l16;rate=16000"), Some("Twilio")).unwrap();
-        assert_eq!((twilio.protocol, twilio.content_type), (Protocol::Twilio, ContentType::PCMU));
-        let vonage = resolve("ws://h/x", Some("audio/l16;rate=8000"), Some("vonage")).unwrap();
-        assert_eq!(vonage.content_type, ContentType::l16(8000));
-        let audiosocket = resolve("tcp://127.0.0.1:9092", None, Some("audiosocket")).unwrap();
-        assert_eq!((audiosocket.uri.scheme, audiosocket.content_type), (Scheme::Tcp, ContentType::l16(8000)));
-        let wideband = resolve("tcp://127.0.0.1:9092", Some("audio/l16;rate=16000"), Some("audiosocket")).unwrap();
-        assert_eq!(wideband.content_type, ContentType::l16(16000), "asked for by the call");
-        for (uri, content_type, protocol) in [
-            ("ws://h/x", None, Some("sip")),
-            ("ws://h/x", Some("audio/pcmu"), Some("vonage")),
-            ("ws://h/x", None, Some("audiosocket")),
-            ("tcp://h:9", None, None),
-            ("tcp://h:9", Some("audio/pcma"), Some("audiosocket")),
-            ("tcp://h:9", None, Some("twilio")),
-        ] {
-            let error = resolve(uri, content_type, protocol).unwrap_err();
-            assert_eq!(error.cause(), HangupCause::ServiceNotImplemented, "{uri} {protocol:?}: {error}");
-        }
-        assert!(matches!(resolve("tcp://h", None, Some("audiosocket")), Err(SettingsError::InvalidUri { .. })));
     }
 
     #[test]
@@ -823,7 +783,7 @@ mod tests {
         input.destination = Some("ws://dialled/".into());
         assert_eq!(input.resolve_default().unwrap().uri.host, "dialled");
         input.headers = Some("{\"a\":1}".into());
-        assert_eq!(input.resolve(4).unwrap_err().cause(), HangupCause::MandatoryIeLengthError);
+        assert_eq!(input.resolve(4, Protocol(&PLAIN)).unwrap_err().cause(), HangupCause::MandatoryIeLengthError);
     }
 
     #[test]

@@ -1,6 +1,17 @@
 //! What crosses the network: the [`connection`] to a server (a
 //! [`websocket`], or AudioSocket's TCP) and the [`protocol`] spoken on it.
+//!
+//! A WebSocket is opened by [`websocket::connect`] through `tcp`, `tls`
+//! (its verifiers in `tls_trust`, its failures told in `tls_errors`) and
+//! the HTTP `upgrade`; `tls_tests` try wss end to end.
 
 pub mod connection;
 pub mod protocol;
+mod tcp;
+mod tls;
+mod tls_errors;
+#[cfg(test)]
+mod tls_tests;
+mod tls_trust;
+mod upgrade;
 pub mod websocket;

@@ -6,7 +6,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use crate::instance::{BuildEnv, FreeSwitch};
@@ -16,6 +16,8 @@ use crate::instance::{BuildEnv, FreeSwitch};
 pub struct DemoReport {
     pub freeswitch_version: String,
     pub first_message: String,
+    /// What wsbridge-demo wrote to its standard error: empty on a good run.
+    pub demo_errors: String,
     pub frames_to_server: u64,
     pub frames_from_server: u64,
     /// The tone's frequency in what the caller heard back.
@@ -47,7 +49,7 @@ fn start_demo_server(demo_server: &Path, port: u16, out_dir: &Path) -> Result<Se
         .args(["--listen", &format!("127.0.0.1:{port}"), "--mode", "echo", "--record-dir"])
         .arg(out_dir)
         .stdout(stdout)
-        .stderr(Stdio::inherit())
+        .stderr(std::fs::File::create(out_dir.join("wsbridge-demo-errors.txt")).map_err(|e| e.to_string())?)
         .spawn()
         .map_err(|e| format!("starting {}: {e}", demo_server.display()))?;
     let server = Server(child);
@@ -117,6 +119,11 @@ pub fn run(build: &BuildEnv, demo_server: &Path, out_dir: &Path, out: &mut dyn W
     let clean_shutdown = freeswitch.stop();
 
     let printed = std::fs::read_to_string(out_dir.join("wsbridge-demo.txt")).unwrap_or_default();
+    // The demo's own errors, shown: a newcomer's first lines must not be errors that are not.
+    let demo_errors = std::fs::read_to_string(out_dir.join("wsbridge-demo-errors.txt")).unwrap_or_default();
+    if !demo_errors.trim().is_empty() {
+        let _ = writeln!(out, "wsbridge-demo reported errors:\n{}", demo_errors.trim_end());
+    }
     let first_message = printed
         .lines()
         .find_map(|line| line.split_once("first message ").map(|(_, message)| message.to_string()))
@@ -130,6 +137,7 @@ pub fn run(build: &BuildEnv, demo_server: &Path, out_dir: &Path, out: &mut dyn W
     let report = DemoReport {
         freeswitch_version: version,
         first_message,
+        demo_errors,
         frames_to_server,
         frames_from_server,
         heard_hz,

@@ -74,6 +74,27 @@ impl BuildEnv {
         module
     }
 
+    /// The demo server (a workspace crate of its own), freshly built beside the module.
+    pub fn built_demo(&self) -> PathBuf {
+        let exe = std::env::current_exe().unwrap();
+        let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>");
+        let target_dir = profile_dir.parent().expect("target dir");
+        let mut build = Command::new(self.cargo);
+        build
+            .args(["build", "-p", "wsbridge-demo", "--manifest-path"])
+            .arg(Path::new(self.manifest_dir).join("Cargo.toml"))
+            .arg("--target-dir")
+            .arg(target_dir);
+        if profile_dir.file_name().is_some_and(|name| name == "release") {
+            build.arg("--release");
+        }
+        let status = build.status().expect("running cargo build");
+        assert!(status.success(), "cargo build -p wsbridge-demo failed");
+        let demo = profile_dir.join("wsbridge-demo");
+        assert!(demo.exists(), "{} is missing after cargo build", demo.display());
+        demo
+    }
+
     /// A file of the root crate, such as `dialplan/wsbridge.xml`.
     pub fn repo_file(&self, path: &str) -> String {
         let full = Path::new(self.manifest_dir).join(path);

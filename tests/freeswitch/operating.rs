@@ -11,7 +11,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::audio::tone;
 use crate::ws_server::runtime;
-use crate::{esl, ok_uuid, uri, wait_gone_on, world};
+use crate::{esl, ok_uuid, uri, wait_gone_on, world, BUILD};
 
 crate::tests! {
     api_status_list_kill_and_debug,
@@ -228,7 +228,7 @@ pub fn demo_server_echoes_and_records() {
     let dir = world().dir.join("demo");
     std::fs::create_dir_all(&dir).unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut demo = std::process::Command::new(env!("CARGO_BIN_EXE_wsbridge-demo"))
+    let mut demo = std::process::Command::new(BUILD.built_demo())
         .args(["--listen", &format!("127.0.0.1:{port}"), "--mode", "echo", "--record-dir"])
         .arg(&dir)
         .stdout(std::fs::File::create(dir.join("stdout.txt")).unwrap())
@@ -345,16 +345,13 @@ pub fn frames_sent_at_hangup_match_what_the_server_received() {
 pub fn make_demo_runs_end_to_end() {
     let out_dir = world().dir.join("demo-run");
     let mut printed = Vec::new();
-    let report = test_support::demo::run(
-        &crate::BUILD,
-        std::path::Path::new(env!("CARGO_BIN_EXE_wsbridge-demo")),
-        &out_dir,
-        &mut printed,
-    )
-    .expect("the demo runs");
+    let report =
+        test_support::demo::run(&crate::BUILD, &BUILD.built_demo(), &out_dir, &mut printed).expect("the demo runs");
     let printed = String::from_utf8(printed).unwrap();
     println!("{printed}");
     assert_eq!(report.first_message, r#" {"content-type":"audio/l16;rate=16000"}"#);
+    // The demo's readiness probe is not a failed client.
+    assert!(report.demo_errors.trim().is_empty(), "wsbridge-demo reported errors: {}", report.demo_errors);
     assert!(report.frames_to_server >= 95, "{report:?}");
     assert!(report.frames_from_server >= 90, "the echo came back: {report:?}");
     assert!((report.heard_hz - test_support::demo::TONE_HZ).abs() < 20.0, "{report:?}");

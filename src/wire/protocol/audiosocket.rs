@@ -6,7 +6,11 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
-use super::{Control, Inbound, DEFAULT_DTMF_MS};
+use tokio_tungstenite::tungstenite::Message;
+
+use super::{unused_kind, Control, Decoder, Encoder, FromServer, Opening, Row, DEFAULT_DTMF_MS};
+use crate::audio::uplink::ToServer;
+use crate::settings::{ContentType, Encoding, ProtocolRules};
 
 pub const HANGUP: u8 = 0x00;
 pub const UUID: u8 = 0x01;
@@ -92,28 +96,99 @@ impl tokio_util::codec::Encoder<Bytes> for Framing {
 }
 
 /// Reads one whole message from the server; `audio_kind` is the call's own.
-pub fn read(mut message: Bytes, audio_kind: u8) -> Inbound {
+pub fn read(mut message: Bytes, audio_kind: u8) -> FromServer {
     if message.len() < HEADER_BYTES {
-        return Inbound::Ignored("a message shorter than its header".into());
+        return FromServer::Ignored("a message shorter than its header".into());
     }
     let kind = message.get_u8();
     message.advance(2);
     match kind {
-        HANGUP => Inbound::Control(Control::Hangup { cause: None }),
+        HANGUP => FromServer::Control(Control::Hangup { cause: None }),
         ERROR => {
             let code = message.first().map(|code| format!("0x{code:02x}")).unwrap_or_else(|| "none".into());
             tracing::warn!("the AudioSocket server sent an error (code {code})");
-            Inbound::Control(Control::Hangup { cause: Some("NETWORK_OUT_OF_ORDER".into()) })
+            FromServer::Control(Control::Hangup { cause: Some("NETWORK_OUT_OF_ORDER".into()) })
         }
         DTMF => match message.first().map(|digit| (*digit as char).to_ascii_uppercase()) {
             Some(digit) if digit.is_ascii_digit() || matches!(digit, '*' | '#' | 'A'..='D') => {
-                Inbound::Control(Control::Dtmf { digits: digit.to_string(), duration_ms: DEFAULT_DTMF_MS })
+                FromServer::Control(Control::Dtmf { digits: digit.to_string(), duration_ms: DEFAULT_DTMF_MS })
             }
-            _ => Inbound::Ignored("a DTMF message without a digit".into()),
+            _ => FromServer::Ignored("a DTMF message without a digit".into()),
         },
-        kind if kind == audio_kind => Inbound::Audio(message),
-        UUID => Inbound::Ignored("a UUID message from the server".into()),
-        other => Inbound::Ignored(format!("a message of type 0x{other:02x}")),
+        kind if kind == audio_kind => FromServer::Audio(message),
+        UUID => FromServer::Ignored("a UUID message from the server".into()),
+        other => FromServer::Ignored(format!("a message of type 0x{other:02x}")),
+    }
+}
+
+pub const RULES: ProtocolRules = ProtocolRules {
+    name: "audiosocket",
+    over_tcp: true,
+    // A server that only listens sends nothing, and is not dead for it: TCP keeps the liveness.
+    pings: false,
+    content_type: carries,
+    fork_content_type: fork_carries,
+};
+
+pub const ROW: Row = Row { rules: &RULES, encoder };
+
+/// The classic type 0x10 is 8 kHz signed linear: the default whatever
+/// wsbridge.conf says; a call may ask for a newer type's rate.
+fn carries(asked: ContentType, set_for_call: bool) -> Result<ContentType, String> {
+    match (set_for_call, asked.encoding) {
+        (true, Encoding::L16) => Ok(asked),
+        (true, _) => Err(format!("the audiosocket protocol carries L16 only, not {asked}")),
+        (false, _) => Ok(ContentType::l16(8000)),
+    }
+}
+
+fn fork_carries(_rate: u32) -> Result<ContentType, String> {
+    Err("a fork speaks the wsbridge, twilio or vonage protocol, not audiosocket".into())
+}
+
+fn encoder(opening: &Opening<'_>) -> Box<dyn Encoder> {
+    let audio_kind = audio_kind(opening.settings.content_type.rate).unwrap_or(AUDIO_8K);
+    Box::new(Writer { uuid: uuid_bytes(opening.call_id), audio_kind })
+}
+
+struct Writer {
+    uuid: [u8; 16],
+    audio_kind: u8,
+}
+
+impl Encoder for Writer {
+    fn open(&mut self) -> Vec<Message> {
+        vec![Message::Binary(message(UUID, &self.uuid))]
+    }
+
+    /// AudioSocket carries audio and digits, no text, marks or clears.
+    fn encode(&mut self, item: &ToServer) -> Option<Message> {
+        match item {
+            ToServer::Audio(frame) => Some(Message::Binary(message(self.audio_kind, frame))),
+            ToServer::Dtmf { digit, .. } => Some(Message::Binary(message(DTMF, &[*digit as u8]))),
+            _ => None,
+        }
+    }
+
+    fn closing(&mut self) -> Option<Message> {
+        Some(Message::Binary(message(HANGUP, &[])))
+    }
+
+    fn decoder(&self) -> Box<dyn Decoder> {
+        Box::new(Reader { audio_kind: self.audio_kind })
+    }
+}
+
+struct Reader {
+    audio_kind: u8,
+}
+
+impl Decoder for Reader {
+    fn decode(&self, received: Message) -> FromServer {
+        match received {
+            Message::Binary(bytes) => read(bytes, self.audio_kind),
+            _ => unused_kind(),
+        }
     }
 }
 
@@ -145,19 +220,19 @@ mod tests {
 
     #[test]
     fn server_messages_are_read() {
-        assert_eq!(read(message(AUDIO_8K, &[1, 2]), AUDIO_8K), Inbound::Audio(Bytes::from_static(&[1, 2])));
-        assert_eq!(read(message(HANGUP, &[]), AUDIO_8K), Inbound::Control(Control::Hangup { cause: None }));
+        assert_eq!(read(message(AUDIO_8K, &[1, 2]), AUDIO_8K), FromServer::Audio(Bytes::from_static(&[1, 2])));
+        assert_eq!(read(message(HANGUP, &[]), AUDIO_8K), FromServer::Control(Control::Hangup { cause: None }));
         assert_eq!(
             read(message(ERROR, &[2]), AUDIO_8K),
-            Inbound::Control(Control::Hangup { cause: Some("NETWORK_OUT_OF_ORDER".into()) })
+            FromServer::Control(Control::Hangup { cause: Some("NETWORK_OUT_OF_ORDER".into()) })
         );
         assert_eq!(
             read(message(DTMF, b"#"), AUDIO_8K),
-            Inbound::Control(Control::Dtmf { digits: "#".into(), duration_ms: DEFAULT_DTMF_MS })
+            FromServer::Control(Control::Dtmf { digits: "#".into(), duration_ms: DEFAULT_DTMF_MS })
         );
-        assert!(matches!(read(message(0x12, &[0; 4]), AUDIO_8K), Inbound::Ignored(_)), "another rate");
-        assert!(matches!(read(message(DTMF, b"x"), AUDIO_8K), Inbound::Ignored(_)));
-        assert!(matches!(read(Bytes::from_static(&[1]), AUDIO_8K), Inbound::Ignored(_)));
+        assert!(matches!(read(message(0x12, &[0; 4]), AUDIO_8K), FromServer::Ignored(_)), "another rate");
+        assert!(matches!(read(message(DTMF, b"x"), AUDIO_8K), FromServer::Ignored(_)));
+        assert!(matches!(read(Bytes::from_static(&[1]), AUDIO_8K), FromServer::Ignored(_)));
     }
 
     #[test]

@@ -5,16 +5,19 @@
 pub mod audiosocket;
 pub mod twilio;
 pub mod vonage;
+pub mod wsbridge;
 
 use std::fmt;
 
 use bytes::Bytes;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::audio::uplink::Outgoing;
+use crate::audio::uplink::ToServer;
 use crate::settings::options::ForkLayout;
-use crate::settings::{CallSettings, FirstMessageStyle, Protocol};
+use crate::settings::{
+    url_decode, CallSettings, FirstMessageStyle, Protocol, ProtocolRules, RawSettings, SettingsError,
+};
 
 /// An action the server asks for in a text message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,34 +115,9 @@ pub fn parse_control(text: &str) -> Result<Control, ControlError> {
     }
 }
 
-/// A caller's digit, as the original module sends it.
-pub fn dtmf_event(digit: char, duration_ms: u32) -> String {
-    format!(" {}", json!({ "digit": digit.to_string(), "duration": duration_ms }))
-}
-
-/// Sent after the first message of a reconnected session, so a server that
-/// keeps state can tie the new connection to the call.
-pub fn resumed_event(uuid: &str, gap_ms: u64, reconnects: u64, dropped_frames: u64) -> String {
-    json!({ "event": "resumed", "uuid": uuid, "gap_ms": gap_ms, "reconnects": reconnects, "dropped_frames": dropped_frames })
-        .to_string()
-}
-
-pub fn cleared_event() -> String {
-    json!({ "event": "cleared" }).to_string()
-}
-
-/// A mark reached (its audio has played) or dropped by a clear.
-pub fn mark_event(name: &str, cleared: bool) -> String {
-    if cleared {
-        json!({ "event": "mark", "name": name, "cleared": true }).to_string()
-    } else {
-        json!({ "event": "mark", "name": name }).to_string()
-    }
-}
-
 /// What a message from the server asks of the call.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Inbound {
+pub enum FromServer {
     /// Server audio in the call's wire encoding.
     Audio(Bytes),
     Control(Control),
@@ -147,179 +125,174 @@ pub enum Inbound {
     Ignored(String),
 }
 
-/// Writes the call's protocol: the opening messages of each connection,
-/// then one message per item of the uplink queue.
-#[derive(Debug, Clone)]
-pub enum Encoder {
-    Wsbridge { first_message: String },
-    Twilio(twilio::StreamWriter),
-    Vonage { first_message: String },
-    AudioSocket { uuid: [u8; 16], audio_kind: u8 },
+/// What the module sends, protocol by protocol: the opening messages of
+/// each connection, then one message per item of the uplink queue.
+pub trait Encoder: Send {
+    /// What a new connection opens with (a new stream each time, where the protocol has streams).
+    fn open(&mut self) -> Vec<Message>;
+    /// The message for one uplink item; `None` where the protocol has no such message.
+    fn encode(&mut self, item: &ToServer) -> Option<Message>;
+    /// A message the last [`Encoder::encode`] left to follow its own, sent right after it.
+    fn take_pending(&mut self) -> Option<Message> {
+        None
+    }
+    /// Said after a reconnect, where the protocol has a way to say it.
+    fn resumed(&self, _text: String) -> Option<Message> {
+        None
+    }
+    /// What the module says as the caller hangs up, before closing.
+    fn closing(&mut self) -> Option<Message> {
+        None
+    }
+    /// Reads what the server sends on the stream the last [`Encoder::open`] began.
+    fn decoder(&self) -> Box<dyn Decoder>;
 }
 
 /// Reads the call's protocol.
-#[derive(Debug, Clone)]
-pub enum Decoder {
-    Wsbridge,
-    /// Messages for any other stream are ignored.
-    Twilio {
-        stream_sid: String,
-    },
-    Vonage,
-    AudioSocket {
-        audio_kind: u8,
-    },
+pub trait Decoder: Send + Sync {
+    fn decode(&self, message: Message) -> FromServer;
+}
+
+/// What a protocol's encoder is made from, for one call.
+pub struct Opening<'a> {
+    pub settings: &'a CallSettings,
+    /// The first message's style where the protocol lets the operator choose it.
+    pub style: FirstMessageStyle,
+    pub twilio_account_sid: &'a str,
+    pub call_id: &'a str,
+    /// A fork's layout on the wire; `None` for a call's leg.
+    pub fork: Option<&'a ForkLayout>,
+}
+
+impl Opening<'_> {
+    /// The first message in `style`, naming the fork's content type (with its channels) where there is one.
+    pub fn first_message(&self, style: FirstMessageStyle) -> String {
+        match self.fork {
+            Some(layout) => self.settings.first_message_naming(style, &layout.content_type),
+            None => self.settings.first_message(style),
+        }
+    }
+}
+
+/// One protocol: its rules (name, content types, scheme, pings), as settings
+/// check them, and the encoder that speaks it (its decoder comes from that).
+pub struct Row {
+    pub rules: &'static ProtocolRules,
+    pub encoder: fn(&Opening<'_>) -> Box<dyn Encoder>,
+}
+
+/// Every protocol the module speaks. A new protocol is a file beside this
+/// one and a row here.
+pub const PROTOCOLS: [Row; 4] = [wsbridge::ROW, twilio::ROW, vonage::ROW, audiosocket::ROW];
+
+/// The protocol a call speaks when nothing names one.
+pub const DEFAULT: Protocol = Protocol(&wsbridge::RULES);
+
+/// The protocol called `name` (any case, white space around it ignored).
+pub fn named(name: &str) -> Option<Protocol> {
+    let name = name.trim();
+    PROTOCOLS.iter().find(|row| row.rules.name.eq_ignore_ascii_case(name)).map(|row| Protocol(row.rules))
+}
+
+/// The protocol a call's raw `protocol` value names (plain or URL-encoded); none named is [`DEFAULT`].
+pub fn choose(raw: Option<&str>) -> Result<Protocol, SettingsError> {
+    let Some(raw) = raw else { return Ok(DEFAULT) };
+    let decoded = url_decode(raw).unwrap_or_else(|| raw.to_string());
+    named(&decoded).ok_or_else(|| SettingsError::UnknownProtocol {
+        protocol: decoded.trim().chars().take(64).collect(),
+        known: PROTOCOLS.iter().map(|row| row.rules.name).collect::<Vec<_>>().join(", "),
+    })
+}
+
+/// A call's raw settings resolved in the protocol they name.
+pub fn resolve(raw: &RawSettings, max_headers_bytes: usize) -> Result<CallSettings, SettingsError> {
+    raw.resolve(max_headers_bytes, choose(raw.protocol.as_deref())?)
+}
+
+fn row_of(protocol: Protocol) -> &'static Row {
+    const { &PROTOCOLS }.iter().find(|row| row.rules.name == protocol.name()).unwrap_or(&PROTOCOLS[0])
 }
 
 /// One call's protocol, both ways. Its halves are used side by side (the
 /// read and write loops), hence two fields.
-#[derive(Debug, Clone)]
 pub struct Dialect {
-    pub encoder: Encoder,
-    pub decoder: Decoder,
+    pub encoder: Box<dyn Encoder>,
+    pub decoder: Box<dyn Decoder>,
+    /// Whether the connection is kept alive with pings, so that a silent server counts as dead.
+    pub pings: bool,
 }
 
 impl Dialect {
-    pub fn new(settings: &CallSettings, style: FirstMessageStyle, twilio_account_sid: &str, call_id: &str) -> Self {
-        match settings.protocol {
-            Protocol::Wsbridge => Dialect {
-                encoder: Encoder::Wsbridge { first_message: settings.first_message(style) },
-                decoder: Decoder::Wsbridge,
-            },
-            Protocol::Vonage => Dialect {
-                encoder: Encoder::Vonage { first_message: settings.first_message(FirstMessageStyle::Vonage) },
-                decoder: Decoder::Vonage,
-            },
-            Protocol::Twilio => {
-                let identity = twilio::CallIdentity::new(twilio_account_sid, call_id, settings.headers.clone());
-                let writer = twilio::StreamWriter::new(identity);
-                let stream_sid = writer.stream_sid().to_string();
-                Dialect { encoder: Encoder::Twilio(writer), decoder: Decoder::Twilio { stream_sid } }
-            }
-            Protocol::AudioSocket => {
-                let audio_kind = audiosocket::audio_kind(settings.content_type.rate).unwrap_or(audiosocket::AUDIO_8K);
-                Dialect {
-                    encoder: Encoder::AudioSocket { uuid: audiosocket::uuid_bytes(call_id), audio_kind },
-                    decoder: Decoder::AudioSocket { audio_kind },
-                }
-            }
-        }
+    pub fn new(opening: &Opening<'_>) -> Self {
+        let row = row_of(opening.settings.protocol);
+        let encoder = (row.encoder)(opening);
+        let decoder = encoder.decoder();
+        Dialect { encoder, decoder, pings: row.rules.pings }
     }
 
-    /// A fork's layout: the first message names `content_type` (with its
-    /// channels), and a Twilio stream carries `tracks`.
-    pub fn for_fork(mut self, settings: &CallSettings, style: FirstMessageStyle, layout: &ForkLayout) -> Self {
-        match &mut self.encoder {
-            Encoder::Wsbridge { first_message } => {
-                *first_message = settings.first_message_naming(style, &layout.content_type)
-            }
-            Encoder::Vonage { first_message } => {
-                *first_message = settings.first_message_naming(FirstMessageStyle::Vonage, &layout.content_type)
-            }
-            Encoder::Twilio(writer) => writer.set_tracks(layout.tracks),
-            Encoder::AudioSocket { .. } => {}
-        }
-        self
-    }
-
-    /// What a new connection opens with (a new Twilio stream each time).
+    /// What a new connection opens with; the decoder follows the new stream.
     pub fn open(&mut self) -> Vec<Message> {
-        match &mut self.encoder {
-            Encoder::Wsbridge { first_message } | Encoder::Vonage { first_message } => {
-                vec![Message::text(first_message.clone())]
-            }
-            Encoder::Twilio(writer) => {
-                let opening = writer.open().map(Message::text).into();
-                self.decoder = Decoder::Twilio { stream_sid: writer.stream_sid().to_string() };
-                opening
-            }
-            Encoder::AudioSocket { uuid, .. } => vec![Message::Binary(audiosocket::message(audiosocket::UUID, uuid))],
-        }
+        let opening = self.encoder.open();
+        self.decoder = self.encoder.decoder();
+        opening
     }
 
-    /// Said after a reconnect, where the protocol has a way to say it.
     pub fn resumed(&self, text: String) -> Option<Message> {
-        matches!(self.encoder, Encoder::Wsbridge { .. }).then(|| Message::text(text))
+        self.encoder.resumed(text)
     }
 
-    /// What the module says as the caller hangs up, before closing.
     pub fn closing(&mut self) -> Option<Message> {
-        match &mut self.encoder {
-            Encoder::Twilio(writer) => Some(Message::text(writer.stop())),
-            Encoder::AudioSocket { .. } => Some(Message::Binary(audiosocket::message(audiosocket::HANGUP, &[]))),
-            Encoder::Wsbridge { .. } | Encoder::Vonage { .. } => None,
-        }
+        self.encoder.closing()
     }
 }
 
-impl Encoder {
-    /// A message the last [`Encoder::encode`] left to follow its own (a
-    /// Twilio fork's outbound track), sent right after it.
-    pub fn take_pending(&mut self) -> Option<Message> {
-        match self {
-            Encoder::Twilio(writer) => writer.take_pending().map(Message::text),
-            _ => None,
-        }
-    }
-
-    /// The message for one uplink item; `None` where the protocol has no such message.
-    pub fn encode(&mut self, item: &Outgoing) -> Option<Message> {
-        let message = match (self, item) {
-            (Encoder::Wsbridge { .. } | Encoder::Vonage { .. }, Outgoing::Audio(frame)) => {
-                Message::Binary(frame.clone())
-            }
-            (Encoder::Twilio(writer), Outgoing::Audio(frame)) => Message::text(writer.media(frame)),
-            (Encoder::Wsbridge { .. } | Encoder::Vonage { .. } | Encoder::Twilio(_), Outgoing::Text(text)) => {
-                Message::text(text.clone())
-            }
-            (Encoder::AudioSocket { audio_kind, .. }, Outgoing::Audio(frame)) => {
-                Message::Binary(audiosocket::message(*audio_kind, frame))
-            }
-            (Encoder::Wsbridge { .. }, Outgoing::Dtmf { digit, duration_ms }) => {
-                Message::text(dtmf_event(*digit, *duration_ms))
-            }
-            (Encoder::Twilio(writer), Outgoing::Dtmf { digit, .. }) => Message::text(writer.dtmf(*digit)),
-            (Encoder::Vonage { .. }, Outgoing::Dtmf { digit, duration_ms }) => {
-                Message::text(vonage::dtmf(*digit, *duration_ms))
-            }
-            (Encoder::AudioSocket { .. }, Outgoing::Dtmf { digit, .. }) => {
-                Message::Binary(audiosocket::message(audiosocket::DTMF, &[*digit as u8]))
-            }
-            (Encoder::Wsbridge { .. }, Outgoing::Mark { name, cleared }) => Message::text(mark_event(name, *cleared)),
-            (Encoder::Twilio(writer), Outgoing::Mark { name, .. }) => Message::text(writer.mark(name)),
-            (Encoder::Vonage { .. }, Outgoing::Mark { name, .. }) => Message::text(vonage::notify(name)),
-            (Encoder::Wsbridge { .. }, Outgoing::Cleared) => Message::text(cleared_event()),
-            (Encoder::Vonage { .. }, Outgoing::Cleared) => Message::text(vonage::cleared()),
-            // Twilio confirms a clear with the marks it dropped alone; AudioSocket has neither.
-            (Encoder::Twilio(_), Outgoing::Cleared) | (Encoder::AudioSocket { .. }, _) => return None,
-        };
-        Some(message)
-    }
-}
-
-impl Decoder {
-    /// Reads a text or binary message from the server.
-    pub fn decode(&self, message: Message) -> Inbound {
-        match (self, message) {
-            (Decoder::Wsbridge | Decoder::Vonage, Message::Binary(audio)) => Inbound::Audio(audio),
-            (Decoder::Wsbridge, Message::Text(text)) => match parse_control(text.as_str()) {
-                Ok(control) => Inbound::Control(control),
-                Err(error) => Inbound::Ignored(error.to_string()),
-            },
-            (Decoder::Vonage, Message::Text(text)) => vonage::read(text.as_str()),
-            (Decoder::Twilio { stream_sid }, Message::Text(text)) => twilio::read(text.as_str(), stream_sid),
-            (Decoder::Twilio { .. }, Message::Binary(_)) => {
-                Inbound::Ignored("a binary message on a Twilio stream".into())
-            }
-            (Decoder::AudioSocket { audio_kind }, Message::Binary(message)) => audiosocket::read(message, *audio_kind),
-            (_, _) => Inbound::Ignored("a message of a kind this protocol does not use".into()),
-        }
-    }
+/// What a decoder answers for a message of a kind its protocol does not use.
+pub fn unused_kind() -> FromServer {
+    FromServer::Ignored("a message of a kind this protocol does not use".into())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::settings::cause::HangupCause;
+    use crate::settings::{ContentType, Scheme};
+
+    #[test]
+    fn the_protocol_fixes_or_refuses_the_wire_format_and_scheme() {
+        let resolve = |uri: &str, content_type: Option<&str>, protocol: Option<&str>| {
+            resolve(
+                &RawSettings {
+                    uri: Some(uri.into()),
+                    content_type: content_type.map(Into::into),
+                    protocol: protocol.map(Into::into),
+                    ..RawSettings::default()
+                },
+                1024,
+            )
+        };
+        let plain = resolve("ws://h/x", None, None).unwrap();
+        assert_eq!((plain.protocol, plain.content_type), (DEFAULT, ContentType::l16(16000)));
+        let twilio = resolve("wss://h/x", Some("audio/l16;rate=16000"), Some("Twilio")).unwrap();
+        assert_eq!((twilio.protocol, twilio.content_type), (named("twilio").unwrap(), ContentType::PCMU));
+        let vonage = resolve("ws://h/x", Some("audio/l16;rate=8000"), Some("vonage")).unwrap();
+        assert_eq!(vonage.content_type, ContentType::l16(8000));
+        let audiosocket = resolve("tcp://127.0.0.1:9092", None, Some("audiosocket")).unwrap();
+        assert_eq!((audiosocket.uri.scheme, audiosocket.content_type), (Scheme::Tcp, ContentType::l16(8000)));
+        let wideband = resolve("tcp://127.0.0.1:9092", Some("audio/l16;rate=16000"), Some("audiosocket")).unwrap();
+        assert_eq!(wideband.content_type, ContentType::l16(16000), "asked for by the call");
+        for (uri, content_type, protocol) in [
+            ("ws://h/x", None, Some("sip")),
+            ("ws://h/x", Some("audio/pcmu"), Some("vonage")),
+            ("ws://h/x", None, Some("audiosocket")),
+            ("tcp://h:9", None, None),
+            ("tcp://h:9", Some("audio/pcma"), Some("audiosocket")),
+            ("tcp://h:9", None, Some("twilio")),
+        ] {
+            let error = resolve(uri, content_type, protocol).unwrap_err();
+            assert_eq!(error.cause(), HangupCause::ServiceNotImplemented, "{uri} {protocol:?}: {error}");
+        }
+        assert!(matches!(resolve("tcp://h", None, Some("audiosocket")), Err(SettingsError::InvalidUri { .. })));
+    }
 
     #[test]
     fn actions_parse() {
@@ -363,16 +336,4 @@ mod tests {
         let long_name = format!(r#"{{"action":"mark","name":"{}"}}"#, "n".repeat(300));
         assert!(parse_control(&long_name).is_err());
     }
-
-    #[test]
-    fn events_are_compact_json() {
-        assert_eq!(dtmf_event('5', 260), r#" {"digit":"5","duration":260}"#);
-        assert_eq!(cleared_event(), r#"{"event":"cleared"}"#);
-        assert_eq!(mark_event("a\"b", false), r#"{"event":"mark","name":"a\"b"}"#);
-        assert_eq!(mark_event("x", true), r#"{"event":"mark","name":"x","cleared":true}"#);
-    }
-}
-
-pub fn hangup_event(cause: &str) -> String {
-    json!({ "event": "hangup", "cause": cause }).to_string()
 }

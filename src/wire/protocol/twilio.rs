@@ -7,8 +7,12 @@ use base64::Engine as _;
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
-use super::{parse_control, Control, Inbound};
+use tokio_tungstenite::tungstenite::Message;
+
+use super::{parse_control, unused_kind, Control, Decoder, Encoder, FromServer, Opening, Row};
+use crate::audio::uplink::ToServer;
 use crate::settings::options::Tracks;
+use crate::settings::{ContentType, ProtocolRules};
 
 /// μ-law at 8 kHz: one byte a sample, eight a millisecond.
 const BYTES_PER_MS: u64 = 8;
@@ -195,40 +199,113 @@ impl StreamWriter {
 }
 
 /// Reads a message from a Twilio server on the stream `stream_sid`.
-pub fn read(text: &str, stream_sid: &str) -> Inbound {
+pub fn read(text: &str, stream_sid: &str) -> FromServer {
     let Ok(Value::Object(message)) = serde_json::from_str::<Value>(text) else {
-        return Inbound::Ignored("not a JSON object".into());
+        return FromServer::Ignored("not a JSON object".into());
     };
     let Some(event) = message.get("event").and_then(Value::as_str) else {
         // The module's own actions (hangup, dtmf) stay available beside Twilio's.
         return match parse_control(text) {
-            Ok(control) => Inbound::Control(control),
-            Err(error) => Inbound::Ignored(error.to_string()),
+            Ok(control) => FromServer::Control(control),
+            Err(error) => FromServer::Ignored(error.to_string()),
         };
     };
     match message.get("streamSid") {
         Some(Value::String(sid)) if sid == stream_sid => {}
-        Some(other) => return Inbound::Ignored(format!("for another stream ({other})")),
-        None => return Inbound::Ignored("no streamSid".into()),
+        Some(other) => return FromServer::Ignored(format!("for another stream ({other})")),
+        None => return FromServer::Ignored("no streamSid".into()),
     }
     match event {
         "media" => {
             let payload = message.get("media").and_then(|media| media.get("payload")).and_then(Value::as_str);
             match payload.map(|payload| BASE64.decode(payload)) {
-                Some(Ok(mulaw)) => Inbound::Audio(Bytes::from(mulaw)),
-                Some(Err(error)) => Inbound::Ignored(format!("media payload is not base64: {error}")),
-                None => Inbound::Ignored("media without a payload string".into()),
+                Some(Ok(mulaw)) => FromServer::Audio(Bytes::from(mulaw)),
+                Some(Err(error)) => FromServer::Ignored(format!("media payload is not base64: {error}")),
+                None => FromServer::Ignored("media without a payload string".into()),
             }
         }
         "mark" => match message.get("mark").and_then(|mark| mark.get("name")).and_then(Value::as_str) {
             Some(name) if name.chars().count() <= super::MAX_MARK_NAME_CHARS => {
-                Inbound::Control(Control::Mark { name: name.to_string() })
+                FromServer::Control(Control::Mark { name: name.to_string() })
             }
-            Some(_) => Inbound::Ignored("mark name over 256 characters".into()),
-            None => Inbound::Ignored("mark without a name string".into()),
+            Some(_) => FromServer::Ignored("mark name over 256 characters".into()),
+            None => FromServer::Ignored("mark without a name string".into()),
         },
-        "clear" => Inbound::Control(Control::Clear),
-        other => Inbound::Ignored(format!("unknown event '{}'", other.chars().take(64).collect::<String>())),
+        "clear" => FromServer::Control(Control::Clear),
+        other => FromServer::Ignored(format!("unknown event '{}'", other.chars().take(64).collect::<String>())),
+    }
+}
+
+pub const RULES: ProtocolRules = ProtocolRules {
+    name: "twilio",
+    over_tcp: false,
+    pings: true,
+    content_type: carries,
+    fork_content_type: fork_carries,
+};
+
+pub const ROW: Row = Row { rules: &RULES, encoder };
+
+/// Twilio streams carry μ-law at 8 kHz, whatever else is configured.
+fn carries(_asked: ContentType, _set_for_call: bool) -> Result<ContentType, String> {
+    Ok(ContentType::PCMU)
+}
+
+fn fork_carries(_rate: u32) -> Result<ContentType, String> {
+    Ok(ContentType::PCMU)
+}
+
+fn encoder(opening: &Opening<'_>) -> Box<dyn Encoder> {
+    let identity = CallIdentity::new(opening.twilio_account_sid, opening.call_id, opening.settings.headers.clone());
+    let mut writer = StreamWriter::new(identity);
+    if let Some(layout) = opening.fork {
+        writer.set_tracks(layout.tracks);
+    }
+    Box::new(writer)
+}
+
+impl Encoder for StreamWriter {
+    fn open(&mut self) -> Vec<Message> {
+        StreamWriter::open(self).map(Message::text).into()
+    }
+
+    fn encode(&mut self, item: &ToServer) -> Option<Message> {
+        let text = match item {
+            ToServer::Audio(frame) => self.media(frame),
+            ToServer::Text(text) => text.clone(),
+            ToServer::Dtmf { digit, .. } => self.dtmf(*digit),
+            ToServer::Mark { name, .. } => self.mark(name),
+            // Twilio confirms a clear with the marks it dropped alone.
+            ToServer::Cleared => return None,
+        };
+        Some(Message::text(text))
+    }
+
+    fn take_pending(&mut self) -> Option<Message> {
+        StreamWriter::take_pending(self).map(Message::text)
+    }
+
+    fn closing(&mut self) -> Option<Message> {
+        Some(Message::text(self.stop()))
+    }
+
+    fn decoder(&self) -> Box<dyn Decoder> {
+        Box::new(StreamReader { stream_sid: self.stream_sid().to_string() })
+    }
+}
+
+/// Reads one stream; messages for any other stream are ignored.
+struct StreamReader {
+    stream_sid: String,
+}
+
+impl Decoder for StreamReader {
+    fn decode(&self, message: Message) -> FromServer {
+        match message {
+            Message::Text(text) => read(text.as_str(), &self.stream_sid),
+            Message::Binary(_) => FromServer::Ignored("a binary message on a Twilio stream".into()),
+            _ => unused_kind(),
+        }
     }
 }
 
@@ -324,11 +401,14 @@ mod tests {
         let sid = "MZ0123456789abcdef0123456789abcdef";
         let media =
             format!(r#"{{"event":"media","streamSid":"{sid}","media":{{"payload":"{}"}}}}"#, BASE64.encode([1, 2, 3]));
-        assert_eq!(read(&media, sid), Inbound::Audio(Bytes::from_static(&[1, 2, 3])));
+        assert_eq!(read(&media, sid), FromServer::Audio(Bytes::from_static(&[1, 2, 3])));
         let mark = format!(r#"{{"event":"mark","streamSid":"{sid}","mark":{{"name":"x"}}}}"#);
-        assert_eq!(read(&mark, sid), Inbound::Control(Control::Mark { name: "x".into() }));
-        assert_eq!(read(&format!(r#"{{"event":"clear","streamSid":"{sid}"}}"#), sid), Inbound::Control(Control::Clear));
-        assert_eq!(read(r#"{"action":"hangup"}"#, sid), Inbound::Control(Control::Hangup { cause: None }));
+        assert_eq!(read(&mark, sid), FromServer::Control(Control::Mark { name: "x".into() }));
+        assert_eq!(
+            read(&format!(r#"{{"event":"clear","streamSid":"{sid}"}}"#), sid),
+            FromServer::Control(Control::Clear)
+        );
+        assert_eq!(read(r#"{"action":"hangup"}"#, sid), FromServer::Control(Control::Hangup { cause: None }));
         for ignored in [
             media.replace(sid, "MZffffffffffffffffffffffffffffffff"),
             r#"{"event":"clear"}"#.to_string(),
@@ -337,7 +417,7 @@ mod tests {
             format!(r#"{{"event":"fly","streamSid":"{sid}"}}"#),
             "not json".to_string(),
         ] {
-            assert!(matches!(read(&ignored, sid), Inbound::Ignored(_)), "{ignored}");
+            assert!(matches!(read(&ignored, sid), FromServer::Ignored(_)), "{ignored}");
         }
     }
 

@@ -4,7 +4,11 @@
 
 use serde_json::{json, Value};
 
-use super::{parse_control, Control, Inbound};
+use tokio_tungstenite::tungstenite::Message;
+
+use super::{parse_control, unused_kind, Control, Decoder, Encoder, FromServer, Opening, Row};
+use crate::audio::uplink::ToServer;
+use crate::settings::{ContentType, Encoding, FirstMessageStyle, ProtocolRules};
 
 /// A caller's digit.
 pub fn dtmf(digit: char, duration_ms: u32) -> String {
@@ -22,22 +26,83 @@ pub fn cleared() -> String {
 }
 
 /// A text message from a Vonage server. `notify` becomes a mark named by its payload's JSON.
-pub fn read(text: &str) -> Inbound {
+pub fn read(text: &str) -> FromServer {
     let Ok(Value::Object(message)) = serde_json::from_str::<Value>(text) else {
-        return Inbound::Ignored("not a JSON object".into());
+        return FromServer::Ignored("not a JSON object".into());
     };
     match message.get("action").and_then(Value::as_str) {
         Some("notify") => {
             let payload = message.get("payload").cloned().unwrap_or(Value::Null).to_string();
             if payload.len() > super::MAX_NOTIFY_PAYLOAD_BYTES {
-                return Inbound::Ignored("notify payload over 4 KiB".into());
+                return FromServer::Ignored("notify payload over 4 KiB".into());
             }
-            Inbound::Control(Control::Mark { name: payload })
+            FromServer::Control(Control::Mark { name: payload })
         }
         _ => match parse_control(text) {
-            Ok(control) => Inbound::Control(control),
-            Err(error) => Inbound::Ignored(error.to_string()),
+            Ok(control) => FromServer::Control(control),
+            Err(error) => FromServer::Ignored(error.to_string()),
         },
+    }
+}
+
+pub const RULES: ProtocolRules = ProtocolRules {
+    name: "vonage",
+    over_tcp: false,
+    pings: true,
+    content_type: carries,
+    fork_content_type: fork_carries,
+};
+
+pub const ROW: Row = Row { rules: &RULES, encoder };
+
+fn carries(asked: ContentType, _set_for_call: bool) -> Result<ContentType, String> {
+    match asked.encoding {
+        Encoding::L16 => Ok(asked),
+        _ => Err(format!("the vonage protocol carries L16 only, not {asked}")),
+    }
+}
+
+fn fork_carries(rate: u32) -> Result<ContentType, String> {
+    Ok(ContentType::l16(rate))
+}
+
+fn encoder(opening: &Opening<'_>) -> Box<dyn Encoder> {
+    Box::new(Writer { first_message: opening.first_message(FirstMessageStyle::Vonage) })
+}
+
+struct Writer {
+    first_message: String,
+}
+
+impl Encoder for Writer {
+    fn open(&mut self) -> Vec<Message> {
+        vec![Message::text(self.first_message.clone())]
+    }
+
+    fn encode(&mut self, item: &ToServer) -> Option<Message> {
+        Some(match item {
+            ToServer::Audio(frame) => Message::Binary(frame.clone()),
+            ToServer::Text(text) => Message::text(text.clone()),
+            ToServer::Dtmf { digit, duration_ms } => Message::text(dtmf(*digit, *duration_ms)),
+            ToServer::Mark { name, .. } => Message::text(notify(name)),
+            ToServer::Cleared => Message::text(cleared()),
+        })
+    }
+
+    fn decoder(&self) -> Box<dyn Decoder> {
+        Box::new(Reader)
+    }
+}
+
+struct Reader;
+
+impl Decoder for Reader {
+    fn decode(&self, message: Message) -> FromServer {
+        match message {
+            Message::Binary(audio) => FromServer::Audio(audio),
+            Message::Text(text) => read(text.as_str()),
+            _ => unused_kind(),
+        }
     }
 }
 
@@ -54,14 +119,14 @@ mod tests {
 
     #[test]
     fn notify_and_clear_are_read() {
-        let Inbound::Control(Control::Mark { name }) = read(r#"{"action":"notify","payload":{"step":2}}"#) else {
+        let FromServer::Control(Control::Mark { name }) = read(r#"{"action":"notify","payload":{"step":2}}"#) else {
             panic!("notify is a mark")
         };
         assert_eq!(notify(&name), r#"{"event":"websocket:notify","payload":{"step":2}}"#);
-        assert_eq!(read(r#"{"action":"clear"}"#), Inbound::Control(Control::Clear));
-        assert_eq!(read(r#"{"action":"hangup"}"#), Inbound::Control(Control::Hangup { cause: None }));
-        assert!(matches!(read("[1]"), Inbound::Ignored(_)));
+        assert_eq!(read(r#"{"action":"clear"}"#), FromServer::Control(Control::Clear));
+        assert_eq!(read(r#"{"action":"hangup"}"#), FromServer::Control(Control::Hangup { cause: None }));
+        assert!(matches!(read("[1]"), FromServer::Ignored(_)));
         let huge = format!(r#"{{"action":"notify","payload":"{}"}}"#, "x".repeat(5000));
-        assert!(matches!(read(&huge), Inbound::Ignored(_)));
+        assert!(matches!(read(&huge), FromServer::Ignored(_)));
     }
 }

@@ -3,7 +3,7 @@
 //! A WebSocket server to try mod_wsbridge with: records each call's audio
 //! to a WAV file and echoes the caller, or plays a tone or a WAV file.
 //!
-//! cargo run --release --bin wsbridge-demo -- --listen 127.0.0.1:8080 [--mode echo|tone|wav]
+//! cargo run --release -p wsbridge-demo -- --listen 127.0.0.1:8080 [--mode echo|tone|wav]
 //!     [--tone-hz 440] [--wav FILE] [--record-dir DIR]
 
 use std::path::{Path, PathBuf};
@@ -13,8 +13,9 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use mod_wsbridge::settings::ContentType;
 use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 const USAGE: &str = "usage: wsbridge-demo [--listen 127.0.0.1:8080] [--mode echo|tone|wav] [--tone-hz 440] [--wav FILE] [--record-dir DIR]";
 
@@ -93,8 +94,13 @@ async fn serve(tcp: TcpStream, options: Options) -> Result<(), String> {
         }
         Ok(response)
     })
-    .await
-    .map_err(|e| format!("handshake with {peer}: {e}"))?;
+    .await;
+    let ws = match ws {
+        Ok(ws) => ws,
+        // A client that closed before asking for anything: a port probe (make demo's own readiness check), not a call.
+        Err(WsError::Protocol(ProtocolError::HandshakeIncomplete)) => return Ok(()),
+        Err(e) => return Err(format!("handshake with {peer}: {e}")),
+    };
     // Counted once the handshake is done, so port probes are not calls.
     static CALLS: AtomicU64 = AtomicU64::new(0);
     let call_number = CALLS.fetch_add(1, Ordering::Relaxed) + 1;

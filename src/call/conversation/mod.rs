@@ -14,17 +14,25 @@ use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::audio::media::{CallMedia, CALLER_HUNG_UP};
-use crate::audio::uplink::Outgoing;
+use crate::audio::uplink::ToServer;
 use crate::settings::cause::HangupCause;
 use crate::settings::options::ConnectionOptions;
 use crate::settings::{CallSettings, Scheme, ServerUri};
 use crate::wire::connection::{self, Connection};
-use crate::wire::protocol::{self, Control, Decoder, Dialect, Encoder, Inbound};
+use crate::wire::protocol::{self, wsbridge, Control, Decoder, Dialect, Encoder, FromServer, Opening};
 use crate::wire::websocket;
+
+mod close;
+mod connect;
+mod exchange;
+
+use close::finish;
+use connect::{open, reconnect, recoverable};
+use exchange::exchange;
 
 /// What the task may do to its call. Implementations must not block.
 pub trait CallControl: Send + Sync + 'static {
@@ -96,28 +104,6 @@ impl CallEvent {
     }
 }
 
-static CONNECTING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
-/// Counts one connection attempt for as long as it lives.
-struct ConnectingSlot;
-
-impl ConnectingSlot {
-    fn take(limit: usize) -> Option<ConnectingSlot> {
-        let before = CONNECTING.fetch_add(1, Ordering::AcqRel);
-        if before >= limit {
-            CONNECTING.fetch_sub(1, Ordering::AcqRel);
-            return None;
-        }
-        Some(ConnectingSlot)
-    }
-}
-
-impl Drop for ConnectingSlot {
-    fn drop(&mut self) {
-        CONNECTING.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
 /// How a session ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConversationEnd {
@@ -163,8 +149,8 @@ pub async fn serve_inbound(
     let serve = async {
         control.event(CallEvent::Connect { uri: client.clone(), connect_ms: 0 });
         // The client's own protocol is wsbridge's, both ways.
-        let mut dialect =
-            Dialect { encoder: Encoder::Wsbridge { first_message: String::new() }, decoder: Decoder::Wsbridge };
+        let encoder = wsbridge::client_encoder();
+        let mut dialect = Dialect { decoder: encoder.decoder(), encoder, pings: true };
         let (mut sink, mut stream) = connection.split();
         let mut unsent = VecDeque::new();
         let ended = exchange(&mut sink, &mut stream, &mut unsent, &media, &control, &options, &mut dialect).await;
@@ -263,43 +249,6 @@ enum Ended {
     DeadPeer(Duration),
 }
 
-/// When the server was last heard from, for the dead-peer check.
-struct Liveness {
-    start: tokio::time::Instant,
-    last_heard_ms: std::sync::atomic::AtomicU64,
-}
-
-impl Liveness {
-    fn new() -> Self {
-        Liveness { start: tokio::time::Instant::now(), last_heard_ms: 0.into() }
-    }
-
-    fn heard(&self) {
-        self.last_heard_ms.store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
-    }
-
-    fn silent_for(&self) -> Duration {
-        self.start.elapsed().saturating_sub(Duration::from_millis(self.last_heard_ms.load(Ordering::Relaxed)))
-    }
-
-    /// Returns once the server has been silent for `limit`; never when `limit` is zero.
-    async fn wait_dead(&self, limit: Duration) -> Duration {
-        if limit.is_zero() {
-            return std::future::pending().await;
-        }
-        loop {
-            let silent = self.silent_for();
-            if silent >= limit {
-                return silent;
-            }
-            tokio::time::sleep(limit - silent).await;
-        }
-    }
-}
-
-/// Several 20 ms frames at 48 kHz per read; larger messages take more reads.
-const READ_BUFFER_BYTES: usize = 8 * 1024;
-
 type Sink = futures_util::stream::SplitSink<Connection, Message>;
 type Stream = futures_util::stream::SplitStream<Connection>;
 
@@ -311,10 +260,13 @@ async fn converse(
     control: &impl CallControl,
     options: &ConnectionOptions,
 ) -> ConversationEnd {
-    let mut dialect = Dialect::new(settings, options.first_message, &options.twilio_account_sid, control.call_id());
-    if let Some(layout) = &options.fork_layout {
-        dialect = dialect.for_fork(settings, options.first_message, layout);
-    }
+    let mut dialect = Dialect::new(&Opening {
+        settings,
+        style: options.first_message,
+        twilio_account_sid: &options.twilio_account_sid,
+        call_id: control.call_id(),
+        fork: options.fork_layout.as_ref(),
+    });
     let (connection, mut uri) = match open(settings, media, control, options, &mut dialect).await {
         Ok(opened) => opened,
         Err(end) => return end,
@@ -337,524 +289,16 @@ async fn converse(
     }
 }
 
-/// Every server in the order tried: the URI, then each fallback.
-fn servers(settings: &CallSettings) -> impl Iterator<Item = &ServerUri> {
-    std::iter::once(&settings.uri).chain(&settings.fallbacks)
-}
-
-fn websocket_config(options: &ConnectionOptions) -> WebSocketConfig {
-    let mut config = WebSocketConfig::default();
-    // tungstenite zero-fills this much before every socket read; its 128 KiB
-    // default costs more than the read itself and stays resident per call.
-    config.read_buffer_size = READ_BUFFER_BYTES;
-    let largest = options.max_message_bytes.max(options.max_text_bytes);
-    config.max_message_size = Some(largest);
-    config.max_frame_size = Some(largest);
-    config
-}
-
-/// One server: TCP, TLS, the upgrade and the first messages, within the connect timeout.
-async fn connect_one(
-    server: &ServerUri,
-    options: &ConnectionOptions,
-    limit: Duration,
-    dialect: &mut Dialect,
-) -> Result<Connection, String> {
-    let shown = crate::settings::security::redact_uri(&server.text);
-    let opening = async {
-        let mut connection = match server.scheme {
-            Scheme::Tcp => connection::connect_audiosocket(&server.host, server.port)
-                .await
-                .map_err(|error| format!("cannot reach {shown}: {error}"))?,
-            Scheme::Ws | Scheme::Wss => Connection::WebSocket(
-                websocket::connect(server, websocket_config(options), &options.tls, &options.http_headers)
-                    .await
-                    .map_err(|error| format!("cannot reach {shown}: {error}"))?,
-            ),
-        };
-        for message in dialect.open() {
-            connection
-                .send(message)
-                .await
-                .map_err(|error| format!("cannot reach {shown}: sending the first message failed: {error}"))?;
-        }
-        Ok::<Connection, String>(connection)
-    };
-    match timeout(limit, opening).await {
-        Ok(result) => result,
-        Err(_) => Err(format!("no WebSocket session with {shown} within {} ms", limit.as_millis())),
-    }
-}
-
-/// Tries each server in turn, each with its own connect timeout (cut to
-/// `deadline` when given); the first that completes the session wins.
-async fn connect_any(
-    settings: &CallSettings,
-    options: &ConnectionOptions,
-    deadline: Option<tokio::time::Instant>,
-    dialect: &mut Dialect,
-) -> Result<(Connection, String), String> {
-    let mut failures = Vec::new();
-    for server in servers(settings) {
-        let limit = match deadline {
-            Some(deadline) => {
-                options.connect_timeout.min(deadline.saturating_duration_since(tokio::time::Instant::now()))
-            }
-            None => options.connect_timeout,
-        };
-        if limit.is_zero() {
-            break;
-        }
-        match connect_one(server, options, limit, dialect).await {
-            Ok(connection) => return Ok((connection, crate::settings::security::redact_uri(&server.text))),
-            Err(why) => {
-                if !settings.fallbacks.is_empty() {
-                    tracing::warn!("{why}; trying the next server");
-                }
-                failures.push(why);
-            }
-        }
-    }
-    Err(failures.join("; "))
-}
-
-/// Connects to the first server that answers, sends the first message and answers the call.
-async fn open(
-    settings: &CallSettings,
-    media: &CallMedia,
-    control: &impl CallControl,
-    options: &ConnectionOptions,
-    dialect: &mut Dialect,
-) -> Result<(Connection, String), ConversationEnd> {
-    let Some(slot) = ConnectingSlot::take(options.max_connecting) else {
-        let uri = crate::settings::security::redact_uri(&settings.uri.text);
-        return Err(failed(
-            HangupCause::DestinationOutOfOrder,
-            format!("{} connection attempts already in progress; not connecting to {uri}", options.max_connecting),
-        ));
-    };
-    let (connection, uri) = tokio::select! {
-        _ = media.caller_gone() => return Err(ConversationEnd::CallerHungUp),
-        opened = connect_any(settings, options, None, dialect) => match opened {
-            Ok(opened) => opened,
-            Err(why) => return Err(failed(HangupCause::DestinationOutOfOrder, why)),
-        },
-    };
-    drop(slot);
-    tracing::info!("connection to {uri} open ({}, {}); answering", settings.protocol.name(), settings.content_type);
-    media.mark_open(&uri);
-    control.event(CallEvent::Connect { uri: uri.clone(), connect_ms: media.connect_ms().unwrap_or(0) });
-    if !control.answer() {
-        media.caller_hung_up();
-    }
-    Ok((connection, uri))
-}
-
-/// A network failure the call may survive, with the cause it hangs up with
-/// when the reconnect budget runs out. A close frame is never one: the
-/// server chose to end the call.
-struct Failure {
-    cause: HangupCause,
-    why: String,
-}
-
-fn recoverable(ended: &Ended, options: &ConnectionOptions, uri: &str) -> Option<Failure> {
-    if options.reconnect.is_zero() {
-        return None;
-    }
-    network_failure(ended, uri)
-}
-
-/// How the connection failed, where the network (not the server's choice,
-/// nor a protocol violation) ended it: the cause and the words for the log.
-fn network_failure(ended: &Ended, uri: &str) -> Option<Failure> {
-    let (cause, why) = match ended {
-        Ended::Read(ReadEnd::Eof) => {
-            (HangupCause::NetworkOutOfOrder, format!("{uri} closed the connection without a close frame"))
-        }
-        Ended::Read(ReadEnd::Error(WsError::Protocol(error)))
-            if !matches!(error, ProtocolError::ResetWithoutClosingHandshake) =>
-        {
-            return None
-        }
-        Ended::Read(ReadEnd::Error(error)) => {
-            (HangupCause::NetworkOutOfOrder, format!("WebSocket to {uri} failed: {error}"))
-        }
-        Ended::Write(error) => (HangupCause::NetworkOutOfOrder, format!("sending to {uri} failed: {error}")),
-        Ended::DeadPeer(silent) => (
-            HangupCause::RecoveryOnTimerExpire,
-            format!("nothing from {uri} for {} ms, pings unanswered", silent.as_millis()),
-        ),
-        Ended::CallerGone | Ended::Read(ReadEnd::Closed(_)) | Ended::Read(ReadEnd::TooBig(_)) => return None,
-    };
-    Some(Failure { cause, why })
-}
-
-/// Waits between reconnect attempts: at once, then 100, 250 and 500 ms, then every second.
-fn backoff(attempt: usize) -> Duration {
-    const STEPS_MS: [u64; 4] = [0, 100, 250, 500];
-    Duration::from_millis(STEPS_MS.get(attempt).copied().unwrap_or(1000))
-}
-
-/// Reconnects after `failure` within the budget, trying every server each
-/// time; then resends the first message and says `resumed`. Meanwhile the
-/// caller hears what is queued and then comfort noise, and caller audio and
-/// DTMF wait in the uplink queue.
-async fn reconnect(
-    settings: &CallSettings,
-    media: &CallMedia,
-    control: &impl CallControl,
-    options: &ConnectionOptions,
-    failure: Failure,
-    dialect: &mut Dialect,
-) -> Result<(Connection, String), ConversationEnd> {
-    let gap_started = tokio::time::Instant::now();
-    let deadline = gap_started + options.reconnect;
-    let dropped_before = media.dropped_uplink_frames();
-    tracing::warn!("{}; reconnecting for up to {} ms", failure.why, options.reconnect.as_millis());
-    media.set_reconnecting(true);
-    control.event(CallEvent::Reconnecting { why: failure.why.clone() });
-    let mut attempt = 0;
-    let mut last_error = failure.why.clone();
-    let attempts = async {
-        loop {
-            let wait_until = (tokio::time::Instant::now() + backoff(attempt)).min(deadline);
-            tokio::time::sleep_until(wait_until).await;
-            if tokio::time::Instant::now() >= deadline {
-                return None;
-            }
-            attempt += 1;
-            match connect_any(settings, options, Some(deadline), &mut *dialect).await {
-                Ok(connected) => return Some(connected),
-                Err(why) => last_error = why,
-            }
-        }
-    };
-    let connected = tokio::select! {
-        _ = media.caller_gone() => {
-            media.set_reconnecting(false);
-            return Err(ConversationEnd::CallerHungUp);
-        }
-        connected = attempts => connected,
-    };
-    media.set_reconnecting(false);
-    let Some((mut connection, uri)) = connected else {
-        let why = format!(
-            "{}; no server took the call back within {} ms ({last_error})",
-            failure.why,
-            options.reconnect.as_millis()
-        );
-        return Err(failed(failure.cause, why));
-    };
-    let gap_ms = gap_started.elapsed().as_millis() as u64;
-    let reconnects = media.count_reconnect(gap_ms);
-    let dropped = media.dropped_uplink_frames() - dropped_before;
-    let resumed = protocol::resumed_event(control.call_id(), gap_ms, reconnects, dropped);
-    if let Some(resumed) = dialect.resumed(resumed) {
-        if let Err(error) = connection.send(resumed).await {
-            return Err(failed(failure.cause, format!("sending resumed to {uri} failed: {error}")));
-        }
-    }
-    media.set_server(&uri);
-    tracing::info!("WebSocket to {uri} open again after {gap_ms} ms (reconnect {reconnects})");
-    control.event(CallEvent::Reconnected { uri: uri.clone(), gap_ms, reconnects });
-    Ok((connection, uri))
-}
-
-/// Moves audio and messages both ways until one side ends the session.
-async fn exchange(
-    sink: &mut Sink,
-    stream: &mut Stream,
-    unsent: &mut VecDeque<Outgoing>,
-    media: &CallMedia,
-    control: &impl CallControl,
-    options: &ConnectionOptions,
-    dialect: &mut Dialect,
-) -> Ended {
-    let liveness = Liveness::new();
-    // AudioSocket has no pings: a server that only listens sends nothing, and is not dead for it.
-    let dead_peer_timeout = match dialect.decoder {
-        Decoder::AudioSocket { .. } => Duration::ZERO,
-        _ => options.dead_peer_timeout,
-    };
-    let Dialect { encoder, decoder } = dialect;
-    tokio::select! {
-        _ = media.caller_gone() => Ended::CallerGone,
-        end = read_loop(stream, media, control, options, &liveness, decoder) => Ended::Read(end),
-        error = write_loop(sink, unsent, media, control, options.ping_interval, encoder) => Ended::Write(error),
-        silent = liveness.wait_dead(dead_peer_timeout) => Ended::DeadPeer(silent),
-    }
-}
-
 /// One connection's state as it ends.
 struct Session<'a> {
     sink: &'a mut Sink,
     stream: &'a mut Stream,
-    unsent: &'a mut VecDeque<Outgoing>,
+    unsent: &'a mut VecDeque<ToServer>,
     dialect: &'a mut Dialect,
-}
-
-/// Closes the socket as the way it ended calls for, and says how it ended.
-async fn finish(
-    ended: Ended,
-    session: Session<'_>,
-    media: &CallMedia,
-    control: &impl CallControl,
-    options: &ConnectionOptions,
-    uri: &str,
-) -> ConversationEnd {
-    let Session { sink, stream, unsent, dialect } = session;
-    match ended {
-        Ended::CallerGone => {
-            // The reason recorded first: a hangup's, or a fork's `stop`.
-            let reason = media.record_close(1000, CALLER_HUNG_UP);
-            // The caller's last frames were queued before the hangup: they go before the close.
-            media.take_uplink(unsent);
-            let _ = timeout(options.close_timeout, send_batch(sink, unsent, control, &mut dialect.encoder)).await;
-            if let Some(goodbye) = dialect.closing() {
-                let _ = timeout(options.close_timeout, sink.send(goodbye)).await;
-            }
-            let close = CloseFrame { code: CloseCode::Normal, reason: reason.into() };
-            if timeout(options.close_timeout, sink.send(Message::Close(Some(close)))).await.is_ok() {
-                // Give the server its chance to answer the close.
-                let _ = timeout(options.close_timeout, async {
-                    while let Some(Ok(message)) = stream.next().await {
-                        if message.is_close() {
-                            break;
-                        }
-                    }
-                })
-                .await;
-            }
-            ConversationEnd::CallerHungUp
-        }
-        Ended::Read(ReadEnd::Closed(frame)) => {
-            // tungstenite has queued the close reply; flush it out.
-            let _ = timeout(options.close_timeout, sink.close()).await;
-            let (code, reason) = match frame {
-                Some(frame) => (Some(u16::from(frame.code)), frame.reason.to_string()),
-                None => (None, String::new()),
-            };
-            // 1005: "no status code was present", as RFC 6455 names it.
-            media.record_close(code.unwrap_or(1005), &reason);
-            ConversationEnd::ServerClosed { code, reason }
-        }
-        Ended::Read(ReadEnd::TooBig(why)) => {
-            media.record_close(1009, "message too big");
-            let close = CloseFrame { code: CloseCode::Size, reason: "message too big".into() };
-            let _ = timeout(options.close_timeout, sink.send(Message::Close(Some(close)))).await;
-            failed(HangupCause::ProtocolError, format!("{uri} sent {why}; closed with 1009"))
-        }
-        Ended::Read(ReadEnd::Eof) => {
-            ConversationEnd::ServerClosed { code: None, reason: "connection closed without a close frame".into() }
-        }
-        Ended::Read(ReadEnd::Error(WsError::Protocol(error)))
-            if !matches!(error, ProtocolError::ResetWithoutClosingHandshake) =>
-        {
-            failed(HangupCause::ProtocolError, format!("{uri} broke the WebSocket protocol: {error}"))
-        }
-        Ended::Read(ReadEnd::Error(_)) | Ended::Write(_) | Ended::DeadPeer(_) => {
-            if matches!(ended, Ended::DeadPeer(_)) {
-                media.record_close(1001, "server stopped answering");
-                let close = CloseFrame { code: CloseCode::Away, reason: "no answer to pings".into() };
-                let _ = timeout(options.close_timeout, sink.send(Message::Close(Some(close)))).await;
-            }
-            let Failure { cause, why } = network_failure(&ended, uri).unwrap_or_else(|| Failure {
-                cause: HangupCause::NetworkOutOfOrder,
-                why: format!("the connection to {uri} failed"),
-            });
-            failed(cause, why)
-        }
-    }
 }
 
 fn failed(cause: HangupCause, why: String) -> ConversationEnd {
     ConversationEnd::Failed { cause, why }
-}
-
-async fn read_loop(
-    stream: &mut (impl StreamExt<Item = Result<Message, WsError>> + Unpin),
-    media: &CallMedia,
-    control: &impl CallControl,
-    options: &ConnectionOptions,
-    liveness: &Liveness,
-    decoder: &Decoder,
-) -> ReadEnd {
-    let frame_bytes = media.format.bytes_per_frame() as u64;
-    let mut partial_bytes = 0u64;
-    let mut message_events = EventBudget::new(MESSAGE_EVENTS_PER_SECOND);
-    loop {
-        // Flow control: while the playout is full, leave data in the socket so TCP pushes back.
-        media.wait_for_playout_room().await;
-        let next = stream.next().await;
-        liveness.heard();
-        match next {
-            None => return ReadEnd::Eof,
-            Some(Err(WsError::Capacity(error))) => return ReadEnd::TooBig(error.to_string()),
-            Some(Err(error)) => return ReadEnd::Error(error),
-            Some(Ok(Message::Close(frame))) => return ReadEnd::Closed(frame),
-            Some(Ok(message @ (Message::Binary(_) | Message::Text(_)))) => {
-                let text = match &message {
-                    Message::Binary(data) if data.len() > options.max_message_bytes => {
-                        return ReadEnd::TooBig(format!("a binary message of {} bytes", data.len()));
-                    }
-                    Message::Text(text) if text.len() > options.max_text_bytes => {
-                        return ReadEnd::TooBig(format!("a text message of {} bytes", text.len()));
-                    }
-                    Message::Text(text) => Some(text.clone()),
-                    _ => None,
-                };
-                match decoder.decode(message) {
-                    Inbound::Audio(data) => {
-                        media.queue_playout(&data).await;
-                        partial_bytes += data.len() as u64;
-                        media.count_received(partial_bytes / frame_bytes);
-                        partial_bytes %= frame_bytes;
-                    }
-                    inbound => {
-                        // Audio carried as text (Twilio's media) is not announced.
-                        if let Some(text) = text {
-                            if message_events.allow() {
-                                control.event(CallEvent::Message { body: text.to_string() });
-                            }
-                        }
-                        act_on(inbound, media, control);
-                    }
-                }
-            }
-            Some(Ok(_)) => {}
-        }
-    }
-}
-
-/// A server flooding text must not flood FreeSWITCH's event system.
-const MESSAGE_EVENTS_PER_SECOND: u32 = 100;
-
-struct EventBudget {
-    per_second: u32,
-    window: tokio::time::Instant,
-    used: u32,
-    dropped: u64,
-}
-
-impl EventBudget {
-    fn new(per_second: u32) -> Self {
-        EventBudget { per_second, window: tokio::time::Instant::now(), used: 0, dropped: 0 }
-    }
-
-    fn allow(&mut self) -> bool {
-        if self.window.elapsed() >= Duration::from_secs(1) {
-            if self.dropped > 0 {
-                tracing::warn!(
-                    "the server sent too many text messages; {} wsbridge::message events skipped",
-                    self.dropped
-                );
-            }
-            self.window = tokio::time::Instant::now();
-            self.used = 0;
-            self.dropped = 0;
-        }
-        self.used += 1;
-        if self.used > self.per_second {
-            self.dropped += 1;
-            return false;
-        }
-        true
-    }
-}
-
-fn act_on(inbound: Inbound, media: &CallMedia, control: &impl CallControl) {
-    let control_message = match inbound {
-        Inbound::Control(control_message) => control_message,
-        Inbound::Audio(_) => return,
-        Inbound::Ignored(why) => {
-            tracing::debug!("ignoring a message from the server: {why}");
-            return;
-        }
-    };
-    match control_message {
-        Control::Clear => {
-            tracing::debug!("server: clear");
-            media.clear_playout();
-        }
-        Control::Mark { name } => {
-            if !media.add_mark(name) {
-                tracing::warn!("server: too many marks pending; mark refused");
-            }
-        }
-        Control::Dtmf { digits, duration_ms } => {
-            tracing::debug!("server: DTMF {digits} ({duration_ms} ms)");
-            control.send_dtmf(&digits, duration_ms);
-        }
-        Control::Hangup { cause } => {
-            let cause = cause.unwrap_or_else(|| HangupCause::NormalClearing.name().to_string());
-            tracing::info!("server asked to hang up ({cause})");
-            control.hangup_named(&cause);
-        }
-    }
-}
-
-/// Sends caller audio and text as it is queued, and pings; returns only on a send error.
-async fn write_loop(
-    sink: &mut (impl SinkExt<Message, Error = WsError> + Unpin),
-    batch: &mut VecDeque<Outgoing>,
-    media: &CallMedia,
-    control: &impl CallControl,
-    ping_interval: Duration,
-    encoder: &mut Encoder,
-) -> WsError {
-    let mut pings = (!ping_interval.is_zero()).then(|| {
-        let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        interval
-    });
-    // What a broken connection left unsent goes first on the new one.
-    if let Err(error) = send_batch(sink, batch, control, encoder).await {
-        return error;
-    }
-    loop {
-        let ping_due = async {
-            match pings.as_mut() {
-                Some(interval) => interval.tick().await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = media.next_uplink_batch(batch) => {}
-            _ = ping_due => {
-                if let Err(error) = sink.send(Message::Ping(Default::default())).await {
-                    return error;
-                }
-                continue;
-            }
-        }
-        if let Err(error) = send_batch(sink, batch, control, encoder).await {
-            return error;
-        }
-    }
-}
-
-/// Sends every item of `batch`, then flushes once. An item leaves the batch
-/// only once the sink has taken it, so a send cut short loses nothing.
-async fn send_batch(
-    sink: &mut (impl SinkExt<Message, Error = WsError> + Unpin),
-    batch: &mut VecDeque<Outgoing>,
-    control: &impl CallControl,
-    encoder: &mut Encoder,
-) -> Result<(), WsError> {
-    while let Some(item) = batch.front() {
-        // Encoded again if a failed send leaves the item for the next connection.
-        if let Some(message) = encoder.encode(item) {
-            sink.feed(message).await?;
-            if let Some(follower) = encoder.take_pending() {
-                sink.feed(follower).await?;
-            }
-        }
-        if let Some(Outgoing::Mark { name, cleared }) = batch.pop_front() {
-            control.event(CallEvent::Mark { name, cleared });
-        }
-    }
-    sink.flush().await
 }
 
 #[cfg(test)]
@@ -908,14 +352,13 @@ mod tests {
     }
 
     fn settings(port: u16, rate: u32) -> CallSettings {
-        RawSettings {
+        let raw = RawSettings {
             uri: Some(format!("ws://127.0.0.1:{port}/call")),
             content_type: Some(format!("audio/l16;rate={rate}")),
             headers: Some(r#"{"caller":"447700900123"}"#.into()),
             ..RawSettings::default()
-        }
-        .resolve(1024)
-        .unwrap()
+        };
+        protocol::resolve(&raw, 1024).unwrap()
     }
 
     async fn listener() -> (TcpListener, u16) {
@@ -989,7 +432,8 @@ mod tests {
         use base64::Engine as _;
         let base64 = base64::engine::general_purpose::STANDARD;
         let (listener, port) = listener().await;
-        let settings = RawSettings { protocol: Some("twilio".into()), ..raw_settings(port) }.resolve(1024).unwrap();
+        let settings =
+            protocol::resolve(&RawSettings { protocol: Some("twilio".into()), ..raw_settings(port) }, 1024).unwrap();
         let media = Arc::new(CallMedia::new(ContentType::PCMU, MediaLimits::default(), Some(Box::new(SilentDecoder))));
         let control = Recorder::default();
         let task = tokio::spawn(run(settings, media.clone(), control.clone(), ConnectionOptions::default()));
@@ -1075,8 +519,12 @@ mod tests {
         };
         let media = Arc::new(CallMedia::new(ContentType::l16(8000), MediaLimits::default(), None));
         let control = Recorder::default();
-        let task =
-            tokio::spawn(run(raw.resolve(1024).unwrap(), media.clone(), control.clone(), ConnectionOptions::default()));
+        let task = tokio::spawn(run(
+            protocol::resolve(&raw, 1024).unwrap(),
+            media.clone(),
+            control.clone(),
+            ConnectionOptions::default(),
+        ));
         let (mut tcp, _) = listener.accept().await.unwrap();
         let mut header = [0u8; 3];
         let mut read_message = async |tcp: &mut TcpStream| {
@@ -1566,7 +1014,7 @@ mod tests {
             control.clone(),
             ConnectionOptions::default(),
         ));
-        media.send_text(crate::wire::protocol::hangup_event("USER_BUSY"));
+        media.send_text(crate::wire::protocol::wsbridge::hangup_event("USER_BUSY"));
         media.caller_closes();
         let mut texts = Vec::new();
         let close = loop {

@@ -1,0 +1,247 @@
+//! Reaching the server: each URI in turn, within the budget of attempts
+//! in progress at once, and again after a network failure.
+
+use super::*;
+
+pub(super) static CONNECTING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Counts one connection attempt for as long as it lives.
+pub(super) struct ConnectingSlot;
+
+impl ConnectingSlot {
+    fn take(limit: usize) -> Option<ConnectingSlot> {
+        let before = CONNECTING.fetch_add(1, Ordering::AcqRel);
+        if before >= limit {
+            CONNECTING.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(ConnectingSlot)
+    }
+}
+
+impl Drop for ConnectingSlot {
+    fn drop(&mut self) {
+        CONNECTING.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Every server in the order tried: the URI, then each fallback.
+pub(super) fn servers(settings: &CallSettings) -> impl Iterator<Item = &ServerUri> {
+    std::iter::once(&settings.uri).chain(&settings.fallbacks)
+}
+
+/// One server: TCP, TLS, the upgrade and the first messages, within the connect timeout.
+pub(super) async fn connect_one(
+    server: &ServerUri,
+    options: &ConnectionOptions,
+    limit: Duration,
+    dialect: &mut Dialect,
+) -> Result<Connection, String> {
+    let shown = crate::settings::security::redact_uri(&server.text);
+    let opening = async {
+        let mut connection = match server.scheme {
+            Scheme::Tcp => connection::connect_audiosocket(&server.host, server.port)
+                .await
+                .map_err(|error| format!("cannot reach {shown}: {error}"))?,
+            Scheme::Ws | Scheme::Wss => Connection::WebSocket(
+                websocket::connect(server, websocket::websocket_config(options), &options.tls, &options.http_headers)
+                    .await
+                    .map_err(|error| format!("cannot reach {shown}: {error}"))?,
+            ),
+        };
+        for message in dialect.open() {
+            connection
+                .send(message)
+                .await
+                .map_err(|error| format!("cannot reach {shown}: sending the first message failed: {error}"))?;
+        }
+        Ok::<Connection, String>(connection)
+    };
+    match timeout(limit, opening).await {
+        Ok(result) => result,
+        Err(_) => Err(format!("no WebSocket session with {shown} within {} ms", limit.as_millis())),
+    }
+}
+
+/// Tries each server in turn, each with its own connect timeout (cut to
+/// `deadline` when given); the first that completes the session wins.
+pub(super) async fn connect_any(
+    settings: &CallSettings,
+    options: &ConnectionOptions,
+    deadline: Option<tokio::time::Instant>,
+    dialect: &mut Dialect,
+) -> Result<(Connection, String), String> {
+    let mut failures = Vec::new();
+    for server in servers(settings) {
+        let limit = match deadline {
+            Some(deadline) => {
+                options.connect_timeout.min(deadline.saturating_duration_since(tokio::time::Instant::now()))
+            }
+            None => options.connect_timeout,
+        };
+        if limit.is_zero() {
+            break;
+        }
+        match connect_one(server, options, limit, dialect).await {
+            Ok(connection) => return Ok((connection, crate::settings::security::redact_uri(&server.text))),
+            Err(why) => {
+                if !settings.fallbacks.is_empty() {
+                    tracing::warn!("{why}; trying the next server");
+                }
+                failures.push(why);
+            }
+        }
+    }
+    Err(failures.join("; "))
+}
+
+/// Connects to the first server that answers, sends the first message and answers the call.
+pub(super) async fn open(
+    settings: &CallSettings,
+    media: &CallMedia,
+    control: &impl CallControl,
+    options: &ConnectionOptions,
+    dialect: &mut Dialect,
+) -> Result<(Connection, String), ConversationEnd> {
+    let Some(slot) = ConnectingSlot::take(options.max_connecting) else {
+        let uri = crate::settings::security::redact_uri(&settings.uri.text);
+        return Err(failed(
+            HangupCause::DestinationOutOfOrder,
+            format!("{} connection attempts already in progress; not connecting to {uri}", options.max_connecting),
+        ));
+    };
+    let (connection, uri) = tokio::select! {
+        _ = media.caller_gone() => return Err(ConversationEnd::CallerHungUp),
+        opened = connect_any(settings, options, None, dialect) => match opened {
+            Ok(opened) => opened,
+            Err(why) => return Err(failed(HangupCause::DestinationOutOfOrder, why)),
+        },
+    };
+    drop(slot);
+    tracing::info!("connection to {uri} open ({}, {}); answering", settings.protocol.name(), settings.content_type);
+    media.mark_open(&uri);
+    control.event(CallEvent::Connect { uri: uri.clone(), connect_ms: media.connect_ms().unwrap_or(0) });
+    if !control.answer() {
+        media.caller_hung_up();
+    }
+    Ok((connection, uri))
+}
+
+/// A network failure the call may survive, with the cause it hangs up with
+/// when the reconnect budget runs out. A close frame is never one: the
+/// server chose to end the call.
+pub(super) struct Failure {
+    pub(super) cause: HangupCause,
+    pub(super) why: String,
+}
+
+pub(super) fn recoverable(ended: &Ended, options: &ConnectionOptions, uri: &str) -> Option<Failure> {
+    if options.reconnect.is_zero() {
+        return None;
+    }
+    network_failure(ended, uri)
+}
+
+/// How the connection failed, where the network (not the server's choice,
+/// nor a protocol violation) ended it: the cause and the words for the log.
+pub(super) fn network_failure(ended: &Ended, uri: &str) -> Option<Failure> {
+    let (cause, why) = match ended {
+        Ended::Read(ReadEnd::Eof) => {
+            (HangupCause::NetworkOutOfOrder, format!("{uri} closed the connection without a close frame"))
+        }
+        _ if broken_protocol(ended).is_some() => return None,
+        Ended::Read(ReadEnd::Error(error)) => {
+            (HangupCause::NetworkOutOfOrder, format!("WebSocket to {uri} failed: {error}"))
+        }
+        Ended::Write(error) => (HangupCause::NetworkOutOfOrder, format!("sending to {uri} failed: {error}")),
+        Ended::DeadPeer(silent) => (
+            HangupCause::RecoveryOnTimerExpire,
+            format!("nothing from {uri} for {} ms, pings unanswered", silent.as_millis()),
+        ),
+        Ended::CallerGone | Ended::Read(ReadEnd::Closed(_)) | Ended::Read(ReadEnd::TooBig(_)) => return None,
+    };
+    Some(Failure { cause, why })
+}
+
+/// The server broke the WebSocket protocol (a reset without a close is a network failure instead).
+pub(super) fn broken_protocol(ended: &Ended) -> Option<&ProtocolError> {
+    match ended {
+        Ended::Read(ReadEnd::Error(WsError::Protocol(error)))
+            if !matches!(error, ProtocolError::ResetWithoutClosingHandshake) =>
+        {
+            Some(error)
+        }
+        _ => None,
+    }
+}
+
+/// Waits between reconnect attempts: at once, then 100, 250 and 500 ms, then every second.
+pub(super) fn backoff(attempt: usize) -> Duration {
+    const STEPS_MS: [u64; 4] = [0, 100, 250, 500];
+    Duration::from_millis(STEPS_MS.get(attempt).copied().unwrap_or(1000))
+}
+
+/// Reconnects after `failure` within the budget, trying every server each
+/// time; then resends the first message and says `resumed`. Meanwhile the
+/// caller hears what is queued and then comfort noise, and caller audio and
+/// DTMF wait in the uplink queue.
+pub(super) async fn reconnect(
+    settings: &CallSettings,
+    media: &CallMedia,
+    control: &impl CallControl,
+    options: &ConnectionOptions,
+    failure: Failure,
+    dialect: &mut Dialect,
+) -> Result<(Connection, String), ConversationEnd> {
+    let gap_started = tokio::time::Instant::now();
+    let deadline = gap_started + options.reconnect;
+    let dropped_before = media.dropped_uplink_frames();
+    tracing::warn!("{}; reconnecting for up to {} ms", failure.why, options.reconnect.as_millis());
+    media.set_reconnecting(true);
+    control.event(CallEvent::Reconnecting { why: failure.why.clone() });
+    let mut attempt = 0;
+    let mut last_error = failure.why.clone();
+    let attempts = async {
+        loop {
+            let wait_until = (tokio::time::Instant::now() + backoff(attempt)).min(deadline);
+            tokio::time::sleep_until(wait_until).await;
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            attempt += 1;
+            match connect_any(settings, options, Some(deadline), &mut *dialect).await {
+                Ok(connected) => return Some(connected),
+                Err(why) => last_error = why,
+            }
+        }
+    };
+    let connected = tokio::select! {
+        _ = media.caller_gone() => {
+            media.set_reconnecting(false);
+            return Err(ConversationEnd::CallerHungUp);
+        }
+        connected = attempts => connected,
+    };
+    media.set_reconnecting(false);
+    let Some((mut connection, uri)) = connected else {
+        let why = format!(
+            "{}; no server took the call back within {} ms ({last_error})",
+            failure.why,
+            options.reconnect.as_millis()
+        );
+        return Err(failed(failure.cause, why));
+    };
+    let gap_ms = gap_started.elapsed().as_millis() as u64;
+    let reconnects = media.count_reconnect(gap_ms);
+    let dropped = media.dropped_uplink_frames() - dropped_before;
+    let resumed = protocol::wsbridge::resumed_event(control.call_id(), gap_ms, reconnects, dropped);
+    if let Some(resumed) = dialect.resumed(resumed) {
+        if let Err(error) = connection.send(resumed).await {
+            return Err(failed(failure.cause, format!("sending resumed to {uri} failed: {error}")));
+        }
+    }
+    media.set_server(&uri);
+    tracing::info!("WebSocket to {uri} open again after {gap_ms} ms (reconnect {reconnects})");
+    control.event(CallEvent::Reconnected { uri: uri.clone(), gap_ms, reconnects });
+    Ok((connection, uri))
+}

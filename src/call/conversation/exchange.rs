@@ -1,0 +1,245 @@
+//! The conversation while it is up: server messages read into the call,
+//! caller audio and text written out, and the silence that means a dead peer.
+
+use super::*;
+
+/// When the server was last heard from, for the dead-peer check.
+pub(super) struct Liveness {
+    start: tokio::time::Instant,
+    last_heard_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Liveness {
+    fn new() -> Self {
+        Liveness { start: tokio::time::Instant::now(), last_heard_ms: 0.into() }
+    }
+
+    fn heard(&self) {
+        self.last_heard_ms.store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn silent_for(&self) -> Duration {
+        self.start.elapsed().saturating_sub(Duration::from_millis(self.last_heard_ms.load(Ordering::Relaxed)))
+    }
+
+    /// Returns once the server has been silent for `limit`; never when `limit` is zero.
+    async fn wait_dead(&self, limit: Duration) -> Duration {
+        if limit.is_zero() {
+            return std::future::pending().await;
+        }
+        loop {
+            let silent = self.silent_for();
+            if silent >= limit {
+                return silent;
+            }
+            tokio::time::sleep(limit - silent).await;
+        }
+    }
+}
+
+/// Moves audio and messages both ways until one side ends the session.
+pub(super) async fn exchange(
+    sink: &mut Sink,
+    stream: &mut Stream,
+    unsent: &mut VecDeque<ToServer>,
+    media: &CallMedia,
+    control: &impl CallControl,
+    options: &ConnectionOptions,
+    dialect: &mut Dialect,
+) -> Ended {
+    let liveness = Liveness::new();
+    // Without pings, a server that only listens sends nothing, and is not dead for it.
+    let dead_peer_timeout = if dialect.pings { options.dead_peer_timeout } else { Duration::ZERO };
+    let Dialect { encoder, decoder, .. } = dialect;
+    tokio::select! {
+        _ = media.caller_gone() => Ended::CallerGone,
+        end = read_loop(stream, media, control, options, &liveness, decoder.as_ref()) => Ended::Read(end),
+        error = write_loop(sink, unsent, media, control, options.ping_interval, encoder.as_mut()) => Ended::Write(error),
+        silent = liveness.wait_dead(dead_peer_timeout) => Ended::DeadPeer(silent),
+    }
+}
+
+pub(super) async fn read_loop(
+    stream: &mut (impl StreamExt<Item = Result<Message, WsError>> + Unpin),
+    media: &CallMedia,
+    control: &impl CallControl,
+    options: &ConnectionOptions,
+    liveness: &Liveness,
+    decoder: &dyn Decoder,
+) -> ReadEnd {
+    let frame_bytes = media.format.bytes_per_frame() as u64;
+    let mut partial_bytes = 0u64;
+    let mut message_events = EventBudget::new(MESSAGE_EVENTS_PER_SECOND);
+    loop {
+        // Flow control: while the playout is full, leave data in the socket so TCP pushes back.
+        media.wait_for_playout_room().await;
+        let next = stream.next().await;
+        liveness.heard();
+        match next {
+            None => return ReadEnd::Eof,
+            Some(Err(WsError::Capacity(error))) => return ReadEnd::TooBig(error.to_string()),
+            Some(Err(error)) => return ReadEnd::Error(error),
+            Some(Ok(Message::Close(frame))) => return ReadEnd::Closed(frame),
+            Some(Ok(message @ (Message::Binary(_) | Message::Text(_)))) => {
+                let text = match &message {
+                    Message::Binary(data) if data.len() > options.max_message_bytes => {
+                        return ReadEnd::TooBig(format!("a binary message of {} bytes", data.len()));
+                    }
+                    Message::Text(text) if text.len() > options.max_text_bytes => {
+                        return ReadEnd::TooBig(format!("a text message of {} bytes", text.len()));
+                    }
+                    Message::Text(text) => Some(text.clone()),
+                    _ => None,
+                };
+                match decoder.decode(message) {
+                    FromServer::Audio(data) => {
+                        media.queue_playout(&data).await;
+                        partial_bytes += data.len() as u64;
+                        media.count_received(partial_bytes / frame_bytes);
+                        partial_bytes %= frame_bytes;
+                    }
+                    inbound => {
+                        // Audio carried as text (Twilio's media) is not announced.
+                        if let Some(text) = text {
+                            if message_events.allow() {
+                                control.event(CallEvent::Message { body: text.to_string() });
+                            }
+                        }
+                        act_on(inbound, media, control);
+                    }
+                }
+            }
+            Some(Ok(_)) => {}
+        }
+    }
+}
+
+/// A server flooding text must not flood FreeSWITCH's event system.
+pub(super) const MESSAGE_EVENTS_PER_SECOND: u32 = 100;
+
+pub(super) struct EventBudget {
+    per_second: u32,
+    window: tokio::time::Instant,
+    used: u32,
+    dropped: u64,
+}
+
+impl EventBudget {
+    fn new(per_second: u32) -> Self {
+        EventBudget { per_second, window: tokio::time::Instant::now(), used: 0, dropped: 0 }
+    }
+
+    fn allow(&mut self) -> bool {
+        if self.window.elapsed() >= Duration::from_secs(1) {
+            if self.dropped > 0 {
+                tracing::warn!(
+                    "the server sent too many text messages; {} wsbridge::message events skipped",
+                    self.dropped
+                );
+            }
+            self.window = tokio::time::Instant::now();
+            self.used = 0;
+            self.dropped = 0;
+        }
+        self.used += 1;
+        if self.used > self.per_second {
+            self.dropped += 1;
+            return false;
+        }
+        true
+    }
+}
+
+pub(super) fn act_on(inbound: FromServer, media: &CallMedia, control: &impl CallControl) {
+    let control_message = match inbound {
+        FromServer::Control(control_message) => control_message,
+        FromServer::Audio(_) => return,
+        FromServer::Ignored(why) => {
+            tracing::debug!("ignoring a message from the server: {why}");
+            return;
+        }
+    };
+    match control_message {
+        Control::Clear => {
+            tracing::debug!("server: clear");
+            media.clear_playout();
+        }
+        Control::Mark { name } => {
+            if !media.add_mark(name) {
+                tracing::warn!("server: too many marks pending; mark refused");
+            }
+        }
+        Control::Dtmf { digits, duration_ms } => {
+            tracing::debug!("server: DTMF {digits} ({duration_ms} ms)");
+            control.send_dtmf(&digits, duration_ms);
+        }
+        Control::Hangup { cause } => {
+            let cause = cause.unwrap_or_else(|| HangupCause::NormalClearing.name().to_string());
+            tracing::info!("server asked to hang up ({cause})");
+            control.hangup_named(&cause);
+        }
+    }
+}
+
+/// Sends caller audio and text as it is queued, and pings; returns only on a send error.
+pub(super) async fn write_loop(
+    sink: &mut (impl SinkExt<Message, Error = WsError> + Unpin),
+    batch: &mut VecDeque<ToServer>,
+    media: &CallMedia,
+    control: &impl CallControl,
+    ping_interval: Duration,
+    encoder: &mut dyn Encoder,
+) -> WsError {
+    let mut pings = (!ping_interval.is_zero()).then(|| {
+        let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        interval
+    });
+    // What a broken connection left unsent goes first on the new one.
+    if let Err(error) = send_batch(sink, batch, control, encoder).await {
+        return error;
+    }
+    loop {
+        let ping_due = async {
+            match pings.as_mut() {
+                Some(interval) => interval.tick().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = media.next_uplink_batch(batch) => {}
+            _ = ping_due => {
+                if let Err(error) = sink.send(Message::Ping(Default::default())).await {
+                    return error;
+                }
+                continue;
+            }
+        }
+        if let Err(error) = send_batch(sink, batch, control, encoder).await {
+            return error;
+        }
+    }
+}
+
+/// Sends every item of `batch`, then flushes once. An item leaves the batch
+/// only once the sink has taken it, so a send cut short loses nothing.
+pub(super) async fn send_batch(
+    sink: &mut (impl SinkExt<Message, Error = WsError> + Unpin),
+    batch: &mut VecDeque<ToServer>,
+    control: &impl CallControl,
+    encoder: &mut dyn Encoder,
+) -> Result<(), WsError> {
+    while let Some(item) = batch.front() {
+        // Encoded again if a failed send leaves the item for the next connection.
+        if let Some(message) = encoder.encode(item) {
+            sink.feed(message).await?;
+            if let Some(follower) = encoder.take_pending() {
+                sink.feed(follower).await?;
+            }
+        }
+        if let Some(ToServer::Mark { name, cleared }) = batch.pop_front() {
+            control.event(CallEvent::Mark { name, cleared });
+        }
+    }
+    sink.flush().await
+}
