@@ -12,13 +12,13 @@ use bytes::Bytes;
 
 use super::ffi::{Channel, MediaBugHandler, Resampler};
 use super::lock;
+use crate::audio::g711;
 use crate::audio::media::CallMedia;
+use crate::audio::mixing::{self, Combiner, ForkMode};
 use crate::audio::reframe::Reframer;
 use crate::audio::uplink::PushOutcome;
 use crate::call::api::CallSnapshot;
 use crate::call::conversation::ConversationEnd;
-use crate::audio::g711;
-use crate::audio::mixing::{self, Combiner, ForkMode};
 use crate::call::fork_plan;
 use crate::settings::{ContentType, Encoding, Protocol};
 use crate::wire::protocol::audiosocket;
