@@ -186,6 +186,8 @@ pub fn status_json(report: &StatusReport<'_>) -> String {
         .filter(|(_, value)| !value.is_empty())
         .map(|(name, value)| (name.clone(), json!(value)))
         .collect();
+    let settings_running: serde_json::Map<String, serde_json::Value> =
+        report.started_with.iter().map(|(name, value)| (name.clone(), json!(value))).collect();
     let status = json!({
         "version": report.version,
         "active_calls": report.active,
@@ -204,7 +206,7 @@ pub fn status_json(report: &StatusReport<'_>) -> String {
         "runtime_stalls": report.stalls.0,
         "longest_runtime_stall_ms": report.stalls.1.as_millis() as u64,
         "settings": settings,
-        "settings_running": report.started_with.iter().map(|(name, value)| (name.clone(), json!(value))).collect::<serde_json::Map<_, _>>(),
+        "settings_running": settings_running,
     });
     format!("{status}\n")
 }
