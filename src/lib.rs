@@ -23,10 +23,13 @@
 //!   server (`connect`, `exchange`, `close`), `admission` of calls from the
 //!   WebSocket side, `fork_plan`, `drain_state` and the `api`'s text.
 //! - `freeswitch` (built only where FreeSWITCH was found): the module's
-//!   entry points (its `mod.rs`) and the glue: the `endpoint` leg, a
-//!   `fork`'s media bug, the `listener`, the `registry` of calls, the API's
-//!   `commands`, `events`, `config_store`, `drain`, the tokio `runtime`; its
-//!   `ffi` is the one unsafe layer, and `guard` stops panics at it.
+//!   entry points (its `mod.rs`) and the glue: the `endpoint` leg, each
+//!   `fork` with its `fork_stream`, the `listener`, the `registry` of what
+//!   runs on a channel, the API's `commands`, `events`, `config_store` and
+//!   its `reload`, `drain`, the tokio `runtime`. Its `ffi` is the one unsafe
+//!   layer: `session`, `codec`, the `endpoint_interface` and its
+//!   `leg_request`, `media_bug`, `module`, `event_bus`, and `guard`, which
+//!   stops panics at it.
 //!
 
 pub mod audio;

@@ -121,6 +121,9 @@ pub struct StatusReport<'a> {
     pub debug: bool,
     pub drain: DrainReport,
     pub settings: &'a [(String, String)],
+    /// The settings read only when the runtime starts, as it runs with them:
+    /// a `reloadxml` changes what is configured, not these.
+    pub started_with: &'a [(String, String)],
     /// What the runtime started with, which a `reloadxml` does not change.
     pub running_threads: usize,
     /// Task polls that held a runtime thread a frame's time or more, and the longest poll.
@@ -129,7 +132,8 @@ pub struct StatusReport<'a> {
     pub stalls: (u64, std::time::Duration),
 }
 
-/// The `status` text; the configured number of threads follows the running one when they differ.
+/// The `status` text; a setting read only at start that is configured
+/// otherwise than it runs says both.
 pub fn status(report: &StatusReport<'_>) -> String {
     let StatusReport {
         version,
@@ -139,6 +143,7 @@ pub fn status(report: &StatusReport<'_>) -> String {
         debug,
         ref drain,
         settings,
+        started_with,
         running_threads,
         slow_polls,
         stalls,
@@ -165,12 +170,11 @@ pub fn status(report: &StatusReport<'_>) -> String {
         if value.is_empty() {
             continue;
         }
-        if name == "runtime-threads" && value != &running_threads.to_string() {
-            text.push_str(&format!(
-                "{name} = {value} (configured; {running_threads} running until reload mod_wsbridge)\n"
-            ));
-        } else {
-            text.push_str(&format!("{name} = {value}\n"));
+        match started_with.iter().find(|(started, _)| started == name) {
+            Some((_, running)) if running != value => {
+                text.push_str(&format!("{name} = {value} (configured; {running} running until reload mod_wsbridge)\n"))
+            }
+            _ => text.push_str(&format!("{name} = {value}\n")),
         }
     }
     text
@@ -182,6 +186,8 @@ pub fn status_json(report: &StatusReport<'_>) -> String {
         .filter(|(_, value)| !value.is_empty())
         .map(|(name, value)| (name.clone(), json!(value)))
         .collect();
+    let settings_running: serde_json::Map<String, serde_json::Value> =
+        report.started_with.iter().map(|(name, value)| (name.clone(), json!(value))).collect();
     let status = json!({
         "version": report.version,
         "active_calls": report.active,
@@ -200,6 +206,7 @@ pub fn status_json(report: &StatusReport<'_>) -> String {
         "runtime_stalls": report.stalls.0,
         "longest_runtime_stall_ms": report.stalls.1.as_millis() as u64,
         "settings": settings,
+        "settings_running": settings_running,
     });
     format!("{status}\n")
 }
@@ -272,7 +279,11 @@ mod tests {
         }
     }
 
-    fn report(settings: &[(String, String)], running_threads: usize) -> StatusReport<'_> {
+    fn report<'a>(
+        settings: &'a [(String, String)],
+        started_with: &'a [(String, String)],
+        running_threads: usize,
+    ) -> StatusReport<'a> {
         StatusReport {
             version: "1",
             active: 0,
@@ -281,29 +292,43 @@ mod tests {
             debug: false,
             drain: DrainReport { reason: None, seconds: None },
             settings,
+            started_with,
             running_threads,
             slow_polls: (3, std::time::Duration::from_millis(45)),
             stalls: (2, std::time::Duration::from_millis(120)),
         }
     }
 
+    fn pairs(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(name, value)| (name.to_string(), value.to_string())).collect()
+    }
+
     #[test]
-    fn status_tells_configured_threads_from_running_ones() {
-        let settings =
-            vec![("runtime-threads".to_string(), "2".to_string()), ("debug".to_string(), "false".to_string())];
-        let same = status(&report(&settings, 2));
+    fn status_tells_configured_settings_from_running_ones() {
+        let settings = pairs(&[("runtime-threads", "2"), ("uplink-batch-ms", "0"), ("debug", "false")]);
+        let same = status(&report(&settings, &pairs(&[("runtime-threads", "2"), ("uplink-batch-ms", "0")]), 2));
         assert!(same.contains("runtime threads running: 2\n") && same.contains("runtime-threads = 2\n"), "{same}");
+        assert!(same.contains("uplink-batch-ms = 0\n") && same.contains("debug = false\n"), "{same}");
         assert!(same.contains("slow task polls (a frame or more): 3, longest poll 45 ms\n"), "{same}");
         assert!(same.contains("runtime stalls (woke 40 ms late or more): 2, longest 120 ms\n"), "{same}");
-        let changed = status(&report(&settings, 1));
+        let started_with = pairs(&[("runtime-threads", "1"), ("uplink-batch-ms", "2")]);
+        let changed = status(&report(&settings, &started_with, 1));
         assert!(changed.contains("runtime threads running: 1\n"), "{changed}");
         assert!(changed.contains("runtime-threads = 2 (configured; 1 running until reload mod_wsbridge)"), "{changed}");
+        assert!(changed.contains("uplink-batch-ms = 0 (configured; 2 running until reload mod_wsbridge)"), "{changed}");
+        assert!(changed.contains("debug = false\n"), "a setting read on every reload says one value: {changed}");
+        let parsed: serde_json::Value =
+            serde_json::from_str(&status_json(&report(&settings, &started_with, 1))).unwrap();
+        assert_eq!(
+            (parsed["settings"]["uplink-batch-ms"].as_str(), parsed["settings_running"]["uplink-batch-ms"].as_str()),
+            (Some("0"), Some("2"))
+        );
     }
 
     #[test]
     fn status_shows_the_drain_in_text_and_json() {
         let settings = vec![("drain-cause".to_string(), "NORMAL_TEMPORARY_FAILURE".to_string())];
-        let idle = report(&settings, 1);
+        let idle = report(&settings, &[], 1);
         assert!(status(&idle).contains("draining: no\n"), "{}", status(&idle));
         let idle_json: serde_json::Value = serde_json::from_str(&status_json(&idle)).unwrap();
         assert_eq!((idle_json["draining"].as_bool(), idle_json["draining_seconds"].is_null()), (Some(false), true));
@@ -313,7 +338,7 @@ mod tests {
             forks: 2,
             totals: Totals { calls: 9, refused_draining: 4, ..Totals::default() },
             drain: DrainReport { reason: Some(DrainReason::Api), seconds: Some(12.34) },
-            ..report(&settings, 1)
+            ..report(&settings, &[], 1)
         };
         let text = status(&draining);
         assert!(text.contains("draining: yes, for 12.3 s (api), 3 call(s) and 2 fork(s) still up\n"), "{text}");

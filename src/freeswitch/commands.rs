@@ -17,14 +17,17 @@ fn run(arguments: &str) -> String {
     match command {
         Command::Status { json } => {
             let settings = config_store::config().describe();
+            let started_with = runtime::started_with();
+            let (active, forks) = registry::counts();
             let report = StatusReport {
                 version: env!("CARGO_PKG_VERSION"),
-                active: registry::active_calls(),
-                forks: fork::running(),
+                active,
+                forks,
                 totals: registry::totals(),
                 debug: logging::debug(),
                 drain: drain::report(),
                 settings: &settings,
+                started_with: &started_with,
                 running_threads: runtime::workers(),
                 slow_polls: crate::diagnostics::poll_watch::figures(),
                 stalls: crate::diagnostics::poll_watch::stalls(),
@@ -41,7 +44,7 @@ fn run(arguments: &str) -> String {
             }
             format!("+OK draining {}\n", if on { "on" } else { "off" })
         }
-        Command::List { json } => api::list(&[registry::snapshots(), fork::snapshots()].concat(), json),
+        Command::List { json } => api::list(&registry::snapshots(), json),
         Command::Fork(arguments) => fork::run(&arguments),
         Command::Kill { uuid, cause } => kill(&uuid, cause.as_deref()),
         Command::Debug(on) => {
@@ -52,7 +55,7 @@ fn run(arguments: &str) -> String {
 }
 
 fn kill(uuid: &str, cause: Option<&str>) -> String {
-    if !registry::is_up(uuid) {
+    if !registry::is_call_up(uuid) {
         return format!("-ERR no wsbridge call {uuid}\n");
     }
     let code = match cause {

@@ -6,7 +6,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
 use super::ffi::{EventKind, EventListener};
-use super::{config_store, events, fork, registry};
+use super::{config_store, events, lock, registry};
 use crate::call::drain_state::{DrainReason, DrainReport, DrainState};
 
 static STATE: Mutex<DrainState> = Mutex::new(DrainState::new());
@@ -14,7 +14,7 @@ static STATE: Mutex<DrainState> = Mutex::new(DrainState::new());
 static FILE_VALUE: Mutex<Option<bool>> = Mutex::new(None);
 
 fn state() -> MutexGuard<'static, DrainState> {
-    STATE.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    lock(&STATE)
 }
 
 pub fn is_draining() -> bool {
@@ -27,12 +27,13 @@ pub fn report() -> DrainReport {
 
 pub fn start(reason: DrainReason) {
     if state().start(Instant::now(), reason) {
+        let (calls, forks) = registry::counts();
         tracing::info!(
             "draining ({}): new calls are refused with {}; {} call(s) and {} fork(s) up",
             reason.name(),
             config_store::config().drain_cause,
-            registry::active_calls(),
-            fork::running()
+            calls,
+            forks
         );
     }
     announce_if_drained();
@@ -47,7 +48,7 @@ pub fn stop() {
 /// Fires `wsbridge::drained` when the node drains and no call or fork is
 /// left; called when draining starts and whenever a call or fork ends.
 pub fn announce_if_drained() {
-    let calls_up = registry::active_calls() + fork::running();
+    let calls_up = registry::everything_up();
     let mut state = state();
     let reason = state.report(Instant::now()).reason;
     let took = state.take_drained(calls_up, Instant::now());
@@ -61,7 +62,7 @@ pub fn announce_if_drained() {
 /// Applies the `drain` param when its value in the file has changed, so
 /// that a `reloadxml` does not undo `wsbridge drain on|off`.
 pub fn follow_config(drain: bool) {
-    let mut last = FILE_VALUE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut last = lock(&FILE_VALUE);
     if *last == Some(drain) {
         return;
     }

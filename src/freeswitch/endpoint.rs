@@ -4,29 +4,27 @@
 //! WebSocket task; the io routines move 20 ms frames between FreeSWITCH and
 //! the call's [`CallMedia`].
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use tracing::Instrument;
 
 use super::ffi::{self, InboundRequest};
 use super::ffi::{
-    CauseCode, Channel, ChannelState, Codec, Endpoint, Indication, LocatedSession, Outgoing, PcmFrame, PublishedFrame,
-    Session, Timer, Variables, WrittenFrame,
+    Channel, ChannelState, Codec, Endpoint, FreeSwitchDecoder, Indication, LocatedSession, OutgoingRequest, PcmFrame,
+    PublishedFrame, Session, Timer, Variables, WrittenFrame,
 };
-use super::{config_store, drain, events, registry, runtime};
+use super::{config_store, drain, events, lock, registry, runtime};
 use crate::audio::comfort_noise::DownlinkMixer;
-use crate::audio::media::{CallMedia, WireDecoder};
+use crate::audio::media::CallMedia;
 use crate::audio::reframe::Reframer;
 use crate::audio::uplink::PushOutcome;
 use crate::call::admission::{self, FirstMessage, Progress, ProgressSeen};
 use crate::call::conversation::{self, CallControl, CallEvent};
 use crate::call::plan::{admit, plan_call, CallPlan, CallSources};
-use crate::diagnostics::poll_watch::Watched;
 use crate::settings::cause::HangupCause;
 use crate::settings::CallTuning;
-use crate::settings::{ContentType, Encoding, VariableSource, FRAME_MS};
-use std::net::SocketAddr;
+use crate::settings::{Encoding, VariableSource, FRAME_MS};
 
 impl VariableSource for Variables<'_> {
     fn variable(&self, name: &str) -> Option<String> {
@@ -60,12 +58,8 @@ pub struct WsbridgeCall {
     inbound: Option<ProgressSeen>,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 /// Gathers the call's sources from what originate handed us and plans it.
-fn plan(request: &Outgoing<'_>) -> Result<CallPlan, HangupCause> {
+fn plan(request: &OutgoingRequest<'_, WsbridgeCall>) -> Result<CallPlan, HangupCause> {
     let config = config_store::config();
     admit(drain::is_draining(), &config).map_err(|refusal| {
         registry::count_refused_draining();
@@ -86,30 +80,6 @@ fn plan(request: &Outgoing<'_>) -> Result<CallPlan, HangupCause> {
         tracing::error!("refusing the call: {refusal}");
         refusal.cause
     })
-}
-
-/// The server's G.711, decoded by FreeSWITCH's own codec for the playout
-/// (a call's, or a fork's).
-pub(super) struct FreeSwitchDecoder(Codec);
-
-impl FreeSwitchDecoder {
-    /// The decoder a wire format needs: none for L16.
-    pub(super) fn for_wire(format: ContentType) -> Result<Option<Box<dyn WireDecoder>>, String> {
-        Ok(match format.encoding {
-            Encoding::L16 => None,
-            encoding => {
-                Some(Box::new(FreeSwitchDecoder(Codec::standalone(encoding.codec_name(), format.rate, FRAME_MS)?)))
-            }
-        })
-    }
-}
-
-impl WireDecoder for FreeSwitchDecoder {
-    fn decode(&self, wire: &[u8], linear: &mut Vec<u8>) {
-        let mut samples = Vec::with_capacity(wire.len());
-        self.0.decode(wire, &mut samples);
-        linear.extend(samples.iter().flat_map(|sample| sample.to_le_bytes()));
-    }
 }
 
 impl WsbridgeCall {
@@ -198,9 +168,9 @@ pub(super) fn start_inbound_call(
 }
 
 impl Endpoint for WsbridgeCall {
-    fn outgoing(request: &Outgoing<'_>) -> Result<(), HangupCause> {
+    fn outgoing(request: &OutgoingRequest<'_, Self>) -> Result<(), HangupCause> {
         let a_leg_uuid = request.a_leg().map(Session::uuid).unwrap_or_default();
-        let _span = tracing::info_span!("call", uuid = a_leg_uuid.as_str()).entered();
+        let _span = runtime::call_span(&a_leg_uuid).entered();
         let plan = plan(request)?;
         let shown_uri = plan.shown_uri.clone();
         let leg = request.request_leg().inspect_err(|_| tracing::error!("FreeSWITCH could not create a session"))?;
@@ -228,19 +198,18 @@ impl Endpoint for WsbridgeCall {
         let uuid = session.uuid();
         let channel = session.channel();
         if self.inbound.is_some() {
-            registry::register(&uuid, registry::CallEntry::new(self.plan.shown_uri.clone(), self.media.clone()));
+            registry::register_call(&uuid, registry::CallEntry::new(self.plan.shown_uri.clone(), self.media.clone()));
             channel.set_state(ChannelState::Routing);
             return true;
         }
-        let task = Watched::new(conversation::run(
+        let task = conversation::run(
             self.plan.server.clone(),
             self.media.clone(),
             LocatedCall { uuid: uuid.clone() },
             self.plan.tuning.session.clone(),
-        ))
-        .instrument(tracing::info_span!("call", uuid = uuid.as_str()));
-        registry::register(&uuid, registry::CallEntry::new(self.plan.shown_uri.clone(), self.media.clone()));
-        if !runtime::spawn(task) {
+        );
+        registry::register_call(&uuid, registry::CallEntry::new(self.plan.shown_uri.clone(), self.media.clone()));
+        if !runtime::spawn_on_channel(&uuid, task) {
             tracing::error!(uuid = uuid.as_str(), "mod_wsbridge is shutting down; refusing the call");
             channel.hangup(HangupCause::DestinationOutOfOrder);
             return true;
@@ -260,7 +229,7 @@ impl Endpoint for WsbridgeCall {
     }
 
     fn on_destroy(self: Box<Self>, session: Session<'_>) {
-        registry::unregister(&session.uuid());
+        registry::unregister_call(&session.uuid());
         drain::announce_if_drained();
         self.media.caller_hung_up();
         // Dropping the call releases its timer and codecs.
@@ -340,13 +309,7 @@ pub(super) struct LocatedCall {
 
 impl LocatedCall {
     fn with_channel(&self, action: impl FnOnce(Channel<'_>)) -> bool {
-        match LocatedSession::find(&self.uuid) {
-            Some(located) => {
-                action(located.session().channel());
-                true
-            }
-            None => false,
-        }
+        LocatedSession::with_channel(&self.uuid, action)
     }
 }
 
@@ -360,17 +323,15 @@ impl CallControl for LocatedCall {
     }
 
     fn hangup_named(&self, cause: &str) {
-        self.with_channel(|channel| match CauseCode::by_name(cause) {
-            Some(code) => channel.hangup_with(code),
-            None => {
-                tracing::warn!("the server named an unknown hangup cause '{cause}'; using NORMAL_CLEARING");
-                channel.hangup(HangupCause::NormalClearing);
-            }
-        });
+        self.with_channel(|channel| channel.hangup_named(cause));
     }
 
+    /// Fires the call's event; an error also counts the call as failed.
     fn event(&self, event: CallEvent) {
-        events::fire(&self.uuid, &event);
+        if let CallEvent::Error { .. } = event {
+            registry::count_failed();
+        }
+        events::fire_call_event(&self.uuid, &event);
     }
 
     fn call_id(&self) -> &str {

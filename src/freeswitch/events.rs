@@ -4,7 +4,6 @@ use std::ffi::CStr;
 use std::time::Duration;
 
 use super::ffi::{self, LocatedSession};
-use super::registry;
 use crate::call::conversation::CallEvent;
 use crate::call::drain_state::DrainReason;
 
@@ -62,11 +61,8 @@ fn describe(event: &CallEvent) -> (Vec<(&'static str, String)>, Option<&str>) {
     }
 }
 
-/// Fires `wsbridge::<kind>` with the channel's own headers.
-pub fn fire(uuid: &str, event: &CallEvent) {
-    if let CallEvent::Error { .. } = event {
-        registry::count_failed();
-    }
+/// Fires a call's `wsbridge::<kind>` with the channel's own headers.
+pub fn fire_call_event(uuid: &str, event: &CallEvent) {
     let (headers, body) = describe(event);
     let located = LocatedSession::find(uuid);
     let session = located.as_ref().map(LocatedSession::session);
@@ -75,7 +71,7 @@ pub fn fire(uuid: &str, event: &CallEvent) {
 
 /// Fires `wsbridge::<kind>` on a channel that may be gone already: then
 /// with its UUID alone.
-pub fn fire_fork(uuid: &str, kind: &str, mut headers: Vec<(&'static str, String)>, body: Option<&str>) {
+pub fn fire_on_channel(uuid: &str, kind: &str, mut headers: Vec<(&'static str, String)>, body: Option<&str>) {
     let located = LocatedSession::find(uuid);
     let session = located.as_ref().map(LocatedSession::session);
     if session.is_none() {
@@ -88,7 +84,7 @@ pub fn fire_fork(uuid: &str, kind: &str, mut headers: Vec<(&'static str, String)
 pub fn fire_fork_event(uuid: &str, fork: &str, event: &CallEvent) {
     let (mut headers, body) = describe(event);
     headers.push(("WSBridge-Fork-Name", fork.to_string()));
-    fire_fork(uuid, event.kind(), headers, body);
+    fire_on_channel(uuid, event.kind(), headers, body);
 }
 
 /// Fires `wsbridge::drained`: the node drains and its last call has ended.

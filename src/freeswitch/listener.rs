@@ -14,10 +14,9 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::{endpoint, registry, runtime};
+use super::{endpoint, lock, registry, runtime};
 use crate::call::admission::{self, Admission, Admitted, CallSlots};
 use crate::call::conversation::CallControl;
-use crate::diagnostics::poll_watch::Watched;
 use crate::settings::module_conf::ListenerConfig;
 use crate::settings::options::ConnectionOptions;
 use crate::wire::connection::Connection;
@@ -98,7 +97,7 @@ pub fn start(config: &ListenerConfig) {
         tracing::error!("the runtime is stopped; not listening on {address}");
         return;
     }
-    if let Some(previous) = RUNNING.lock().unwrap_or_else(|p| p.into_inner()).replace(stop) {
+    if let Some(previous) = lock(&RUNNING).replace(stop) {
         previous.cancel();
     }
     tracing::info!(
@@ -110,7 +109,7 @@ pub fn start(config: &ListenerConfig) {
 /// Closes the listener (the port is free once the runtime has dropped it);
 /// calls up go on.
 pub fn stop() {
-    if let Some(stop) = RUNNING.lock().unwrap_or_else(|p| p.into_inner()).take() {
+    if let Some(stop) = lock(&RUNNING).take() {
         stop.cancel();
     }
 }
@@ -150,7 +149,7 @@ async fn accept_loop(
             continue;
         };
         let client = serve_client(tcp, peer, tls.clone(), admission.clone(), context.clone(), pending_slot);
-        tokio::spawn(Watched::new(client).instrument(tracing::info_span!("inbound", client = %peer)));
+        tokio::spawn(runtime::watched(tracing::info_span!("inbound", client = %peer), client));
     }
     tracing::info!("no longer listening for calls from the WebSocket side");
 }
@@ -208,7 +207,7 @@ async fn serve_client(
     let label = admission::inbound_label(peer);
     let uuid = control.call_id().to_string();
     crate::call::conversation::serve_inbound(Connection::WebSocket(socket), label, media, control, tuning.session)
-        .instrument(tracing::info_span!("call", uuid = uuid.as_str()))
+        .instrument(runtime::call_span(&uuid))
         .await;
     drop(slot);
 }

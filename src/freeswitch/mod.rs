@@ -1,12 +1,14 @@
 //! The FreeSWITCH side of the module, built only where FreeSWITCH was found.
 //!
-//! [`ffi`] is the one unsafe layer; everything else here is safe Rust:
+//! [`ffi`] is the one unsafe layer (and where panics stop); everything else
+//! here is safe Rust:
 //! - this file: what the module declares at load and undoes at shutdown;
-//! - [`endpoint`]: the `wsbridge` leg of each call; [`fork`]: streaming a call that is up;
-//! - [`registry`]: the calls up and the counters; [`commands`]: the API;
-//!   [`events`]: CUSTOM events; [`config_store`]: wsbridge.conf in force;
-//!   [`drain`]: taking the node out of rotation; [`listener`]: calls from the WebSocket side;
-//! - [`runtime`]: the tokio runtime all calls share; [`guard`]: panics stop here.
+//! - [`endpoint`]: the `wsbridge` leg of each call; [`listener`]: calls from the WebSocket side;
+//! - [`fork`]: streaming a call that is up, one [`fork_stream`] per fork;
+//! - [`registry`]: everything that runs on a channel, and the counters; [`commands`]: the API;
+//! - [`config_store`]: wsbridge.conf in force; [`reload`]: reading it anew and applying it;
+//! - [`drain`]: taking the node out of rotation; [`events`]: CUSTOM events;
+//! - [`runtime`]: the tokio runtime all calls share.
 
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
@@ -18,12 +20,14 @@ mod events;
 #[allow(unsafe_code)] // the one unsafe layer
 pub mod ffi;
 mod fork;
-mod guard;
+mod fork_stream;
 mod listener;
 mod registry;
+mod reload;
 mod runtime;
 
 use std::ffi::CStr;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use tracing::Level;
@@ -33,6 +37,12 @@ use crate::diagnostics::logging::{LogSink, SinkLayer};
 use ffi::{LogLevel, Module, ModuleInterface};
 
 ffi::declare_module!(mod_wsbridge_module_interface, Wsbridge);
+
+/// Locks `mutex`, also after a panic poisoned it: a panic is caught at the
+/// callback (see `ffi`), and the module's state must stay usable after it.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 /// Sends the module's `tracing` lines to FreeSWITCH's log.
 struct FreeSwitchLog;
@@ -63,18 +73,16 @@ impl Module for Wsbridge {
 
     fn load(interface: &ModuleInterface) -> Result<(), String> {
         install_logging();
-        config_store::load();
-        let config = config_store::config();
+        let config = reload::read_and_apply();
         let threads = config.runtime_threads;
-        runtime::start(threads, config.uplink_batch)
-            .map_err(|error| format!("cannot start the WebSocket runtime: {error}"))?;
+        runtime::start(&config).map_err(|error| format!("cannot start the WebSocket runtime: {error}"))?;
         events::reserve_subclasses()?;
         interface.add_endpoint::<endpoint::WsbridgeCall>(c"wsbridge")?;
         interface.add_api::<commands::Wsbridge>()?;
         interface.add_api::<commands::WsbridgeDebug>()?;
         interface.add_api::<fork::UuidWsbridgeFork>()?;
         interface.add_application::<fork::WsbridgeForkApp>()?;
-        interface.bind::<config_store::OnReloadXml>(Self::NAME)?;
+        interface.bind::<reload::OnReloadXml>(Self::NAME)?;
         interface.bind::<drain::OnShutdownRequested>(Self::NAME)?;
         listener::start(&config.listener);
         tracing::info!("mod_wsbridge {} loaded; {threads} runtime thread(s)", env!("CARGO_PKG_VERSION"));
@@ -84,7 +92,7 @@ impl Module for Wsbridge {
     fn shutdown() -> bool {
         listener::stop();
         ffi::retire_endpoint();
-        ffi::unbind::<config_store::OnReloadXml>();
+        ffi::unbind::<reload::OnReloadXml>();
         ffi::unbind::<drain::OnShutdownRequested>();
         events::free_subclasses();
         let stopped = runtime::stop(Duration::from_secs(2));

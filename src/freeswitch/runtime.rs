@@ -1,11 +1,18 @@
-//! The one tokio runtime all calls share, started at load and stopped at unload.
+//! The one tokio runtime all calls share, started at load and stopped at
+//! unload; what it was started with; and how tasks are spawned on it.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tracing::instrument::Instrumented;
+use tracing::{Instrument, Span};
+
+use super::lock;
 use crate::audio::uplink_pump::UplinkPump;
+use crate::diagnostics::poll_watch::Watched;
+use crate::settings::{ModuleConfig, RUNTIME_THREADS, UPLINK_BATCH_MS};
 
 static RUNTIME: Mutex<Option<tokio::runtime::Runtime>> = Mutex::new(None);
 /// The running runtime's uplink pump; none when batching is off.
@@ -14,12 +21,24 @@ static LIVE_THREADS: AtomicUsize = AtomicUsize::new(0);
 /// The worker threads the running runtime was built with.
 static WORKERS: AtomicUsize = AtomicUsize::new(0);
 
+/// The settings the runtime reads when it starts, and only then: a
+/// `reloadxml` changes what is configured, not what runs.
+const READ_AT_START: [&str; 2] = [RUNTIME_THREADS.param, UPLINK_BATCH_MS.param];
+/// Those settings as the running runtime was started with them, as `ModuleConfig::describe` words them.
+static STARTED_WITH: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
+
 pub fn workers() -> usize {
     WORKERS.load(Ordering::Relaxed)
 }
 
-/// Starts the runtime; `uplink_batch` is the uplink pump's window, zero for none.
-pub fn start(workers: usize, uplink_batch: Duration) -> std::io::Result<()> {
+/// The settings read only at start, with the values the runtime runs with.
+pub fn started_with() -> Vec<(String, String)> {
+    lock(&STARTED_WITH).clone()
+}
+
+/// Starts the runtime with `config`'s threads and uplink batch (zero: no pump).
+pub fn start(config: &ModuleConfig) -> std::io::Result<()> {
+    let (workers, uplink_batch) = (config.runtime_threads, config.uplink_batch);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
         .thread_name("wsbridge")
@@ -36,20 +55,22 @@ pub fn start(workers: usize, uplink_batch: Duration) -> std::io::Result<()> {
     if let Some(pump) = &pump {
         runtime.spawn(pump.clone().run());
     }
-    *UPLINK_PUMP.lock().unwrap_or_else(|p| p.into_inner()) = pump;
-    *RUNTIME.lock().unwrap_or_else(|p| p.into_inner()) = Some(runtime);
+    *lock(&UPLINK_PUMP) = pump;
+    *lock(&RUNTIME) = Some(runtime);
     WORKERS.store(workers, Ordering::Relaxed);
+    *lock(&STARTED_WITH) =
+        config.describe().into_iter().filter(|(name, _)| READ_AT_START.contains(&name.as_str())).collect();
     Ok(())
 }
 
 /// Where calls batch their caller audio's wake-ups; none: frame by frame.
 pub fn uplink_pump() -> Option<Arc<UplinkPump>> {
-    UPLINK_PUMP.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    lock(&UPLINK_PUMP).clone()
 }
 
-/// Spawns a call's task; false when the runtime is stopped.
+/// Spawns a task; false when the runtime is stopped.
 pub fn spawn(task: impl Future<Output = impl Send + 'static> + Send + 'static) -> bool {
-    let guard = RUNTIME.lock().unwrap_or_else(|p| p.into_inner());
+    let guard = lock(&RUNTIME);
     match guard.as_ref() {
         Some(runtime) => {
             runtime.spawn(task);
@@ -59,11 +80,28 @@ pub fn spawn(task: impl Future<Output = impl Send + 'static> + Send + 'static) -
     }
 }
 
+/// The span of what is done for the channel `uuid` (its call, or a fork on it).
+pub fn call_span(uuid: &str) -> Span {
+    tracing::info_span!("call", uuid = uuid)
+}
+
+/// `task` as the runtime runs every call's and client's: its slow polls
+/// counted and logged ([`Watched`]), in `span`.
+pub fn watched<F: Future>(span: Span, task: F) -> Instrumented<Watched<F>> {
+    Watched::new(task).instrument(span)
+}
+
+/// Spawns the task of a call or fork on the channel `uuid`, watched, in the
+/// channel's span; false when the runtime is stopped.
+pub fn spawn_on_channel(uuid: &str, task: impl Future<Output = impl Send + 'static> + Send + 'static) -> bool {
+    spawn(watched(call_span(uuid), task))
+}
+
 /// Stops the runtime, giving tasks `grace` to finish. Returns true when
 /// every runtime thread has exited, so the module's code may be unloaded.
 pub fn stop(grace: Duration) -> bool {
-    UPLINK_PUMP.lock().unwrap_or_else(|p| p.into_inner()).take();
-    let runtime = RUNTIME.lock().unwrap_or_else(|p| p.into_inner()).take();
+    lock(&UPLINK_PUMP).take();
+    let runtime = lock(&RUNTIME).take();
     if let Some(runtime) = runtime {
         runtime.shutdown_timeout(grace);
     }

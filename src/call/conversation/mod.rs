@@ -38,6 +38,8 @@ use exchange::exchange;
 pub trait CallControl: Send + Sync + 'static {
     /// Marks the call answered; false when the call is already gone.
     fn answer(&self) -> bool;
+    /// Hangs the call up. A session's end or panic calls it only where
+    /// [`CallControl::session_ends_the_call`].
     fn hangup(&self, cause: HangupCause);
     /// Hangs up with a cause the server named; unknown names are the implementation's to handle.
     fn hangup_named(&self, cause: &str);
@@ -175,7 +177,9 @@ async fn guarded(
             let _ = std::panic::catch_unwind(AssertUnwindSafe(|| {
                 tracing::error!("{why}; hanging up with {}", HangupCause::Crash);
                 media.caller_hung_up();
-                control.hangup(HangupCause::Crash);
+                if control.session_ends_the_call() {
+                    control.hangup(HangupCause::Crash);
+                }
             }));
             failed(HangupCause::Crash, why)
         }
@@ -216,7 +220,7 @@ fn conclude(end: ConversationEnd, shown: &str, media: &CallMedia, control: &impl
         ConversationEnd::Failed { cause, why } if ends_the_call => tracing::warn!("{why}; hanging up with {cause}"),
         ConversationEnd::Failed { why, .. } => tracing::warn!("{why}; the call goes on"),
     }
-    if let Some(cause) = end.hangup_cause() {
+    if let Some(cause) = end.hangup_cause().filter(|_| ends_the_call) {
         control.hangup(cause);
     }
     let stats = &media.stats;

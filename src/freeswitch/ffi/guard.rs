@@ -1,15 +1,15 @@
 //! The one place panics are stopped before they reach FreeSWITCH. Every
-//! `extern "C"` entry point of the module runs its body through [`guard`]
-//! (the trampolines in `ffi` do it once for all callbacks).
+//! `extern "C"` entry point of the module is a trampoline of this module
+//! that runs its body through [`guard`] (or [`guard_session`]).
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use super::ffi::Channel;
+use super::session::Channel;
 use crate::diagnostics::logging::describe_panic;
 use crate::settings::cause::HangupCause;
 
 /// Runs `body`; a panic is logged and becomes `failed`.
-pub fn guard<R>(callback: &str, failed: R, body: impl FnOnce() -> R) -> R {
+pub(super) fn guard<R>(callback: &str, failed: R, body: impl FnOnce() -> R) -> R {
     match catch_unwind(AssertUnwindSafe(body)) {
         Ok(value) => value,
         Err(payload) => {
@@ -22,7 +22,7 @@ pub fn guard<R>(callback: &str, failed: R, body: impl FnOnce() -> R) -> R {
 }
 
 /// [`guard`] for callbacks on a live session: a panic also hangs the call up with CRASH.
-pub fn guard_session<R>(channel: Option<Channel<'_>>, callback: &str, failed: R, body: impl FnOnce() -> R) -> R {
+pub(super) fn guard_session<R>(channel: Option<Channel<'_>>, callback: &str, failed: R, body: impl FnOnce() -> R) -> R {
     let mut panicked = true;
     let result = guard(callback, failed, || {
         let value = body();
