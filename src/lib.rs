@@ -4,8 +4,8 @@
 //! The code is in rooms, each importing only from the rooms below it
 //! (`tests/architecture.rs` checks it, and that no file imports itself back):
 //!
-//! - [`diagnostics`]: `logging` into FreeSWITCH's log; `poll_watch`, the
-//!   runtime's heartbeat and slow polls.
+//! - [`support`]: `logging` into FreeSWITCH's log; `poll_watch`, the
+//!   runtime's heartbeat and slow polls; `sync`, locks that outlive a panic.
 //! - [`settings`]: plain data every room reads: the `TABLE` of settings and
 //!   `tuning` per call, `module_conf` (wsbridge.conf), `server` (the
 //!   `P-wsbridge-websocket-*` values), `options` (the option structs),
@@ -34,8 +34,8 @@
 
 pub mod audio;
 pub mod call;
-pub mod diagnostics;
 pub mod settings;
+pub mod support;
 pub mod wire;
 
 #[cfg(freeswitch)]

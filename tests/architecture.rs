@@ -11,7 +11,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 /// The rooms, lowest first: a room may import from itself and those below it.
-const ROOMS: [&str; 6] = ["diagnostics", "settings", "audio", "wire", "call", "freeswitch"];
+const ROOMS: [&str; 6] = ["support", "settings", "audio", "wire", "call", "freeswitch"];
 
 fn src_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("src")

@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,6 +16,7 @@ use crate::audio::uplink::{PushOutcome, ToServer, UplinkQueue};
 use crate::audio::uplink_pump::{PumpSlot, UplinkPump};
 use crate::settings::options::MediaLimits;
 use crate::settings::{ContentType, Encoding};
+use crate::support::sync::lock;
 
 #[derive(Default)]
 pub struct MediaStats {
@@ -31,6 +32,25 @@ pub struct MediaStats {
 pub trait WireDecoder: Send + Sync {
     /// Appends the samples of `wire` to `linear`, little-endian.
     fn decode(&self, wire: &[u8], linear: &mut Vec<u8>);
+}
+
+/// A call's media figures at one moment.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MediaFigures {
+    pub frames_sent: u64,
+    pub frames_received: u64,
+    pub frames_played: u64,
+    pub underruns: u64,
+    pub jitter_ms: f64,
+    pub target_ms: f64,
+    pub concealed_frames: u64,
+    pub drift_dropped_frames: u64,
+    pub compressed_ms: f64,
+    pub dropped_frames: u64,
+    pub connect_ms: Option<u64>,
+    pub reconnection: Reconnection,
+    /// The close code and reason, once the socket closed.
+    pub close: Option<(u16, String)>,
 }
 
 pub struct CallMedia {
@@ -63,13 +83,13 @@ pub struct CallMedia {
 }
 
 /// Which server the call talks to, and how often it had to find one again.
-#[derive(Debug, Clone, Default)]
-struct Reconnection {
-    server: String,
-    reconnecting: bool,
-    reconnects: u64,
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Reconnection {
+    pub server: String,
+    pub reconnecting: bool,
+    pub reconnects: u64,
     /// Time without a server, over all reconnects.
-    gap_ms: u64,
+    pub gap_ms: u64,
 }
 
 /// Most server audio queued for playout in one step (about 1 s at 16 kHz).
@@ -81,11 +101,6 @@ pub const CALLER_HUNG_UP: &str = "caller hung up";
 fn bytes_for(format: ContentType, duration: Duration) -> usize {
     let frames = (duration.as_millis() as usize).div_ceil(crate::settings::FRAME_MS as usize).max(1);
     frames * format.bytes_per_frame()
-}
-
-/// A poisoned lock only means another thread panicked mid-copy; the queue itself is still sound.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl CallMedia {
@@ -205,8 +220,9 @@ impl CallMedia {
         self.queue_item(ToServer::Mark { name, cleared })
     }
 
-    /// The caller's side is gone: the task closes the socket and ends.
-    pub fn caller_hung_up(&self) {
+    /// Tells the task to close the socket and end, whatever the reason: the
+    /// caller hung up, the answer failed, or a panic.
+    pub fn stop_conversation(&self) {
         self.caller_gone.cancel();
     }
 
@@ -252,7 +268,7 @@ impl CallMedia {
 
     /// As `caller_closes`, with the close reason given (a fork's `stop`).
     pub fn closes_with(&self, reason: &str) -> bool {
-        self.caller_hung_up();
+        self.stop_conversation();
         if !self.is_open() {
             return false;
         }
@@ -298,9 +314,10 @@ impl CallMedia {
         self.stats.frames_sent.load(Ordering::Relaxed) + queued
     }
 
-    /// The call's figures as `wsbridge_*` channel variables, for CDRs.
-    pub fn report(&self) -> Vec<(&'static str, String)> {
-        let (underruns, jitter_ms, target_ms, concealed, drift_dropped, compressed_ms) = {
+    /// The call's figures as they stand (`call::api::cdr_variables` names them for CDRs).
+    pub fn figures(&self) -> MediaFigures {
+        // One lock at a time, as everywhere else.
+        let (underruns, jitter_ms, target_ms, concealed_frames, drift_dropped_frames, compressed_ms) = {
             let playout = lock(&self.playout);
             let jitter = playout.jitter();
             (
@@ -312,33 +329,22 @@ impl CallMedia {
                 jitter.compressed_ms,
             )
         };
-        let mut report = vec![
-            ("wsbridge_frames_sent", self.frames_to_server().to_string()),
-            ("wsbridge_frames_received", self.stats.frames_received.load(Ordering::Relaxed).to_string()),
-            ("wsbridge_frames_played", self.stats.frames_played.load(Ordering::Relaxed).to_string()),
-            ("wsbridge_underruns", underruns.to_string()),
-            ("wsbridge_jitter_ms", format!("{jitter_ms:.0}")),
-            ("wsbridge_playout_target_ms", format!("{target_ms:.0}")),
-            ("wsbridge_concealed_frames", concealed.to_string()),
-            ("wsbridge_drift_dropped_frames", drift_dropped.to_string()),
-            ("wsbridge_compressed_ms", format!("{compressed_ms:.0}")),
-            ("wsbridge_dropped_frames", self.dropped_uplink_frames().to_string()),
-        ];
         let connect_ms = self.connect_ms.load(Ordering::Relaxed);
-        if connect_ms != u64::MAX {
-            report.push(("wsbridge_connect_ms", connect_ms.to_string()));
+        MediaFigures {
+            frames_sent: self.frames_to_server(),
+            frames_received: self.stats.frames_received.load(Ordering::Relaxed),
+            frames_played: self.stats.frames_played.load(Ordering::Relaxed),
+            underruns,
+            jitter_ms,
+            target_ms,
+            concealed_frames,
+            drift_dropped_frames,
+            compressed_ms,
+            dropped_frames: self.dropped_uplink_frames(),
+            connect_ms: (connect_ms != u64::MAX).then_some(connect_ms),
+            reconnection: lock(&self.reconnection).clone(),
+            close: lock(&self.close).clone(),
         }
-        let reconnection = lock(&self.reconnection).clone();
-        if !reconnection.server.is_empty() {
-            report.push(("wsbridge_server_uri", reconnection.server));
-        }
-        report.push(("wsbridge_reconnects", reconnection.reconnects.to_string()));
-        report.push(("wsbridge_gap_ms", reconnection.gap_ms.to_string()));
-        if let Some((code, reason)) = lock(&self.close).clone() {
-            report.push(("wsbridge_close_code", code.to_string()));
-            report.push(("wsbridge_close_reason", reason));
-        }
-        report
     }
 
     pub fn is_caller_gone(&self) -> bool {

@@ -57,7 +57,7 @@ impl UplinkPump {
     }
 
     fn due(&self) -> MutexGuard<'_, Vec<Arc<PumpSlot>>> {
-        self.due.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::support::sync::lock(&self.due)
     }
 
     /// The call of `slot` has caller audio queued: its task is woken with

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::audio::media::CallMedia;
+use crate::audio::media::{CallMedia, MediaFigures};
 use crate::call::drain_state::DrainReport;
 
 /// The arguments `wsbridge` takes; the one place they are spelled out.
@@ -99,6 +99,36 @@ impl CallSnapshot {
             fork: None,
         }
     }
+}
+
+/// A call's figures as `wsbridge_*` channel variables, for CDRs.
+pub fn cdr_variables(figures: &MediaFigures) -> Vec<(&'static str, String)> {
+    let mut variables = vec![
+        ("wsbridge_frames_sent", figures.frames_sent.to_string()),
+        ("wsbridge_frames_received", figures.frames_received.to_string()),
+        ("wsbridge_frames_played", figures.frames_played.to_string()),
+        ("wsbridge_underruns", figures.underruns.to_string()),
+        ("wsbridge_jitter_ms", format!("{:.0}", figures.jitter_ms)),
+        ("wsbridge_playout_target_ms", format!("{:.0}", figures.target_ms)),
+        ("wsbridge_concealed_frames", figures.concealed_frames.to_string()),
+        ("wsbridge_drift_dropped_frames", figures.drift_dropped_frames.to_string()),
+        ("wsbridge_compressed_ms", format!("{:.0}", figures.compressed_ms)),
+        ("wsbridge_dropped_frames", figures.dropped_frames.to_string()),
+    ];
+    if let Some(connect_ms) = figures.connect_ms {
+        variables.push(("wsbridge_connect_ms", connect_ms.to_string()));
+    }
+    let reconnection = &figures.reconnection;
+    if !reconnection.server.is_empty() {
+        variables.push(("wsbridge_server_uri", reconnection.server.clone()));
+    }
+    variables.push(("wsbridge_reconnects", reconnection.reconnects.to_string()));
+    variables.push(("wsbridge_gap_ms", reconnection.gap_ms.to_string()));
+    if let Some((code, reason)) = &figures.close {
+        variables.push(("wsbridge_close_code", code.to_string()));
+        variables.push(("wsbridge_close_reason", reason.clone()));
+    }
+    variables
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -333,7 +333,7 @@ mod tests {
         assert_eq!(plan.server.uri.host, "127.0.0.1");
         assert_eq!(plan.server.content_type, ContentType::l16(24000));
         assert_eq!(plan.server.headers["id"], "7");
-        assert_eq!(plan.tuning.session.reconnect.as_millis(), 3000);
+        assert_eq!(plan.tuning.connection.reconnect.as_millis(), 3000);
         assert_eq!(fork.layout.content_type, "audio/l16;rate=24000;channels=2");
         assert_eq!(fork.layout.tracks, Tracks::Both);
         assert!(fork.playback);

@@ -108,7 +108,7 @@ pub fn plan_call(sources: &CallSources<'_>, config: &ModuleConfig) -> Result<Cal
         }
     }
     let mut tuning = tuning.map_err(|why| refuse(why, HangupCause::InvalidIeContents))?;
-    tuning.session.max_connecting = config.max_connecting;
+    tuning.connection.max_connecting = config.max_connecting;
     Ok(CallPlan { server, tuning, shown_uri })
 }
 
@@ -234,9 +234,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(plan.tuning.comfort_noise_dbov, -40.0);
-        assert_eq!(plan.tuning.session.connect_timeout, Duration::from_millis(900));
+        assert_eq!(plan.tuning.connection.connect_timeout, Duration::from_millis(900));
         assert_eq!(plan.tuning.media.uplink_backlog, Duration::from_millis(300));
-        assert_eq!(plan.tuning.session.max_connecting, 7);
+        assert_eq!(plan.tuning.connection.max_connecting, 7);
         assert_eq!(plan.server.uri.port, 9);
         assert_eq!(plan.shown_uri, "ws://h:9/p?token=***");
     }

@@ -6,8 +6,8 @@ use super::ffi::{ApiCommand, CauseCode, LocatedSession};
 use super::{config_store, drain, fork, registry, runtime};
 use crate::call::api::{self, Command, StatusReport};
 use crate::call::drain_state::DrainReason;
-use crate::diagnostics::logging;
 use crate::settings::cause::HangupCause;
+use crate::support::logging;
 
 fn run(arguments: &str) -> String {
     let command = match api::parse(arguments) {
@@ -29,8 +29,8 @@ fn run(arguments: &str) -> String {
                 settings: &settings,
                 started_with: &started_with,
                 running_threads: runtime::workers(),
-                slow_polls: crate::diagnostics::poll_watch::figures(),
-                stalls: crate::diagnostics::poll_watch::stalls(),
+                slow_polls: crate::support::poll_watch::figures(),
+                stalls: crate::support::poll_watch::stalls(),
             };
             match json {
                 true => api::status_json(&report),

@@ -11,7 +11,7 @@ static CONFIG: RwLock<Option<Arc<ModuleConfig>>> = RwLock::new(None);
 
 /// The settings in force.
 pub fn config() -> Arc<ModuleConfig> {
-    CONFIG.read().unwrap_or_else(|p| p.into_inner()).clone().unwrap_or_default()
+    crate::support::sync::read(&CONFIG).clone().unwrap_or_default()
 }
 
 /// (Re)reads `wsbridge.conf`, a missing file meaning built-in defaults, and
@@ -27,6 +27,6 @@ pub fn load() -> Arc<ModuleConfig> {
     }
     tracing::info!("wsbridge.conf: {} settings loaded", params.len());
     let config = Arc::new(config);
-    *CONFIG.write().unwrap_or_else(|p| p.into_inner()) = Some(config.clone());
+    *crate::support::sync::write(&CONFIG) = Some(config.clone());
     config
 }

@@ -206,7 +206,7 @@ impl Endpoint for WsbridgeCall {
             self.plan.server.clone(),
             self.media.clone(),
             LocatedCall { uuid: uuid.clone() },
-            self.plan.tuning.session.clone(),
+            self.plan.tuning.connection.clone(),
         );
         registry::register_call(&uuid, registry::CallEntry::new(self.plan.shown_uri.clone(), self.media.clone()));
         if !runtime::spawn_on_channel(&uuid, task) {
@@ -223,7 +223,7 @@ impl Endpoint for WsbridgeCall {
         self.tell_hangup(channel);
         // Unless the server closed first, the task now sends what is queued and closes with 1000.
         self.media.caller_closes();
-        for (name, value) in self.media.report() {
+        for (name, value) in crate::call::api::cdr_variables(&self.media.figures()) {
             channel.set_variable(name, &value);
         }
     }
@@ -231,14 +231,14 @@ impl Endpoint for WsbridgeCall {
     fn on_destroy(self: Box<Self>, session: Session<'_>) {
         registry::unregister_call(&session.uuid());
         drain::announce_if_drained();
-        self.media.caller_hung_up();
+        self.media.stop_conversation();
         // Dropping the call releases its timer and codecs.
     }
 
     fn on_kill(&self, session: Session<'_>) {
         // A hangup kills the channel before on_hangup: the client's event goes before the task ends.
         self.tell_hangup(session.channel());
-        self.media.caller_hung_up();
+        self.media.stop_conversation();
     }
 
     fn read_frame(&self, session: Session<'_>) -> Option<PublishedFrame> {

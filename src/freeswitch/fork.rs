@@ -102,7 +102,7 @@ fn start(session: Session<'_>, name: &str, request: StartRequest) -> String {
         forget(&uuid, name, &fork);
         return format!("-ERR {why}\n");
     }
-    let mut options = call.tuning.session.clone();
+    let mut options = call.tuning.connection.clone();
     options.fork_layout = Some(layout);
     let control = ForkControl { uuid: uuid.clone(), name: name.to_string() };
     let (task_fork, media, wire) = (fork.clone(), fork.media(), call.server.content_type);

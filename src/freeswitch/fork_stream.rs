@@ -336,7 +336,7 @@ impl MediaBugHandler for Fork {
         // Unless the server closed first, the task now sends what is queued and closes with 1000.
         self.media.caller_closes();
         if let Some(channel) = channel {
-            for (name, value) in self.media.report() {
+            for (name, value) in crate::call::api::cdr_variables(&self.media.figures()) {
                 channel.set_variable(&fork_plan::cdr_variable(name, &self.name), &value);
             }
             channel.set_variable(&fork_plan::cdr_variable("wsbridge_uri", &self.name), &self.shown_uri);

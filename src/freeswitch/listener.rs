@@ -206,7 +206,7 @@ async fn serve_client(
     tracing::info!("WebSocket client {peer} calls {} in context {context} ({})", first.destination, first.content_type);
     let label = admission::inbound_label(peer);
     let uuid = control.call_id().to_string();
-    crate::call::conversation::serve_inbound(Connection::WebSocket(socket), label, media, control, tuning.session)
+    crate::call::conversation::serve_inbound(Connection::WebSocket(socket), label, media, control, tuning.connection)
         .instrument(runtime::call_span(&uuid))
         .await;
     drop(slot);

@@ -27,22 +27,17 @@ mod reload;
 mod runtime;
 
 use std::ffi::CStr;
-use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use tracing::Level;
 use tracing_subscriber::layer::SubscriberExt;
 
-use crate::diagnostics::logging::{LogSink, SinkLayer};
+use crate::support::logging::{LogSink, SinkLayer};
 use ffi::{LogLevel, Module, ModuleInterface};
 
 ffi::declare_module!(mod_wsbridge_module_interface, Wsbridge);
 
-/// Locks `mutex`, also after a panic poisoned it: a panic is caught at the
-/// callback (see `ffi`), and the module's state must stay usable after it.
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
+pub(crate) use crate::support::sync::lock;
 
 /// Sends the module's `tracing` lines to FreeSWITCH's log.
 struct FreeSwitchLog;

@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use super::ffi::{EventKind, EventListener};
 use super::{config_store, drain};
-use crate::diagnostics::logging;
 use crate::settings::ModuleConfig;
+use crate::support::logging;
 
 /// Reads `wsbridge.conf`, puts it in force and applies it; returns it.
 pub fn read_and_apply() -> Arc<ModuleConfig> {

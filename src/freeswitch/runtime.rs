@@ -11,8 +11,8 @@ use tracing::{Instrument, Span};
 
 use super::lock;
 use crate::audio::uplink_pump::UplinkPump;
-use crate::diagnostics::poll_watch::Watched;
 use crate::settings::{ModuleConfig, RUNTIME_THREADS, UPLINK_BATCH_MS};
+use crate::support::poll_watch::Watched;
 
 static RUNTIME: Mutex<Option<tokio::runtime::Runtime>> = Mutex::new(None);
 /// The running runtime's uplink pump; none when batching is off.
@@ -50,7 +50,7 @@ pub fn start(config: &ModuleConfig) -> std::io::Result<()> {
             LIVE_THREADS.fetch_sub(1, Ordering::SeqCst);
         })
         .build()?;
-    runtime.spawn(crate::diagnostics::poll_watch::heartbeat());
+    runtime.spawn(crate::support::poll_watch::heartbeat());
     let pump = (!uplink_batch.is_zero()).then(|| UplinkPump::new(uplink_batch));
     if let Some(pump) = &pump {
         runtime.spawn(pump.clone().run());

@@ -16,7 +16,7 @@ pub struct CallTuning {
     /// Flag comfort-noise frames SFF_CNG, for legs that carry RFC 3389 CN
     /// rather than the noise itself. Off: every leg and recording hears the noise.
     pub cng_frames: bool,
-    pub session: ConnectionOptions,
+    pub connection: ConnectionOptions,
 }
 
 impl Default for CallTuning {
@@ -25,7 +25,7 @@ impl Default for CallTuning {
             media: MediaLimits::default(),
             comfort_noise_dbov: super::COMFORT_NOISE_DBOV.level_default(),
             cng_frames: super::CNG_FRAMES.flag_default(),
-            session: ConnectionOptions::default(),
+            connection: ConnectionOptions::default(),
         }
     }
 }
@@ -157,8 +157,8 @@ impl CallTuning {
         if let Some(flag) = reader.flag(&CNG_FRAMES) {
             tuning.cng_frames = flag;
         }
-        read_connection(reader, &mut tuning.session)?;
-        read_tls(reader, &mut tuning.session.tls)?;
+        read_connection(reader, &mut tuning.connection)?;
+        read_tls(reader, &mut tuning.connection.tls)?;
         if let Some(ms) = reader.integer(&UPLINK_FRAME_MS) {
             if ms % FRAME_MS as u64 == 0 {
                 tuning.media.uplink_frame_ms = ms as u32;
@@ -285,8 +285,8 @@ mod tests {
         assert_eq!(tuning.media.playout_capacity, Duration::from_secs(60));
         assert_eq!(tuning.media.uplink_backlog, Duration::from_secs(1));
         assert_eq!(tuning.comfort_noise_dbov, -65.0);
-        assert_eq!(tuning.session.connect_timeout, Duration::from_secs(5));
-        assert_eq!(tuning.session.max_message_bytes, 1 << 20);
+        assert_eq!(tuning.connection.connect_timeout, Duration::from_secs(5));
+        assert_eq!(tuning.connection.max_message_bytes, 1 << 20);
     }
 
     #[test]
@@ -338,12 +338,12 @@ mod tests {
         ])
         .unwrap();
         assert!(problems.is_empty());
-        assert_eq!(tuning.session.tls.ca_file.as_deref(), Some(std::path::Path::new("/etc/ca.pem")));
-        assert!(tuning.session.tls.insecure);
-        assert_eq!(tuning.session.http_headers, vec![("Authorization".to_string(), "Bearer t".to_string())]);
+        assert_eq!(tuning.connection.tls.ca_file.as_deref(), Some(std::path::Path::new("/etc/ca.pem")));
+        assert!(tuning.connection.tls.insecure);
+        assert_eq!(tuning.connection.http_headers, vec![("Authorization".to_string(), "Bearer t".to_string())]);
         let encoded = "%7B%22Authorization%22%3A%22Bearer%20t0k3n%22%7D";
         let (tuning, _) = read(&[(&HTTP_HEADERS, encoded)]).unwrap();
-        assert_eq!(tuning.session.http_headers, vec![("Authorization".to_string(), "Bearer t0k3n".to_string())]);
+        assert_eq!(tuning.connection.http_headers, vec![("Authorization".to_string(), "Bearer t0k3n".to_string())]);
         let refusal = read(&[(&HTTP_HEADERS, "%7B%22a%22")]).unwrap_err();
         assert!(!refusal.contains("t0k3n"));
         let refusal = read(&[(&HTTP_HEADERS, r#"{"Bad Name":"x"}"#)]).unwrap_err();
@@ -355,9 +355,9 @@ mod tests {
         let hex = "bd4583d2d85e600279e71ec68db609e10f28c1f54f8045a1da22431cd034ba64";
         let (tuning, problems) = read(&[(&TLS_PIN_SHA256, hex)]).unwrap();
         assert!(problems.is_empty());
-        assert_eq!(tuning.session.tls.pin_sha256.map(|pin| pin[31]), Some(0x64));
-        assert_eq!(read(&[]).unwrap().0.session.tls.pin_sha256, None);
-        assert_eq!(read(&[(&TLS_PIN_SHA256, "none")]).unwrap().0.session.tls.pin_sha256, None);
+        assert_eq!(tuning.connection.tls.pin_sha256.map(|pin| pin[31]), Some(0x64));
+        assert_eq!(read(&[]).unwrap().0.connection.tls.pin_sha256, None);
+        assert_eq!(read(&[(&TLS_PIN_SHA256, "none")]).unwrap().0.connection.tls.pin_sha256, None);
         let refusal = read(&[(&TLS_PIN_SHA256, &hex[2..])]).unwrap_err();
         assert!(refusal.starts_with("wsbridge_tls_pin_sha256 '4583"), "{refusal}");
         assert!(refusal.contains("is not a SHA-256 fingerprint"), "{refusal}");

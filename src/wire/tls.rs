@@ -13,6 +13,7 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
 use super::tls_errors::{describe_tls_failure, plain};
 use super::tls_trust::{AcceptAnyCertificate, ServerTrust};
 use crate::settings::options::TlsOptions;
+use crate::support::sync::lock;
 
 fn system_roots() -> Arc<rustls::RootCertStore> {
     static ROOTS: OnceLock<Arc<rustls::RootCertStore>> = OnceLock::new();
@@ -86,7 +87,7 @@ static TLS_CONFIGS: Mutex<Option<HashMap<TlsOptions, Arc<rustls::ClientConfig>>>
 /// The client config for `tls`, built once per distinct set of options.
 fn client_config(tls: &TlsOptions) -> Result<Arc<rustls::ClientConfig>, String> {
     let cached = |tls: &TlsOptions| {
-        let cache = TLS_CONFIGS.lock().unwrap_or_else(|p| p.into_inner());
+        let cache = lock(&TLS_CONFIGS);
         cache.as_ref().and_then(|cache| cache.get(tls).cloned())
     };
     if let Some(config) = cached(tls) {
@@ -94,7 +95,7 @@ fn client_config(tls: &TlsOptions) -> Result<Arc<rustls::ClientConfig>, String> 
     }
     // Built without the lock, so one slow build holds up no other call's connect.
     let config = build_client_config(tls)?;
-    let mut cache = TLS_CONFIGS.lock().unwrap_or_else(|p| p.into_inner());
+    let mut cache = lock(&TLS_CONFIGS);
     let cache = cache.get_or_insert_with(HashMap::new);
     if cache.len() >= 64 {
         cache.clear();
@@ -105,7 +106,7 @@ fn client_config(tls: &TlsOptions) -> Result<Arc<rustls::ClientConfig>, String> 
 
 /// Forgets cached TLS configs, so changed files are read again (on reload).
 pub fn clear_tls_cache() {
-    *TLS_CONFIGS.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    *lock(&TLS_CONFIGS) = None;
 }
 
 /// The client config for `tls`, built off the runtime's threads, which

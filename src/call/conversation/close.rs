@@ -8,13 +8,13 @@ use super::*;
 /// Closes the socket as the way it ended calls for, and says how it ended.
 pub(super) async fn finish(
     ended: Ended,
-    session: Session<'_>,
+    link: Link<'_>,
     media: &CallMedia,
     control: &impl CallControl,
     options: &ConnectionOptions,
     uri: &str,
 ) -> ConversationEnd {
-    let Session { sink, stream, unsent, dialect } = session;
+    let Link { sink, stream, unsent, dialect } = link;
     match ended {
         Ended::CallerGone => {
             // The reason recorded first: a hangup's, or a fork's `stop`.

@@ -122,7 +122,7 @@ pub(super) async fn open(
     media.mark_open(&uri);
     control.event(CallEvent::Connect { uri: uri.clone(), connect_ms: media.connect_ms().unwrap_or(0) });
     if !control.answer() {
-        media.caller_hung_up();
+        media.stop_conversation();
     }
     Ok((connection, uri))
 }

@@ -154,8 +154,8 @@ pub async fn serve_inbound(
         let (mut sink, mut stream) = connection.split();
         let mut unsent = VecDeque::new();
         let ended = exchange(&mut sink, &mut stream, &mut unsent, &media, &control, &options, &mut dialect).await;
-        let session = Session { sink: &mut sink, stream: &mut stream, unsent: &mut unsent, dialect: &mut dialect };
-        let end = finish(ended, session, &media, &control, &options, &client).await;
+        let link = Link { sink: &mut sink, stream: &mut stream, unsent: &mut unsent, dialect: &mut dialect };
+        let end = finish(ended, link, &media, &control, &options, &client).await;
         conclude(end, &client, &media, &control)
     };
     guarded(&media, &control, serve).await
@@ -170,13 +170,11 @@ async fn guarded(
     match AssertUnwindSafe(session).catch_unwind().await {
         Ok(end) => end,
         Err(payload) => {
-            let why = format!(
-                "panic in the WebSocket task: {}",
-                crate::diagnostics::logging::describe_panic(payload.as_ref())
-            );
+            let why =
+                format!("panic in the WebSocket task: {}", crate::support::logging::describe_panic(payload.as_ref()));
             let _ = std::panic::catch_unwind(AssertUnwindSafe(|| {
                 tracing::error!("{why}; hanging up with {}", HangupCause::Crash);
-                media.caller_hung_up();
+                media.stop_conversation();
                 if control.session_ends_the_call() {
                     control.hangup(HangupCause::Crash);
                 }
@@ -277,8 +275,8 @@ async fn converse(
     loop {
         let ended = exchange(&mut sink, &mut stream, &mut unsent, media, control, options, &mut dialect).await;
         let Some(failure) = recoverable(&ended, options, &uri) else {
-            let session = Session { sink: &mut sink, stream: &mut stream, unsent: &mut unsent, dialect: &mut dialect };
-            return finish(ended, session, media, control, options, &uri).await;
+            let link = Link { sink: &mut sink, stream: &mut stream, unsent: &mut unsent, dialect: &mut dialect };
+            return finish(ended, link, media, control, options, &uri).await;
         };
         let (connection, server) = match reconnect(settings, media, control, options, failure, &mut dialect).await {
             Ok(reconnected) => reconnected,
@@ -290,7 +288,7 @@ async fn converse(
 }
 
 /// One connection's state as it ends.
-struct Session<'a> {
+struct Link<'a> {
     sink: &'a mut Sink,
     stream: &'a mut Stream,
     unsent: &'a mut VecDeque<ToServer>,
@@ -576,7 +574,11 @@ mod tests {
         }
         assert!(media.caller_closes(), "the flush is to come");
         // The figures at hangup already count the frames the flush sends.
-        let reported = media.report().into_iter().find(|(name, _)| *name == "wsbridge_frames_sent").unwrap().1;
+        let reported = crate::call::api::cdr_variables(&media.figures())
+            .into_iter()
+            .find(|(name, _)| *name == "wsbridge_frames_sent")
+            .unwrap()
+            .1;
         let mut frames = Vec::new();
         let close = loop {
             match server.next().await.unwrap().unwrap() {
@@ -666,7 +668,7 @@ mod tests {
         let task =
             tokio::spawn(run(settings(port, 16000), media.clone(), control.clone(), ConnectionOptions::default()));
         let (_tcp, _) = listener.accept().await.unwrap();
-        media.caller_hung_up();
+        media.stop_conversation();
         assert_eq!(task.await.unwrap(), ConversationEnd::CallerHungUp);
         assert!(control.events().is_empty());
     }
@@ -702,7 +704,7 @@ mod tests {
         let echo = tokio::time::timeout(Duration::from_secs(2), server.next()).await.unwrap().unwrap().unwrap();
         assert_eq!(echo.into_text().unwrap().as_str(), r#"{"event":"mark","name":"m1"}"#);
         assert_eq!(control.events(), vec!["answer", "dtmf 12# 100", "hangup_named USER_BUSY"]);
-        media.caller_hung_up();
+        media.stop_conversation();
         assert_eq!(task.await.unwrap(), ConversationEnd::CallerHungUp);
     }
 
@@ -862,10 +864,7 @@ mod tests {
         ));
         let mut server = accept(&listener, true).await;
         assert!(server.next().await.unwrap().unwrap().is_text(), "the first message goes to the fallback");
-        assert!(media
-            .report()
-            .iter()
-            .any(|(name, value)| *name == "wsbridge_server_uri" && value.ends_with("/fallback")));
+        assert!(media.figures().reconnection.server.ends_with("/fallback"));
         server.close(None).await.unwrap();
         assert_eq!(task.await.unwrap(), ConversationEnd::ServerClosed { code: None, reason: String::new() });
         assert_eq!(control.events(), vec!["answer", "hangup NORMAL_CLEARING"]);
@@ -907,7 +906,7 @@ mod tests {
         second.close(None).await.unwrap();
         assert_eq!(task.await.unwrap().hangup_cause(), Some(HangupCause::NormalClearing));
         assert_eq!(control.announced(), vec!["connect", "reconnecting", "reconnected", "disconnect"]);
-        let report = media.report();
+        let report = crate::call::api::cdr_variables(&media.figures());
         assert!(report.contains(&("wsbridge_reconnects", "1".to_string())), "{report:?}");
     }
 
@@ -947,7 +946,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(media.state(), "reconnecting");
         let hung_up = tokio::time::Instant::now();
-        media.caller_hung_up();
+        media.stop_conversation();
         assert_eq!(task.await.unwrap(), ConversationEnd::CallerHungUp);
         assert!(hung_up.elapsed() < Duration::from_millis(200));
     }

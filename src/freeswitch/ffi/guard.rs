@@ -5,8 +5,8 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use super::session::Channel;
-use crate::diagnostics::logging::describe_panic;
 use crate::settings::cause::HangupCause;
+use crate::support::logging::describe_panic;
 
 /// Runs `body`; a panic is logged and becomes `failed`.
 pub(super) fn guard<R>(callback: &str, failed: R, body: impl FnOnce() -> R) -> R {

@@ -139,17 +139,17 @@ mod tests {
         assert_eq!(
             lines,
             vec![
-                (Level::INFO, None, "src/diagnostics/logging.rs:true".to_string(), "no call".to_string()),
+                (Level::INFO, None, "src/support/logging.rs:true".to_string(), "no call".to_string()),
                 (
                     Level::WARN,
                     Some("abc-123".to_string()),
-                    "src/diagnostics/logging.rs:true".to_string(),
+                    "src/support/logging.rs:true".to_string(),
                     "100% %s %n safe frames=3".to_string()
                 ),
                 (
                     Level::ERROR,
                     Some("direct".to_string()),
-                    "src/diagnostics/logging.rs:true".to_string(),
+                    "src/support/logging.rs:true".to_string(),
                     "explicit".to_string()
                 ),
             ]
