@@ -84,6 +84,76 @@ fn bytes_of(samples: &[i16]) -> Vec<u8> {
     samples.iter().flat_map(|s| s.to_le_bytes()).collect()
 }
 
+/// What the server plays besides the echo: a tone, or a WAV file then a mark.
+fn start_playing(mode: &Mode, rate: u32, outgoing: &tokio::sync::mpsc::UnboundedSender<Message>, call_number: u64) {
+    match mode {
+        Mode::Echo => {}
+        Mode::Tone(hz) => {
+            let outgoing = outgoing.clone();
+            let step = 2.0 * std::f64::consts::PI * hz / rate as f64;
+            tokio::spawn(async move {
+                // The module paces playout: keep about a second queued ahead.
+                let mut phase = 0.0f64;
+                let mut ticker = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    ticker.tick().await;
+                    let second: Vec<i16> = (0..rate)
+                        .map(|_| {
+                            phase = (phase + step) % (2.0 * std::f64::consts::PI);
+                            (phase.sin() * 8000.0) as i16
+                        })
+                        .collect();
+                    if outgoing.send(Message::Binary(bytes_of(&second).into())).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        Mode::Wav(path) => match wav_samples(path, rate) {
+            Ok(samples) => {
+                let _ = outgoing.send(Message::Binary(bytes_of(&samples).into()));
+                let _ = outgoing.send(Message::text(r#"{"action":"mark","name":"wav-done"}"#));
+            }
+            Err(error) => eprintln!("call {call_number}: {error}"),
+        },
+    }
+}
+
+/// Records the caller's audio (echoing it back when `echo`) until the call closes.
+async fn record_and_echo(
+    stream: &mut futures_util::stream::SplitStream<tokio_tungstenite::WebSocketStream<TcpStream>>,
+    recorder: &mut hound::WavWriter<std::io::BufWriter<std::fs::File>>,
+    outgoing: &tokio::sync::mpsc::UnboundedSender<Message>,
+    echo: bool,
+    call_number: u64,
+) {
+    while let Some(message) = stream.next().await {
+        match message {
+            Ok(Message::Binary(data)) => {
+                for sample in data.chunks_exact(2) {
+                    let _ = recorder.write_sample(i16::from_le_bytes([sample[0], sample[1]]));
+                }
+                if echo {
+                    let _ = outgoing.send(Message::Binary(data));
+                }
+            }
+            Ok(Message::Text(text)) => println!("call {call_number}: {text}"),
+            Ok(Message::Close(frame)) => {
+                println!(
+                    "call {call_number}: closed {}",
+                    frame.map(|f| format!("with {}", u16::from(f.code))).unwrap_or_default()
+                );
+                break;
+            }
+            Ok(_) => {}
+            Err(error) => {
+                println!("call {call_number}: {error}");
+                break;
+            }
+        }
+    }
+}
+
 async fn serve(tcp: TcpStream, options: Options) -> Result<(), String> {
     let peer = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
     let mut path = String::new();
@@ -125,62 +195,8 @@ async fn serve(tcp: TcpStream, options: Options) -> Result<(), String> {
             }
         }
     });
-    match &options.mode {
-        Mode::Echo => {}
-        Mode::Tone(hz) => {
-            let outgoing = outgoing.clone();
-            let step = 2.0 * std::f64::consts::PI * hz / rate as f64;
-            tokio::spawn(async move {
-                // The module paces playout: keep about a second queued ahead.
-                let mut phase = 0.0f64;
-                let mut ticker = tokio::time::interval(Duration::from_secs(1));
-                loop {
-                    ticker.tick().await;
-                    let second: Vec<i16> = (0..rate)
-                        .map(|_| {
-                            phase = (phase + step) % (2.0 * std::f64::consts::PI);
-                            (phase.sin() * 8000.0) as i16
-                        })
-                        .collect();
-                    if outgoing.send(Message::Binary(bytes_of(&second).into())).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-        Mode::Wav(path) => match wav_samples(path, rate) {
-            Ok(samples) => {
-                let _ = outgoing.send(Message::Binary(bytes_of(&samples).into()));
-                let _ = outgoing.send(Message::text(r#"{"action":"mark","name":"wav-done"}"#));
-            }
-            Err(error) => eprintln!("call {call_number}: {error}"),
-        },
-    }
-    while let Some(message) = stream.next().await {
-        match message {
-            Ok(Message::Binary(data)) => {
-                for sample in data.chunks_exact(2) {
-                    let _ = recorder.write_sample(i16::from_le_bytes([sample[0], sample[1]]));
-                }
-                if matches!(options.mode, Mode::Echo) {
-                    let _ = outgoing.send(Message::Binary(data));
-                }
-            }
-            Ok(Message::Text(text)) => println!("call {call_number}: {text}"),
-            Ok(Message::Close(frame)) => {
-                println!(
-                    "call {call_number}: closed {}",
-                    frame.map(|f| format!("with {}", u16::from(f.code))).unwrap_or_default()
-                );
-                break;
-            }
-            Ok(_) => {}
-            Err(error) => {
-                println!("call {call_number}: {error}");
-                break;
-            }
-        }
-    }
+    start_playing(&options.mode, rate, &outgoing, call_number);
+    record_and_echo(&mut stream, &mut recorder, &outgoing, matches!(options.mode, Mode::Echo), call_number).await;
     drop(outgoing);
     writer.abort();
     recorder.finalize().map_err(|e| e.to_string())?;
