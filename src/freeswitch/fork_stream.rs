@@ -21,7 +21,6 @@ use crate::call::api::CallSnapshot;
 use crate::call::conversation::ConversationEnd;
 use crate::call::fork_plan;
 use crate::settings::{ContentType, Encoding, Protocol};
-use crate::wire::protocol::audiosocket;
 
 /// What the read side owns: the caller's and the other side's audio on the way to the server.
 struct Capture {
@@ -101,9 +100,9 @@ fn convert(slot: &mut Option<Resampler>, samples: &[i16], from: u32, to: u32, ou
     true
 }
 
-/// Whether a protocol has text messages: AudioSocket has none.
+/// Whether a protocol has text messages (AudioSocket has none).
 fn carries_text(protocol: Protocol) -> bool {
-    protocol != Protocol(&audiosocket::RULES)
+    protocol.rules().carries_text
 }
 
 /// The reply to `send_text`: `queue` runs only where the protocol carries text.
@@ -350,6 +349,7 @@ mod tests {
 
     #[test]
     fn audiosocket_carries_no_text() {
+        use crate::wire::protocol::{audiosocket, twilio, vonage, wsbridge};
         let mut queued = false;
         let reply = send_text_reply(Protocol(&audiosocket::RULES), "a", || {
             queued = true;
@@ -357,7 +357,6 @@ mod tests {
         });
         assert!(reply.starts_with("-ERR the audiosocket protocol carries no text"), "{reply}");
         assert!(!queued, "nothing is queued for a protocol without text");
-        use crate::wire::protocol::{twilio, vonage, wsbridge};
         for protocol in [Protocol(&wsbridge::RULES), Protocol(&twilio::RULES), Protocol(&vonage::RULES)] {
             assert_eq!(send_text_reply(protocol, "a", || true), "+OK text queued for fork a\n");
             assert_eq!(send_text_reply(protocol, "a", || false), "-ERR too many messages waiting for fork a\n");

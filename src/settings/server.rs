@@ -132,6 +132,8 @@ pub struct ProtocolRules {
     pub over_tcp: bool,
     /// The connection is kept alive with pings, so a silent server counts as dead.
     pub pings: bool,
+    /// The protocol has text messages (`send_text` and a fork's `stop` metadata can be sent).
+    pub carries_text: bool,
     /// The wire format the protocol imposes on `asked` (the bool: the call's
     /// own variable asked for it), or why it cannot carry it.
     pub content_type: fn(ContentType, bool) -> Result<ContentType, String>,
@@ -589,6 +591,7 @@ mod tests {
         name: "plain",
         over_tcp: false,
         pings: true,
+        carries_text: true,
         content_type: |asked, _| Ok(asked),
         fork_content_type: |rate| Ok(ContentType::l16(rate)),
     };

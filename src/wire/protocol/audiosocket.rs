@@ -126,6 +126,7 @@ pub const RULES: ProtocolRules = ProtocolRules {
     over_tcp: true,
     // A server that only listens sends nothing, and is not dead for it: TCP keeps the liveness.
     pings: false,
+    carries_text: false,
     content_type: carries,
     fork_content_type: fork_carries,
 };

@@ -240,6 +240,7 @@ pub const RULES: ProtocolRules = ProtocolRules {
     name: "twilio",
     over_tcp: false,
     pings: true,
+    carries_text: true,
     content_type: carries,
     fork_content_type: fork_carries,
 };

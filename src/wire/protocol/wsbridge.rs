@@ -13,6 +13,7 @@ pub const RULES: ProtocolRules = ProtocolRules {
     name: "wsbridge",
     over_tcp: false,
     pings: true,
+    carries_text: true,
     content_type: carries,
     fork_content_type: fork_carries,
 };
