@@ -7,7 +7,8 @@
 //! - [`support`]: `logging` into FreeSWITCH's log; `poll_watch`, the
 //!   runtime's heartbeat and slow polls; `sync`, locks that outlive a panic.
 //! - [`settings`]: plain data every room reads: the `TABLE` of settings and
-//!   `tuning` per call, `module_conf` (wsbridge.conf), `server` (the
+//!   `tuning` per call, `module_conf` (wsbridge.conf) with `listener_conf`
+//!   (its `listen*` params), `server` (the
 //!   `P-wsbridge-websocket-*` values), `options` (the option structs),
 //!   `security` (allow-list, headers, redaction), `tokens`, `cause`.
 //! - [`audio`]: samples and frames: `media` (what a call's FreeSWITCH thread
@@ -21,7 +22,8 @@
 //!   `wsbridge`, `twilio`, `vonage`, `audiosocket`.
 //! - [`call`]: one call's life: its `plan`, its `conversation` with the
 //!   server (`connect`, `exchange`, `close`), `admission` of calls from the
-//!   WebSocket side, `fork_plan`, `drain_state` and the `api`'s text.
+//!   WebSocket side (with the client's `first_message` and each token's
+//!   `token_usage`), `fork_plan`, `drain_state` and the `api`'s text.
 //! - `freeswitch` (built only where FreeSWITCH was found): the module's
 //!   entry points (its `mod.rs`) and the glue: the `endpoint` leg, each
 //!   `fork` with its `fork_stream`, the `listener`, the `registry` of what

@@ -85,6 +85,36 @@ int wsb_config_params(const char *name, wsb_param_callback callback, void *conte
 	return 0;
 }
 
+int wsb_config_elements(const char *name, const char *section, const char *element, wsb_element_callback callback,
+						void *context)
+{
+	switch_xml_t xml, cfg, parent, child;
+	int place = 0, i;
+
+	if (!(xml = switch_xml_open_cfg(name, &cfg, NULL))) {
+		return -1;
+	}
+	if ((parent = switch_xml_child(cfg, section))) {
+		for (child = switch_xml_child(parent, element); child; child = child->next, place++) {
+			if (!child->attr || !child->attr[0]) {
+				callback(context, place, NULL, NULL);
+				continue;
+			}
+			/* attr holds name, value, name, value, ..., NULL */
+			for (i = 0; child->attr[i] && child->attr[i + 1]; i += 2) {
+				callback(context, place, child->attr[i], child->attr[i + 1]);
+			}
+		}
+	}
+	switch_xml_free(xml);
+	return 0;
+}
+
+int wsb_check_network_list_ip(const char *ip_str, const char *list_name)
+{
+	return switch_check_network_list_ip(ip_str, list_name) ? 1 : 0;
+}
+
 void wsb_stream_write(switch_stream_handle_t *stream, const char *text)
 {
 	stream->write_function(stream, "%s", text);

@@ -23,6 +23,14 @@ int wsb_codec_ready(switch_codec_t *codec);
 typedef void (*wsb_param_callback)(void *context, const char *name, const char *value);
 /* Calls back with each <settings><param> of a configuration; -1 when it is missing. */
 int wsb_config_params(const char *name, wsb_param_callback callback, void *context);
+/* Calls back with each attribute of each <section><element .../> of a configuration, the element's
+   place (from 0) first; an element without attributes gets one call with NULL name and value.
+   -1 when the configuration is missing. */
+typedef void (*wsb_element_callback)(void *context, int place, const char *name, const char *value);
+int wsb_config_elements(const char *name, const char *section, const char *element, wsb_element_callback callback,
+						void *context);
+/* switch_check_network_list_ip (a macro): whether ip_str is in the ACL list (or CIDR list) list_name. */
+int wsb_check_network_list_ip(const char *ip_str, const char *list_name);
 void wsb_stream_write(switch_stream_handle_t *stream, const char *text);
 /* Fires a CUSTOM event with the channel's headers plus the given ones. */
 switch_status_t wsb_fire_custom_event(switch_core_session_t *session, const char *subclass, const char *const *names,

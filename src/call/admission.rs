@@ -1,21 +1,23 @@
 //! Calls from the WebSocket side: a client opens a WebSocket to the module
 //! and asks for a call. Everything decided before a channel exists lives
-//! here, as pure code: admission of the upgrade (bearer token, subprotocol,
-//! the call limit), the client's first message, the variables it may set,
-//! and the progress events it is told.
+//! here: admission of the upgrade (bearer token and its limits,
+//! subprotocol, the listener's call limit), then the client's first message
+//! ([`crate::call::first_message`]) within its token's scope, and the
+//! progress events the client is told.
 //!
-//! [`admit`] runs the whole admission on an accepted stream; the FreeSWITCH
-//! side (`freeswitch::listener`) binds, accepts, creates the channel and
-//! hands the socket to [`crate::call::conversation::serve_inbound`].
+//! [`upgrade`] and then [`admit_call`] run the admission on an accepted
+//! stream; the FreeSWITCH side (`freeswitch::listener`) binds, accepts,
+//! creates the channel and hands the socket to
+//! [`crate::call::conversation::serve_inbound`].
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use serde_json::{json, Map, Value};
+use serde_json::json;
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::{header, HeaderValue, StatusCode};
@@ -23,26 +25,14 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::call::plan::CallPlan;
-use crate::settings::tokens::Tokens;
-use crate::settings::{CallSettings, CallTuning, ContentType, ServerUri};
+use crate::call::first_message::{FirstMessage, InboundCall, Malformed, OutOfScope, MAX_FIRST_MESSAGE_BYTES};
+use crate::call::token_usage::{retry_after_seconds, TokenRefusal, TokenSlot, TokenUsage};
+use crate::settings::tokens::{TokenScope, Tokens};
 use crate::wire::protocol::wsbridge::hangup_event;
 use crate::wire::websocket::{Io, WebSocket};
 
-/// Largest first message, in bytes.
-pub const MAX_FIRST_MESSAGE_BYTES: usize = 4096;
 /// How long a client may take to send its first message after the upgrade.
 pub const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long the TCP accept may take to become an upgraded WebSocket (TLS included).
-pub const UPGRADE_TIMEOUT: Duration = Duration::from_secs(5);
-/// What `variables` may hold.
-pub const MAX_VARIABLES: usize = 32;
-pub const MAX_VARIABLE_NAME_CHARS: usize = 64;
-pub const MAX_VARIABLES_BYTES: usize = 2048;
-/// The prefix of every channel variable a client sets.
-pub const VARIABLE_PREFIX: &str = "wsbridge_in_";
-/// Longest destination or caller ID.
-const MAX_FIELD_CHARS: usize = 128;
 pub use crate::wire::websocket::SUBPROTOCOL;
 
 /// The token of an `Authorization: Bearer <token>` header.
@@ -89,146 +79,6 @@ impl Drop for Slot {
     fn drop(&mut self) {
         self.0.active.fetch_sub(1, Ordering::AcqRel);
     }
-}
-
-// ---------------------------------------------------------------- the first message
-
-/// What the client asks for in its first message.
-#[derive(Debug, Clone, PartialEq)]
-pub struct FirstMessage {
-    pub destination: String,
-    pub caller_id_number: Option<String>,
-    pub caller_id_name: Option<String>,
-    pub content_type: ContentType,
-    /// Channel variables, already named `wsbridge_in_<key>`, in the order given.
-    pub variables: Vec<(String, String)>,
-}
-
-/// Why a first message is refused; the client is closed with 1007 and this.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Malformed(pub String);
-
-impl fmt::Display for Malformed {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-fn malformed(why: impl Into<String>) -> Malformed {
-    Malformed(why.into())
-}
-
-/// A short printable text: no control characters, 1 to 128 characters.
-fn text_field(object: &Map<String, Value>, field: &str, required: bool) -> Result<Option<String>, Malformed> {
-    match object.get(field) {
-        None | Some(Value::Null) if required => Err(malformed(format!("\"{field}\" is missing"))),
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(text)) => {
-            let count = text.chars().count();
-            if count == 0 || count > MAX_FIELD_CHARS {
-                return Err(malformed(format!("\"{field}\" must hold 1 to {MAX_FIELD_CHARS} characters")));
-            }
-            if text.chars().any(char::is_control) {
-                return Err(malformed(format!("\"{field}\" holds a control character")));
-            }
-            Ok(Some(text.clone()))
-        }
-        Some(_) => Err(malformed(format!("\"{field}\" must be a string"))),
-    }
-}
-
-fn variables(value: Option<&Value>) -> Result<Vec<(String, String)>, Malformed> {
-    let object = match value {
-        None | Some(Value::Null) => return Ok(Vec::new()),
-        Some(Value::Object(object)) => object,
-        Some(_) => return Err(malformed("\"variables\" must be an object")),
-    };
-    if object.len() > MAX_VARIABLES {
-        return Err(malformed(format!("\"variables\" holds more than {MAX_VARIABLES} keys")));
-    }
-    let mut total = 0;
-    let mut out = Vec::with_capacity(object.len());
-    for (key, value) in object {
-        let valid_key = !key.is_empty()
-            && key.len() <= MAX_VARIABLE_NAME_CHARS
-            && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-        if !valid_key {
-            let shown: String = key.chars().take(32).collect();
-            return Err(malformed(format!(
-                "variable name '{shown}' is not 1 to {MAX_VARIABLE_NAME_CHARS} of A-Z, a-z, 0-9 and _"
-            )));
-        }
-        let value = match value {
-            Value::String(text) => text.clone(),
-            Value::Number(number) => number.to_string(),
-            Value::Bool(flag) => flag.to_string(),
-            _ => return Err(malformed(format!("variable '{key}' must be a string, a number or a boolean"))),
-        };
-        if value.chars().any(|c| c.is_control() && c != '\t') {
-            return Err(malformed(format!("variable '{key}' holds a control character")));
-        }
-        total += key.len() + value.len();
-        if total > MAX_VARIABLES_BYTES {
-            return Err(malformed(format!("\"variables\" hold more than {MAX_VARIABLES_BYTES} bytes")));
-        }
-        out.push((format!("{VARIABLE_PREFIX}{key}"), value));
-    }
-    Ok(out)
-}
-
-impl FirstMessage {
-    /// Reads the client's first message: a JSON object of at most 4 KiB
-    /// where only `destination` is required. Unknown fields are ignored;
-    /// the dialplan context is never the client's to choose.
-    pub fn parse(text: &str) -> Result<FirstMessage, Malformed> {
-        if text.len() > MAX_FIRST_MESSAGE_BYTES {
-            return Err(malformed(format!("the first message is over {MAX_FIRST_MESSAGE_BYTES} bytes")));
-        }
-        let Ok(Value::Object(object)) = serde_json::from_str::<Value>(text) else {
-            return Err(malformed("the first message is not a JSON object"));
-        };
-        let destination = text_field(&object, "destination", true)?.unwrap_or_default();
-        let content_type = match text_field(&object, "content-type", false)? {
-            None => ContentType::default(),
-            Some(text) => ContentType::parse(&text).ok_or_else(|| {
-                malformed("\"content-type\" is not audio/l16;rate=8000, 16000, 24000, 32000 or 48000, audio/pcmu or audio/pcma")
-            })?,
-        };
-        Ok(FirstMessage {
-            destination,
-            caller_id_number: text_field(&object, "caller_id_number", false)?,
-            caller_id_name: text_field(&object, "caller_id_name", false)?,
-            content_type,
-            variables: variables(object.get("variables"))?,
-        })
-    }
-
-    /// The call's plan: the module's tuning, the client's format, and the
-    /// client as the "server" the call's media is exchanged with.
-    pub fn plan(&self, peer: SocketAddr, tuning: CallTuning) -> Result<CallPlan, String> {
-        let uri = ServerUri::parse(&format!("ws://{peer}/")).map_err(|error| error.to_string())?;
-        Ok(CallPlan {
-            server: CallSettings {
-                uri,
-                fallbacks: Vec::new(),
-                content_type: self.content_type,
-                headers: Map::new(),
-                protocol: crate::wire::protocol::DEFAULT,
-            },
-            tuning,
-            shown_uri: inbound_label(peer),
-        })
-    }
-}
-
-/// How `wsbridge list` and the logs show an inbound call.
-pub fn inbound_label(peer: SocketAddr) -> String {
-    format!("inbound:{peer}")
-}
-
-/// The inbound channel's name.
-pub fn channel_name(peer: SocketAddr) -> String {
-    format!("wsbridge/inbound/{peer}")
 }
 
 // ---------------------------------------------------------------- progress
@@ -286,10 +136,18 @@ impl ProgressSeen {
 /// What admission checks an upgrade against.
 #[derive(Debug, Clone)]
 pub struct Admission {
-    pub tokens: Tokens,
+    /// The listener's limit, over every token.
     pub max_calls: usize,
     pub slots: Arc<CallSlots>,
+    /// Each token's calls up and call rate.
+    pub usage: Arc<TokenUsage>,
     pub websocket: WebSocketConfig,
+}
+
+impl Admission {
+    pub fn new(max_calls: usize, websocket: WebSocketConfig) -> Admission {
+        Admission { max_calls, slots: Arc::default(), usage: Arc::default(), websocket }
+    }
 }
 
 /// Why a client was not admitted (for the log; the client was told).
@@ -298,11 +156,21 @@ pub enum Refused {
     /// The upgrade failed or timed out; nothing was said.
     Upgrade(String),
     Unauthorized,
+    /// At the listener's limit.
     Full,
+    /// At the token's `max-calls`: HTTP 503.
+    TokenFull(String),
+    /// Over the token's `calls-per-second`: HTTP 429.
+    TokenTooFast(String),
     /// Closed with 1008.
     NoFirstMessage(String),
     /// Closed with 1007.
     Malformed(String),
+    /// The token may not make this call: closed with 1008.
+    OutOfScope {
+        token: String,
+        why: String,
+    },
 }
 
 impl fmt::Display for Refused {
@@ -311,17 +179,30 @@ impl fmt::Display for Refused {
             Refused::Upgrade(why) => write!(f, "no WebSocket upgrade: {why}"),
             Refused::Unauthorized => write!(f, "no valid bearer token; answered 401"),
             Refused::Full => write!(f, "at listen-max-calls; answered 503"),
+            Refused::TokenFull(token) => write!(f, "token {token} is at its max-calls; answered 503"),
+            Refused::TokenTooFast(token) => write!(f, "token {token} is over its calls-per-second; answered 429"),
             Refused::NoFirstMessage(why) => write!(f, "{why}; closed with 1008"),
             Refused::Malformed(why) => write!(f, "malformed first message ({why}); closed with 1007"),
+            Refused::OutOfScope { token, why } => write!(f, "token {token}: {why}; closed with 1008"),
         }
     }
 }
 
-/// An admitted client: its socket, what it asked for, and its place under the limit.
+/// An upgraded client: its token and its places under the limits.
+pub struct Upgraded {
+    pub socket: WebSocket,
+    pub token: Arc<TokenScope>,
+    slot: Slot,
+    token_slot: TokenSlot,
+}
+
+/// An admitted client: its socket, its call, and its places under the limits
+/// (held until the call ends).
 pub struct Admitted {
     pub socket: WebSocket,
-    pub first: FirstMessage,
+    pub call: InboundCall,
     pub slot: Slot,
+    pub token_slot: TokenSlot,
 }
 
 fn refusal(status: StatusCode, text: &str) -> ErrorResponse {
@@ -330,6 +211,12 @@ fn refusal(status: StatusCode, text: &str) -> ErrorResponse {
     if status == StatusCode::UNAUTHORIZED {
         response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     }
+    response
+}
+
+fn too_many_requests(text: &str, wait: Duration) -> ErrorResponse {
+    let mut response = refusal(StatusCode::TOO_MANY_REQUESTS, text);
+    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_seconds(wait)));
     response
 }
 
@@ -355,6 +242,7 @@ async fn close_with(socket: &mut WebSocket, code: CloseCode, reason: &str) {
 
 /// The client's first message, within its time and size limits.
 async fn read_first_message(socket: &mut WebSocket) -> Result<FirstMessage, Refused> {
+    let over = || format!("the first message is over {MAX_FIRST_MESSAGE_BYTES} bytes");
     let first = timeout(FIRST_MESSAGE_TIMEOUT, async {
         loop {
             match socket.next().await {
@@ -362,9 +250,7 @@ async fn read_first_message(socket: &mut WebSocket) -> Result<FirstMessage, Refu
                 Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
                 Some(Ok(Message::Binary(_))) => return Err("the first message must be text JSON".to_string()),
                 Some(Ok(Message::Close(_))) | None => return Err("the client left before its first message".into()),
-                Some(Err(tokio_tungstenite::tungstenite::Error::Capacity(_))) => {
-                    return Err(format!("the first message is over {MAX_FIRST_MESSAGE_BYTES} bytes"))
-                }
+                Some(Err(tokio_tungstenite::tungstenite::Error::Capacity(_))) => return Err(over()),
                 Some(Err(error)) => return Err(error.to_string()),
             }
         }
@@ -373,90 +259,101 @@ async fn read_first_message(socket: &mut WebSocket) -> Result<FirstMessage, Refu
     match first {
         Err(_) => Err(Refused::NoFirstMessage("no first message within 5 s".into())),
         Ok(Err(why)) => Err(Refused::NoFirstMessage(why)),
-        Ok(Ok(text)) if text.len() > MAX_FIRST_MESSAGE_BYTES => {
-            Err(Refused::NoFirstMessage(format!("the first message is over {MAX_FIRST_MESSAGE_BYTES} bytes")))
-        }
+        Ok(Ok(text)) if text.len() > MAX_FIRST_MESSAGE_BYTES => Err(Refused::NoFirstMessage(over())),
         Ok(Ok(text)) => FirstMessage::parse(text.as_str()).map_err(|Malformed(why)| Refused::Malformed(why)),
     }
 }
 
-/// Upgrades `stream` if its request carries a valid token and a call may be
-/// added, then waits for the client's first message. Nothing is created
-/// before this returns Ok.
+/// A place for a call of `token` under its limits and the listener's, or
+/// what the client is answered and why.
+#[allow(clippy::result_large_err)] // tungstenite's ErrorResponse
+fn places(token: &TokenScope, admission: &Admission) -> Result<(Slot, TokenSlot), (ErrorResponse, Refused)> {
+    let name = || token.name.clone();
+    let token_slot = match admission.usage.take(token, Instant::now()) {
+        Ok(token_slot) => token_slot,
+        Err(TokenRefusal::Full) => {
+            let answer = refusal(StatusCode::SERVICE_UNAVAILABLE, "the token's calls are up");
+            return Err((answer, Refused::TokenFull(name())));
+        }
+        Err(TokenRefusal::TooFast(wait)) => {
+            let answer = too_many_requests("the token's call rate is reached", wait);
+            return Err((answer, Refused::TokenTooFast(name())));
+        }
+    };
+    let Some(slot) = admission.slots.take(admission.max_calls) else {
+        return Err((refusal(StatusCode::SERVICE_UNAVAILABLE, "too many calls"), Refused::Full));
+    };
+    Ok((slot, token_slot))
+}
+
+/// Upgrades `stream` by `deadline` if its request carries one of `tokens`
+/// and the token's and the listener's limits leave room for a call.
 #[allow(clippy::result_large_err)] // tungstenite's handshake callback type
-pub async fn admit(stream: Box<dyn Io>, admission: &Admission) -> Result<Admitted, Refused> {
-    let mut slot = None;
+pub async fn upgrade(
+    stream: Box<dyn Io>,
+    admission: &Admission,
+    tokens: &Tokens,
+    deadline: tokio::time::Instant,
+) -> Result<Upgraded, Refused> {
+    let mut granted = None;
+    let mut refused = None;
     let callback = |request: &Request, mut response: Response| {
         let authorization = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-        if !admission.tokens.admits(authorization.and_then(bearer_token)) {
+        let Some(token) = tokens.find(authorization.and_then(bearer_token)) else {
+            refused = Some(Refused::Unauthorized);
             return Err(refusal(StatusCode::UNAUTHORIZED, "a valid bearer token is required"));
-        }
-        slot = admission.slots.take(admission.max_calls);
-        if slot.is_none() {
-            return Err(refusal(StatusCode::SERVICE_UNAVAILABLE, "too many calls"));
-        }
+        };
+        let (slot, token_slot) = places(&token, admission).map_err(|(answer, why)| {
+            refused = Some(why);
+            answer
+        })?;
+        granted = Some((token, slot, token_slot));
         let offered = request.headers().get(header::SEC_WEBSOCKET_PROTOCOL).and_then(|v| v.to_str().ok());
         if offered.is_some_and(offers_subprotocol) {
             response.headers_mut().insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(SUBPROTOCOL));
         }
         Ok(response)
     };
-    let upgrade = tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(admission.websocket));
-    let upgraded = timeout(UPGRADE_TIMEOUT, upgrade).await;
-    let mut socket = match upgraded {
-        Err(_) => return Err(Refused::Upgrade("no upgrade within 5 s".into())),
-        Ok(Err(error)) => {
-            return Err(match error {
-                tokio_tungstenite::tungstenite::Error::Http(response) => match response.status() {
-                    StatusCode::UNAUTHORIZED => Refused::Unauthorized,
-                    StatusCode::SERVICE_UNAVAILABLE => Refused::Full,
-                    status => Refused::Upgrade(format!("answered {status}")),
-                },
-                other => Refused::Upgrade(other.to_string()),
-            })
-        }
+    let accepting = tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(admission.websocket));
+    let socket = match tokio::time::timeout_at(deadline, accepting).await {
+        Err(_) => return Err(Refused::Upgrade("no upgrade in time".into())),
+        Ok(Err(error)) => return Err(refused.unwrap_or_else(|| Refused::Upgrade(error.to_string()))),
         Ok(Ok(socket)) => socket,
     };
-    if slot.is_none() {
-        return Err(Refused::Upgrade("upgraded without a call slot".into()));
-    }
-    let parsed = read_first_message(&mut socket).await;
-    match (parsed, slot) {
-        (Ok(first), Some(slot)) => Ok(Admitted { socket, first, slot }),
-        (Ok(_), None) => Err(Refused::Upgrade("upgraded without a call slot".into())),
-        (Err(refused), slot) => {
-            // The place is free before the close handshake, which may take a second.
-            drop(slot);
-            let (code, why) = match &refused {
-                Refused::Malformed(why) => (CloseCode::Invalid, why.as_str()),
-                Refused::NoFirstMessage(why) => (CloseCode::Policy, why.as_str()),
-                _ => (CloseCode::Policy, "refused"),
-            };
-            close_with(&mut socket, code, why).await;
-            Err(refused)
-        }
-    }
+    let (token, slot, token_slot) = granted.ok_or(Refused::Upgrade("upgraded without a call slot".into()))?;
+    Ok(Upgraded { socket, token, slot, token_slot })
+}
+
+/// Waits for an upgraded client's first message and checks it against its
+/// token's scope; `peer` is the client. Nothing is created before this
+/// returns Ok; a refused client is closed with the reason.
+pub async fn admit_call(upgraded: Upgraded, peer: SocketAddr) -> Result<Admitted, Refused> {
+    let Upgraded { mut socket, token, slot, token_slot } = upgraded;
+    let refused = match read_first_message(&mut socket).await {
+        Ok(first) => match InboundCall::scoped(first, &token, peer) {
+            Ok(call) => return Ok(Admitted { socket, call, slot, token_slot }),
+            Err(OutOfScope(why)) => Refused::OutOfScope { token: token.name.clone(), why },
+        },
+        Err(refused) => refused,
+    };
+    // The places are free before the close handshake, which may take a second.
+    drop((slot, token_slot));
+    let (code, why) = match &refused {
+        Refused::Malformed(why) => (CloseCode::Invalid, why.as_str()),
+        Refused::NoFirstMessage(why) | Refused::OutOfScope { why, .. } => (CloseCode::Policy, why.as_str()),
+        _ => (CloseCode::Policy, "refused"),
+    };
+    close_with(&mut socket, code, why).await;
+    Err(refused)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::settings::Encoding;
     use tokio::net::{TcpListener, TcpStream};
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-    #[test]
-    fn tokens_admit_only_their_own() {
-        let tokens = Tokens::parse(" alpha, beta\tgamma ");
-        assert_eq!(tokens.len(), 3);
-        assert!(tokens.admits(Some("alpha")) && tokens.admits(Some("gamma")));
-        for bad in ["", "alph", "alphaa", "ALPHA", "beta gamma"] {
-            assert!(!tokens.admits(Some(bad)), "{bad}");
-        }
-        assert!(!tokens.admits(None));
-        assert!(!Tokens::parse("").admits(Some("")), "no tokens admit nobody");
-        assert_eq!(format!("{tokens:?}"), "Tokens(3 configured)", "tokens never reach a log");
-    }
+    const SECRET: &str = "a-secret-of-twenty-plus";
 
     #[test]
     fn bearer_tokens_and_subprotocols_are_read() {
@@ -480,72 +377,6 @@ mod tests {
     }
 
     #[test]
-    fn the_issue_example_parses() {
-        let text = r#"{"destination":"1000","caller_id_number":"bot7","caller_id_name":"Sales bot","content-type":"audio/l16;rate=16000","variables":{"campaign":"x1"}}"#;
-        let first = FirstMessage::parse(text).unwrap();
-        assert_eq!(first.destination, "1000");
-        assert_eq!(first.caller_id_number.as_deref(), Some("bot7"));
-        assert_eq!(first.caller_id_name.as_deref(), Some("Sales bot"));
-        assert_eq!(first.content_type, ContentType::l16(16000));
-        assert_eq!(first.variables, vec![("wsbridge_in_campaign".to_string(), "x1".to_string())]);
-    }
-
-    #[test]
-    fn only_the_destination_is_required() {
-        let first = FirstMessage::parse(r#"{"destination":"9","context":"default","extra":1}"#).unwrap();
-        assert_eq!(first.content_type, ContentType::l16(16000), "16 kHz L16 by default");
-        assert!(first.variables.is_empty() && first.caller_id_name.is_none());
-        let pcmu = FirstMessage::parse(r#"{"destination":"9","content-type":"audio/pcmu"}"#).unwrap();
-        assert_eq!(pcmu.content_type.encoding, Encoding::Pcmu);
-    }
-
-    #[test]
-    fn variables_are_prefixed_and_bounded() {
-        let first =
-            FirstMessage::parse(r#"{"destination":"1","variables":{"hangup_after_bridge":"false","n":5,"b":true}}"#)
-                .unwrap();
-        let names: Vec<&str> = first.variables.iter().map(|(name, _)| name.as_str()).collect();
-        assert_eq!(names, ["wsbridge_in_hangup_after_bridge", "wsbridge_in_n", "wsbridge_in_b"]);
-        assert_eq!(first.variables[1].1, "5");
-        let many: Map<String, Value> = (0..33).map(|i| (format!("k{i}"), json!("v"))).collect();
-        let too_many = json!({"destination": "1", "variables": many}).to_string();
-        assert!(FirstMessage::parse(&too_many).unwrap_err().0.contains("32 keys"));
-        let big: Map<String, Value> = (0..3).map(|i| (format!("k{i}"), json!("v".repeat(1000)))).collect();
-        let too_big = json!({"destination": "1", "variables": big}).to_string();
-        assert!(FirstMessage::parse(&too_big).unwrap_err().0.contains("2048 bytes"));
-    }
-
-    #[test]
-    fn malformed_first_messages_are_refused_with_a_reason() {
-        let long_key = format!(r#"{{"destination":"1","variables":{{"{}":"x"}}}}"#, "k".repeat(65));
-        let long_destination = format!(r#"{{"destination":"{}"}}"#, "1".repeat(129));
-        let oversized = format!(r#"{{"destination":"1","pad":"{}"}}"#, "x".repeat(5000));
-        for bad in [
-            "",
-            "not json",
-            "[1]",
-            "{}",
-            r#"{"destination":5}"#,
-            r#"{"destination":""}"#,
-            r#"{"destination":"1\n2"}"#,
-            r#"{"destination":"1","content-type":"audio/opus"}"#,
-            r#"{"destination":"1","variables":[1]}"#,
-            r#"{"destination":"1","variables":{"a-b":"x"}}"#,
-            r#"{"destination":"1","variables":{"${x}":"x"}}"#,
-            r#"{"destination":"1","variables":{"a":{"b":1}}}"#,
-            r#"{"destination":"1","variables":{"a":"x\u0000y"}}"#,
-            r#"{"destination":"1","caller_id_name":7}"#,
-            &long_key,
-            &long_destination,
-            &oversized,
-        ] {
-            let refused = FirstMessage::parse(bad);
-            assert!(refused.is_err(), "{bad}");
-            assert!(!refused.unwrap_err().0.is_empty());
-        }
-    }
-
-    #[test]
     fn progress_is_told_once_each() {
         let seen = ProgressSeen::default();
         assert_eq!(seen.first(Progress::Ringing).as_deref(), Some(r#"{"event":"ringing"}"#));
@@ -558,32 +389,37 @@ mod tests {
         assert_eq!(seen.first(Progress::Answered), None);
     }
 
-    #[test]
-    fn plans_name_the_client() {
-        let peer: SocketAddr = "127.0.0.1:4567".parse().unwrap();
-        let first = FirstMessage::parse(r#"{"destination":"1","content-type":"audio/l16;rate=8000"}"#).unwrap();
-        let plan = first.plan(peer, CallTuning::default()).unwrap();
-        assert_eq!(plan.shown_uri, "inbound:127.0.0.1:4567");
-        assert_eq!(plan.server.content_type, ContentType::l16(8000));
-        assert_eq!(channel_name(peer), "wsbridge/inbound/127.0.0.1:4567");
-        let v6: SocketAddr = "[::1]:80".parse().unwrap();
-        assert!(first.plan(v6, CallTuning::default()).is_ok());
-    }
-
     fn admission(max_calls: usize) -> Admission {
         let mut websocket = WebSocketConfig::default();
         websocket.max_message_size = Some(64 << 10);
-        Admission { tokens: Tokens::parse("secret"), max_calls, slots: Arc::default(), websocket }
+        Admission::new(max_calls, websocket)
+    }
+
+    fn tokens(extra: &[(&str, &str)]) -> Tokens {
+        let mut element: Vec<(String, String)> = vec![
+            ("name".into(), "bot-a".into()),
+            ("secret".into(), SECRET.into()),
+            ("destinations".into(), "5\\d{3}".into()),
+        ];
+        element.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let (tokens, problems) = Tokens::scoped(&[element], "public");
+        assert!(problems.is_empty(), "{problems:?}");
+        tokens.with_unscoped(Tokens::unscoped("unscoped-secret", "public"))
     }
 
     /// Serves one admission on a fresh port; returns the port and the task.
-    async fn serve(admission: Admission) -> (u16, tokio::task::JoinHandle<Result<FirstMessage, Refused>>) {
+    async fn serve(
+        admission: Admission,
+        tokens: Tokens,
+    ) -> (u16, tokio::task::JoinHandle<Result<InboundCall, Refused>>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let task = tokio::spawn(async move {
-            let (tcp, _) = listener.accept().await.unwrap();
-            let admitted = admit(Box::new(tcp), &admission).await?;
-            Ok(admitted.first)
+            let (tcp, peer) = listener.accept().await.unwrap();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+            let upgraded = upgrade(Box::new(tcp), &admission, &tokens, deadline).await?;
+            let admitted = admit_call(upgraded, peer).await?;
+            Ok(admitted.call)
         });
         (port, task)
     }
@@ -597,38 +433,48 @@ mod tests {
         request
     }
 
-    async fn close_code(
-        client: &mut tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>,
-    ) -> Option<u16> {
+    type Client = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
+
+    async fn close_of(client: &mut Client) -> Option<(u16, String)> {
         loop {
             match client.next().await {
-                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| (u16::from(f.code), f.reason.to_string())),
                 Some(Ok(_)) => continue,
                 _ => return None,
             }
         }
     }
 
+    async fn close_code(client: &mut Client) -> Option<u16> {
+        close_of(client).await.map(|(code, _)| code)
+    }
+
+    /// The HTTP status a refused upgrade got, and its Retry-After.
+    async fn refused_status(port: u16, token: Option<&str>) -> (u16, Option<String>) {
+        match tokio_tungstenite::connect_async(request(port, token)).await.unwrap_err() {
+            tokio_tungstenite::tungstenite::Error::Http(response) => (
+                response.status().as_u16(),
+                response.headers().get(header::RETRY_AFTER).map(|v| v.to_str().unwrap().to_string()),
+            ),
+            other => panic!("{other}"),
+        }
+    }
+
     #[tokio::test]
     async fn a_good_client_is_admitted_with_the_subprotocol() {
-        let (port, task) = serve(admission(1)).await;
-        let (mut client, response) = tokio_tungstenite::connect_async(request(port, Some("secret"))).await.unwrap();
+        let (port, task) = serve(admission(1), tokens(&[])).await;
+        let (mut client, response) = tokio_tungstenite::connect_async(request(port, Some(SECRET))).await.unwrap();
         assert_eq!(response.headers().get(header::SEC_WEBSOCKET_PROTOCOL).unwrap(), "WSBRIDGE");
         client.send(Message::text(r#"{"destination":"5000"}"#)).await.unwrap();
-        assert_eq!(task.await.unwrap().unwrap().destination, "5000");
+        let call = task.await.unwrap().unwrap();
+        assert_eq!((call.destination.as_str(), call.token.as_str()), ("5000", "bot-a"));
     }
 
     #[tokio::test]
     async fn a_wrong_or_missing_token_gets_401() {
         for token in [Some("wrong"), None] {
-            let (port, task) = serve(admission(1)).await;
-            let error = tokio_tungstenite::connect_async(request(port, token)).await.unwrap_err();
-            match error {
-                tokio_tungstenite::tungstenite::Error::Http(response) => {
-                    assert_eq!(response.status(), StatusCode::UNAUTHORIZED)
-                }
-                other => panic!("{other}"),
-            }
+            let (port, task) = serve(admission(1), tokens(&[])).await;
+            assert_eq!(refused_status(port, token).await, (401, None));
             assert_eq!(task.await.unwrap().unwrap_err(), Refused::Unauthorized);
         }
     }
@@ -637,32 +483,67 @@ mod tests {
     async fn over_the_limit_gets_503() {
         let admission = admission(1);
         let _held = admission.slots.take(1).unwrap();
-        let (port, task) = serve(admission).await;
-        match tokio_tungstenite::connect_async(request(port, Some("secret"))).await.unwrap_err() {
-            tokio_tungstenite::tungstenite::Error::Http(response) => {
-                assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE)
-            }
-            other => panic!("{other}"),
-        }
+        let (port, task) = serve(admission, tokens(&[])).await;
+        assert_eq!(refused_status(port, Some(SECRET)).await, (503, None));
         assert_eq!(task.await.unwrap().unwrap_err(), Refused::Full);
     }
 
     #[tokio::test]
+    async fn over_the_tokens_limits_gets_503_and_429() {
+        let admission = admission(10);
+        let limited = tokens(&[("max-calls", "1")]);
+        let _held = admission.usage.take(&limited.find(Some(SECRET)).unwrap(), Instant::now()).unwrap();
+        let (port, task) = serve(admission.clone(), limited).await;
+        assert_eq!(refused_status(port, Some(SECRET)).await, (503, None));
+        assert_eq!(task.await.unwrap().unwrap_err(), Refused::TokenFull("bot-a".into()));
+        assert_eq!(admission.slots.active(), 0, "the listener's place is not taken");
+
+        let slow = tokens(&[("calls-per-second", "0.5")]);
+        let _first = admission.usage.take(&slow.find(Some(SECRET)).unwrap(), Instant::now());
+        let (port, task) = serve(admission.clone(), slow.clone()).await;
+        assert_eq!(refused_status(port, Some(SECRET)).await, (429, Some("2".to_string())));
+        assert_eq!(task.await.unwrap().unwrap_err(), Refused::TokenTooFast("bot-a".into()));
+        let (port, task) = serve(admission, slow).await;
+        let (mut client, _) = tokio_tungstenite::connect_async(request(port, Some("unscoped-secret"))).await.unwrap();
+        client.send(Message::text(r#"{"destination":"anything"}"#)).await.unwrap();
+        assert_eq!(task.await.unwrap().unwrap().token, "unscoped-1", "another token is not limited");
+    }
+
+    #[tokio::test]
+    async fn out_of_scope_gets_1008_with_the_reason() {
+        let scoped = tokens(&[("caller-id-numbers", "\\+1555\\d{7}")]);
+        for (first, reason) in [
+            (
+                r#"{"destination":"0044123","caller_id_number":"+15551234567"}"#,
+                "destination not allowed for this token",
+            ),
+            (r#"{"destination":"5000","caller_id_number":"+4420"}"#, "caller ID number not allowed for this token"),
+        ] {
+            let (port, task) = serve(admission(1), scoped.clone()).await;
+            let (mut client, _) = tokio_tungstenite::connect_async(request(port, Some(SECRET))).await.unwrap();
+            client.send(Message::text(first)).await.unwrap();
+            assert_eq!(close_of(&mut client).await, Some((1008, reason.to_string())));
+            let Err(Refused::OutOfScope { token, why }) = task.await.unwrap() else { panic!("{first}") };
+            assert_eq!((token.as_str(), why.as_str()), ("bot-a", reason));
+        }
+    }
+
+    #[tokio::test]
     async fn malformed_gets_1007_and_binary_gets_1008() {
-        let (port, task) = serve(admission(1)).await;
-        let (mut client, _) = tokio_tungstenite::connect_async(request(port, Some("secret"))).await.unwrap();
+        let (port, task) = serve(admission(1), tokens(&[])).await;
+        let (mut client, _) = tokio_tungstenite::connect_async(request(port, Some(SECRET))).await.unwrap();
         client.send(Message::text(r#"{"destination":""}"#)).await.unwrap();
         assert_eq!(close_code(&mut client).await, Some(1007));
         assert!(matches!(task.await.unwrap(), Err(Refused::Malformed(_))));
 
-        let (port, task) = serve(admission(1)).await;
-        let (mut client, _) = tokio_tungstenite::connect_async(request(port, Some("secret"))).await.unwrap();
+        let (port, task) = serve(admission(1), tokens(&[])).await;
+        let (mut client, _) = tokio_tungstenite::connect_async(request(port, Some(SECRET))).await.unwrap();
         client.send(Message::binary(vec![0u8; 640])).await.unwrap();
         assert_eq!(close_code(&mut client).await, Some(1008));
         assert!(matches!(task.await.unwrap(), Err(Refused::NoFirstMessage(_))));
 
-        let (port, task) = serve(admission(1)).await;
-        let (mut client, _) = tokio_tungstenite::connect_async(request(port, Some("secret"))).await.unwrap();
+        let (port, task) = serve(admission(1), tokens(&[])).await;
+        let (mut client, _) = tokio_tungstenite::connect_async(request(port, Some(SECRET))).await.unwrap();
         client.send(Message::text(format!(r#"{{"destination":"1","p":"{}"}}"#, "x".repeat(5000)))).await.unwrap();
         assert_eq!(close_code(&mut client).await, Some(1008), "over 4 KiB");
         assert!(matches!(task.await.unwrap(), Err(Refused::NoFirstMessage(_))));
@@ -670,8 +551,8 @@ mod tests {
 
     #[tokio::test]
     async fn silence_after_the_upgrade_gets_1008_after_5_s() {
-        let (port, task) = serve(admission(1)).await;
-        let (mut client, _) = tokio_tungstenite::connect_async(request(port, Some("secret"))).await.unwrap();
+        let (port, task) = serve(admission(1), tokens(&[])).await;
+        let (mut client, _) = tokio_tungstenite::connect_async(request(port, Some(SECRET))).await.unwrap();
         let started = tokio::time::Instant::now();
         assert_eq!(close_code(&mut client).await, Some(1008));
         assert!(started.elapsed() >= FIRST_MESSAGE_TIMEOUT);

@@ -1,11 +1,14 @@
 //! One call's life: its [`plan`] (from variables to the server it reaches),
 //! its [`conversation`] with the server, [`admission`] of calls from the
-//! WebSocket side, [`fork_plan`] for streaming a call that is up,
+//! WebSocket side (the client's [`first_message`], its token's
+//! [`token_usage`]), [`fork_plan`] for streaming a call that is up,
 //! [`drain_state`] and the [`api`]'s arguments and output.
 
 pub mod admission;
 pub mod api;
 pub mod conversation;
 pub mod drain_state;
+pub mod first_message;
 pub mod fork_plan;
 pub mod plan;
+pub mod token_usage;

@@ -21,11 +21,16 @@ pub fn load() -> Arc<ModuleConfig> {
         tracing::info!("no wsbridge.conf; using built-in defaults");
         Vec::new()
     });
-    let (config, problems) = ModuleConfig::from_params(&params);
+    let tokens = ffi::config_elements(c"wsbridge.conf", c"listen-tokens", c"token").unwrap_or_default();
+    let (config, problems) = ModuleConfig::from_file(&params, &tokens);
     for problem in problems {
         tracing::warn!("wsbridge.conf: {problem}");
     }
-    tracing::info!("wsbridge.conf: {} settings loaded", params.len());
+    tracing::info!(
+        "wsbridge.conf: {} settings loaded, {} listener token(s)",
+        params.len(),
+        config.listener.tokens.len()
+    );
     let config = Arc::new(config);
     *crate::support::sync::write(&CONFIG) = Some(config.clone());
     config

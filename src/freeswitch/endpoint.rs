@@ -19,8 +19,9 @@ use crate::audio::comfort_noise::DownlinkMixer;
 use crate::audio::media::CallMedia;
 use crate::audio::reframe::Reframer;
 use crate::audio::uplink::PushOutcome;
-use crate::call::admission::{self, FirstMessage, Progress, ProgressSeen};
+use crate::call::admission::{Progress, ProgressSeen};
 use crate::call::conversation::{self, CallControl, CallEvent};
+use crate::call::first_message::{channel_name, InboundCall};
 use crate::call::plan::{admit, plan_call, CallPlan, CallSources};
 use crate::settings::cause::HangupCause;
 use crate::settings::CallTuning;
@@ -56,6 +57,8 @@ pub struct WsbridgeCall {
     uplink_reframer: Mutex<Reframer>,
     /// Set for a call from the WebSocket side: the progress its client was told.
     inbound: Option<ProgressSeen>,
+    /// A call from the WebSocket side is hung up this long after its answer (its token's `max-seconds`).
+    max_seconds: Option<u64>,
 }
 
 /// Gathers the call's sources from what originate handed us and plans it.
@@ -107,14 +110,16 @@ impl WsbridgeCall {
             write_codec,
             plan,
             inbound: None,
+            max_seconds: None,
         })
     }
 
     /// A call from the WebSocket side: its client's socket is open already.
-    fn inbound(session: Session<'_>, plan: CallPlan) -> Result<WsbridgeCall, String> {
+    fn inbound(session: Session<'_>, plan: CallPlan, max_seconds: Option<u64>) -> Result<WsbridgeCall, String> {
         let mut call = WsbridgeCall::with_media(session, plan)?;
         call.media.mark_open(&call.plan.shown_uri);
         call.inbound = Some(ProgressSeen::default());
+        call.max_seconds = max_seconds;
         Ok(call)
     }
 }
@@ -132,9 +137,8 @@ impl WsbridgeCall {
 /// Creates the channel of a call from the WebSocket side and sends it into
 /// the dialplan. Returns what its task needs: the media and the control.
 pub(super) fn start_inbound_call(
-    first: &FirstMessage,
+    call: &InboundCall,
     peer: SocketAddr,
-    context: &str,
 ) -> Result<(Arc<CallMedia>, LocatedCall, CallTuning), String> {
     let config = config_store::config();
     if drain::is_draining() {
@@ -145,21 +149,19 @@ pub(super) fn start_inbound_call(
     for problem in problems {
         tracing::warn!("{problem}");
     }
-    let plan = first.plan(peer, tuning.clone())?;
-    let caller_id_number = first.caller_id_number.clone().unwrap_or_else(|| peer.ip().to_string());
-    let caller_id_name = first.caller_id_name.clone().unwrap_or_else(|| "wsbridge".to_string());
+    let plan = call.plan(peer, tuning.clone())?;
     let request = InboundRequest {
-        channel_name: &admission::channel_name(peer),
-        context,
-        destination: &first.destination,
-        caller_id_name: &caller_id_name,
-        caller_id_number: &caller_id_number,
+        channel_name: &channel_name(peer),
+        context: &call.context,
+        destination: &call.destination,
+        caller_id_name: &call.caller_id_name,
+        caller_id_number: &call.caller_id_number,
         network_address: &peer.ip().to_string(),
-        variables: &first.variables,
+        variables: &call.variables,
     };
     let mut media = None;
     let uuid = ffi::start_inbound(&request, |session| {
-        let call = WsbridgeCall::inbound(session, plan)?;
+        let call = WsbridgeCall::inbound(session, plan, call.max_seconds)?;
         media = Some(call.media.clone());
         Ok(call)
     })?;
@@ -289,7 +291,7 @@ impl Endpoint for WsbridgeCall {
         }
     }
 
-    fn on_indication(&self, _session: Session<'_>, indication: Indication) {
+    fn on_indication(&self, session: Session<'_>, indication: Indication) {
         let Some(seen) = &self.inbound else { return };
         let progress = match indication {
             Indication::Ringing => Progress::Ringing,
@@ -298,6 +300,10 @@ impl Endpoint for WsbridgeCall {
         };
         if let Some(event) = seen.first(progress) {
             self.media.send_text(event);
+            if let (Progress::Answered, Some(seconds)) = (progress, self.max_seconds) {
+                session.schedule_hangup(seconds, HangupCause::AllottedTimeout);
+                tracing::debug!("hanging up {seconds} s after the answer (the token's max-seconds)");
+            }
         }
     }
 }

@@ -1,7 +1,10 @@
 //! The listener for calls from the WebSocket side: bound at load when
 //! `listen` is set, on the module's runtime, and closed at unload (so
 //! `reload mod_wsbridge` rebinds it with the file's new settings). Each
-//! client is admitted by [`crate::call::admission::admit`] before any channel exists.
+//! client is admitted by [`crate::call::admission::upgrade`] and
+//! [`crate::call::admission::admit_call`] before any channel exists, against
+//! the tokens of the wsbridge.conf in force when it connects (so a token
+//! removed by `reloadxml` admits nobody from then on).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -14,9 +17,10 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::{endpoint, lock, registry, runtime};
+use super::{config_store, endpoint, lock, registry, runtime};
 use crate::call::admission::{self, Admission, Admitted, CallSlots};
 use crate::call::conversation::CallControl;
+use crate::call::first_message::inbound_label;
 use crate::settings::module_conf::ListenerConfig;
 use crate::settings::options::ConnectionOptions;
 use crate::wire::connection::Connection;
@@ -83,16 +87,10 @@ pub fn start(config: &ListenerConfig) {
         }
     };
     let websocket = crate::wire::websocket::websocket_config(&ConnectionOptions::default());
-    let admission = Arc::new(Admission {
-        tokens: config.tokens.clone(),
-        max_calls: config.max_calls,
-        slots: Arc::default(),
-        websocket,
-    });
+    let admission = Arc::new(Admission::new(config.max_calls, websocket));
     let stop = CancellationToken::new();
     let scheme = if tls.is_some() { "wss" } else { "ws" };
-    let context = config.context.clone();
-    let accepting = accept_loop(listener, tls, admission, context.clone(), stop.clone());
+    let accepting = accept_loop(listener, tls, admission, stop.clone());
     if !runtime::spawn(accepting) {
         tracing::error!("the runtime is stopped; not listening on {address}");
         return;
@@ -101,7 +99,9 @@ pub fn start(config: &ListenerConfig) {
         previous.cancel();
     }
     tracing::info!(
-        "listening on {scheme}://{address} for calls from the WebSocket side (context {context}, at most {} calls)",
+        "listening on {scheme}://{address} for calls from the WebSocket side ({} token(s), {} unscoped; at most {} calls)",
+        config.tokens.len(),
+        config.tokens.unscoped_count(),
         config.max_calls
     );
 }
@@ -118,7 +118,6 @@ async fn accept_loop(
     listener: std::net::TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
     admission: Arc<Admission>,
-    context: String,
     stop: CancellationToken,
 ) {
     let listener = match TcpListener::from_std(listener) {
@@ -148,7 +147,7 @@ async fn accept_loop(
             tracing::warn!("{} WebSocket clients are being admitted already; closing {peer}", pending_limit);
             continue;
         };
-        let client = serve_client(tcp, peer, tls.clone(), admission.clone(), context.clone(), pending_slot);
+        let client = serve_client(tcp, peer, tls.clone(), admission.clone(), pending_slot);
         tokio::spawn(runtime::watched(tracing::info_span!("inbound", client = %peer), client));
     }
     tracing::info!("no longer listening for calls from the WebSocket side");
@@ -159,27 +158,32 @@ async fn serve_client(
     peer: SocketAddr,
     tls: Option<tokio_rustls::TlsAcceptor>,
     admission: Arc<Admission>,
-    context: String,
     pending_slot: admission::Slot,
 ) {
+    let config = config_store::config();
+    let deadline = tokio::time::Instant::now() + config.listener.flood.upgrade_timeout;
     let _ = tcp.set_nodelay(true);
     let io: Box<dyn Io> = match tls {
         None => Box::new(tcp),
-        Some(acceptor) => match timeout(admission::UPGRADE_TIMEOUT, acceptor.accept(tcp)).await {
+        Some(acceptor) => match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
             Ok(Ok(stream)) => Box::new(stream),
             Ok(Err(error)) => {
                 tracing::info!("WebSocket client {peer}: TLS failed: {error}");
                 return;
             }
             Err(_) => {
-                tracing::info!("WebSocket client {peer}: no TLS handshake within 5 s");
+                tracing::info!("WebSocket client {peer}: no TLS handshake in time");
                 return;
             }
         },
     };
-    let admitted = admission::admit(io, &admission).await;
+    let upgraded = admission::upgrade(io, &admission, &config.listener.tokens, deadline).await;
     drop(pending_slot);
-    let Admitted { mut socket, first, slot } = match admitted {
+    let admitted = match upgraded {
+        Ok(upgraded) => admission::admit_call(upgraded, peer).await,
+        Err(refused) => Err(refused),
+    };
+    let Admitted { socket, call, slot, token_slot } = match admitted {
         Ok(admitted) => admitted,
         Err(refused) => {
             registry::count_refused();
@@ -187,27 +191,38 @@ async fn serve_client(
             return;
         }
     };
-    let (media, control, tuning) = match endpoint::start_inbound_call(&first, peer, &context) {
+    let (media, control, tuning) = match endpoint::start_inbound_call(&call, peer) {
         Ok(started) => started,
         Err(why) => {
             registry::count_refused();
-            tracing::warn!("WebSocket client {peer}: no call to {}: {why}", first.destination);
-            let hangup = hangup_event("DESTINATION_OUT_OF_ORDER");
-            let close = CloseFrame { code: CloseCode::Again, reason: "no call could be created".into() };
-            let _ = timeout(std::time::Duration::from_secs(1), async {
-                use futures_util::SinkExt;
-                socket.send(Message::text(hangup)).await?;
-                socket.send(Message::Close(Some(close))).await
-            })
-            .await;
+            tracing::warn!("WebSocket client {peer}: no call to {}: {why}", call.destination);
+            no_call(socket).await;
             return;
         }
     };
-    tracing::info!("WebSocket client {peer} calls {} in context {context} ({})", first.destination, first.content_type);
-    let label = admission::inbound_label(peer);
+    tracing::info!(
+        "WebSocket client {peer} (token {}) calls {} in context {} ({})",
+        call.token,
+        call.destination,
+        call.context,
+        call.content_type
+    );
+    let label = inbound_label(peer);
     let uuid = control.call_id().to_string();
     crate::call::conversation::serve_inbound(Connection::WebSocket(socket), label, media, control, tuning.connection)
         .instrument(runtime::call_span(&uuid))
         .await;
-    drop(slot);
+    drop((slot, token_slot));
+}
+
+/// Tells a client whose call could not be created, and closes.
+async fn no_call(mut socket: crate::wire::websocket::WebSocket) {
+    let hangup = hangup_event("DESTINATION_OUT_OF_ORDER");
+    let close = CloseFrame { code: CloseCode::Again, reason: "no call could be created".into() };
+    let _ = timeout(std::time::Duration::from_secs(1), async {
+        use futures_util::SinkExt;
+        socket.send(Message::text(hangup)).await?;
+        socket.send(Message::Close(Some(close))).await
+    })
+    .await;
 }

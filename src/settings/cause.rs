@@ -19,6 +19,8 @@ pub enum HangupCause {
     OutgoingCallBarred,
     /// A panic inside the module.
     Crash,
+    /// A call from the WebSocket side reached its token's `max-seconds`.
+    AllottedTimeout,
     /// The choices of `drain-cause`: what a draining node refuses new calls with.
     NormalTemporaryFailure,
     SwitchCongestion,
@@ -42,6 +44,7 @@ impl HangupCause {
             HangupCause::RecoveryOnTimerExpire => "RECOVERY_ON_TIMER_EXPIRE",
             HangupCause::OutgoingCallBarred => "OUTGOING_CALL_BARRED",
             HangupCause::Crash => "CRASH",
+            HangupCause::AllottedTimeout => "ALLOTTED_TIMEOUT",
             HangupCause::NormalTemporaryFailure => "NORMAL_TEMPORARY_FAILURE",
             HangupCause::SwitchCongestion => "SWITCH_CONGESTION",
             HangupCause::NormalCircuitCongestion => "NORMAL_CIRCUIT_CONGESTION",

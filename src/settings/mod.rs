@@ -4,7 +4,8 @@
 //!   call reaches and what it is told first (they may come from SIP headers).
 //! - [`tuning`]: the `wsbridge_*` channel variables that tune one call.
 //! - [`module_conf`]: `wsbridge.conf`, module-wide defaults for the tuning
-//!   plus the params that only the module has.
+//!   plus the params that only the module has; [`listener_conf`] its
+//!   `listen*` params, and [`tokens`] the listener's scoped tokens.
 //!
 //! [`TABLE`] names every tuning variable and param once, with its default,
 //! its range and its meaning. The code reads defaults and ranges from it, and
@@ -12,6 +13,7 @@
 //! two equal).
 
 pub mod cause;
+pub mod listener_conf;
 pub mod module_conf;
 pub mod options;
 pub mod security;
@@ -334,7 +336,7 @@ pub const LISTEN_TLS_KEY_FILE: Setting =
 pub const LISTEN_TOKENS: Setting = module_only(
     "listen-tokens",
     Kind::Text,
-    "bearer tokens a client must present (`Authorization: Bearer <token>`), separated by spaces or commas; none: the listener stays off",
+    "unscoped bearer tokens (`Authorization: Bearer <token>`), separated by spaces or commas: any destination, in `listen-context`; logged as unscoped at load. Prefer the `<listen-tokens>` section (see [Scoped tokens against toll fraud](#scoped-tokens-against-toll-fraud)); no token at all: the listener stays off",
 );
 pub const LISTEN_CONTEXT: Setting = Setting {
     default_text: Some("public"),
@@ -344,6 +346,41 @@ pub const LISTEN_MAX_CALLS: Setting = module_only(
     "listen-max-calls",
     integer(100, 1, 100_000),
     "most calls from the WebSocket side at once; beyond it upgrades get HTTP 503",
+);
+pub const LISTEN_ACL: Setting = Setting {
+    default_text: Some("any address"),
+    ..module_only(
+        "listen-acl",
+        Kind::Text,
+        "a FreeSWITCH ACL list (acl.conf) or CIDR the client's address must be in; any other gets HTTP 403 before the upgrade; read for each connection",
+    )
+};
+pub const LISTEN_ALLOW_PLAINTEXT: Setting = module_only(
+    "listen-allow-plaintext",
+    Kind::Flag { default: false },
+    "let a plain `ws` listener (no `listen-tls-*`) bind an address outside 127.0.0.0/8 and ::1; without it such a listener does not start",
+);
+pub const LISTEN_HANDSHAKES_PER_ADDRESS: Setting = module_only(
+    "listen-handshakes-per-address",
+    integer(8, 1, 10_000),
+    "connections from one address (an IPv6 /64) between the TCP accept and the upgrade at once; more are closed at once",
+);
+pub const LISTEN_UPGRADE_TIMEOUT_MS: Setting = module_only(
+    "listen-upgrade-timeout-ms",
+    integer(2000, 100, 60_000),
+    "how long a client has from the TCP accept to the upgrade, TLS included",
+);
+pub const LISTEN_AUTH_FAILURES: Setting = module_only(
+    "listen-auth-failures",
+    integer(10, 1, 100_000),
+    "failed authentications (HTTP 401) from one address within `listen-auth-window-ms` after which it gets HTTP 429 for `listen-auth-backoff-ms`",
+);
+pub const LISTEN_AUTH_WINDOW_MS: Setting =
+    module_only("listen-auth-window-ms", integer(60_000, 1000, HOUR_MS), "the window `listen-auth-failures` counts in");
+pub const LISTEN_AUTH_BACKOFF_MS: Setting = module_only(
+    "listen-auth-backoff-ms",
+    integer(60_000, 1000, 24 * HOUR_MS),
+    "how long an address that failed too often gets HTTP 429 (with `Retry-After`), whatever its token",
 );
 
 /// Every setting, in the order the README lists them.
@@ -391,6 +428,13 @@ pub const TABLE: &[Setting] = &[
     LISTEN_TOKENS,
     LISTEN_CONTEXT,
     LISTEN_MAX_CALLS,
+    LISTEN_ACL,
+    LISTEN_ALLOW_PLAINTEXT,
+    LISTEN_HANDSHAKES_PER_ADDRESS,
+    LISTEN_UPGRADE_TIMEOUT_MS,
+    LISTEN_AUTH_FAILURES,
+    LISTEN_AUTH_WINDOW_MS,
+    LISTEN_AUTH_BACKOFF_MS,
 ];
 
 /// The row for a param name, if there is one.

@@ -8,14 +8,13 @@ use super::server::ContentType;
 use super::tuning::{parse_flag, Reader};
 use super::{by_param, CallTuning, Scope, Setting};
 use super::{
-    ALLOWED_HOSTS, ALLOW_SIP_HEADER_URI, DEBUG, DEFAULT_CONTENT_TYPE, DEFAULT_URI, DRAIN, DRAIN_CAUSE, LISTEN,
-    LISTEN_CONTEXT, LISTEN_MAX_CALLS, LISTEN_TLS_CERT_FILE, LISTEN_TLS_KEY_FILE, LISTEN_TOKENS, MAX_CONNECTING,
+    ALLOWED_HOSTS, ALLOW_SIP_HEADER_URI, DEBUG, DEFAULT_CONTENT_TYPE, DEFAULT_URI, DRAIN, DRAIN_CAUSE, MAX_CONNECTING,
     RUNTIME_THREADS, UPLINK_BATCH_MS,
 };
 use crate::settings::cause::HangupCause;
+pub use crate::settings::listener_conf::ListenerConfig;
 
 use crate::settings::security::HostPattern;
-use crate::settings::tokens::Tokens;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModuleConfig {
@@ -40,48 +39,6 @@ pub struct ModuleConfig {
     pub drain_cause: HangupCause,
     /// The listener for calls from the WebSocket side.
     pub listener: ListenerConfig,
-}
-
-/// The listener for calls from the WebSocket side; read at load.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ListenerConfig {
-    /// None: no listener.
-    pub address: Option<std::net::SocketAddr>,
-    pub tls_cert_file: Option<String>,
-    pub tls_key_file: Option<String>,
-    pub tokens: Tokens,
-    pub context: String,
-    pub max_calls: usize,
-}
-
-impl Default for ListenerConfig {
-    fn default() -> Self {
-        ListenerConfig {
-            address: None,
-            tls_cert_file: None,
-            tls_key_file: None,
-            tokens: Tokens::parse(""),
-            context: LISTEN_CONTEXT.default_shown(),
-            max_calls: LISTEN_MAX_CALLS.integer_default() as usize,
-        }
-    }
-}
-
-impl ListenerConfig {
-    /// Why the listener cannot start as configured; None when it can (or is off).
-    pub fn unusable(&self) -> Option<String> {
-        self.address?;
-        if self.tokens.is_empty() {
-            return Some(format!("param {} is set but {} is empty", LISTEN.param, LISTEN_TOKENS.param));
-        }
-        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
-            return Some(format!(
-                "{} and {} must be set together",
-                LISTEN_TLS_CERT_FILE.param, LISTEN_TLS_KEY_FILE.param
-            ));
-        }
-        None
-    }
 }
 
 /// One per core, up to 4. One alone costs less CPU (see the README's benchmark),
@@ -118,6 +75,12 @@ impl ModuleConfig {
     /// Reads `<param name value/>` pairs. Returns the config and a line for
     /// each param ignored: unknown, or a bad value (whose default stays).
     pub fn from_params(params: &[(String, String)]) -> (ModuleConfig, Vec<String>) {
+        ModuleConfig::from_file(params, &[])
+    }
+
+    /// Reads the params and the attributes of each `<listen-tokens><token>`
+    /// element, as [`ModuleConfig::from_params`] (a refused token is a line too).
+    pub fn from_file(params: &[(String, String)], tokens: &[Vec<(String, String)>]) -> (ModuleConfig, Vec<String>) {
         let mut config = ModuleConfig::default();
         let mut problems = Vec::new();
         for (name, value) in params {
@@ -131,6 +94,7 @@ impl ModuleConfig {
                 Scope::ModuleOnly => config.set_module_only(setting, value, &mut problems),
             }
         }
+        config.listener.read_tokens(tokens, &mut problems);
         (config, problems)
     }
 
@@ -176,7 +140,7 @@ impl ModuleConfig {
                     setting.default_shown()
                 )),
             },
-            _ if param.starts_with("listen") => self.set_listener(setting, value, problems),
+            _ if param.starts_with("listen") => self.listener.set(setting, value, problems),
             _ if param == ALLOWED_HOSTS.param => match crate::settings::security::parse_allowlist(&value) {
                 Ok(patterns) => {
                     self.allowed_hosts = patterns;
@@ -206,46 +170,6 @@ impl ModuleConfig {
         }
     }
 
-    /// The `listen*` params: the listener's address, TLS, tokens, context and call limit.
-    fn set_listener(&mut self, setting: &'static Setting, value: String, problems: &mut Vec<String>) {
-        let param = setting.param;
-        match param {
-            _ if param == LISTEN.param => match value.parse() {
-                _ if value.is_empty() => self.listener.address = None,
-                Ok(address) => self.listener.address = Some(address),
-                Err(_) => problems.push(format!("param {param}='{value}' is not an address:port; no listener")),
-            },
-            _ if param == LISTEN_TLS_CERT_FILE.param => {
-                self.listener.tls_cert_file = Some(value).filter(|v| !v.is_empty())
-            }
-            _ if param == LISTEN_TLS_KEY_FILE.param => {
-                self.listener.tls_key_file = Some(value).filter(|v| !v.is_empty())
-            }
-            _ if param == LISTEN_TOKENS.param => self.listener.tokens = Tokens::parse(&value),
-            _ if param == LISTEN_CONTEXT.param => {
-                let valid = !value.is_empty()
-                    && value.len() <= 64
-                    && value.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
-                match valid {
-                    true => self.listener.context = value,
-                    false => problems.push(format!(
-                        "param {param}='{value}' is not a context name (A-Z, a-z, 0-9, _, - and .); using {}",
-                        setting.default_shown()
-                    )),
-                }
-            }
-            _ if param == LISTEN_MAX_CALLS.param => {
-                let source = |_: &str| Some(value.clone());
-                let mut reader = Reader::new(&source, &named);
-                if let Some(max) = reader.integer(setting) {
-                    self.listener.max_calls = max as usize;
-                }
-                problems.append(&mut reader.problems);
-            }
-            _ => {}
-        }
-    }
-
     /// The configured default for a per-call variable (`wsbridge_*`).
     pub fn value(&self, variable: &str) -> Option<String> {
         let param = variable.strip_prefix("wsbridge_")?.replace('_', "-");
@@ -265,14 +189,8 @@ impl ModuleConfig {
             (UPLINK_BATCH_MS.param.to_string(), self.uplink_batch.as_millis().to_string()),
             (DRAIN.param.to_string(), self.drain.to_string()),
             (DRAIN_CAUSE.param.to_string(), self.drain_cause.to_string()),
-            (LISTEN.param.to_string(), self.listener.address.map_or_else(String::new, |a| a.to_string())),
-            (LISTEN_TLS_CERT_FILE.param.to_string(), self.listener.tls_cert_file.clone().unwrap_or_default()),
-            (LISTEN_TLS_KEY_FILE.param.to_string(), self.listener.tls_key_file.clone().unwrap_or_default()),
-            // Never the tokens themselves.
-            (LISTEN_TOKENS.param.to_string(), format!("{} configured", self.listener.tokens.len())),
-            (LISTEN_CONTEXT.param.to_string(), self.listener.context.clone()),
-            (LISTEN_MAX_CALLS.param.to_string(), self.listener.max_calls.to_string()),
         ];
+        lines.extend(self.listener.describe());
         lines.extend(self.per_call.iter().map(|(param, value)| (param.to_string(), value.clone())));
         lines
     }
@@ -362,42 +280,6 @@ mod tests {
         assert!(problems[7].starts_with("param http-headers header name"), "{}", problems[7]);
         assert!(problems[8].starts_with("param drain='soon' is not true or false"), "{}", problems[8]);
         assert!(problems[9].starts_with("param drain-cause='NORMAL_CLEARING' is not one of"), "{}", problems[9]);
-    }
-
-    #[test]
-    fn listener_params_are_read_and_checked() {
-        let (config, problems) = ModuleConfig::from_params(&params(&[
-            ("listen", "127.0.0.1:8089"),
-            ("listen-tokens", "a, b"),
-            ("listen-context", "bots"),
-            ("listen-max-calls", "7"),
-        ]));
-        assert!(problems.is_empty(), "{problems:?}");
-        let listener = &config.listener;
-        assert_eq!(listener.address, Some("127.0.0.1:8089".parse().unwrap()));
-        assert!(listener.tokens.admits(Some("b")));
-        assert_eq!((listener.context.as_str(), listener.max_calls), ("bots", 7));
-        assert_eq!(listener.unusable(), None);
-        let shown = config.describe();
-        assert!(shown.contains(&("listen-tokens".to_string(), "2 configured".to_string())), "{shown:?}");
-
-        assert_eq!(ModuleConfig::default().listener.context, "public");
-        assert_eq!(ModuleConfig::default().listener.unusable(), None, "off is usable");
-        let (config, problems) = ModuleConfig::from_params(&params(&[
-            ("listen", "nowhere"),
-            ("listen-context", "a b"),
-            ("listen-max-calls", "0"),
-        ]));
-        assert_eq!(problems.len(), 3, "{problems:?}");
-        assert_eq!(config.listener, ListenerConfig::default());
-        let (config, _) = ModuleConfig::from_params(&params(&[("listen", "127.0.0.1:1")]));
-        assert!(config.listener.unusable().unwrap().contains("listen-tokens"));
-        let (config, _) = ModuleConfig::from_params(&params(&[
-            ("listen", "127.0.0.1:1"),
-            ("listen-tokens", "t"),
-            ("listen-tls-cert-file", "/c"),
-        ]));
-        assert!(config.listener.unusable().unwrap().contains("together"));
     }
 
     #[test]

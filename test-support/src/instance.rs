@@ -400,14 +400,29 @@ impl FreeSwitch {
 
     /// Replaces the wsbridge.conf section of the running config (then `reloadxml`).
     pub fn set_wsbridge_conf(&self, params: &str) {
+        self.set_wsbridge_conf_sections(params, "");
+    }
+
+    /// As [`FreeSwitch::set_wsbridge_conf`], with more sections after `<settings>`
+    /// (such as `<listen-tokens>`).
+    pub fn set_wsbridge_conf_sections(&self, params: &str, sections: &str) {
         let path = self.dir.join("conf/freeswitch.xml");
         let text = fs::read_to_string(&path).unwrap();
         let begin = text.find("<!-- wsbridge.conf begin -->").unwrap();
         let end = text.find("<!-- wsbridge.conf end -->").unwrap();
         let section = format!(
-            "<!-- wsbridge.conf begin -->\n<configuration name=\"wsbridge.conf\" description=\"test\"><settings>{params}</settings></configuration>\n"
+            "<!-- wsbridge.conf begin -->\n<configuration name=\"wsbridge.conf\" description=\"test\"><settings>{params}</settings>{sections}</configuration>\n"
         );
         fs::write(&path, format!("{}{section}{}", &text[..begin], &text[end..])).unwrap();
+    }
+
+    /// Adds `xml` (such as a `<configuration>` or a dialplan `<context>`) to the
+    /// running config just before `before`, a line of it (then `reloadxml`).
+    pub fn add_to_config(&self, before: &str, xml: &str) {
+        let path = self.dir.join("conf/freeswitch.xml");
+        let text = fs::read_to_string(&path).unwrap();
+        let at = text.find(before).unwrap_or_else(|| panic!("{before} is not in the config"));
+        fs::write(&path, format!("{}{xml}\n{}", &text[..at], &text[at..])).unwrap();
     }
 
     pub fn log_path(&self) -> PathBuf {

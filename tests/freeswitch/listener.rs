@@ -30,9 +30,9 @@ const TOKEN: &str = "listener-test-token";
 const CLIENT_HZ: f64 = 700.0;
 const DIALPLAN_HZ: f64 = 1000.0;
 
-type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub(crate) type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
@@ -72,16 +72,16 @@ async fn open(port: u16, token: Option<&str>) -> Result<Socket, u16> {
 
 /// What a client heard during its call.
 #[derive(Debug, Default)]
-struct Heard {
-    events: Vec<String>,
-    audio: Vec<i16>,
-    close: Option<u16>,
+pub(crate) struct Heard {
+    pub(crate) events: Vec<String>,
+    pub(crate) audio: Vec<i16>,
+    pub(crate) close: Option<u16>,
     /// When the first audio message arrived and when the close did.
-    took: Duration,
+    pub(crate) took: Duration,
 }
 
 impl Heard {
-    fn event_names(&self) -> Vec<String> {
+    pub(crate) fn event_names(&self) -> Vec<String> {
         self.events
             .iter()
             .filter_map(|text| serde_json::from_str::<serde_json::Value>(text).ok())
@@ -89,7 +89,7 @@ impl Heard {
             .collect()
     }
 
-    fn hangup_cause(&self) -> Option<String> {
+    pub(crate) fn hangup_cause(&self) -> Option<String> {
         self.events
             .iter()
             .filter_map(|text| serde_json::from_str::<serde_json::Value>(text).ok())
@@ -100,7 +100,13 @@ impl Heard {
 
 /// Sends `first`, then the client's tone in real-time 20 ms frames (when
 /// `talk`) until the module closes, or `limit`.
-async fn call(mut socket: Socket, first: serde_json::Value, rate: u32, talk: bool, limit: Duration) -> Heard {
+pub(crate) async fn call(
+    mut socket: Socket,
+    first: serde_json::Value,
+    rate: u32,
+    talk: bool,
+    limit: Duration,
+) -> Heard {
     socket.send(Message::text(first.to_string())).await.unwrap();
     let samples = tone(CLIENT_HZ, rate, 30.0, 8000.0);
     let frame = (rate / 50) as usize;
@@ -139,7 +145,7 @@ async fn call(mut socket: Socket, first: serde_json::Value, rate: u32, talk: boo
 }
 
 /// The UUID of the inbound channel of the client on local `port`.
-fn channel_of(esl: &mut Esl, client_port: u16) -> Option<String> {
+pub(crate) fn channel_of(esl: &mut Esl, client_port: u16) -> Option<String> {
     let wanted = format!("wsbridge/inbound/127.0.0.1:{client_port}");
     esl.api("show channels")
         .lines()
@@ -147,11 +153,11 @@ fn channel_of(esl: &mut Esl, client_port: u16) -> Option<String> {
         .map(|line| line.split(',').next().unwrap().to_string())
 }
 
-fn inbound_channels(esl: &mut Esl) -> usize {
+pub(crate) fn inbound_channels(esl: &mut Esl) -> usize {
     esl.api("show channels").lines().filter(|line| line.contains("wsbridge/inbound/")).count()
 }
 
-fn wait_no_inbound(esl: &mut Esl, limit: Duration) {
+pub(crate) fn wait_no_inbound(esl: &mut Esl, limit: Duration) {
     let deadline = Instant::now() + limit;
     while inbound_channels(esl) > 0 {
         assert!(Instant::now() < deadline, "inbound channels still up after {limit:?}");
@@ -303,7 +309,7 @@ fn refusals(_freeswitch: &FreeSwitch, esl: &mut Esl, port: u16) {
 }
 
 /// Whether anything accepts TCP on `port`.
-fn listening(port: u16) -> bool {
+pub(crate) fn listening(port: u16) -> bool {
     std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
 }
 

@@ -83,6 +83,7 @@ use tests;
 mod audio;
 mod calls;
 mod drain;
+mod exposed;
 mod fork;
 mod g711;
 mod hostile;
@@ -208,6 +209,7 @@ fn main() {
     let mut tests = [
         calls::TESTS,
         drain::TESTS,
+        exposed::TESTS,
         fork::TESTS,
         hostile::TESTS,
         listener::TESTS,

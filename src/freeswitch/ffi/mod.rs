@@ -40,7 +40,7 @@ pub use event_bus::{fire_custom_event, free_subclass, reserve_subclass, unbind, 
 pub use leg_request::{retire_endpoint, start_inbound, InboundRequest, NewLeg, OutgoingRequest};
 pub use media_bug::{add_media_bug, MediaBugHandler};
 pub(crate) use module::declare_module;
-pub use module::{config_params, ApiCommand, Application, Module, ModuleInterface};
+pub use module::{acl_allows, config_elements, config_params, ApiCommand, Application, Module, ModuleInterface};
 pub use session::{Channel, ChannelState, LocatedSession, Session, Variables};
 
 const SUCCESS: fs::switch_status_t = fs::switch_status_t::SWITCH_STATUS_SUCCESS;

@@ -1,9 +1,10 @@
 //! The module itself: what FreeSWITCH hands `load` ([`ModuleInterface`]),
 //! the [`Module`] trait with its `load` and `shutdown` trampolines and
-//! `declare_module!`, dialplan [`Application`]s, [`ApiCommand`]s and the
-//! configuration's params ([`config_params`]).
+//! `declare_module!`, dialplan [`Application`]s, [`ApiCommand`]s, the
+//! configuration's params and elements ([`config_params`],
+//! [`config_elements`]) and ACL lists ([`acl_allows`]).
 
-use std::ffi::{c_char, c_void, CStr};
+use std::ffi::{c_char, c_int, c_void, CStr};
 use std::ptr::NonNull;
 
 use freeswitch_sys as fs;
@@ -72,6 +73,43 @@ pub fn config_params(name: &CStr) -> Option<Vec<(String, String)>> {
     // SAFETY: the callback only touches `params`, which outlives the call.
     let found = unsafe { fs::wsb_config_params(name.as_ptr(), Some(collect_param), context) };
     (found == 0).then_some(params)
+}
+
+unsafe extern "C" fn collect_attribute(context: *mut c_void, place: c_int, name: *const c_char, value: *const c_char) {
+    guard("config element", (), || {
+        // SAFETY: the Vec passed to wsb_config_elements, alive for the call.
+        let elements = unsafe { &mut *(context as *mut Vec<Vec<(String, String)>>) };
+        let place = usize::try_from(place).unwrap_or_default();
+        while elements.len() <= place {
+            elements.push(Vec::new());
+        }
+        // SAFETY: FreeSWITCH's attribute strings (or null), live for the callback.
+        if let (Some(name), Some(value)) = unsafe { (copy_c_str(name), copy_c_str(value)) } {
+            elements[place].push((name, value));
+        }
+    })
+}
+
+/// The attributes of each `<section><element .../>` of a configuration, in
+/// order, as plain pairs (e.g. `<listen-tokens><token name=... />`); `None`
+/// when the configuration is missing.
+pub fn config_elements(name: &CStr, section: &CStr, element: &CStr) -> Option<Vec<Vec<(String, String)>>> {
+    let mut elements: Vec<Vec<(String, String)>> = Vec::new();
+    let context = &mut elements as *mut Vec<Vec<(String, String)>> as *mut c_void;
+    // SAFETY: valid C strings; the callback only touches `elements`, which outlives the call.
+    let found = unsafe {
+        fs::wsb_config_elements(name.as_ptr(), section.as_ptr(), element.as_ptr(), Some(collect_attribute), context)
+    };
+    (found == 0).then_some(elements)
+}
+
+/// Whether `ip` (an address as text, IPv6 without brackets) is in the ACL
+/// list `list` of acl.conf (or, as FreeSWITCH reads a name with a `/`, in
+/// those CIDRs). A list FreeSWITCH does not know holds no address.
+pub fn acl_allows(ip: &str, list: &str) -> bool {
+    let (ip, list) = (c_string(ip), c_string(list));
+    // SAFETY: valid C strings; FreeSWITCH only reads them, under its own lock.
+    unsafe { fs::wsb_check_network_list_ip(ip.as_ptr(), list.as_ptr()) == 1 }
 }
 
 /// What FreeSWITCH hands `load`: the place to declare the module's interfaces.

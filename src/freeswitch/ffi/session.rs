@@ -43,6 +43,19 @@ impl<'a> Session<'a> {
         unsafe { copy_c_str(fs::switch_core_session_get_uuid(self.as_ptr())) }.unwrap_or_default()
     }
 
+    /// Hangs the session up with `cause` once `seconds` have passed, by
+    /// FreeSWITCH's scheduler (as the `sched_hangup` application does).
+    pub fn schedule_hangup(self, seconds: u64, cause: HangupCause) {
+        let uuid = c_string(&self.uuid());
+        // SAFETY: a null argument only asks for the time.
+        let now = unsafe { fs::switch_epoch_time_now(std::ptr::null_mut()) };
+        let at = now.saturating_add(seconds.min(i64::MAX as u64) as fs::time_t);
+        // SAFETY: a valid C string, copied by the scheduler; the task finds the session by UUID when it runs.
+        unsafe {
+            fs::switch_ivr_schedule_hangup(at, uuid.as_ptr(), CauseCode::of(cause).0, fs::switch_bool_t::SWITCH_FALSE)
+        };
+    }
+
     pub(super) fn pool(self) -> *mut fs::switch_memory_pool_t {
         // SAFETY: live session.
         unsafe { fs::switch_core_session_get_pool(self.as_ptr()) }

@@ -1,0 +1,368 @@
+//! The listener exposed to the internet: scoped tokens against toll fraud,
+//! no dialplan injection, and a listener that survives a flood. Each test
+//! has a FreeSWITCH of its own, and prints its figures.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::json;
+use tokio::net::TcpSocket;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::{header, HeaderValue};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::MaybeTlsStream;
+
+use crate::listener::{call, channel_of, free_port, inbound_channels, wait_no_inbound, Socket};
+use crate::ws_server::runtime;
+use crate::{log_showing, world, BUILD};
+use test_support::esl::Esl;
+use test_support::instance::FreeSwitch;
+
+crate::tests! {
+    listener::scoped_tokens (runs 25 s),
+    listener::max_seconds (runs 15 s),
+    listener::calls_per_second (runs 15 s),
+    listener::revocation (runs 20 s),
+}
+
+const BOT_A: &str = "bot-a-secret-0123456789";
+const BOT_B: &str = "bot-b-secret-0123456789";
+const LOCAL: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
+
+/// A context of the tokens' own: 9NNN answers and plays a tone for 6 s.
+const BOTS_CONTEXT: &str = r#"<context name="wsbridge-bots">
+      <extension name="bots_hold">
+        <condition field="destination_number" expression="^9\d{3}$">
+          <action application="answer"/>
+          <action application="playback" data="tone_stream://%(6000,0,1000)"/>
+          <action application="hangup"/>
+        </condition>
+      </extension>
+    </context>"#;
+
+fn sha256_hex(text: &str) -> String {
+    ring::digest::digest(&ring::digest::SHA256, text.as_bytes()).as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The params that turn the listener on at `port`, plus `extra`.
+fn params(port: u16, extra: &str) -> String {
+    format!(
+        r#"<param name="listen" value="127.0.0.1:{port}"/><param name="listen-context" value="wsbridge-test"/>{extra}"#
+    )
+}
+
+/// A FreeSWITCH of its own with the bots context and wsbridge.conf's
+/// `params` and `<listen-tokens>` entries, the listener bound.
+fn freeswitch_with(instance: u16, params: &str, tokens: &str) -> (FreeSwitch, Esl) {
+    let freeswitch = FreeSwitch::start(&BUILD, &world().router.base(), instance);
+    let mut esl = freeswitch.esl();
+    freeswitch.add_to_config(r#"<context name="wsbridge-examples">"#, BOTS_CONTEXT);
+    freeswitch.set_wsbridge_conf_sections(params, &format!("<listen-tokens>{tokens}</listen-tokens>"));
+    assert!(esl.api("reloadxml").contains("+OK"));
+    let reply = esl.api("reload mod_wsbridge");
+    assert!(reply.contains("+OK"), "reload mod_wsbridge: {reply}");
+    (freeswitch, esl)
+}
+
+/// How a listener refused an upgrade: the HTTP status (0: closed without
+/// an answer) and its Retry-After.
+#[derive(Debug, PartialEq)]
+pub(crate) struct Refusal {
+    pub(crate) status: u16,
+    pub(crate) retry_after: Option<String>,
+}
+
+/// Opens a WebSocket from `source` (any of 127.0.0.0/8) with `token`.
+pub(crate) async fn connect_from(port: u16, token: Option<&str>, source: Ipv4Addr) -> Result<Socket, Refusal> {
+    let mut request = format!("ws://127.0.0.1:{port}/call").into_client_request().unwrap();
+    request.headers_mut().insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static("WSBRIDGE"));
+    if let Some(token) = token {
+        request.headers_mut().insert(header::AUTHORIZATION, format!("Bearer {token}").parse().unwrap());
+    }
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(IpAddr::V4(source), 0)).unwrap();
+    let tcp = socket
+        .connect(SocketAddr::new(IpAddr::V4(LOCAL), port))
+        .await
+        .map_err(|_| Refusal { status: 0, retry_after: None })?;
+    match tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(tcp)).await {
+        Ok((socket, _)) => Ok(socket),
+        Err(WsError::Http(response)) => Err(Refusal {
+            status: response.status().as_u16(),
+            retry_after: response.headers().get(header::RETRY_AFTER).map(|v| v.to_str().unwrap().to_string()),
+        }),
+        Err(_) => Err(Refusal { status: 0, retry_after: None }),
+    }
+}
+
+async fn connect(port: u16, token: &str) -> Result<Socket, Refusal> {
+    connect_from(port, Some(token), LOCAL).await
+}
+
+/// The client's local port.
+pub(crate) fn client_port(socket: &Socket) -> u16 {
+    match socket.get_ref() {
+        MaybeTlsStream::Plain(tcp) => tcp.local_addr().unwrap().port(),
+        _ => unreachable!(),
+    }
+}
+
+/// Sends `first` and waits (5 s at most) for the listener's close: its code and reason.
+pub(crate) async fn close_after(mut socket: Socket, first: serde_json::Value) -> Option<(u16, String)> {
+    socket.send(Message::text(first.to_string())).await.unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match socket.next().await {
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| (u16::from(f.code), f.reason.to_string())),
+                Some(Ok(_)) => continue,
+                _ => return None,
+            }
+        }
+    })
+    .await;
+    closed.ok().flatten()
+}
+
+/// The UUID of the inbound channel of the client on `client_port`, within 3 s.
+fn wait_channel(esl: &mut Esl, client_port: u16) -> String {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        if let Some(uuid) = channel_of(esl, client_port) {
+            return uuid;
+        }
+        assert!(Instant::now() < deadline, "no inbound channel for the client on port {client_port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn var(esl: &mut Esl, uuid: &str, name: &str) -> String {
+    esl.api(&format!("uuid_getvar {uuid} {name}")).trim().to_string()
+}
+
+/// Two scoped tokens, a refused one and an unscoped param: destinations,
+/// contexts, the caller-ID rule, `accountcode`, `max-calls`.
+pub fn scoped_tokens() {
+    let port = free_port();
+    let tokens = format!(
+        r#"<token name="bot-a" sha256="{}" context="wsbridge-bots" destinations="^9\d{{3}}$" caller-id-numbers="^\+1555\d{{7}}$" max-calls="2"/>
+           <token name="bot-b" secret="{BOT_B}" destinations="^listener_hold_\d+$"/>
+           <token name="bot-c" secret="too-short-secret" destinations=".*"/>"#,
+        sha256_hex(BOT_A)
+    );
+    let extra = r#"<param name="listen-tokens" value="legacy-unscoped-token"/>"#;
+    let (freeswitch, mut esl) = freeswitch_with(31, &params(port, extra), &tokens);
+    let log = log_showing(&freeswitch.log_path(), &["token 'bot-c' refused", "1 unscoped token(s)"]);
+    assert!(log.contains("its secret is shorter than 20 characters"));
+    assert!(!log.contains("too-short-secret"), "a secret never reaches the log");
+    let rt = runtime();
+
+    // bot-a to a destination outside its scope, then with a caller ID outside it.
+    let socket = rt.block_on(connect(port, BOT_A)).expect("bot-a upgrades");
+    let client = client_port(&socket);
+    let first = json!({"destination": "1000", "caller_id_number": "+15551234567"});
+    let closed = rt.block_on(close_after(socket, first));
+    println!("bot-a to 1000: closed {closed:?}");
+    assert_eq!(closed, Some((1008, "destination not allowed for this token".to_string())));
+    let line = format!("WebSocket client 127.0.0.1:{client} refused: token bot-a: destination not allowed");
+    log_showing(&freeswitch.log_path(), &[&line]);
+    let socket = rt.block_on(connect(port, BOT_A)).unwrap();
+    let closed = rt.block_on(close_after(socket, json!({"destination": "9001", "caller_id_number": "+442079460000"})));
+    println!("bot-a with caller ID +442079460000: closed {closed:?}");
+    assert_eq!(closed, Some((1008, "caller ID number not allowed for this token".to_string())));
+    let socket = rt.block_on(connect(port, BOT_B)).unwrap();
+    let closed = rt.block_on(close_after(socket, json!({"destination": "9001"})));
+    assert_eq!(closed, Some((1008, "destination not allowed for this token".to_string())));
+    assert_eq!(inbound_channels(&mut esl), 0, "no channel for a call out of scope");
+
+    // bot-a in its own context with its caller ID; bot-b's caller ID becomes its name.
+    let socket = rt.block_on(connect(port, BOT_A)).unwrap();
+    let a_port = client_port(&socket);
+    let first = json!({"destination": "9006", "caller_id_number": "+15551234567"});
+    let a_call = rt.spawn(call(socket, first, 16000, false, Duration::from_secs(10)));
+    let a_uuid = wait_channel(&mut esl, a_port);
+    let socket = rt.block_on(connect(port, BOT_B)).unwrap();
+    let b_port = client_port(&socket);
+    let first = json!({"destination": "listener_hold_3000", "caller_id_number": "+15550000000"});
+    let b_call = rt.spawn(call(socket, first, 16000, false, Duration::from_secs(10)));
+    let b_uuid = wait_channel(&mut esl, b_port);
+    let names = ["context", "accountcode", "wsbridge_in_token", "caller_id_number"];
+    let a_vars: Vec<String> = names.iter().map(|name| var(&mut esl, &a_uuid, name)).collect();
+    let b_vars: Vec<String> = names.iter().map(|name| var(&mut esl, &b_uuid, name)).collect();
+    println!("bot-a's call {names:?}: {a_vars:?}; bot-b's: {b_vars:?}");
+    assert_eq!(a_vars, ["wsbridge-bots", "bot-a", "bot-a", "+15551234567"]);
+    assert_eq!(b_vars, ["wsbridge-test", "bot-b", "bot-b", "bot-b"]);
+
+    // bot-a's max-calls is 2: a second call gets in, a third gets 503.
+    let socket = rt.block_on(connect(port, BOT_A)).expect("a second call of bot-a");
+    let second = rt.spawn(call(
+        socket,
+        json!({"destination": "9002", "caller_id_number": "+15551234567"}),
+        16000,
+        false,
+        Duration::from_secs(6),
+    ));
+    std::thread::sleep(Duration::from_millis(300));
+    let third = rt.block_on(connect(port, BOT_A)).err();
+    println!("bot-a's third call at once: {third:?}");
+    assert_eq!(third.map(|refusal| refusal.status), Some(503));
+
+    // The unscoped param: any destination in listen-context, the client's caller ID.
+    let socket = rt.block_on(connect(port, "legacy-unscoped-token")).expect("an unscoped token");
+    let legacy_port = client_port(&socket);
+    let legacy = rt.spawn(call(
+        socket,
+        json!({"destination": "listener_hold_2000", "caller_id_number": "bot7"}),
+        16000,
+        false,
+        Duration::from_secs(6),
+    ));
+    let legacy_uuid = wait_channel(&mut esl, legacy_port);
+    let legacy_vars: Vec<String> = names.iter().map(|name| var(&mut esl, &legacy_uuid, name)).collect();
+    println!("the unscoped token's call {names:?}: {legacy_vars:?}");
+    assert_eq!(legacy_vars, ["wsbridge-test", "unscoped-1", "unscoped-1", "bot7"]);
+
+    for (what, task) in [("bot-a", a_call), ("bot-b", b_call), ("bot-a 2", second), ("unscoped", legacy)] {
+        let heard = rt.block_on(task).unwrap();
+        assert_eq!(heard.hangup_cause().as_deref(), Some("NORMAL_CLEARING"), "{what}: {:?}", heard.events);
+    }
+    wait_no_inbound(&mut esl, Duration::from_secs(5));
+    assert!(freeswitch.stop(), "FreeSWITCH did not shut down cleanly");
+}
+
+/// The time from `answered` to `hangup`, and the hangup's cause.
+async fn answered_to_hangup(
+    mut socket: Socket,
+    first: serde_json::Value,
+    limit: Duration,
+) -> (Option<Duration>, String) {
+    socket.send(Message::text(first.to_string())).await.unwrap();
+    let mut answered = None;
+    let result = tokio::time::timeout(limit, async {
+        while let Some(Ok(message)) = socket.next().await {
+            let Message::Text(text) = message else { continue };
+            let event: serde_json::Value = serde_json::from_str(&text).unwrap();
+            match event["event"].as_str() {
+                Some("answered") => answered = Some(Instant::now()),
+                Some("hangup") => {
+                    return (answered.map(|at| at.elapsed()), event["cause"].as_str().unwrap_or("").to_string())
+                }
+                _ => {}
+            }
+        }
+        (None, "no hangup".to_string())
+    })
+    .await;
+    result.unwrap_or((None, "no hangup in time".to_string()))
+}
+
+/// A token's `max-seconds`: the call is hung up that long after its answer, with ALLOTTED_TIMEOUT.
+pub fn max_seconds() {
+    let port = free_port();
+    let tokens =
+        format!(r#"<token name="short-calls" secret="{BOT_A}" destinations="^listener_hold_\d+$" max-seconds="3"/>"#);
+    let (freeswitch, mut esl) = freeswitch_with(32, &params(port, ""), &tokens);
+    let rt = runtime();
+    let socket = rt.block_on(connect(port, BOT_A)).unwrap();
+    let first = json!({"destination": "listener_hold_20000"});
+    let (took, cause) = rt.block_on(answered_to_hangup(socket, first, Duration::from_secs(15)));
+    println!("max-seconds 3: the call to a 20 s extension hung up {took:?} after its answer, cause {cause}");
+    assert_eq!(cause, "ALLOTTED_TIMEOUT");
+    let took = took.expect("answered");
+    assert!(took >= Duration::from_millis(2000) && took < Duration::from_millis(4500), "{took:?}");
+    wait_no_inbound(&mut esl, Duration::from_secs(5));
+    assert!(freeswitch.stop(), "FreeSWITCH did not shut down cleanly");
+}
+
+/// A token's `calls-per-second`: 429 with Retry-After beyond it; another token is not held back.
+pub fn calls_per_second() {
+    let port = free_port();
+    let tokens = format!(
+        r#"<token name="rate-2" secret="{BOT_A}" destinations=".*" calls-per-second="2"/>
+           <token name="free" secret="{BOT_B}" destinations=".*"/>"#
+    );
+    let (freeswitch, mut esl) = freeswitch_with(33, &params(port, ""), &tokens);
+    let rt = runtime();
+    let started = Instant::now();
+    let (mut admitted, mut refused, mut retry_after) = (0, 0, Vec::new());
+    let mut held = Vec::new();
+    for attempt in 0..20u32 {
+        let due = started + Duration::from_millis(100 * u64::from(attempt));
+        std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        match rt.block_on(connect(port, BOT_A)) {
+            Ok(socket) => {
+                admitted += 1;
+                held.push(socket);
+            }
+            Err(refusal) => {
+                assert_eq!(refusal.status, 429, "{refusal:?}");
+                refused += 1;
+                retry_after.push(refusal.retry_after.expect("Retry-After"));
+            }
+        }
+    }
+    let over = started.elapsed();
+    let other = rt.block_on(connect(port, BOT_B)).is_ok();
+    retry_after.dedup();
+    println!(
+        "calls-per-second 2: 20 upgrades in {over:.2?}: {admitted} admitted, {refused} answered 429 (Retry-After {retry_after:?}); another token meanwhile admitted: {other}"
+    );
+    assert!((4..=7).contains(&admitted), "{admitted} admitted in {over:?} at 2 a second");
+    assert_eq!(retry_after, ["1"]);
+    assert!(other, "another token is not held back");
+    drop(held);
+    std::thread::sleep(Duration::from_millis(1100));
+    assert!(rt.block_on(connect(port, BOT_A)).is_ok(), "admitted again after the wait");
+    wait_no_inbound(&mut esl, Duration::from_secs(6));
+    assert!(freeswitch.stop(), "FreeSWITCH did not shut down cleanly");
+}
+
+/// `reloadxml` revokes: a removed token and a changed secret are refused from
+/// the next connection on, while the call already up goes on.
+pub fn revocation() {
+    let port = free_port();
+    let token = |name: &str, secret: &str| format!(r#"<token name="{name}" secret="{secret}" destinations=".*"/>"#);
+    let before = format!("{}{}", token("rev-a", BOT_A), token("rev-b", BOT_B));
+    let (freeswitch, mut esl) = freeswitch_with(34, &params(port, ""), &before);
+    let rt = runtime();
+    let socket = rt.block_on(connect(port, BOT_A)).unwrap();
+    let up = rt.spawn(call(socket, json!({"destination": "listener_hold_8000"}), 16000, true, Duration::from_secs(15)));
+    std::thread::sleep(Duration::from_secs(2));
+
+    let renewed = "bot-b-renewed-secret-0123456789";
+    freeswitch.set_wsbridge_conf_sections(
+        &params(port, ""),
+        &format!("<listen-tokens>{}</listen-tokens>", token("rev-b", renewed)),
+    );
+    let reloaded = Instant::now();
+    assert!(esl.api("reloadxml").contains("+OK"));
+    // FreeSWITCH tells the module of the reload on its event thread, a moment after the API's answer.
+    let removed = loop {
+        let removed = rt.block_on(connect(port, BOT_A)).err().map(|refusal| refusal.status);
+        if removed.is_some() || reloaded.elapsed() > Duration::from_secs(3) {
+            break removed;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    println!("the removed token was refused {:.0?} after reloadxml was sent", reloaded.elapsed());
+    let old_secret = rt.block_on(connect(port, BOT_B)).err().map(|refusal| refusal.status);
+    let new_secret = rt.block_on(connect(port, renewed)).is_ok();
+    println!(
+        "after reloadxml: removed token {removed:?}, old secret {old_secret:?}, new secret admitted: {new_secret}"
+    );
+    assert_eq!((removed, old_secret, new_secret), (Some(401), Some(401), true));
+
+    let heard = rt.block_on(up).unwrap();
+    println!(
+        "the call up during the reload: {:?}, {} samples heard, close {:?} after {:.2?}",
+        heard.events,
+        heard.audio.len(),
+        heard.close,
+        heard.took
+    );
+    assert_eq!(heard.hangup_cause().as_deref(), Some("NORMAL_CLEARING"));
+    assert!(heard.took >= Duration::from_millis(7800), "{:?}", heard.took);
+    assert!(heard.audio.len() >= 16000 * 7, "{} samples", heard.audio.len());
+    wait_no_inbound(&mut esl, Duration::from_secs(6));
+    assert!(freeswitch.stop(), "FreeSWITCH did not shut down cleanly");
+}
