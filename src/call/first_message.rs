@@ -49,8 +49,46 @@ fn malformed(why: impl Into<String>) -> Malformed {
     Malformed(why.into())
 }
 
-/// A short printable text: no control characters, 1 to 128 characters.
-fn text_field(object: &Map<String, Value>, field: &str, required: bool) -> Result<Option<String>, Malformed> {
+/// What a text field may hold, so that nothing a client sends is read by
+/// FreeSWITCH as more than text: `${...}` expands variables and runs APIs,
+/// `{...}` opens channel variables in dial strings, and a destination or
+/// number is pasted into dial strings by dialplans.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Charset {
+    /// A destination or a number: `[0-9A-Za-z+*#._-]` only.
+    Dialable,
+    /// Free text (a caller ID name, a variable's value): no control
+    /// character, no `$`, `{` or `}`.
+    Text,
+    /// A content type: no control character.
+    Any,
+}
+
+/// Why a dialable field is refused.
+const DIALABLE_REFUSAL: &str = "holds a character other than 0-9, A-Z, a-z, +, *, #, ., _ and -";
+
+impl Charset {
+    /// Why `text` does not fit, if it does not.
+    fn refuses(self, text: &str) -> Option<&'static str> {
+        let dialable = |c: char| c.is_ascii_alphanumeric() || "+*#._-".contains(c);
+        if text.chars().any(char::is_control) {
+            return Some("holds a control character");
+        }
+        match self {
+            Charset::Dialable if !text.chars().all(dialable) => Some(DIALABLE_REFUSAL),
+            Charset::Text if text.contains(['$', '{', '}']) => Some("holds $, { or }"),
+            _ => None,
+        }
+    }
+}
+
+/// A short text: 1 to 128 characters of `charset`.
+fn text_field(
+    object: &Map<String, Value>,
+    field: &str,
+    required: bool,
+    charset: Charset,
+) -> Result<Option<String>, Malformed> {
     match object.get(field) {
         None | Some(Value::Null) if required => Err(malformed(format!("\"{field}\" is missing"))),
         None | Some(Value::Null) => Ok(None),
@@ -59,8 +97,8 @@ fn text_field(object: &Map<String, Value>, field: &str, required: bool) -> Resul
             if count == 0 || count > MAX_FIELD_CHARS {
                 return Err(malformed(format!("\"{field}\" must hold 1 to {MAX_FIELD_CHARS} characters")));
             }
-            if text.chars().any(char::is_control) {
-                return Err(malformed(format!("\"{field}\" holds a control character")));
+            if let Some(why) = charset.refuses(text) {
+                return Err(malformed(format!("\"{field}\" {why}")));
             }
             Ok(Some(text.clone()))
         }
@@ -98,8 +136,8 @@ fn variables(value: Option<&Value>) -> Result<Vec<(String, String)>, Malformed> 
             Value::Bool(flag) => flag.to_string(),
             _ => return Err(malformed(format!("variable '{key}' must be a string, a number or a boolean"))),
         };
-        if value.chars().any(|c| c.is_control() && c != '\t') {
-            return Err(malformed(format!("variable '{key}' holds a control character")));
+        if let Some(why) = Charset::Text.refuses(&value.replace('\t', " ")) {
+            return Err(malformed(format!("variable '{key}' {why}")));
         }
         total += key.len() + value.len();
         if total > MAX_VARIABLES_BYTES {
@@ -121,8 +159,8 @@ impl FirstMessage {
         let Ok(Value::Object(object)) = serde_json::from_str::<Value>(text) else {
             return Err(malformed("the first message is not a JSON object"));
         };
-        let destination = text_field(&object, "destination", true)?.unwrap_or_default();
-        let content_type = match text_field(&object, "content-type", false)? {
+        let destination = text_field(&object, "destination", true, Charset::Dialable)?.unwrap_or_default();
+        let content_type = match text_field(&object, "content-type", false, Charset::Any)? {
             None => ContentType::default(),
             Some(text) => ContentType::parse(&text).ok_or_else(|| {
                 malformed("\"content-type\" is not audio/l16;rate=8000, 16000, 24000, 32000 or 48000, audio/pcmu or audio/pcma")
@@ -130,8 +168,8 @@ impl FirstMessage {
         };
         Ok(FirstMessage {
             destination,
-            caller_id_number: text_field(&object, "caller_id_number", false)?,
-            caller_id_name: text_field(&object, "caller_id_name", false)?,
+            caller_id_number: text_field(&object, "caller_id_number", false, Charset::Dialable)?,
+            caller_id_name: text_field(&object, "caller_id_name", false, Charset::Text)?,
             content_type,
             variables: variables(object.get("variables"))?,
         })
@@ -334,6 +372,36 @@ mod tests {
         assert!(ask(r#"{"destination":"9123"}"#).unwrap_err().0.contains("caller_id_number"));
         let call = ask(r#"{"destination":"9123","caller_id_number":"+15551234567"}"#).unwrap();
         assert_eq!(call.caller_id_number, "+15551234567");
+    }
+
+    #[test]
+    fn nothing_a_client_sends_reaches_the_dialplan_as_more_than_text() {
+        let attempts = [
+            (r#"{"destination":"1000${system(id)}"}"#, "\"destination\" holds a character other than"),
+            (r#"{"destination":"1000 XML default"}"#, "\"destination\" holds a character other than"),
+            (r#"{"destination":"{origination_caller_id_number=1}1000"}"#, "\"destination\" holds a character"),
+            (r#"{"destination":"sofia/gateway/x/1000"}"#, "\"destination\" holds a character"),
+            (r#"{"destination":"1000,user/1001"}"#, "\"destination\" holds a character"),
+            (r#"{"destination":"1000|loopback/1"}"#, "\"destination\" holds a character"),
+            (r#"{"destination":"1000","caller_id_number":"${hangup()}"}"#, "\"caller_id_number\" holds a character"),
+            (r#"{"destination":"1000","caller_id_number":"1 2"}"#, "\"caller_id_number\" holds a character"),
+            (r#"{"destination":"1000","caller_id_number":"1000'"}"#, "\"caller_id_number\" holds a character"),
+            (r#"{"destination":"1000","caller_id_name":"${uuid}"}"#, "\"caller_id_name\" holds $, { or }"),
+            (r#"{"destination":"1000","caller_id_name":"a{b"}"#, "\"caller_id_name\" holds $, { or }"),
+            (r#"{"destination":"1000","caller_id_name":"a}b"}"#, "\"caller_id_name\" holds $, { or }"),
+            (r#"{"destination":"1000","variables":{"x":"${system(id)}"}}"#, "variable 'x' holds $, { or }"),
+            (r#"{"destination":"1000","variables":{"x":"$${hostname}"}}"#, "variable 'x' holds $, { or }"),
+            (r#"{"destination":"1000","variables":{"x":"{a=b}"}}"#, "variable 'x' holds $, { or }"),
+            (r#"{"destination":"1000","variables":{"x":"a\u0007"}}"#, "variable 'x' holds a control character"),
+        ];
+        for (text, reason) in attempts {
+            let refused = FirstMessage::parse(text).unwrap_err();
+            assert!(refused.0.starts_with(reason), "{text}: {refused}");
+        }
+        let fine = r#"{"destination":"+44*1#2.3_4-5","caller_id_number":"bot-7.a_b+1*#","caller_id_name":"Sales bot (EU) & co: 'x' \"y\" 100%","variables":{"t":"tab\there, 100% fine: 'quoted' \"too\""}}"#;
+        let first = FirstMessage::parse(fine).unwrap();
+        assert_eq!(first.destination, "+44*1#2.3_4-5");
+        assert_eq!(first.caller_id_name.as_deref(), Some("Sales bot (EU) & co: 'x' \"y\" 100%"));
     }
 
     #[test]

@@ -15,7 +15,7 @@ use tokio_tungstenite::MaybeTlsStream;
 
 use crate::listener::{call, channel_of, free_port, inbound_channels, wait_no_inbound, Socket};
 use crate::ws_server::runtime;
-use crate::{log_showing, world, BUILD};
+use crate::{log_showing, ok_uuid, wait_gone, world, BUILD};
 use test_support::esl::Esl;
 use test_support::instance::FreeSwitch;
 
@@ -24,6 +24,8 @@ crate::tests! {
     listener::max_seconds (runs 15 s),
     listener::calls_per_second (runs 15 s),
     listener::revocation (runs 20 s),
+    listener::injection (runs 10 s),
+    dialplan::sample_injection,
 }
 
 const BOT_A: &str = "bot-a-secret-0123456789";
@@ -365,4 +367,77 @@ pub fn revocation() {
     assert!(heard.audio.len() >= 16000 * 7, "{} samples", heard.audio.len());
     wait_no_inbound(&mut esl, Duration::from_secs(6));
     assert!(freeswitch.stop(), "FreeSWITCH did not shut down cleanly");
+}
+
+/// Injection attempts in every field of the first message: each closed
+/// with 1007 and its reason, no channel created; a call with every field
+/// set in the characters allowed goes through, as sent.
+pub fn injection() {
+    let port = free_port();
+    let tokens = format!(r#"<token name="inject" secret="{BOT_A}" destinations=".*" caller-id-numbers=".*"/>"#);
+    let (freeswitch, mut esl) = freeswitch_with(35, &params(port, ""), &tokens);
+    let rt = runtime();
+    let touched = freeswitch.dir.join("injected");
+    let system = format!("${{system(touch {})}}", touched.display());
+    let attempts = [
+        json!({"destination": format!("listener_hold_500{system}")}),
+        json!({"destination": "{absolute_codec_string=PCMU}listener_hold_500"}),
+        json!({"destination": "listener_hold_500 XML default"}),
+        json!({"destination": "user/1000@default"}),
+        json!({"destination": "listener_hold_500", "caller_id_number": "${hangup(CALL_REJECTED)}"}),
+        json!({"destination": "listener_hold_500", "caller_id_number": "1000,user/1001"}),
+        json!({"destination": "listener_hold_500", "caller_id_number": "1000%22"}),
+        json!({"destination": "listener_hold_500", "caller_id_name": system}),
+        json!({"destination": "listener_hold_500", "caller_id_name": "{ignore_early_media=true}"}),
+        json!({"destination": "listener_hold_500", "variables": {"x": system}}),
+        json!({"destination": "listener_hold_500", "variables": {"x": "$${hostname}"}}),
+        json!({"destination": "listener_hold_500", "variables": {"x": "a}b"}}),
+    ];
+    for first in attempts {
+        let socket = rt.block_on(connect(port, BOT_A)).unwrap();
+        let closed = rt.block_on(close_after(socket, first.clone()));
+        println!("{first} -> {closed:?}");
+        let (code, reason) = closed.expect("closed");
+        assert_eq!(code, 1007, "{first}");
+        assert!(reason.contains(" holds "), "{reason}");
+    }
+    assert_eq!(inbound_channels(&mut esl), 0, "no channel for an injection attempt");
+    assert!(!touched.exists(), "nothing a client sent was run");
+
+    let name = "Sales bot (EU) & co: 'x' \"y\" 100%";
+    let first = json!({
+        "destination": "listener_hold_3000", "caller_id_number": "+44*1#2.3_4-5", "caller_id_name": name,
+        "variables": {"note": "50% off, \"quoted\", (brackets)"}
+    });
+    let socket = rt.block_on(connect(port, BOT_A)).unwrap();
+    let client = client_port(&socket);
+    let up = rt.spawn(call(socket, first, 16000, false, Duration::from_secs(8)));
+    let uuid = wait_channel(&mut esl, client);
+    let fields = ["destination_number", "caller_id_number", "caller_id_name", "wsbridge_in_note"];
+    let seen: Vec<String> = fields.iter().map(|field| var(&mut esl, &uuid, field)).collect();
+    println!("a call with every field in the characters allowed: {fields:?} = {seen:?}");
+    assert_eq!(seen, ["listener_hold_3000", "+44*1#2.3_4-5", name, "50% off, \"quoted\", (brackets)"]);
+    assert_eq!(rt.block_on(up).unwrap().hangup_cause().as_deref(), Some("NORMAL_CLEARING"));
+    wait_no_inbound(&mut esl, Duration::from_secs(5));
+    assert!(freeswitch.stop(), "FreeSWITCH did not shut down cleanly");
+}
+
+/// The shipped dialplan's headers carry the caller's number only when it
+/// holds nothing JSON or URL encoding reads: a caller cannot add keys.
+pub fn sample_injection() {
+    let mut bot = world().router.expect("/bot");
+    for (number, expected) in [
+        ("+15551234567", r#" {"caller":"+15551234567","called":"wsbridge","content-type":"audio/l16;rate=16000"}"#),
+        ("x%22%2C%22admin%22%3A%22true", r#" {"called":"wsbridge","content-type":"audio/l16;rate=16000"}"#),
+        (r#"x","admin":"true"#, r#" {"called":"wsbridge","content-type":"audio/l16;rate=16000"}"#),
+    ] {
+        let dial = format!("originate null/sample wsbridge XML wsbridge-examples '{number}' '{number}'");
+        let a_leg = ok_uuid(&crate::esl().api(&dial));
+        let mut connection = bot.next(Duration::from_secs(5));
+        let first = runtime().block_on(connection.first_text());
+        println!("caller {number}: the server's first message {first}");
+        assert_eq!(first, expected, "{number}");
+        runtime().block_on(connection.close());
+        wait_gone(&a_leg, Duration::from_secs(5));
+    }
 }
