@@ -17,13 +17,13 @@
 //!   for forks `mixing` and `g711`.
 //! - [`wire`]: what crosses the network: the `connection` (a `websocket`
 //!   over `tcp`, `tls` with `tls_trust` and `tls_errors` (and `tls_tests`),
-//!   and the `upgrade`;
+//!   and the `upgrade`; a listener's client read through a `read_budget`;
 //!   or AudioSocket's TCP) and the `protocol` spoken on it, one file each:
 //!   `wsbridge`, `twilio`, `vonage`, `audiosocket`.
 //! - [`call`]: one call's life: its `plan`, its `conversation` with the
 //!   server (`connect`, `exchange`, `close`), `admission` of calls from the
-//!   WebSocket side (with the client's `first_message` and each token's
-//!   `token_usage`), `fork_plan`, `drain_state` and the `api`'s text.
+//!   WebSocket side (with the client's `first_message`, each token's
+//!   `token_usage` and each address's `address_guard`), `fork_plan`, `drain_state` and the `api`'s text.
 //! - `freeswitch` (built only where FreeSWITCH was found): the module's
 //!   entry points (its `mod.rs`) and the glue: the `endpoint` leg, each
 //!   `fork` with its `fork_stream`, the `listener`, the `registry` of what

@@ -29,10 +29,17 @@ use crate::call::first_message::{FirstMessage, InboundCall, Malformed, OutOfScop
 use crate::call::token_usage::{retry_after_seconds, TokenRefusal, TokenSlot, TokenUsage};
 use crate::settings::tokens::{TokenScope, Tokens};
 use crate::wire::protocol::wsbridge::hangup_event;
+use crate::wire::read_budget::ReadBudget;
 use crate::wire::websocket::{Io, WebSocket};
 
 /// How long a client may take to send its first message after the upgrade.
 pub const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The most a client's upgrade request may take.
+pub const MAX_REQUEST_BYTES: usize = 8192;
+/// The most read after the upgrade until the first message is in: the
+/// message, its frame header, and a few control frames. Whatever a frame
+/// header claims, no more is read (nor buffered) before it is accepted.
+const FIRST_MESSAGE_READ_BYTES: usize = MAX_FIRST_MESSAGE_BYTES + 14 + 512;
 pub use crate::wire::websocket::SUBPROTOCOL;
 
 /// The token of an `Authorization: Bearer <token>` header.
@@ -150,11 +157,25 @@ impl Admission {
     }
 }
 
+/// What the listener already knows of a client's address, before its request is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gate {
+    Open,
+    /// Outside `listen-acl`: HTTP 403.
+    Forbidden,
+    /// Backed off after too many failed authentications, for this much longer: HTTP 429.
+    BackedOff(Duration),
+}
+
 /// Why a client was not admitted (for the log; the client was told).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refused {
     /// The upgrade failed or timed out; nothing was said.
     Upgrade(String),
+    /// Outside `listen-acl`: answered 403.
+    Forbidden,
+    /// Backed off: answered 429.
+    BackedOff,
     Unauthorized,
     /// At the listener's limit.
     Full,
@@ -177,6 +198,8 @@ impl fmt::Display for Refused {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Refused::Upgrade(why) => write!(f, "no WebSocket upgrade: {why}"),
+            Refused::Forbidden => write!(f, "outside listen-acl; answered 403"),
+            Refused::BackedOff => write!(f, "too many failed authentications lately; answered 429"),
             Refused::Unauthorized => write!(f, "no valid bearer token; answered 401"),
             Refused::Full => write!(f, "at listen-max-calls; answered 503"),
             Refused::TokenFull(token) => write!(f, "token {token} is at its max-calls; answered 503"),
@@ -194,6 +217,8 @@ pub struct Upgraded {
     pub token: Arc<TokenScope>,
     slot: Slot,
     token_slot: TokenSlot,
+    /// What may still be read before the first message is in.
+    budget: ReadBudget,
 }
 
 /// An admitted client: its socket, its call, and its places under the limits
@@ -251,6 +276,11 @@ async fn read_first_message(socket: &mut WebSocket) -> Result<FirstMessage, Refu
                 Some(Ok(Message::Binary(_))) => return Err("the first message must be text JSON".to_string()),
                 Some(Ok(Message::Close(_))) | None => return Err("the client left before its first message".into()),
                 Some(Err(tokio_tungstenite::tungstenite::Error::Capacity(_))) => return Err(over()),
+                Some(Err(tokio_tungstenite::tungstenite::Error::Io(error)))
+                    if error.kind() == std::io::ErrorKind::InvalidData =>
+                {
+                    return Err(error.to_string())
+                }
                 Some(Err(error)) => return Err(error.to_string()),
             }
         }
@@ -286,18 +316,35 @@ fn places(token: &TokenScope, admission: &Admission) -> Result<(Slot, TokenSlot)
     Ok((slot, token_slot))
 }
 
-/// Upgrades `stream` by `deadline` if its request carries one of `tokens`
-/// and the token's and the listener's limits leave room for a call.
+/// The answer to a client the gate stops, and why.
+fn gated(gate: Gate) -> Option<(ErrorResponse, Refused)> {
+    match gate {
+        Gate::Open => None,
+        Gate::Forbidden => Some((refusal(StatusCode::FORBIDDEN, "your address may not call"), Refused::Forbidden)),
+        Gate::BackedOff(wait) => Some((too_many_requests("too many failed authentications", wait), Refused::BackedOff)),
+    }
+}
+
+/// Upgrades `stream` by `deadline` if `gate` is open, its request carries
+/// one of `tokens`, and the token's and the listener's limits leave room
+/// for a call. At most [`MAX_REQUEST_BYTES`] of the request are read.
 #[allow(clippy::result_large_err)] // tungstenite's handshake callback type
 pub async fn upgrade(
     stream: Box<dyn Io>,
     admission: &Admission,
     tokens: &Tokens,
+    gate: Gate,
     deadline: tokio::time::Instant,
 ) -> Result<Upgraded, Refused> {
+    let over = format!("the upgrade request is over {MAX_REQUEST_BYTES} bytes");
+    let (stream, budget) = ReadBudget::wrap(stream, MAX_REQUEST_BYTES, &over);
     let mut granted = None;
     let mut refused = None;
     let callback = |request: &Request, mut response: Response| {
+        if let Some((answer, why)) = gated(gate) {
+            refused = Some(why);
+            return Err(answer);
+        }
         let authorization = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
         let Some(token) = tokens.find(authorization.and_then(bearer_token)) else {
             refused = Some(Refused::Unauthorized);
@@ -321,17 +368,21 @@ pub async fn upgrade(
         Ok(Ok(socket)) => socket,
     };
     let (token, slot, token_slot) = granted.ok_or(Refused::Upgrade("upgraded without a call slot".into()))?;
-    Ok(Upgraded { socket, token, slot, token_slot })
+    budget.set(FIRST_MESSAGE_READ_BYTES, &format!("the first message is over {MAX_FIRST_MESSAGE_BYTES} bytes"));
+    Ok(Upgraded { socket, token, slot, token_slot, budget })
 }
 
 /// Waits for an upgraded client's first message and checks it against its
 /// token's scope; `peer` is the client. Nothing is created before this
 /// returns Ok; a refused client is closed with the reason.
 pub async fn admit_call(upgraded: Upgraded, peer: SocketAddr) -> Result<Admitted, Refused> {
-    let Upgraded { mut socket, token, slot, token_slot } = upgraded;
+    let Upgraded { mut socket, token, slot, token_slot, budget } = upgraded;
     let refused = match read_first_message(&mut socket).await {
         Ok(first) => match InboundCall::scoped(first, &token, peer) {
-            Ok(call) => return Ok(Admitted { socket, call, slot, token_slot }),
+            Ok(call) => {
+                budget.lift();
+                return Ok(Admitted { socket, call, slot, token_slot });
+            }
             Err(OutOfScope(why)) => Refused::OutOfScope { token: token.name.clone(), why },
         },
         Err(refused) => refused,
@@ -412,12 +463,20 @@ mod tests {
         admission: Admission,
         tokens: Tokens,
     ) -> (u16, tokio::task::JoinHandle<Result<InboundCall, Refused>>) {
+        serve_gated(admission, tokens, Gate::Open).await
+    }
+
+    async fn serve_gated(
+        admission: Admission,
+        tokens: Tokens,
+        gate: Gate,
+    ) -> (u16, tokio::task::JoinHandle<Result<InboundCall, Refused>>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let task = tokio::spawn(async move {
             let (tcp, peer) = listener.accept().await.unwrap();
             let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-            let upgraded = upgrade(Box::new(tcp), &admission, &tokens, deadline).await?;
+            let upgraded = upgrade(Box::new(tcp), &admission, &tokens, gate, deadline).await?;
             let admitted = admit_call(upgraded, peer).await?;
             Ok(admitted.call)
         });
@@ -547,6 +606,54 @@ mod tests {
         client.send(Message::text(format!(r#"{{"destination":"1","p":"{}"}}"#, "x".repeat(5000)))).await.unwrap();
         assert_eq!(close_code(&mut client).await, Some(1008), "over 4 KiB");
         assert!(matches!(task.await.unwrap(), Err(Refused::NoFirstMessage(_))));
+    }
+
+    #[tokio::test]
+    async fn the_gate_answers_403_and_429_whatever_the_token() {
+        let (port, task) = serve_gated(admission(1), tokens(&[]), Gate::Forbidden).await;
+        assert_eq!(refused_status(port, Some(SECRET)).await, (403, None));
+        assert_eq!(task.await.unwrap().unwrap_err(), Refused::Forbidden);
+        let wait = Duration::from_millis(59_100);
+        let (port, task) = serve_gated(admission(1), tokens(&[]), Gate::BackedOff(wait)).await;
+        assert_eq!(refused_status(port, Some(SECRET)).await, (429, Some("60".to_string())));
+        assert_eq!(task.await.unwrap().unwrap_err(), Refused::BackedOff);
+    }
+
+    /// A first message whose frame claims 1 MiB is refused once 4 KiB and a
+    /// little are in, not when the whole MiB has been buffered.
+    #[tokio::test]
+    async fn the_first_message_is_cut_at_4_kib_while_it_is_read() {
+        use tokio::io::AsyncWriteExt;
+        let mut websocket = WebSocketConfig::default();
+        websocket.max_message_size = Some(1 << 20);
+        websocket.max_frame_size = Some(1 << 20);
+        let (port, task) = serve(Admission::new(1, websocket), tokens(&[])).await;
+        let (mut client, _) = tokio_tungstenite::connect_async(request(port, Some(SECRET))).await.unwrap();
+        // A masked text frame header for 1 MiB, then 16 KiB of it, then nothing.
+        let length = 1u64 << 20;
+        let mut frame = vec![0x81, 0x80 | 127];
+        frame.extend_from_slice(&length.to_be_bytes());
+        frame.extend_from_slice(&[0, 0, 0, 0]);
+        frame.extend(std::iter::repeat_n(b'x', 16 << 10));
+        let tcp = match client.get_mut() {
+            tokio_tungstenite::MaybeTlsStream::Plain(tcp) => tcp,
+            _ => unreachable!(),
+        };
+        let started = tokio::time::Instant::now();
+        tcp.write_all(&frame).await.unwrap();
+        let refused = tokio::time::timeout(Duration::from_secs(2), task).await.expect("refused at once").unwrap();
+        assert_eq!(refused.unwrap_err(), Refused::NoFirstMessage("the first message is over 4096 bytes".into()));
+        assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+    }
+
+    #[tokio::test]
+    async fn an_oversized_upgrade_request_is_cut() {
+        let (port, task) = serve(admission(1), tokens(&[])).await;
+        let mut request = request(port, Some(SECRET));
+        request.headers_mut().insert("x-padding", "p".repeat(10_000).parse().unwrap());
+        assert!(tokio_tungstenite::connect_async(request).await.is_err());
+        let Err(Refused::Upgrade(why)) = task.await.unwrap() else { panic!("refused") };
+        assert!(why.contains("over 8192 bytes"), "{why}");
     }
 
     #[tokio::test]

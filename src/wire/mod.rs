@@ -3,10 +3,12 @@
 //!
 //! A WebSocket is opened by [`websocket::connect`] through `tcp`, `tls`
 //! (its verifiers in `tls_trust`, its failures told in `tls_errors`) and
-//! the HTTP `upgrade`; `tls_tests` try wss end to end.
+//! the HTTP `upgrade`; `tls_tests` try wss end to end. A listener's
+//! client is read through a [`read_budget`] until its first message is in.
 
 pub mod connection;
 pub mod protocol;
+pub mod read_budget;
 mod tcp;
 mod tls;
 mod tls_errors;

@@ -26,6 +26,10 @@ crate::tests! {
     listener::revocation (runs 20 s),
     listener::injection (runs 10 s),
     dialplan::sample_injection,
+    listener::acl (runs 10 s),
+    listener::flood (runs 15 s),
+    listener::auth_backoff (runs 15 s),
+    listener::plaintext_beyond_loopback (runs 10 s),
 }
 
 const BOT_A: &str = "bot-a-secret-0123456789";
@@ -440,4 +444,184 @@ pub fn sample_injection() {
         runtime().block_on(connection.close());
         wait_gone(&a_leg, Duration::from_secs(5));
     }
+}
+
+/// An ACL list of acl.conf that lets 127.0.0.3 alone in.
+const ACL_CONF: &str = r#"<configuration name="acl.conf" description="network lists">
+      <network-lists>
+        <list name="wsbridge-clients" default="deny">
+          <node type="allow" cidr="127.0.0.3/32"/>
+        </list>
+      </network-lists>
+    </configuration>"#;
+
+/// `listen-acl`: an address outside the list gets 403 before the upgrade,
+/// whatever its token; a list FreeSWITCH does not know lets nobody in.
+pub fn acl() {
+    let port = free_port();
+    let tokens = format!(r#"<token name="acl" secret="{BOT_A}" destinations=".*"/>"#);
+    let (freeswitch, mut esl) =
+        freeswitch_with(36, &params(port, r#"<param name="listen-acl" value="wsbridge-clients"/>"#), &tokens);
+    freeswitch.add_to_config("<!-- wsbridge.conf begin -->", ACL_CONF);
+    assert!(esl.api("reloadxml").contains("+OK"));
+    let reply = esl.api("reloadacl");
+    assert!(reply.contains("+OK"), "reloadacl: {reply}");
+    let rt = runtime();
+    let outside = rt.block_on(connect_from(port, Some(BOT_A), LOCAL)).err();
+    let inside = rt.block_on(connect_from(port, Some(BOT_A), Ipv4Addr::new(127, 0, 0, 3)));
+    println!(
+        "listen-acl wsbridge-clients (127.0.0.3/32): 127.0.0.1 got {outside:?}; 127.0.0.3 admitted: {}",
+        inside.is_ok()
+    );
+    assert_eq!(outside, Some(Refusal { status: 403, retry_after: None }));
+    let socket = inside.expect("127.0.0.3 is in the list");
+    let heard =
+        rt.block_on(call(socket, json!({"destination": "listener_hold_500"}), 16000, false, Duration::from_secs(5)));
+    assert_eq!(heard.hangup_cause().as_deref(), Some("NORMAL_CLEARING"));
+    log_showing(&freeswitch.log_path(), &["WebSocket client 127.0.0.1:", "outside listen-acl; answered 403"]);
+
+    // The ACL is read for each connection: a name FreeSWITCH does not know fails closed.
+    let acl = r#"<param name="listen-acl" value="no-such-list"/>"#;
+    freeswitch.set_wsbridge_conf_sections(&params(port, acl), &format!("<listen-tokens>{tokens}</listen-tokens>"));
+    assert!(esl.api("reloadxml").contains("+OK"));
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let unknown = loop {
+        let refused = rt.block_on(connect_from(port, Some(BOT_A), Ipv4Addr::new(127, 0, 0, 3))).err();
+        if refused.is_some() || Instant::now() > deadline {
+            break refused;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    println!("listen-acl naming no list: 127.0.0.3 got {unknown:?}");
+    assert_eq!(unknown.map(|refusal| refusal.status), Some(403));
+    wait_no_inbound(&mut esl, Duration::from_secs(5));
+    assert!(freeswitch.stop(), "FreeSWITCH did not shut down cleanly");
+}
+
+/// How long a client from `source` takes from TCP connect to an upgraded WebSocket.
+fn time_to_upgrade(port: u16, source: Ipv4Addr) -> Duration {
+    let started = Instant::now();
+    let socket = runtime().block_on(connect_from(port, Some(BOT_A), source)).expect("upgraded");
+    let took = started.elapsed();
+    drop(socket);
+    took
+}
+
+/// 500 idle TCP connections from 127.0.0.2 while a client from 127.0.0.3
+/// gets in: 8 are held in the handshake, until the 2 s upgrade timeout,
+/// the rest are closed at once, and the other client is not held up.
+pub fn flood() {
+    const IDLE: usize = 500;
+    let port = free_port();
+    let tokens = format!(r#"<token name="flood" secret="{BOT_A}" destinations=".*"/>"#);
+    let (freeswitch, mut esl) = freeswitch_with(37, &params(port, ""), &tokens);
+    let (attacker, client) = (Ipv4Addr::new(127, 0, 0, 2), Ipv4Addr::new(127, 0, 0, 3));
+    let rt = runtime();
+    let quiet: Vec<Duration> = (0..5).map(|_| time_to_upgrade(port, client)).collect();
+
+    let flood_started = Instant::now();
+    let connecting = rt.spawn(async move {
+        let mut idle = Vec::new();
+        for _ in 0..IDLE {
+            let socket = TcpSocket::new_v4().unwrap();
+            socket.bind(SocketAddr::new(IpAddr::V4(attacker), 0)).unwrap();
+            idle.push(socket.connect(SocketAddr::new(IpAddr::V4(LOCAL), port)).await.unwrap());
+        }
+        (idle, flood_started.elapsed())
+    });
+    // While the idle connections come in, then while they are all open.
+    std::thread::sleep(Duration::from_millis(5));
+    let mut during: Vec<Duration> = (0..5).map(|_| time_to_upgrade(port, client)).collect();
+    let (idle, connected) = rt.block_on(connecting).unwrap();
+    during.extend((0..5).map(|_| time_to_upgrade(port, client)));
+    // When the listener closed each idle connection.
+    let closed_after: Vec<Option<Duration>> = rt.block_on(async {
+        let waits = idle.into_iter().map(|mut tcp| async move {
+            use tokio::io::AsyncReadExt;
+            let mut byte = [0u8; 1];
+            let read = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut byte)).await;
+            matches!(read, Ok(Ok(0)) | Ok(Err(_))).then(|| flood_started.elapsed())
+        });
+        futures_util::future::join_all(waits).await
+    });
+    let at_once = closed_after.iter().filter(|at| at.is_some_and(|at| at < Duration::from_millis(1000))).count();
+    let held: Vec<Duration> =
+        closed_after.iter().flatten().copied().filter(|at| *at >= Duration::from_millis(1000)).collect();
+    let still_open = closed_after.iter().filter(|at| at.is_none()).count();
+    let worst = |times: &[Duration]| times.iter().max().copied().unwrap_or_default();
+    println!(
+        "flood: {IDLE} idle connections from {attacker} in {connected:.0?}: {at_once} closed at once, {} held until {:.2?} (the upgrade timeout), {still_open} still open after 5 s",
+        held.len(),
+        worst(&held)
+    );
+    println!(
+        "flood: a client from {client} upgraded in at most {:.1?} during the flood, {:.1?} without it",
+        worst(&during),
+        worst(&quiet)
+    );
+    assert_eq!((at_once, held.len(), still_open), (IDLE - 8, 8, 0));
+    assert!(worst(&held) < Duration::from_millis(2600), "held {:?}", worst(&held));
+    assert!(worst(&during) < worst(&quiet) + Duration::from_millis(200), "{during:?} against {quiet:?}");
+    let log = std::fs::read_to_string(freeswitch.log_path()).unwrap();
+    let lines = log.lines().filter(|line| line.contains("WebSocket client 127.0.0.2:")).count();
+    println!("flood: {lines} log line(s) for {} refusals of {attacker}", IDLE);
+    assert_eq!(lines, 1, "refusals of one address are logged once a minute");
+    wait_no_inbound(&mut esl, Duration::from_secs(5));
+    assert!(freeswitch.stop(), "FreeSWITCH did not shut down cleanly");
+}
+
+/// Ten failed authentications from one address within a minute: it gets
+/// 429 (with Retry-After) for listen-auth-backoff-ms, even with a good
+/// token; another address is untouched.
+pub fn auth_backoff() {
+    let port = free_port();
+    let tokens = format!(r#"<token name="backoff" secret="{BOT_A}" destinations=".*"/>"#);
+    let extra = r#"<param name="listen-auth-backoff-ms" value="3000"/>"#;
+    let (freeswitch, mut esl) = freeswitch_with(38, &params(port, extra), &tokens);
+    let (guesser, other) = (Ipv4Addr::new(127, 0, 0, 4), Ipv4Addr::new(127, 0, 0, 5));
+    let rt = runtime();
+    let statuses: Vec<u16> = (0..10)
+        .map(|index| rt.block_on(connect_from(port, Some(&format!("guess-{index}")), guesser)).err().unwrap().status)
+        .collect();
+    let backed_off = rt.block_on(connect_from(port, Some(BOT_A), guesser)).err();
+    let elsewhere = rt.block_on(connect_from(port, Some(BOT_A), other)).is_ok();
+    println!("auth back-off: 10 wrong tokens from {guesser} got {statuses:?}; then the right token got {backed_off:?}; {other} meanwhile admitted: {elsewhere}");
+    assert_eq!(statuses, [401; 10]);
+    assert_eq!(backed_off, Some(Refusal { status: 429, retry_after: Some("3".into()) }));
+    assert!(elsewhere, "another address is untouched");
+    std::thread::sleep(Duration::from_millis(3100));
+    let after = rt.block_on(connect_from(port, Some(BOT_A), guesser)).is_ok();
+    println!("auth back-off: {guesser} admitted again 3.1 s later: {after}");
+    assert!(after);
+    let log = log_showing(
+        &freeswitch.log_path(),
+        &["WebSocket clients from 127.0.0.4: 10 failed authentications; HTTP 429 for 3 s"],
+    );
+    let lines = log.lines().filter(|line| line.contains("WebSocket client 127.0.0.4:")).count();
+    println!("auth back-off: {lines} refusal line(s) logged for 11 refusals of {guesser}");
+    assert_eq!(lines, 1);
+    wait_no_inbound(&mut esl, Duration::from_secs(6));
+    assert!(freeswitch.stop(), "FreeSWITCH did not shut down cleanly");
+}
+
+/// A plain ws listener outside 127.0.0.0/8 and ::1 refuses to start unless
+/// listen-allow-plaintext says so.
+pub fn plaintext_beyond_loopback() {
+    let port = free_port();
+    let tokens = format!(r#"<token name="plain" secret="{BOT_A}" destinations=".*"/>"#);
+    let everywhere = format!(r#"<param name="listen" value="0.0.0.0:{port}"/>"#);
+    let (freeswitch, mut esl) = freeswitch_with(39, &everywhere, &tokens);
+    let log = log_showing(&freeswitch.log_path(), &["not listening for calls from the WebSocket side: 0.0.0.0:"]);
+    let line = log.lines().find(|line| line.contains("not listening for calls from the WebSocket side")).unwrap();
+    println!("plain ws on 0.0.0.0: {}", line.split("] ").last().unwrap_or(line));
+    assert!(line.contains("listen-allow-plaintext=true"));
+    assert!(!crate::listener::listening(port), "nothing listens");
+    let allowed = format!(r#"{everywhere}<param name="listen-allow-plaintext" value="true"/>"#);
+    freeswitch.set_wsbridge_conf_sections(&allowed, &format!("<listen-tokens>{tokens}</listen-tokens>"));
+    assert!(esl.api("reloadxml").contains("+OK"));
+    assert!(esl.api("reload mod_wsbridge").contains("+OK"));
+    let listening = crate::listener::listening(port);
+    println!("with listen-allow-plaintext=true: listening on 0.0.0.0:{port}: {listening}");
+    assert!(listening);
+    assert!(freeswitch.stop(), "FreeSWITCH did not shut down cleanly");
 }

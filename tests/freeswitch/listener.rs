@@ -36,9 +36,10 @@ pub(crate) fn free_port() -> u16 {
     StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// All clients come from 127.0.0.1, up to `max_calls` at once: as many may be in the handshake.
 fn listener_conf(port: u16, token: &str, max_calls: usize) -> String {
     format!(
-        r#"<param name="listen" value="127.0.0.1:{port}"/><param name="listen-tokens" value="other-token {token}"/><param name="listen-context" value="wsbridge-test"/><param name="listen-max-calls" value="{max_calls}"/>"#
+        r#"<param name="listen" value="127.0.0.1:{port}"/><param name="listen-tokens" value="other-token {token}"/><param name="listen-context" value="wsbridge-test"/><param name="listen-max-calls" value="{max_calls}"/><param name="listen-handshakes-per-address" value="{max_calls}"/>"#
     )
 }
 
