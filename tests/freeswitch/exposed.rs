@@ -161,9 +161,15 @@ pub fn scoped_tokens() {
     let log = log_showing(&freeswitch.log_path(), &["token 'bot-c' refused", "1 unscoped token(s)"]);
     assert!(log.contains("its secret is shorter than 20 characters"));
     assert!(!log.contains("too-short-secret"), "a secret never reaches the log");
-    let rt = runtime();
+    out_of_scope(&freeswitch, &mut esl, port);
+    in_scope(&mut esl, port);
+    wait_no_inbound(&mut esl, Duration::from_secs(5));
+    assert!(freeswitch.stop(), "FreeSWITCH did not shut down cleanly");
+}
 
-    // bot-a to a destination outside its scope, then with a caller ID outside it.
+/// A destination and a caller ID outside the tokens' scopes: 1008 with the reason, no channel.
+fn out_of_scope(freeswitch: &FreeSwitch, esl: &mut Esl, port: u16) {
+    let rt = runtime();
     let socket = rt.block_on(connect(port, BOT_A)).expect("bot-a upgrades");
     let client = client_port(&socket);
     let first = json!({"destination": "1000", "caller_id_number": "+15551234567"});
@@ -179,61 +185,51 @@ pub fn scoped_tokens() {
     let socket = rt.block_on(connect(port, BOT_B)).unwrap();
     let closed = rt.block_on(close_after(socket, json!({"destination": "9001"})));
     assert_eq!(closed, Some((1008, "destination not allowed for this token".to_string())));
-    assert_eq!(inbound_channels(&mut esl), 0, "no channel for a call out of scope");
+    assert_eq!(inbound_channels(esl), 0, "no channel for a call out of scope");
+}
 
-    // bot-a in its own context with its caller ID; bot-b's caller ID becomes its name.
-    let socket = rt.block_on(connect(port, BOT_A)).unwrap();
-    let a_port = client_port(&socket);
-    let first = json!({"destination": "9006", "caller_id_number": "+15551234567"});
-    let a_call = rt.spawn(call(socket, first, 16000, false, Duration::from_secs(10)));
-    let a_uuid = wait_channel(&mut esl, a_port);
-    let socket = rt.block_on(connect(port, BOT_B)).unwrap();
-    let b_port = client_port(&socket);
+/// A client of `token` calling with `first`, held for at most `limit`; its channel's UUID.
+fn call_up(
+    esl: &mut Esl,
+    port: u16,
+    token: &str,
+    first: serde_json::Value,
+    limit: Duration,
+) -> (tokio::task::JoinHandle<crate::listener::Heard>, String) {
+    let socket = runtime().block_on(connect(port, token)).expect("admitted");
+    let client = client_port(&socket);
+    let task = runtime().spawn(call(socket, first, 16000, false, limit));
+    (task, wait_channel(esl, client))
+}
+
+/// Calls within the scopes: their context, accountcode, token and caller ID; bot-a's max-calls.
+fn in_scope(esl: &mut Esl, port: u16) {
+    let rt = runtime();
+    let seconds = Duration::from_secs(10);
+    let (a_call, a_uuid) =
+        call_up(esl, port, BOT_A, json!({"destination": "9006", "caller_id_number": "+15551234567"}), seconds);
     let first = json!({"destination": "listener_hold_3000", "caller_id_number": "+15550000000"});
-    let b_call = rt.spawn(call(socket, first, 16000, false, Duration::from_secs(10)));
-    let b_uuid = wait_channel(&mut esl, b_port);
+    let (b_call, b_uuid) = call_up(esl, port, BOT_B, first, seconds);
+    let first = json!({"destination": "listener_hold_2000", "caller_id_number": "bot7"});
+    let (legacy, legacy_uuid) = call_up(esl, port, "legacy-unscoped-token", first, seconds);
     let names = ["context", "accountcode", "wsbridge_in_token", "caller_id_number"];
-    let a_vars: Vec<String> = names.iter().map(|name| var(&mut esl, &a_uuid, name)).collect();
-    let b_vars: Vec<String> = names.iter().map(|name| var(&mut esl, &b_uuid, name)).collect();
-    println!("bot-a's call {names:?}: {a_vars:?}; bot-b's: {b_vars:?}");
+    let mut vars = |uuid: &str| names.iter().map(|name| var(esl, uuid, name)).collect::<Vec<String>>();
+    let (a_vars, b_vars, legacy_vars) = (vars(&a_uuid), vars(&b_uuid), vars(&legacy_uuid));
+    println!("bot-a's call {names:?}: {a_vars:?}; bot-b's: {b_vars:?}; the unscoped token's: {legacy_vars:?}");
     assert_eq!(a_vars, ["wsbridge-bots", "bot-a", "bot-a", "+15551234567"]);
-    assert_eq!(b_vars, ["wsbridge-test", "bot-b", "bot-b", "bot-b"]);
+    assert_eq!(b_vars, ["wsbridge-test", "bot-b", "bot-b", "bot-b"], "the caller ID number is the token's name");
+    assert_eq!(legacy_vars, ["wsbridge-test", "unscoped-1", "unscoped-1", "bot7"], "unscoped: as before");
 
     // bot-a's max-calls is 2: a second call gets in, a third gets 503.
-    let socket = rt.block_on(connect(port, BOT_A)).expect("a second call of bot-a");
-    let second = rt.spawn(call(
-        socket,
-        json!({"destination": "9002", "caller_id_number": "+15551234567"}),
-        16000,
-        false,
-        Duration::from_secs(6),
-    ));
-    std::thread::sleep(Duration::from_millis(300));
+    let (second, _) =
+        call_up(esl, port, BOT_A, json!({"destination": "9002", "caller_id_number": "+15551234567"}), seconds);
     let third = rt.block_on(connect(port, BOT_A)).err();
     println!("bot-a's third call at once: {third:?}");
     assert_eq!(third.map(|refusal| refusal.status), Some(503));
-
-    // The unscoped param: any destination in listen-context, the client's caller ID.
-    let socket = rt.block_on(connect(port, "legacy-unscoped-token")).expect("an unscoped token");
-    let legacy_port = client_port(&socket);
-    let legacy = rt.spawn(call(
-        socket,
-        json!({"destination": "listener_hold_2000", "caller_id_number": "bot7"}),
-        16000,
-        false,
-        Duration::from_secs(6),
-    ));
-    let legacy_uuid = wait_channel(&mut esl, legacy_port);
-    let legacy_vars: Vec<String> = names.iter().map(|name| var(&mut esl, &legacy_uuid, name)).collect();
-    println!("the unscoped token's call {names:?}: {legacy_vars:?}");
-    assert_eq!(legacy_vars, ["wsbridge-test", "unscoped-1", "unscoped-1", "bot7"]);
-
     for (what, task) in [("bot-a", a_call), ("bot-b", b_call), ("bot-a 2", second), ("unscoped", legacy)] {
         let heard = rt.block_on(task).unwrap();
         assert_eq!(heard.hangup_cause().as_deref(), Some("NORMAL_CLEARING"), "{what}: {:?}", heard.events);
     }
-    wait_no_inbound(&mut esl, Duration::from_secs(5));
-    assert!(freeswitch.stop(), "FreeSWITCH did not shut down cleanly");
 }
 
 /// The time from `answered` to `hangup`, and the hangup's cause.
