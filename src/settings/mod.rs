@@ -233,8 +233,13 @@ pub const CNG_FRAMES: Setting = per_call(
 );
 pub const FORK_PLAYBACK: Setting = per_call(
     "fork-playback",
-    Kind::Flag { default: true },
-    "a fork (`uuid_wsbridge_fork`, `wsbridge_fork`) plays the server's audio into the channel, so the caller hears it; `false` makes forks listen only: server audio is counted and dropped",
+    Kind::Flag { default: false },
+    "a fork (`uuid_wsbridge_fork`, `wsbridge_fork`) plays the server's audio into the channel, so the caller hears it; by default forks listen only: server audio is counted and dropped, so a transcription or recording vendor cannot speak into a call",
+);
+pub const FORK_ALLOW_HANGUP: Setting = per_call(
+    "fork-allow-hangup",
+    Kind::Flag { default: false },
+    "a fork's server may end the call with its `hangup` action; by default the action is logged and ignored, so a vendor that only listens cannot end a call",
 );
 pub const TLS_CA_FILE: Setting = per_call(
     "tls-ca-file",
@@ -369,6 +374,7 @@ pub const TABLE: &[Setting] = &[
     UPLINK_FRAME_MS,
     CNG_FRAMES,
     FORK_PLAYBACK,
+    FORK_ALLOW_HANGUP,
     TLS_CA_FILE,
     TLS_PIN_SHA256,
     TLS_CERT_FILE,

@@ -14,7 +14,7 @@ use super::{
 };
 use crate::settings::cause::HangupCause;
 
-use crate::settings::security::HostPattern;
+use crate::settings::security::{redact_uri_path, HostPattern};
 use crate::settings::tokens::Tokens;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -255,7 +255,7 @@ impl ModuleConfig {
     /// Every setting in force, as `param = value`, for the status API.
     pub fn describe(&self) -> Vec<(String, String)> {
         let mut lines = vec![
-            (DEFAULT_URI.param.to_string(), self.default_uri.clone().unwrap_or_default()),
+            (DEFAULT_URI.param.to_string(), self.default_uri.as_deref().map(redact_uri_path).unwrap_or_default()),
             (DEFAULT_CONTENT_TYPE.param.to_string(), self.default_content_type.clone().unwrap_or_default()),
             (DEBUG.param.to_string(), self.debug.to_string()),
             (ALLOWED_HOSTS.param.to_string(), self.allowed_hosts_text.clone()),
@@ -273,8 +273,25 @@ impl ModuleConfig {
             (LISTEN_CONTEXT.param.to_string(), self.listener.context.clone()),
             (LISTEN_MAX_CALLS.param.to_string(), self.listener.max_calls.to_string()),
         ];
-        lines.extend(self.per_call.iter().map(|(param, value)| (param.to_string(), value.clone())));
+        lines.extend(self.per_call.iter().map(|(param, value)| (param.to_string(), shown_value(param, value))));
         lines
+    }
+}
+
+/// A per-call default as the status shows it: no secret, whole or in part.
+fn shown_value(param: &str, value: &str) -> String {
+    use crate::settings::security::{is_secret_setting, redact_headers_json};
+    use crate::settings::{url_decode, FALLBACK_URIS, HTTP_HEADERS};
+    match param {
+        _ if param == HTTP_HEADERS.param => {
+            redact_headers_json(&url_decode(value).unwrap_or_else(|| value.to_string()))
+        }
+        _ if param == FALLBACK_URIS.param => {
+            let decoded = url_decode(value).unwrap_or_else(|| value.to_string());
+            decoded.split_whitespace().map(redact_uri_path).collect::<Vec<_>>().join(" ")
+        }
+        _ if is_secret_setting(param) => "***".to_string(),
+        _ => value.to_string(),
     }
 }
 

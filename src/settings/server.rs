@@ -390,9 +390,11 @@ impl fmt::Display for SettingsError {
             SettingsError::MissingUri => {
                 write!(f, "no WebSocket URI: set {URI_VARIABLE} or dial wsbridge/ws://host:port/path")
             }
-            SettingsError::InvalidUri { uri, why } => write!(f, "invalid WebSocket URI '{uri}': {why}"),
+            SettingsError::InvalidUri { uri, why } => {
+                write!(f, "invalid WebSocket URI '{}': {why}", crate::settings::security::redact_uri(uri))
+            }
             SettingsError::UnsupportedScheme { uri } => {
-                write!(f, "unsupported scheme in '{uri}': use ws, wss, http or https")
+                write!(f, "unsupported scheme in '{}': use ws, wss, http or https", crate::settings::security::redact_uri(uri))
             }
             SettingsError::BadEncoding { variable } => write!(f, "{variable} is not valid URL encoding of UTF-8 text"),
             SettingsError::HeadersTooLong { bytes, limit } => {
