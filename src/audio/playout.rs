@@ -720,6 +720,7 @@ mod tests {
         assert_eq!(buffer.add_mark(big.clone()), MarkOutcome::Refused, "{fit} marks of 4000 bytes fill the bytes");
         assert_eq!(buffer.add_mark("small".into()), MarkOutcome::Pending, "the count is far from its cap");
         assert_eq!(buffer.clear().len(), fit + 1);
+        buffer.push(&[0; 8]);
         assert_eq!(buffer.add_mark(big), MarkOutcome::Pending, "a clear frees the bytes");
     }
 }
