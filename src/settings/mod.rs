@@ -14,6 +14,7 @@
 pub mod cause;
 pub mod module_conf;
 pub mod options;
+pub mod redact;
 pub mod security;
 pub mod server;
 pub mod tokens;

@@ -391,10 +391,10 @@ impl fmt::Display for SettingsError {
                 write!(f, "no WebSocket URI: set {URI_VARIABLE} or dial wsbridge/ws://host:port/path")
             }
             SettingsError::InvalidUri { uri, why } => {
-                write!(f, "invalid WebSocket URI '{}': {why}", crate::settings::security::redact_uri(uri))
+                write!(f, "invalid WebSocket URI '{}': {why}", crate::settings::redact::redact_uri(uri))
             }
             SettingsError::UnsupportedScheme { uri } => {
-                write!(f, "unsupported scheme in '{}': use ws, wss, http or https", crate::settings::security::redact_uri(uri))
+                write!(f, "unsupported scheme in '{}': use ws, wss, http or https", crate::settings::redact::redact_uri(uri))
             }
             SettingsError::BadEncoding { variable } => write!(f, "{variable} is not valid URL encoding of UTF-8 text"),
             SettingsError::HeadersTooLong { bytes, limit } => {
