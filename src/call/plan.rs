@@ -91,7 +91,7 @@ pub fn plan_call(sources: &CallSources<'_>, config: &ModuleConfig) -> Result<Cal
     let server =
         protocol::resolve(&raw, max_headers_bytes).map_err(|error| refuse(error.to_string(), error.cause()))?;
 
-    let shown_uri = security::redact_uri(&server.uri.text);
+    let shown_uri = server.shown(&server.uri);
     if raw.uri_from_sip_header && !config.allow_sip_header_uri {
         let why = format!("the URI {shown_uri} came from a SIP header, and allow-sip-header-uri is false");
         return Err(refuse(why, HangupCause::OutgoingCallBarred));

@@ -272,6 +272,8 @@ pub struct CallSettings {
     /// The headers object, keys in the order given.
     pub headers: Map<String, Value>,
     pub protocol: Protocol,
+    /// The URI is wsbridge.conf's `default-uri`: its path is not shown.
+    pub uri_from_config: bool,
 }
 
 /// How the first message looks.
@@ -295,6 +297,17 @@ impl FirstMessageStyle {
 }
 
 impl CallSettings {
+    /// `server` (the URI or a fallback) as logs and lists show it: user
+    /// information and query values hidden, and the path too where it is
+    /// wsbridge.conf's (`default-uri`, `fallback-uris`).
+    pub fn shown(&self, server: &ServerUri) -> String {
+        let fallback = server != &self.uri;
+        match self.uri_from_config || fallback {
+            true => crate::settings::redact::redact_uri_path(&server.text),
+            false => crate::settings::redact::redact_uri(&server.text),
+        }
+    }
+
     /// `Wsbridge`: a space, then compact JSON, the header keys in order and
     /// `content-type` last. `Vonage`: the event and content type first.
     pub fn first_message(&self, style: FirstMessageStyle) -> String {
@@ -559,7 +572,8 @@ impl RawSettings {
                 return Err(SettingsError::ProtocolMismatch { why });
             }
         }
-        Ok(CallSettings { uri, fallbacks, content_type, headers, protocol })
+        let uri_from_config = self.uri.is_none() && self.destination.is_none();
+        Ok(CallSettings { uri, fallbacks, content_type, headers, protocol, uri_from_config })
     }
 }
 
@@ -816,5 +830,19 @@ mod tests {
         );
         let settings = raw(Some("ws://h/"), None, None).resolve_default().unwrap();
         assert_eq!(settings.first_message(FirstMessageStyle::Wsbridge), r#" {"content-type":"audio/l16;rate=16000"}"#);
+    }
+
+    #[test]
+    fn configured_uris_show_no_path_and_no_uri_shows_its_query() {
+        let mut input = raw(Some("ws://h/bot?token=t"), None, None);
+        input.fallback_uris = Some("ws://f/key-path".into());
+        let dialled = input.resolve_default().unwrap();
+        assert_eq!(dialled.shown(&dialled.uri), "ws://h/bot?token=***");
+        assert_eq!(dialled.shown(&dialled.fallbacks[0]), "ws://f/***");
+        let configured = RawSettings { default_uri: Some("wss://h/secret-path".into()), ..RawSettings::default() }
+            .resolve_default()
+            .unwrap();
+        assert!(configured.uri_from_config);
+        assert_eq!(configured.shown(&configured.uri), "wss://h/***");
     }
 }

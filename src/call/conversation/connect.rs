@@ -33,11 +33,11 @@ pub(super) fn servers(settings: &CallSettings) -> impl Iterator<Item = &ServerUr
 /// One server: TCP, TLS, the upgrade and the first messages, within the connect timeout.
 pub(super) async fn connect_one(
     server: &ServerUri,
+    shown: &str,
     options: &ConnectionOptions,
     limit: Duration,
     dialect: &mut Dialect,
 ) -> Result<Connection, String> {
-    let shown = crate::settings::security::redact_uri(&server.text);
     let opening = async {
         let mut connection = match server.scheme {
             Scheme::Tcp => connection::connect_audiosocket(&server.host, server.port)
@@ -82,8 +82,9 @@ pub(super) async fn connect_any(
         if limit.is_zero() {
             break;
         }
-        match connect_one(server, options, limit, dialect).await {
-            Ok(connection) => return Ok((connection, crate::settings::security::redact_uri(&server.text))),
+        let shown = settings.shown(server);
+        match connect_one(server, &shown, options, limit, dialect).await {
+            Ok(connection) => return Ok((connection, shown)),
             Err(why) => {
                 if !settings.fallbacks.is_empty() {
                     tracing::warn!("{why}; trying the next server");
@@ -104,7 +105,7 @@ pub(super) async fn open(
     dialect: &mut Dialect,
 ) -> Result<(Connection, String), ConversationEnd> {
     let Some(slot) = ConnectingSlot::take(options.max_connecting) else {
-        let uri = crate::settings::security::redact_uri(&settings.uri.text);
+        let uri = settings.shown(&settings.uri);
         return Err(failed(
             HangupCause::DestinationOutOfOrder,
             format!("{} connection attempts already in progress; not connecting to {uri}", options.max_connecting),

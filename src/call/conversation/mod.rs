@@ -191,7 +191,7 @@ async fn run_to_end(
     options: &ConnectionOptions,
 ) -> ConversationEnd {
     let end = converse(settings, media, control, options).await;
-    conclude(end, &crate::settings::security::redact_uri(&settings.uri.text), media, control)
+    conclude(end, &settings.shown(&settings.uri), media, control)
 }
 
 /// Announces and logs how the session with `shown` ended, and hangs the call up if the session ended it.
