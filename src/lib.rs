@@ -9,8 +9,8 @@
 //! - [`settings`]: plain data every room reads: the `TABLE` of settings and
 //!   `tuning` per call, `module_conf` (wsbridge.conf), `server` (the
 //!   `P-wsbridge-websocket-*` values), `options` (the option structs),
-//!   `security` (allow-list, headers, redaction), `address` (the special
-//!   address ranges, CIDR blocks, odd IPv4 forms), `tokens`, `cause`.
+//!   `security` (allow-list, headers, redaction), `address` (a URI's host,
+//!   special address ranges, CIDR blocks, odd IPv4 forms), `tokens`, `cause`.
 //! - [`audio`]: samples and frames: `media` (what a call's FreeSWITCH thread
 //!   and its task share), `playout` with its `jitter` buffer, `concealment`
 //!   and `comfort_noise`, `reframe`, the `uplink` and its `uplink_pump`, and

@@ -1,7 +1,8 @@
-//! What an IP address is, for the rules on where a SIP header may send a
+//! Hosts and addresses, for the rules on where a SIP header may send a
 //! call: the special-purpose ranges a caller must not reach ([`classify`]),
-//! CIDR blocks ([`Cidr`]), and the host names an IPv4 parser would read as
-//! an address in a form other than the dotted quad ([`non_canonical_ipv4`]).
+//! CIDR blocks ([`Cidr`]), a URI's host and port ([`split_authority`],
+//! [`host_problem`]), and the host names an IPv4 parser would read as an
+//! address in a form other than the dotted quad ([`non_canonical_ipv4`]).
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -36,7 +37,7 @@ impl SpecialRange {
             SpecialRange::Loopback => "loopback",
             SpecialRange::Private => "private",
             SpecialRange::LinkLocal => "link-local",
-            SpecialRange::CloudMetadata => "link-local cloud metadata",
+            SpecialRange::CloudMetadata => "cloud metadata",
             SpecialRange::Shared => "shared (carrier-grade NAT)",
             SpecialRange::Unspecified => "unspecified",
             SpecialRange::Multicast => "multicast",
@@ -196,6 +197,49 @@ pub fn non_canonical_ipv4(host: &str) -> bool {
     numeric_label(last) && host.parse::<Ipv4Addr>().is_err()
 }
 
+/// An authority's host, its port if given, and whether the host was in
+/// brackets (an IPv6 address, checked here).
+pub fn split_authority(authority: &str) -> Result<(&str, Option<&str>, bool), &'static str> {
+    let Some(bracketed) = authority.strip_prefix('[') else {
+        return Ok(match authority.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port), false),
+            None => (authority, None, false),
+        });
+    };
+    let (host, after) = bracketed.split_once(']').ok_or("unclosed IPv6 bracket")?;
+    let port = match after {
+        "" => None,
+        _ => Some(after.strip_prefix(':').ok_or("junk after IPv6 address")?),
+    };
+    if host.parse::<Ipv6Addr>().is_err() {
+        return Err("bad IPv6 address");
+    }
+    Ok((host, port, true))
+}
+
+/// Why `host`, as a URI's authority gives it (`bracketed`: an IPv6 address
+/// in brackets, checked already), cannot be a server's host: it is empty,
+/// over 253 characters, has a character no host name has, or is an IPv4
+/// address in a form other than the dotted quad.
+pub fn host_problem(host: &str, bracketed: bool) -> Option<String> {
+    if host.is_empty() {
+        return Some("no host".into());
+    }
+    if host.len() > MAX_HOST_NAME_BYTES {
+        return Some(format!("the host name is over {MAX_HOST_NAME_BYTES} characters"));
+    }
+    if !host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':')) {
+        return Some("bad host name".into());
+    }
+    if !bracketed && non_canonical_ipv4(host) {
+        return Some(format!(
+            "{host} is not an IPv4 address in canonical form (four decimal numbers 0 to 255, no leading zeros, as \
+             in 127.0.0.1); decimal, octal, hex and short forms are refused"
+        ));
+    }
+    None
+}
+
 /// True when `host` reads as an IPv4 address, canonical or not.
 pub fn looks_like_ipv4(host: &str) -> bool {
     let last = host.strip_suffix('.').unwrap_or(host).rsplit('.').next().unwrap_or_default();
@@ -299,7 +343,7 @@ mod tests {
         let told = |text: &str| classify(text.parse().unwrap()).unwrap().to_string();
         assert_eq!(told("127.0.0.1"), "a loopback address");
         assert_eq!(told("10.0.0.1"), "a private address");
-        assert_eq!(told("169.254.169.254"), "a link-local cloud metadata address");
+        assert_eq!(told("169.254.169.254"), "a cloud metadata address");
         assert_eq!(told("0.0.0.0"), "an unspecified address");
         assert_eq!(told("::ffff:127.0.0.1"), "the IPv4-mapped form of a loopback address");
     }

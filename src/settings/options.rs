@@ -195,3 +195,41 @@ impl Default for ConnectionOptions {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::settings::security::parse_allowlist;
+    use crate::settings::Origin;
+
+    #[test]
+    fn a_sip_chosen_server_gets_no_credentials_unless_allowed_hosts_names_it() {
+        let options = ConnectionOptions {
+            http_headers: vec![("Authorization".into(), "Bearer secret".into())],
+            tls: TlsOptions {
+                ca_file: Some("ca.pem".into()),
+                cert_file: Some("client.pem".into()),
+                key_file: Some("client.key".into()),
+                ..TlsOptions::default()
+            },
+            allowed_hosts: parse_allowlist("bots.example.com").unwrap(),
+            ..ConnectionOptions::default()
+        };
+        let operators = ServerUri::parse("wss://anywhere.example.net/").unwrap();
+        let given = options.credentials_for(&operators);
+        assert!(!given.withheld);
+        assert_eq!((given.tls.as_ref(), given.http_headers), (&options.tls, options.http_headers.as_slice()));
+
+        let from_sip = ServerUri { origin: Origin::SipHeader, ..operators };
+        let withheld = options.credentials_for(&from_sip);
+        assert!(withheld.withheld);
+        assert!(withheld.http_headers.is_empty());
+        assert_eq!((withheld.tls.cert_file.as_ref(), withheld.tls.key_file.as_ref()), (None, None));
+        assert_eq!(withheld.tls.ca_file, options.tls.ca_file, "its certificate is still checked as configured");
+
+        let named = ServerUri { origin: Origin::SipHeader, ..ServerUri::parse("wss://bots.example.com/").unwrap() };
+        assert!(!options.credentials_for(&named).withheld);
+        let bare = ConnectionOptions::default();
+        assert!(!bare.credentials_for(&from_sip).withheld, "nothing to withhold: nothing said");
+    }
+}

@@ -7,7 +7,7 @@ use std::fmt;
 
 use serde_json::{Map, Value};
 
-use crate::settings::address::{non_canonical_ipv4, MAX_HOST_NAME_BYTES};
+use crate::settings::address::{host_problem, split_authority};
 use crate::settings::cause::HangupCause;
 
 pub const URI_VARIABLE: &str = "P-wsbridge-websocket-uri";
@@ -229,36 +229,9 @@ impl ServerUri {
         if authority.contains('@') {
             return Err(invalid("user information is not supported"));
         }
-        let (host, port_text) = if let Some(bracketed) = authority.strip_prefix('[') {
-            let (host, after) = bracketed.split_once(']').ok_or_else(|| invalid("unclosed IPv6 bracket"))?;
-            let port = match after {
-                "" => None,
-                _ => Some(after.strip_prefix(':').ok_or_else(|| invalid("junk after IPv6 address"))?),
-            };
-            if host.parse::<std::net::Ipv6Addr>().is_err() {
-                return Err(invalid("bad IPv6 address"));
-            }
-            (host, port)
-        } else {
-            match authority.rsplit_once(':') {
-                Some((host, port)) => (host, Some(port)),
-                None => (authority, None),
-            }
-        };
-        if host.is_empty() {
-            return Err(invalid("no host"));
-        }
-        if host.len() > MAX_HOST_NAME_BYTES {
-            return Err(invalid(&format!("the host name is over {MAX_HOST_NAME_BYTES} characters")));
-        }
-        if !host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':')) {
-            return Err(invalid("bad host name"));
-        }
-        if !authority.starts_with('[') && non_canonical_ipv4(host) {
-            return Err(invalid(&format!(
-                "{host} is not an IPv4 address in canonical form (four decimal numbers 0 to 255, no leading zeros, \
-                 as in 127.0.0.1); decimal, octal, hex and short forms are refused"
-            )));
+        let (host, port_text, bracketed) = split_authority(authority).map_err(invalid)?;
+        if let Some(why) = host_problem(host, bracketed) {
+            return Err(invalid(&why));
         }
         let port = match port_text {
             None => match scheme {

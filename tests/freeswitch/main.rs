@@ -94,6 +94,7 @@ mod playout;
 mod protocols;
 mod reconnect;
 mod scale_out;
+mod ssrf;
 mod trust;
 mod ws_server;
 
@@ -218,6 +219,7 @@ fn main() {
         protocols::TESTS,
         reconnect::TESTS,
         scale_out::TESTS,
+        ssrf::TESTS,
         trust::TESTS,
     ]
     .concat();
