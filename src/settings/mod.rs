@@ -11,6 +11,7 @@
 //! the README's settings table is generated from it (a unit test keeps the
 //! two equal).
 
+pub mod address;
 pub mod cause;
 pub mod module_conf;
 pub mod options;
@@ -22,8 +23,8 @@ pub mod tuning;
 
 pub use module_conf::ModuleConfig;
 pub use server::{
-    parse_uri_list, url_decode, CallSettings, ContentType, Encoding, FirstMessageStyle, Protocol, ProtocolRules,
-    RawSettings, Scheme, ServerUri, SettingsError, VariableSource, FRAME_MS, SUPPORTED_RATES,
+    parse_uri_list, url_decode, CallSettings, ContentType, Encoding, FirstMessageStyle, Origin, Protocol,
+    ProtocolRules, RawSettings, Scheme, ServerUri, SettingsError, VariableSource, FRAME_MS, SUPPORTED_RATES,
 };
 pub use tuning::CallTuning;
 
@@ -279,7 +280,8 @@ pub const ALLOWED_HOSTS: Setting = Setting {
     ..module_only(
         "allowed-hosts",
         Kind::Text,
-        "hosts or host:port that calls may reach, `*` as a wildcard; a bad list allows nothing",
+        "hosts (`*.` wildcards), IP addresses and CIDR blocks, each with an optional :port, that calls may \
+         reach, and that a SIP header's URI may reach even at a loopback or private address; a bad list allows nothing",
     )
 };
 pub const ALLOW_SIP_HEADER_URI: Setting = module_only(

@@ -185,7 +185,7 @@ impl ModuleConfig {
                 // Failing closed: a broken allowlist must not open every host.
                 Err(why) => {
                     problems.push(format!("param {param}: {why}; no host is allowed until it is fixed"));
-                    self.allowed_hosts = crate::settings::security::parse_allowlist("0.0.0.0:1").expect("valid");
+                    self.allowed_hosts = crate::settings::security::nothing_allowed();
                     self.allowed_hosts_text = "(invalid: nothing allowed)".into();
                 }
             },
@@ -349,6 +349,12 @@ mod tests {
         assert_eq!(problems.len(), 1);
         let uri = crate::settings::ServerUri::parse("ws://good.example.com/").unwrap();
         assert!(!crate::settings::security::allows(&config.allowed_hosts, &uri));
+        assert!(crate::settings::security::check_uri(&config.allowed_hosts, &uri).is_err());
+        let (config, problems) = ModuleConfig::from_params(&params(&[("allowed-hosts", "10.0.0.*")]));
+        assert!(problems[0].contains("'10.0.0.*': a wildcard is only a leading `*.`"), "{problems:?}");
+        let address = crate::settings::ServerUri::parse("ws://10.0.0.1/").unwrap();
+        assert!(crate::settings::security::check_uri(&config.allowed_hosts, &address).is_err());
+        assert_eq!(config.allowed_hosts_text, "(invalid: nothing allowed)");
     }
 
     #[test]

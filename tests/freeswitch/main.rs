@@ -95,6 +95,7 @@ mod protocols;
 mod reconnect;
 mod scale_out;
 mod secrets;
+mod ssrf;
 mod trust;
 mod ws_server;
 
@@ -220,6 +221,7 @@ fn main() {
         reconnect::TESTS,
         scale_out::TESTS,
         secrets::TESTS,
+        ssrf::TESTS,
         trust::TESTS,
     ]
     .concat();
