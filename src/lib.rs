@@ -10,7 +10,9 @@
 //!   `tuning` per call, `module_conf` (wsbridge.conf) with `listener_conf`
 //!   (its `listen*` params), `server` (the
 //!   `P-wsbridge-websocket-*` values), `options` (the option structs),
-//!   `security` (allow-list, headers, redaction), `tokens`, `cause`.
+//!   `security` (allow-list, headers), `redact` (what may be shown of a
+//!   secret), `address` (a URI's host, special address ranges, CIDR blocks,
+//!   odd IPv4 forms), `tokens`, `cause`.
 //! - [`audio`]: samples and frames: `media` (what a call's FreeSWITCH thread
 //!   and its task share), `playout` with its `jitter` buffer, `concealment`
 //!   and `comfort_noise`, `reframe`, the `uplink` and its `uplink_pump`, and

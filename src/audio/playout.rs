@@ -61,10 +61,14 @@ pub struct PlayoutBuffer {
     played_total: u64,
     /// Marks by the stream position they follow, in order.
     marks: VecDeque<(u64, String)>,
+    /// The pending marks' names together (a Vonage notify payload is up to 4 KiB).
+    mark_bytes: usize,
 }
 
 /// Most marks waiting at once; a server that floods them gets refusals.
 pub const MAX_PENDING_MARKS: usize = 1024;
+/// Most bytes of names the pending marks may hold together, whatever their count.
+pub const MAX_PENDING_MARK_BYTES: usize = 256 * 1024;
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum MarkOutcome {
@@ -98,6 +102,7 @@ impl PlayoutBuffer {
             queued_total: 0,
             played_total: 0,
             marks: VecDeque::new(),
+            mark_bytes: 0,
         }
     }
 
@@ -246,6 +251,7 @@ impl PlayoutBuffer {
         self.concealer.reset();
         self.jitter.restart();
         self.release_idle_memory();
+        self.mark_bytes = 0;
         self.marks.drain(..).map(|(_, name)| name).collect()
     }
 
@@ -254,9 +260,10 @@ impl PlayoutBuffer {
         if self.is_reached(self.queued_total) {
             return MarkOutcome::Reached;
         }
-        if self.marks.len() >= MAX_PENDING_MARKS {
+        if self.marks.len() >= MAX_PENDING_MARKS || self.mark_bytes + name.len() > MAX_PENDING_MARK_BYTES {
             return MarkOutcome::Refused;
         }
+        self.mark_bytes += name.len();
         self.marks.push_back((self.queued_total, name));
         MarkOutcome::Pending
     }
@@ -267,7 +274,10 @@ impl PlayoutBuffer {
             if !self.is_reached(*position) {
                 break;
             }
-            reached.extend(self.marks.pop_front().map(|(_, name)| name));
+            if let Some((_, name)) = self.marks.pop_front() {
+                self.mark_bytes -= name.len();
+                reached.push(name);
+            }
         }
     }
 
@@ -696,5 +706,21 @@ mod tests {
             assert_eq!(buffer.jitter().concealed_frames, 0, "the end of a burst is not a gap to conceal");
             assert_eq!(played[..1000], (0..1000).map(|n| tone_bursts(n, 16000)).collect::<Vec<_>>()[..]);
         }
+    }
+
+    #[test]
+    fn pending_marks_are_capped_by_their_bytes_too() {
+        let mut buffer = PlayoutBuffer::new(4, 100);
+        buffer.push(&[0; 8]);
+        let big = "n".repeat(4000);
+        let fit = MAX_PENDING_MARK_BYTES / big.len();
+        for _ in 0..fit {
+            assert_eq!(buffer.add_mark(big.clone()), MarkOutcome::Pending);
+        }
+        assert_eq!(buffer.add_mark(big.clone()), MarkOutcome::Refused, "{fit} marks of 4000 bytes fill the bytes");
+        assert_eq!(buffer.add_mark("small".into()), MarkOutcome::Pending, "the count is far from its cap");
+        assert_eq!(buffer.clear().len(), fit + 1);
+        buffer.push(&[0; 8]);
+        assert_eq!(buffer.add_mark(big), MarkOutcome::Pending, "a clear frees the bytes");
     }
 }

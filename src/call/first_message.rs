@@ -232,6 +232,7 @@ impl InboundCall {
                 content_type: self.content_type,
                 headers: Map::new(),
                 protocol: crate::wire::protocol::DEFAULT,
+                uri_from_config: false,
             },
             tuning,
             shown_uri: inbound_label(peer),

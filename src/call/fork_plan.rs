@@ -10,7 +10,7 @@ use crate::settings::cause::HangupCause;
 use crate::settings::options::{ForkLayout, Tracks};
 use crate::settings::server::{CONTENT_TYPE_VARIABLE, HEADERS_VARIABLE, SIP_HEADER_PREFIX, URI_VARIABLE};
 use crate::settings::tuning::Reader;
-use crate::settings::{ContentType, ModuleConfig, VariableSource, FORK_PLAYBACK, SUPPORTED_RATES};
+use crate::settings::{ContentType, ModuleConfig, VariableSource, FORK_ALLOW_HANGUP, FORK_PLAYBACK, SUPPORTED_RATES};
 
 /// The name of a fork started without `name=`.
 pub const DEFAULT_NAME: &str = "default";
@@ -177,6 +177,8 @@ pub struct ForkPlan {
     pub mode: ForkMode,
     /// Server audio is played into the channel (`fork-playback`).
     pub playback: bool,
+    /// The server's `hangup` action ends the call (`fork-allow-hangup`).
+    pub allow_hangup: bool,
     pub layout: ForkLayout,
 }
 
@@ -192,6 +194,7 @@ pub fn plan_fork(
     let source = |name: &str| channel.variable(name).or_else(|| config.value(name));
     let mut reader = Reader::of_variables(&source);
     let playback = reader.flag(&FORK_PLAYBACK).unwrap_or(FORK_PLAYBACK.flag_default());
+    let allow_hangup = reader.flag(&FORK_ALLOW_HANGUP).unwrap_or(FORK_ALLOW_HANGUP.flag_default());
     for problem in reader.problems {
         tracing::warn!("{problem}");
     }
@@ -201,7 +204,7 @@ pub fn plan_fork(
         ForkMode::Stereo => Tracks::Both,
     };
     let layout = ForkLayout { content_type: content_type_text(call.server.content_type, start.mode), tracks };
-    Ok(ForkPlan { call, mode: start.mode, playback, layout })
+    Ok(ForkPlan { call, mode: start.mode, playback, allow_hangup, layout })
 }
 
 fn plan_fork_call(
@@ -336,10 +339,13 @@ mod tests {
         assert_eq!(plan.tuning.connection.reconnect.as_millis(), 3000);
         assert_eq!(fork.layout.content_type, "audio/l16;rate=24000;channels=2");
         assert_eq!(fork.layout.tracks, Tracks::Both);
-        assert!(fork.playback);
+        assert!(!fork.playback && !fork.allow_hangup, "a fork listens, unless told otherwise");
         let first = plan.server.first_message_naming(Default::default(), &fork.layout.content_type);
         assert_eq!(first, r#" {"id":"7","content-type":"audio/l16;rate=24000;channels=2"}"#);
 
+        let speaking = vars(&[("wsbridge_fork_playback", "true"), ("wsbridge_fork_allow_hangup", "true")]);
+        let fork = plan_fork(&speaking, &start, &config).unwrap();
+        assert!(fork.playback && fork.allow_hangup);
         let twilio = vars(&[("wsbridge_protocol", "twilio"), ("wsbridge_fork_playback", "false")]);
         let fork = plan_fork(&twilio, &start, &config).unwrap();
         assert_eq!(

@@ -91,7 +91,7 @@ pub fn plan_call(sources: &CallSources<'_>, config: &ModuleConfig) -> Result<Cal
     let server =
         protocol::resolve(&raw, max_headers_bytes).map_err(|error| refuse(error.to_string(), error.cause()))?;
 
-    let shown_uri = security::redact_uri(&server.uri.text);
+    let shown_uri = server.shown(&server.uri);
     if raw.uri_from_sip_header && !config.allow_sip_header_uri {
         let why = format!("the URI {shown_uri} came from a SIP header, and allow-sip-header-uri is false");
         return Err(refuse(why, HangupCause::OutgoingCallBarred));
@@ -100,15 +100,13 @@ pub fn plan_call(sources: &CallSources<'_>, config: &ModuleConfig) -> Result<Cal
         let why = "the fallback URIs came from a SIP header, and allow-sip-header-uri is false";
         return Err(refuse(why, HangupCause::OutgoingCallBarred));
     }
-    // Every server is checked before any connection is made.
+    // Every server is checked before any connection is made; host names again at every connect.
     for uri in std::iter::once(&server.uri).chain(&server.fallbacks) {
-        if !security::allows(&config.allowed_hosts, uri) {
-            let why = format!("{}:{} is not in allowed-hosts", uri.host, uri.port);
-            return Err(refuse(why, HangupCause::OutgoingCallBarred));
-        }
+        security::check_uri(&config.allowed_hosts, uri).map_err(|why| refuse(why, HangupCause::OutgoingCallBarred))?;
     }
     let mut tuning = tuning.map_err(|why| refuse(why, HangupCause::InvalidIeContents))?;
     tuning.connection.max_connecting = config.max_connecting;
+    tuning.connection.allowed_hosts = config.allowed_hosts.clone();
     Ok(CallPlan { server, tuning, shown_uri })
 }
 
@@ -191,6 +189,42 @@ mod tests {
         let sip = [("sip_h_P-wsbridge-websocket-uri", "ws://bots.example.com/")];
         assert_eq!(refusal(&[], Some(&sip), &guarded), HangupCause::OutgoingCallBarred, "URI from a SIP header");
         assert!(plan(&[], Some(&[(URI, "ws://bots.example.com/")]), None, &guarded).is_ok(), "a bare A-leg variable");
+    }
+
+    #[test]
+    fn a_sip_header_may_not_name_a_special_address_unless_allowed_hosts_does() {
+        let open = ModuleConfig::default();
+        let sip = |uri: &str| vec![("sip_h_P-wsbridge-websocket-uri".to_string(), uri.to_string())];
+        let from_sip = |uri: &str, config: &ModuleConfig| {
+            let pairs = sip(uri);
+            let pairs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            plan(&[], Some(&pairs), None, config)
+        };
+        for special in
+            ["ws://127.0.0.1:8080/", "ws://10.0.0.1/", "ws://169.254.169.254/", "ws://[::1]/", "ws://[fe80::1]/"]
+        {
+            let refusal = from_sip(special, &open).unwrap_err();
+            assert_eq!(refusal.cause, HangupCause::OutgoingCallBarred, "{special}");
+            assert!(refusal.why.contains("came from a SIP header; allowed-hosts does not name it"), "{refusal}");
+        }
+        assert!(from_sip("ws://127.0.0.1:8080/", &open).unwrap_err().why.contains("a loopback address"));
+        assert_eq!(from_sip("ws://2130706433/", &open).unwrap_err().cause, HangupCause::InvalidUrl);
+        assert_eq!(from_sip("ws://0x7f.1/", &open).unwrap_err().cause, HangupCause::InvalidUrl);
+        assert!(from_sip("ws://93.184.216.34/", &open).is_ok(), "a public address");
+        assert!(from_sip("ws://bots.example.com/", &open).is_ok(), "a name: its addresses are checked at connect");
+        // The operator's own URI is not limited by the address rules.
+        assert!(plan(&[(URI, "ws://127.0.0.1:8080/")], None, None, &open).is_ok());
+        assert!(plan(&[], None, Some("ws://10.0.0.1/"), &open).is_ok());
+        assert_eq!(plan(&[(URI, "ws://127.1/")], None, None, &open).unwrap_err().cause, HangupCause::InvalidUrl);
+        // Named by allowed-hosts, by address or block; the list goes to every connect.
+        for list in ["127.0.0.1", "127.0.0.0/8:*", "127.0.0.1:8080"] {
+            let named = config(&[("allowed-hosts", list)]);
+            let plan = from_sip("ws://127.0.0.1:8080/", &named).unwrap_or_else(|refusal| panic!("{list}: {refusal}"));
+            assert_eq!(plan.tuning.connection.allowed_hosts, named.allowed_hosts);
+        }
+        let fallbacks = [("sip_h_P-wsbridge-websocket-fallback-uris", "ws://192.168.1.1/")];
+        let barred = plan(&[(URI, "ws://bots.example.com/")], Some(&fallbacks), None, &open);
+        assert_eq!(barred.unwrap_err().cause, HangupCause::OutgoingCallBarred, "a SIP header's fallback too");
     }
 
     #[test]

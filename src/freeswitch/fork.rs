@@ -19,10 +19,24 @@ use crate::call::plan::admit;
 use crate::settings::cause::HangupCause;
 
 /// How a fork's task acts on its call: by UUID. Its session never ends the
-/// call, so the conversation never hangs it up; the server's `hangup` action does.
+/// call, so the conversation never hangs it up; the server's `hangup` action
+/// does, where `fork-allow-hangup` lets it.
 struct ForkControl {
     uuid: String,
     name: String,
+    allow_hangup: bool,
+}
+
+impl ForkControl {
+    fn may_hang_up(&self) -> bool {
+        if !self.allow_hangup {
+            tracing::warn!(
+                "fork {}: the server asked to hang up the call; ignored (fork-allow-hangup is false)",
+                self.name
+            );
+        }
+        self.allow_hangup
+    }
 }
 
 impl CallControl for ForkControl {
@@ -31,11 +45,15 @@ impl CallControl for ForkControl {
     }
 
     fn hangup(&self, cause: HangupCause) {
-        LocatedSession::with_channel(&self.uuid, |channel| channel.hangup(cause));
+        if self.may_hang_up() {
+            LocatedSession::with_channel(&self.uuid, |channel| channel.hangup(cause));
+        }
     }
 
     fn hangup_named(&self, cause: &str) {
-        LocatedSession::with_channel(&self.uuid, |channel| channel.hangup_named(cause));
+        if self.may_hang_up() {
+            LocatedSession::with_channel(&self.uuid, |channel| channel.hangup_named(cause));
+        }
     }
 
     fn send_dtmf(&self, digits: &str, _duration_ms: u32) {
@@ -90,7 +108,8 @@ fn plan(session: Session<'_>, uuid: &str, name: &str, request: &StartRequest) ->
 fn start(session: Session<'_>, name: &str, request: StartRequest) -> String {
     let uuid = session.uuid();
     let _span = runtime::call_span(&uuid).entered();
-    let (fork, ForkPlan { call, mode, playback: _, layout }) = match plan(session, &uuid, name, &request) {
+    let (fork, ForkPlan { call, mode, playback: _, allow_hangup, layout }) = match plan(session, &uuid, name, &request)
+    {
         Ok(planned) => planned,
         Err(reply) => return reply,
     };
@@ -104,7 +123,7 @@ fn start(session: Session<'_>, name: &str, request: StartRequest) -> String {
     }
     let mut options = call.tuning.connection.clone();
     options.fork_layout = Some(layout);
-    let control = ForkControl { uuid: uuid.clone(), name: name.to_string() };
+    let control = ForkControl { uuid: uuid.clone(), name: name.to_string(), allow_hangup };
     let (task_fork, media, wire) = (fork.clone(), fork.media(), call.server.content_type);
     let task = async move {
         let end = conversation::run(call.server, media, control, options).await;

@@ -12,10 +12,12 @@
 //! the README's settings table is generated from it (a unit test keeps the
 //! two equal).
 
+pub mod address;
 pub mod cause;
 pub mod listener_conf;
 pub mod module_conf;
 pub mod options;
+pub mod redact;
 pub mod security;
 pub mod server;
 pub mod tokens;
@@ -23,8 +25,8 @@ pub mod tuning;
 
 pub use module_conf::ModuleConfig;
 pub use server::{
-    parse_uri_list, url_decode, CallSettings, ContentType, Encoding, FirstMessageStyle, Protocol, ProtocolRules,
-    RawSettings, Scheme, ServerUri, SettingsError, VariableSource, FRAME_MS, SUPPORTED_RATES,
+    parse_uri_list, url_decode, CallSettings, ContentType, Encoding, FirstMessageStyle, Origin, Protocol,
+    ProtocolRules, RawSettings, Scheme, ServerUri, SettingsError, VariableSource, FRAME_MS, SUPPORTED_RATES,
 };
 pub use tuning::CallTuning;
 
@@ -235,8 +237,13 @@ pub const CNG_FRAMES: Setting = per_call(
 );
 pub const FORK_PLAYBACK: Setting = per_call(
     "fork-playback",
-    Kind::Flag { default: true },
-    "a fork (`uuid_wsbridge_fork`, `wsbridge_fork`) plays the server's audio into the channel, so the caller hears it; `false` makes forks listen only: server audio is counted and dropped",
+    Kind::Flag { default: false },
+    "a fork (`uuid_wsbridge_fork`, `wsbridge_fork`) plays the server's audio into the channel, so the caller hears it; by default forks listen only: server audio is counted and dropped, so a transcription or recording vendor cannot speak into a call",
+);
+pub const FORK_ALLOW_HANGUP: Setting = per_call(
+    "fork-allow-hangup",
+    Kind::Flag { default: false },
+    "a fork's server may end the call with its `hangup` action; by default the action is logged and ignored, so a vendor that only listens cannot end a call",
 );
 pub const TLS_CA_FILE: Setting = per_call(
     "tls-ca-file",
@@ -275,7 +282,8 @@ pub const ALLOWED_HOSTS: Setting = Setting {
     ..module_only(
         "allowed-hosts",
         Kind::Text,
-        "hosts or host:port that calls may reach, `*` as a wildcard; a bad list allows nothing",
+        "hosts (`*.` wildcards), IP addresses and CIDR blocks, each with an optional :port, that calls may \
+         reach, and that a SIP header's URI may reach even at a loopback or private address; a bad list allows nothing",
     )
 };
 pub const ALLOW_SIP_HEADER_URI: Setting = module_only(
@@ -406,6 +414,7 @@ pub const TABLE: &[Setting] = &[
     UPLINK_FRAME_MS,
     CNG_FRAMES,
     FORK_PLAYBACK,
+    FORK_ALLOW_HANGUP,
     TLS_CA_FILE,
     TLS_PIN_SHA256,
     TLS_CERT_FILE,

@@ -14,7 +14,7 @@ use super::{
 use crate::settings::cause::HangupCause;
 pub use crate::settings::listener_conf::ListenerConfig;
 
-use crate::settings::security::HostPattern;
+use crate::settings::security::{redact_uri_path, HostPattern};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModuleConfig {
@@ -149,7 +149,7 @@ impl ModuleConfig {
                 // Failing closed: a broken allowlist must not open every host.
                 Err(why) => {
                     problems.push(format!("param {param}: {why}; no host is allowed until it is fixed"));
-                    self.allowed_hosts = crate::settings::security::parse_allowlist("0.0.0.0:1").expect("valid");
+                    self.allowed_hosts = crate::settings::security::nothing_allowed();
                     self.allowed_hosts_text = "(invalid: nothing allowed)".into();
                 }
             },
@@ -179,7 +179,7 @@ impl ModuleConfig {
     /// Every setting in force, as `param = value`, for the status API.
     pub fn describe(&self) -> Vec<(String, String)> {
         let mut lines = vec![
-            (DEFAULT_URI.param.to_string(), self.default_uri.clone().unwrap_or_default()),
+            (DEFAULT_URI.param.to_string(), self.default_uri.as_deref().map(redact_uri_path).unwrap_or_default()),
             (DEFAULT_CONTENT_TYPE.param.to_string(), self.default_content_type.clone().unwrap_or_default()),
             (DEBUG.param.to_string(), self.debug.to_string()),
             (ALLOWED_HOSTS.param.to_string(), self.allowed_hosts_text.clone()),
@@ -191,8 +191,25 @@ impl ModuleConfig {
             (DRAIN_CAUSE.param.to_string(), self.drain_cause.to_string()),
         ];
         lines.extend(self.listener.describe());
-        lines.extend(self.per_call.iter().map(|(param, value)| (param.to_string(), value.clone())));
+        lines.extend(self.per_call.iter().map(|(param, value)| (param.to_string(), shown_value(param, value))));
         lines
+    }
+}
+
+/// A per-call default as the status shows it: no secret, whole or in part.
+fn shown_value(param: &str, value: &str) -> String {
+    use crate::settings::security::{is_secret_setting, redact_headers_json};
+    use crate::settings::{url_decode, FALLBACK_URIS, HTTP_HEADERS};
+    match param {
+        _ if param == HTTP_HEADERS.param => {
+            redact_headers_json(&url_decode(value).unwrap_or_else(|| value.to_string()))
+        }
+        _ if param == FALLBACK_URIS.param => {
+            let decoded = url_decode(value).unwrap_or_else(|| value.to_string());
+            decoded.split_whitespace().map(redact_uri_path).collect::<Vec<_>>().join(" ")
+        }
+        _ if is_secret_setting(param) => "***".to_string(),
+        _ => value.to_string(),
     }
 }
 
@@ -250,6 +267,12 @@ mod tests {
         assert_eq!(problems.len(), 1);
         let uri = crate::settings::ServerUri::parse("ws://good.example.com/").unwrap();
         assert!(!crate::settings::security::allows(&config.allowed_hosts, &uri));
+        assert!(crate::settings::security::check_uri(&config.allowed_hosts, &uri).is_err());
+        let (config, problems) = ModuleConfig::from_params(&params(&[("allowed-hosts", "10.0.0.*")]));
+        assert!(problems[0].contains("'10.0.0.*': a wildcard is only a leading `*.`"), "{problems:?}");
+        let address = crate::settings::ServerUri::parse("ws://10.0.0.1/").unwrap();
+        assert!(crate::settings::security::check_uri(&config.allowed_hosts, &address).is_err());
+        assert_eq!(config.allowed_hosts_text, "(invalid: nothing allowed)");
     }
 
     #[test]

@@ -2,10 +2,12 @@
 //! rooms read: media limits, the jitter buffer's range, TLS and the
 //! connection's options.
 
+use std::borrow::Cow;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::settings::FirstMessageStyle;
+use crate::settings::security::{may_send_credentials, HostPattern};
+use crate::settings::{FirstMessageStyle, ServerUri};
 use crate::settings::{
     Setting, CONNECT_TIMEOUT_MS, DEAD_PEER_TIMEOUT_MS, MAX_CONNECTING, MAX_MESSAGE_BYTES, MAX_TEXT_BYTES,
     PING_INTERVAL_MS, RECONNECT_MS,
@@ -136,6 +138,40 @@ pub struct ConnectionOptions {
     pub twilio_account_sid: String,
     /// A fork's layout on the wire; `None` for a call's leg.
     pub fork_layout: Option<ForkLayout>,
+    /// `allowed-hosts` when the call was planned: every address a server
+    /// resolves to is checked against it (and the SIP-header rules) at
+    /// every connect. Empty: any host.
+    pub allowed_hosts: Vec<HostPattern>,
+}
+
+/// What the module tells one server about itself: its TLS options and the
+/// extra upgrade headers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerCredentials<'a> {
+    pub tls: Cow<'a, TlsOptions>,
+    pub http_headers: &'a [(String, String)],
+    /// Credentials were set but are not sent to this server.
+    pub withheld: bool,
+}
+
+impl ConnectionOptions {
+    /// The TLS options and headers for `server`. The module's credentials
+    /// (`http-headers`, the client certificate and key) go only to a server
+    /// the operator chose, or one `allowed-hosts` names; a server a SIP
+    /// header chose gets neither.
+    pub fn credentials_for(&self, server: &ServerUri) -> ServerCredentials<'_> {
+        let has_credentials =
+            !self.http_headers.is_empty() || self.tls.cert_file.is_some() || self.tls.key_file.is_some();
+        if !has_credentials || may_send_credentials(&self.allowed_hosts, server) {
+            return ServerCredentials {
+                tls: Cow::Borrowed(&self.tls),
+                http_headers: &self.http_headers,
+                withheld: false,
+            };
+        }
+        let tls = TlsOptions { cert_file: None, key_file: None, ..self.tls.clone() };
+        ServerCredentials { tls: Cow::Owned(tls), http_headers: &[], withheld: true }
+    }
 }
 
 impl Default for ConnectionOptions {
@@ -155,6 +191,45 @@ impl Default for ConnectionOptions {
             reconnect: ms(&RECONNECT_MS),
             twilio_account_sid: format!("AC{}", "0".repeat(32)),
             fork_layout: None,
+            allowed_hosts: Vec::new(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::settings::security::parse_allowlist;
+    use crate::settings::Origin;
+
+    #[test]
+    fn a_sip_chosen_server_gets_no_credentials_unless_allowed_hosts_names_it() {
+        let options = ConnectionOptions {
+            http_headers: vec![("Authorization".into(), "Bearer secret".into())],
+            tls: TlsOptions {
+                ca_file: Some("ca.pem".into()),
+                cert_file: Some("client.pem".into()),
+                key_file: Some("client.key".into()),
+                ..TlsOptions::default()
+            },
+            allowed_hosts: parse_allowlist("bots.example.com").unwrap(),
+            ..ConnectionOptions::default()
+        };
+        let operators = ServerUri::parse("wss://anywhere.example.net/").unwrap();
+        let given = options.credentials_for(&operators);
+        assert!(!given.withheld);
+        assert_eq!((given.tls.as_ref(), given.http_headers), (&options.tls, options.http_headers.as_slice()));
+
+        let from_sip = ServerUri { origin: Origin::SipHeader, ..operators };
+        let withheld = options.credentials_for(&from_sip);
+        assert!(withheld.withheld);
+        assert!(withheld.http_headers.is_empty());
+        assert_eq!((withheld.tls.cert_file.as_ref(), withheld.tls.key_file.as_ref()), (None, None));
+        assert_eq!(withheld.tls.ca_file, options.tls.ca_file, "its certificate is still checked as configured");
+
+        let named = ServerUri { origin: Origin::SipHeader, ..ServerUri::parse("wss://bots.example.com/").unwrap() };
+        assert!(!options.credentials_for(&named).withheld);
+        let bare = ConnectionOptions::default();
+        assert!(!bare.credentials_for(&from_sip).withheld, "nothing to withhold: nothing said");
     }
 }

@@ -7,6 +7,7 @@ use std::fmt;
 
 use serde_json::{Map, Value};
 
+use crate::settings::address::{host_problem, split_authority};
 use crate::settings::cause::HangupCause;
 
 pub const URI_VARIABLE: &str = "P-wsbridge-websocket-uri";
@@ -175,6 +176,17 @@ pub enum Scheme {
     Tcp,
 }
 
+/// Who chose a server, which decides the rules on where it may be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Origin {
+    /// The dial string, the dialplan, the API or wsbridge.conf: the operator's own.
+    #[default]
+    Operator,
+    /// An inbound INVITE's header (a `sip_h_` variable): the caller's choice,
+    /// kept off the special address ranges unless `allowed-hosts` names it.
+    SipHeader,
+}
+
 /// A validated server address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerUri {
@@ -185,10 +197,16 @@ pub struct ServerUri {
     pub port: u16,
     /// Path and query, at least "/".
     pub resource: String,
+    /// Who chose it; [`ServerUri::parse`] says the operator.
+    pub origin: Origin,
 }
 
 impl ServerUri {
-    /// ws and wss, plus http and https as their aliases.
+    /// ws and wss, plus http and https as their aliases. A host name over
+    /// 253 characters, or an IPv4 address in any form but the dotted quad
+    /// (`2130706433`, `127.1`, `0x7f.1`, `0177.0.0.1`), is refused with
+    /// `INVALID_URL`, whoever gave it: resolvers read those forms as
+    /// addresses the text does not show.
     pub fn parse(text: &str) -> Result<ServerUri, SettingsError> {
         let invalid = |why: &str| SettingsError::InvalidUri { uri: text.to_string(), why: why.to_string() };
         let (scheme_text, rest) = text.split_once("://").ok_or_else(|| invalid("no scheme"))?;
@@ -211,27 +229,9 @@ impl ServerUri {
         if authority.contains('@') {
             return Err(invalid("user information is not supported"));
         }
-        let (host, port_text) = if let Some(bracketed) = authority.strip_prefix('[') {
-            let (host, after) = bracketed.split_once(']').ok_or_else(|| invalid("unclosed IPv6 bracket"))?;
-            let port = match after {
-                "" => None,
-                _ => Some(after.strip_prefix(':').ok_or_else(|| invalid("junk after IPv6 address"))?),
-            };
-            if host.parse::<std::net::Ipv6Addr>().is_err() {
-                return Err(invalid("bad IPv6 address"));
-            }
-            (host, port)
-        } else {
-            match authority.rsplit_once(':') {
-                Some((host, port)) => (host, Some(port)),
-                None => (authority, None),
-            }
-        };
-        if host.is_empty() {
-            return Err(invalid("no host"));
-        }
-        if !host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':')) {
-            return Err(invalid("bad host name"));
+        let (host, port_text, bracketed) = split_authority(authority).map_err(invalid)?;
+        if let Some(why) = host_problem(host, bracketed) {
+            return Err(invalid(&why));
         }
         let port = match port_text {
             None => match scheme {
@@ -244,7 +244,8 @@ impl ServerUri {
         if resource.chars().any(|c| c.is_control() || c.is_whitespace() || !c.is_ascii()) {
             return Err(invalid("bad characters in the path"));
         }
-        Ok(ServerUri { text: text.to_string(), scheme, host: host.to_string(), port, resource })
+        let host = host.to_string();
+        Ok(ServerUri { text: text.to_string(), scheme, host, port, resource, origin: Origin::Operator })
     }
 
     /// The Host header value: the port is left out where it is the scheme's default.
@@ -272,6 +273,8 @@ pub struct CallSettings {
     /// The headers object, keys in the order given.
     pub headers: Map<String, Value>,
     pub protocol: Protocol,
+    /// The URI is wsbridge.conf's `default-uri`: its path is not shown.
+    pub uri_from_config: bool,
 }
 
 /// How the first message looks.
@@ -295,6 +298,17 @@ impl FirstMessageStyle {
 }
 
 impl CallSettings {
+    /// `server` (the URI or a fallback) as logs and lists show it: user
+    /// information and query values hidden, and the path too where it is
+    /// wsbridge.conf's (`default-uri`, `fallback-uris`).
+    pub fn shown(&self, server: &ServerUri) -> String {
+        let fallback = server != &self.uri;
+        match self.uri_from_config || fallback {
+            true => crate::settings::redact::redact_uri_path(&server.text),
+            false => crate::settings::redact::redact_uri(&server.text),
+        }
+    }
+
     /// `Wsbridge`: a space, then compact JSON, the header keys in order and
     /// `content-type` last. `Vonage`: the event and content type first.
     pub fn first_message(&self, style: FirstMessageStyle) -> String {
@@ -390,9 +404,11 @@ impl fmt::Display for SettingsError {
             SettingsError::MissingUri => {
                 write!(f, "no WebSocket URI: set {URI_VARIABLE} or dial wsbridge/ws://host:port/path")
             }
-            SettingsError::InvalidUri { uri, why } => write!(f, "invalid WebSocket URI '{uri}': {why}"),
+            SettingsError::InvalidUri { uri, why } => {
+                write!(f, "invalid WebSocket URI '{}': {why}", crate::settings::redact::redact_uri(uri))
+            }
             SettingsError::UnsupportedScheme { uri } => {
-                write!(f, "unsupported scheme in '{uri}': use ws, wss, http or https")
+                write!(f, "unsupported scheme in '{}': use ws, wss, http or https", crate::settings::redact::redact_uri(uri))
             }
             SettingsError::BadEncoding { variable } => write!(f, "{variable} is not valid URL encoding of UTF-8 text"),
             SettingsError::HeadersTooLong { bytes, limit } => {
@@ -524,7 +540,11 @@ impl RawSettings {
         if uri_text.is_empty() {
             return Err(SettingsError::MissingUri);
         }
-        let uri = ServerUri::parse(&uri_text)?;
+        let mut uri = ServerUri::parse(&uri_text)?;
+        // `uri_from_sip_header` says where `self.uri` came from; the destination and default are the operator's.
+        if self.uri.is_some() && self.uri_from_sip_header {
+            uri.origin = Origin::SipHeader;
+        }
 
         let content_type = match self.content_type.as_ref().or(self.default_content_type.as_ref()) {
             None => ContentType::default(),
@@ -544,6 +564,9 @@ impl RawSettings {
             None => Vec::new(),
             Some(raw) => parse_uri_list(raw)?,
         };
+        let fallback_origin = if self.fallbacks_from_sip_header { Origin::SipHeader } else { Origin::Operator };
+        let fallbacks: Vec<ServerUri> =
+            fallbacks.into_iter().map(|fallback| ServerUri { origin: fallback_origin, ..fallback }).collect();
 
         let content_type = (protocol.rules().content_type)(content_type, self.content_type.is_some())
             .map_err(|why| SettingsError::ProtocolMismatch { why })?;
@@ -557,7 +580,8 @@ impl RawSettings {
                 return Err(SettingsError::ProtocolMismatch { why });
             }
         }
-        Ok(CallSettings { uri, fallbacks, content_type, headers, protocol })
+        let uri_from_config = self.uri.is_none() && self.destination.is_none();
+        Ok(CallSettings { uri, fallbacks, content_type, headers, protocol, uri_from_config })
     }
 }
 
@@ -681,6 +705,45 @@ mod tests {
             let error = ServerUri::parse(bad).unwrap_err();
             assert_eq!(error.cause(), HangupCause::InvalidUrl, "{bad}: {error}");
         }
+    }
+
+    #[test]
+    fn odd_ipv4_forms_and_long_names_are_refused_whoever_gives_them() {
+        for odd in
+            ["2130706433", "127.1", "0x7f.1", "0x7f000001", "0177.0.0.1", "127.0.0.01", "127.0.0.1.", "1.2.3.256"]
+        {
+            for text in [format!("ws://{odd}/"), format!("wss://{odd}:8443/x"), format!("tcp://{odd}:9092")] {
+                let error = ServerUri::parse(&text).unwrap_err();
+                assert_eq!(error.cause(), HangupCause::InvalidUrl, "{text}");
+                assert!(error.to_string().contains("not an IPv4 address in canonical form"), "{text}: {error}");
+            }
+        }
+        for fine in ["ws://127.0.0.1/", "ws://10.0.0.evil.com/", "ws://[::ffff:127.0.0.1]/", "ws://a1b2/"] {
+            assert!(ServerUri::parse(fine).is_ok(), "{fine}");
+        }
+        let long = format!("ws://{}.com/", "a".repeat(250));
+        assert!(ServerUri::parse(&long).unwrap_err().to_string().contains("over 253 characters"));
+        assert!(ServerUri::parse(&format!("ws://{}.com/", "a".repeat(249))).is_ok(), "253 characters");
+    }
+
+    #[test]
+    fn a_uri_from_a_sip_header_is_marked_so_and_the_operators_are_not() {
+        let originate = source(&[]);
+        let a_leg = source(&[
+            ("sip_h_P-wsbridge-websocket-uri", "ws://sip/"),
+            ("sip_h_P-wsbridge-websocket-fallback-uris", "ws://b/ ws://c/"),
+        ]);
+        let settings = RawSettings::gather(&originate, Some(&a_leg), None).resolve_default().unwrap();
+        assert_eq!(settings.uri.origin, Origin::SipHeader);
+        assert!(settings.fallbacks.iter().all(|fallback| fallback.origin == Origin::SipHeader));
+        let a_leg = source(&[("P-wsbridge-websocket-uri", "ws://dialplan/"), ("wsbridge_x", "")]);
+        let settings = RawSettings::gather(&originate, Some(&a_leg), None).resolve_default().unwrap();
+        assert_eq!(settings.uri.origin, Origin::Operator);
+        let mut raw = RawSettings::gather(&originate, None, Some("ws://dialled/"));
+        raw.fallback_uris = Some("ws://f/".into());
+        let settings = raw.resolve_default().unwrap();
+        assert_eq!((settings.uri.origin, settings.fallbacks[0].origin), (Origin::Operator, Origin::Operator));
+        assert_eq!(ServerUri::parse("ws://h/").unwrap().origin, Origin::Operator);
     }
 
     #[test]
@@ -814,5 +877,19 @@ mod tests {
         );
         let settings = raw(Some("ws://h/"), None, None).resolve_default().unwrap();
         assert_eq!(settings.first_message(FirstMessageStyle::Wsbridge), r#" {"content-type":"audio/l16;rate=16000"}"#);
+    }
+
+    #[test]
+    fn configured_uris_show_no_path_and_no_uri_shows_its_query() {
+        let mut input = raw(Some("ws://h/bot?token=t"), None, None);
+        input.fallback_uris = Some("ws://f/key-path".into());
+        let dialled = input.resolve_default().unwrap();
+        assert_eq!(dialled.shown(&dialled.uri), "ws://h/bot?token=***");
+        assert_eq!(dialled.shown(&dialled.fallbacks[0]), "ws://f/***");
+        let configured = RawSettings { default_uri: Some("wss://h/secret-path".into()), ..RawSettings::default() }
+            .resolve_default()
+            .unwrap();
+        assert!(configured.uri_from_config);
+        assert_eq!(configured.shown(&configured.uri), "wss://h/***");
     }
 }

@@ -2,7 +2,6 @@
 //! whatever carries it: a WebSocket, or AudioSocket's plain TCP, where each
 //! binary message is one whole AudioSocket message.
 
-use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -12,8 +11,10 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::codec::Framed;
 
+use crate::settings::security::HostPattern;
+use crate::settings::ServerUri;
 use crate::wire::protocol::audiosocket::Framing;
-use crate::wire::websocket::Io;
+use crate::wire::websocket::{ConnectError, Io};
 
 pub enum Connection {
     WebSocket(WebSocketStream<Box<dyn Io>>),
@@ -88,9 +89,9 @@ impl Sink<Message> for Connection {
     }
 }
 
-/// AudioSocket's connection: TCP alone, no TLS and no HTTP.
-pub async fn connect_audiosocket(host: &str, port: u16) -> io::Result<Connection> {
-    let tcp = crate::wire::websocket::connect_tcp(host, port).await?;
-    let _ = tcp.set_nodelay(true);
+/// AudioSocket's connection: TCP alone, no TLS and no HTTP; the address
+/// checked as a WebSocket's is.
+pub async fn connect_audiosocket(uri: &ServerUri, allowed_hosts: &[HostPattern]) -> Result<Connection, ConnectError> {
+    let tcp = crate::wire::websocket::connect_tcp(uri, allowed_hosts).await?;
     Ok(Connection::AudioSocket(AudioSocketStream::new(tcp)))
 }

@@ -1,18 +1,49 @@
 //! The TCP connection under a WebSocket or an AudioSocket stream.
 
 use std::io;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::net::{TcpSocket, TcpStream};
+
+use crate::settings::ServerUri;
 
 /// Bounds what the kernel holds for a slow server (about 2 s at 16 kHz), so
 /// that backlog is dropped, and counted, in our uplink queue instead.
 const SEND_BUFFER_BYTES: u32 = 64 * 1024;
 
-/// Connects to the first of `host`'s addresses that answers.
-pub(crate) async fn connect_tcp(host: &str, port: u16) -> io::Result<TcpStream> {
+/// Why no TCP connection was made.
+#[derive(Debug)]
+pub(crate) enum TcpFailure {
+    /// An address the host resolved to may not be reached; the rule that refused it.
+    Barred(String),
+    Io(io::Error),
+}
+
+/// Resolves `uri`'s host now (a name may point elsewhere since the last
+/// attempt), passes every address it resolves to through `check`, and
+/// connects to the first of those checked addresses that answers: the
+/// socket goes to an address that was checked, never to a fresh lookup.
+/// One refused address refuses the server.
+pub(crate) async fn connect_checked(
+    uri: &ServerUri,
+    check: impl Fn(IpAddr) -> Result<(), String>,
+) -> Result<TcpStream, TcpFailure> {
+    let addresses: Vec<SocketAddr> =
+        tokio::net::lookup_host((uri.host.as_str(), uri.port)).await.map_err(TcpFailure::Io)?.collect();
+    if addresses.is_empty() {
+        return Err(TcpFailure::Io(io::Error::new(io::ErrorKind::NotFound, format!("{} has no address", uri.host))));
+    }
+    for address in &addresses {
+        check(address.ip()).map_err(TcpFailure::Barred)?;
+    }
+    connect_tcp(&addresses).await.map_err(TcpFailure::Io)
+}
+
+/// Connects to the first of `addresses` that answers.
+async fn connect_tcp(addresses: &[SocketAddr]) -> io::Result<TcpStream> {
     let mut last_error = None;
-    for address in tokio::net::lookup_host((host, port)).await? {
+    for &address in addresses {
         let socket = if address.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
         bound_send_buffer(&socket);
         match socket.connect(address).await {
@@ -20,7 +51,7 @@ pub(crate) async fn connect_tcp(host: &str, port: u16) -> io::Result<TcpStream> 
             Err(error) => last_error = Some(error),
         }
     }
-    Err(last_error.unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("{host} has no address"))))
+    Err(last_error.unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address")))
 }
 
 /// Asks the kernel to hold at most [`SEND_BUFFER_BYTES`] unsent, and checks
@@ -62,10 +93,36 @@ mod tests {
     async fn the_send_buffer_is_bounded() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let stream = connect_tcp("127.0.0.1", port).await.unwrap();
+        let stream = connect_tcp(&[SocketAddr::from(([127, 0, 0, 1], port))]).await.unwrap();
         let socket = TcpSocket::from_std_stream(stream.into_std().unwrap());
         let size = socket.send_buffer_size().unwrap();
         assert!((1..=2 * SEND_BUFFER_BYTES).contains(&size), "{size}");
+    }
+
+    #[tokio::test]
+    async fn every_attempt_resolves_checks_each_address_and_connects_to_a_checked_one() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let uri = ServerUri::parse(&format!("ws://localhost:{port}/")).unwrap();
+        let checked = std::sync::Mutex::new(Vec::new());
+        let record = |address: IpAddr| {
+            checked.lock().unwrap().push(address);
+            Ok(())
+        };
+        for _ in 0..2 {
+            let stream = connect_checked(&uri, record).await.unwrap();
+            let peer = stream.peer_addr().unwrap();
+            assert!(checked.lock().unwrap().contains(&peer.ip()), "connected to {peer}, an address it checked");
+            listener.accept().await.unwrap();
+        }
+        let checked = checked.into_inner().unwrap();
+        assert!(checked.len() >= 2 && checked.len() % 2 == 0, "each attempt checks every address: {checked:?}");
+        assert!(checked.iter().all(IpAddr::is_loopback), "{checked:?}");
+
+        let refused = connect_checked(&uri, |address| Err(format!("{address} refused"))).await.unwrap_err();
+        assert!(matches!(&refused, TcpFailure::Barred(why) if why.ends_with(" refused")), "{refused:?}");
+        let nobody = tokio::time::timeout(std::time::Duration::from_millis(100), listener.accept()).await;
+        assert!(nobody.is_err(), "no connection after a refusal");
     }
 
     #[test]

@@ -5,16 +5,17 @@ use std::fmt;
 use std::io;
 
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::WebSocketStream;
 
-use super::upgrade::{upgrade, UpgradeError};
-use crate::settings::options::{ConnectionOptions, TlsOptions};
-use crate::settings::{Scheme, ServerUri};
-
-pub(crate) use super::tcp::connect_tcp;
+use super::tcp::{connect_checked, TcpFailure};
 pub use super::tls::clear_tls_cache;
 pub use super::upgrade::SUBPROTOCOL;
+use super::upgrade::{upgrade, UpgradeError};
+use crate::settings::options::{ConnectionOptions, TlsOptions};
+use crate::settings::security::{check_address, HostPattern};
+use crate::settings::{Scheme, ServerUri};
 
 /// Several 20 ms frames at 48 kHz per read; larger messages take more reads.
 const READ_BUFFER_BYTES: usize = 8 * 1024;
@@ -40,6 +41,8 @@ pub type WebSocket = WebSocketStream<Box<dyn Io>>;
 
 #[derive(Debug)]
 pub enum ConnectError {
+    /// The address rules refused an address the host resolved to: which and why.
+    Barred(String),
     Tcp(io::Error),
     /// What failed: unknown issuer, hostname mismatch, expired, or the handshake.
     Tls(String),
@@ -49,6 +52,7 @@ pub enum ConnectError {
 impl fmt::Display for ConnectError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            ConnectError::Barred(why) => write!(f, "{why}"),
             ConnectError::Tcp(error) => write!(f, "TCP connect failed: {error}"),
             ConnectError::Tls(why) => write!(f, "TLS failed: {why}"),
             ConnectError::Handshake(why) => write!(f, "WebSocket handshake failed: {why}"),
@@ -67,20 +71,40 @@ impl From<UpgradeError> for ConnectError {
     }
 }
 
-/// Connects and upgrades. The caller bounds the time this takes.
+impl From<TcpFailure> for ConnectError {
+    fn from(failure: TcpFailure) -> ConnectError {
+        match failure {
+            TcpFailure::Barred(why) => ConnectError::Barred(why),
+            TcpFailure::Io(error) => ConnectError::Tcp(error),
+        }
+    }
+}
+
+/// The TCP connection to `uri`: its host resolved now, every address
+/// checked against `allowed_hosts` and the SIP-header rules
+/// ([`check_address`]), and a checked address connected to.
+pub(crate) async fn connect_tcp(uri: &ServerUri, allowed_hosts: &[HostPattern]) -> Result<TcpStream, ConnectError> {
+    let tcp = connect_checked(uri, |address| check_address(allowed_hosts, uri, address)).await?;
+    let _ = tcp.set_nodelay(true);
+    Ok(tcp)
+}
+
+/// Connects and upgrades. The caller bounds the time this takes. TLS's SNI
+/// and certificate check, and the Host header, use the URI's host name,
+/// whatever address was connected to.
 pub async fn connect(
     uri: &ServerUri,
     config: WebSocketConfig,
     tls: &TlsOptions,
     headers: &[(String, String)],
+    allowed_hosts: &[HostPattern],
 ) -> Result<WebSocket, ConnectError> {
     // A TLS setup that cannot work fails before any traffic.
     let client = match uri.scheme {
         Scheme::Ws | Scheme::Tcp => None,
         Scheme::Wss => Some(super::tls::client_config_off_runtime(tls).await.map_err(ConnectError::Tls)?),
     };
-    let tcp = connect_tcp(&uri.host, uri.port).await.map_err(ConnectError::Tcp)?;
-    let _ = tcp.set_nodelay(true);
+    let tcp = connect_tcp(uri, allowed_hosts).await?;
     let io: Box<dyn Io> = match client {
         None => Box::new(tcp),
         Some(client) => Box::new(super::tls::handshake(client, tcp, &uri.host, tls).await.map_err(ConnectError::Tls)?),
@@ -121,7 +145,8 @@ mod tests {
         });
         let uri = ServerUri::parse(&format!("ws://127.0.0.1:{port}/")).unwrap();
         let headers = vec![("Authorization".to_string(), "Bearer secret".to_string())];
-        let _connection = connect(&uri, WebSocketConfig::default(), &TlsOptions::default(), &headers).await.unwrap();
+        let _connection =
+            connect(&uri, WebSocketConfig::default(), &TlsOptions::default(), &headers, &[]).await.unwrap();
         assert_eq!(server.await.unwrap().as_deref(), Some("Bearer secret"));
     }
 }

@@ -246,8 +246,19 @@ fn config(
           <action application="hangup"/>
         </condition>
       </extension>
+      <!-- A SIP call whose INVITE carries P-wsbridge-* headers. The tests' servers are on
+           127.0.0.1, which a SIP header's URI may not reach, so this dialplan takes the
+           header's URI as its own (a dialplan-set URI is the operator's): the other
+           headers are still read from the INVITE. -->
       <extension name="sip_to_wsbridge">
         <condition field="destination_number" expression="^sip_to_wsbridge$">
+          <action application="set" data="P-wsbridge-websocket-uri=${{sip_h_P-wsbridge-websocket-uri}}"/>
+          <action application="bridge" data="wsbridge"/>
+        </condition>
+      </extension>
+      <!-- The same with the URI left as the INVITE's header: the caller's choice. -->
+      <extension name="sip_header_uri_to_wsbridge">
+        <condition field="destination_number" expression="^sip_header_uri_to_wsbridge$">
           <action application="bridge" data="wsbridge"/>
         </condition>
       </extension>

@@ -15,6 +15,7 @@ crate::tests! {
     fork::stereo_mixed_and_mono,
     fork::controls,
     fork::playback_and_clear,
+    fork::a_fork_listens_unless_told_otherwise,
     fork::server_close_leaves_the_call_up,
     fork::two_named_forks,
     fork::twilio_tracks_match_the_mode,
@@ -191,6 +192,7 @@ pub fn playback_and_clear() {
     let recording = recording_path("fork-playback");
     let variables = format!(",fork_record={}", recording.display());
     let (caller, leg) = bridged_tones(1000, 2000, &variables, true);
+    api(&format!("uuid_setvar {leg} wsbridge_fork_playback true"));
     start(&leg, &format!("{} mono 16000", uri("/fork-playback")));
     let mut connection = incoming.next(Duration::from_secs(5));
     runtime().block_on(async {
@@ -214,6 +216,53 @@ pub fn playback_and_clear() {
     assert!((900..=1200).contains(&heard_ms), "clear silences the server's tone within a frame: heard {heard_ms} ms");
     let agent = &samples[..samples.len().min(rate as usize)];
     assert!(power_at(agent, rate, 2000.0) > 1_000_000.0, "the caller still hears the agent");
+}
+
+/// By default a fork's server can neither speak into the call nor end it.
+pub fn a_fork_listens_unless_told_otherwise() {
+    let router = &world().router;
+    let mut incoming = router.expect("/fork-listens");
+    let recording = recording_path("fork-listens");
+    let variables = format!(",fork_record={}", recording.display());
+    let (caller, leg) = bridged_tones(1000, 2000, &variables, true);
+    start(&leg, &format!("name=vendor {} mono 16000", uri("/fork-listens")));
+    let mut connection = incoming.next(Duration::from_secs(5));
+    runtime().block_on(async {
+        connection.first_text().await;
+        connection.send_pcm(&tone(500.0, 16000, 1.0, 8000.0), 640).await;
+        connection.ws.send(Message::text(r#"{"action":"hangup"}"#)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    });
+    let up = api(&format!("uuid_exists {caller}"));
+    crate::log_showing(
+        &world().dir.join("log").join("freeswitch.log"),
+        &["fork vendor: the server asked to hang up the call; ignored (fork-allow-hangup is false)"],
+    );
+
+    // Told otherwise: the next fork's hangup ends the call.
+    let mut incoming = router.expect("/fork-may-hang-up");
+    api(&format!("uuid_setvar {leg} wsbridge_fork_allow_hangup true"));
+    start(&leg, &format!("name=agent {} mono 16000", uri("/fork-may-hang-up")));
+    let mut allowed = incoming.next(Duration::from_secs(5));
+    runtime().block_on(async {
+        allowed.first_text().await;
+        allowed.ws.send(Message::text(r#"{"action":"hangup","cause":"normal_clearing"}"#)).await.unwrap();
+    });
+    wait_gone(&caller, Duration::from_secs(5));
+    let (samples, rate) = read_wav(&recording);
+    let window = (rate / 50) as usize;
+    let heard = samples.chunks(window).filter(|w| power_at(w, rate, 500.0) > 1_000_000.0).count();
+    println!(
+        "a listen-only fork: {heard} of {} windows with the server's tone; the call stayed up: {}",
+        samples.len() / window,
+        up.trim()
+    );
+    assert_eq!(up.trim(), "true", "a fork's hangup is ignored by default");
+    assert_eq!(heard, 0, "a fork's audio is not played by default");
+    assert!(
+        power_at(&samples[..samples.len().min(rate as usize)], rate, 2000.0) > 1_000_000.0,
+        "the caller hears the agent"
+    );
 }
 
 pub fn server_close_leaves_the_call_up() {

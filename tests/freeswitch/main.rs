@@ -95,6 +95,8 @@ mod playout;
 mod protocols;
 mod reconnect;
 mod scale_out;
+mod secrets;
+mod ssrf;
 mod trust;
 mod ws_server;
 
@@ -220,6 +222,8 @@ fn main() {
         protocols::TESTS,
         reconnect::TESTS,
         scale_out::TESTS,
+        secrets::TESTS,
+        ssrf::TESTS,
         trust::TESTS,
     ]
     .concat();

@@ -101,6 +101,11 @@ impl Incoming {
         self.receiver.recv().await
     }
 
+    /// True when no connection comes within `limit`.
+    pub fn nothing_within(&mut self, limit: Duration) -> bool {
+        runtime().block_on(async { tokio::time::timeout(limit, self.receiver.recv()).await }).is_err()
+    }
+
     pub fn next(&mut self, limit: Duration) -> Connection {
         runtime()
             .block_on(async { tokio::time::timeout(limit, self.receiver.recv()).await })

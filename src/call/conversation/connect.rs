@@ -30,36 +30,59 @@ pub(super) fn servers(settings: &CallSettings) -> impl Iterator<Item = &ServerUr
     std::iter::once(&settings.uri).chain(&settings.fallbacks)
 }
 
-/// One server: TCP, TLS, the upgrade and the first messages, within the connect timeout.
+/// Why a server, or every server, was not reached.
+#[derive(Debug)]
+pub(super) struct Unreached {
+    /// The address rules refused a server (see `security::check_address`):
+    /// the call ends with `OUTGOING_CALL_BARRED` unless another server took it.
+    pub(super) barred: bool,
+    pub(super) why: String,
+}
+
+/// One server: TCP (to an address checked now), TLS, the upgrade and the
+/// first messages, within the connect timeout.
 pub(super) async fn connect_one(
     server: &ServerUri,
+    shown: &str,
     options: &ConnectionOptions,
     limit: Duration,
     dialect: &mut Dialect,
-) -> Result<Connection, String> {
-    let shown = crate::settings::security::redact_uri(&server.text);
+) -> Result<Connection, Unreached> {
+    let unreached = |error: websocket::ConnectError| match error {
+        websocket::ConnectError::Barred(why) => Unreached { barred: true, why },
+        error => Unreached { barred: false, why: format!("cannot reach {shown}: {error}") },
+    };
+    let credentials = options.credentials_for(server);
+    if credentials.withheld {
+        tracing::info!(
+            "{shown} came from a SIP header and allowed-hosts does not name it: http-headers and the TLS client \
+             certificate are not sent to it"
+        );
+    }
     let opening = async {
         let mut connection = match server.scheme {
-            Scheme::Tcp => connection::connect_audiosocket(&server.host, server.port)
-                .await
-                .map_err(|error| format!("cannot reach {shown}: {error}"))?,
-            Scheme::Ws | Scheme::Wss => Connection::WebSocket(
-                websocket::connect(server, websocket::websocket_config(options), &options.tls, &options.http_headers)
-                    .await
-                    .map_err(|error| format!("cannot reach {shown}: {error}"))?,
-            ),
+            Scheme::Tcp => connection::connect_audiosocket(server, &options.allowed_hosts).await.map_err(unreached)?,
+            Scheme::Ws | Scheme::Wss => {
+                let config = websocket::websocket_config(options);
+                let (tls, headers) = (&credentials.tls, credentials.http_headers);
+                let opened = websocket::connect(server, config, tls, headers, &options.allowed_hosts).await;
+                Connection::WebSocket(opened.map_err(unreached)?)
+            }
         };
         for message in dialect.open() {
-            connection
-                .send(message)
-                .await
-                .map_err(|error| format!("cannot reach {shown}: sending the first message failed: {error}"))?;
+            connection.send(message).await.map_err(|error| Unreached {
+                barred: false,
+                why: format!("cannot reach {shown}: sending the first message failed: {error}"),
+            })?;
         }
-        Ok::<Connection, String>(connection)
+        Ok::<Connection, Unreached>(connection)
     };
     match timeout(limit, opening).await {
         Ok(result) => result,
-        Err(_) => Err(format!("no WebSocket session with {shown} within {} ms", limit.as_millis())),
+        Err(_) => Err(Unreached {
+            barred: false,
+            why: format!("no WebSocket session with {shown} within {} ms", limit.as_millis()),
+        }),
     }
 }
 
@@ -70,8 +93,9 @@ pub(super) async fn connect_any(
     options: &ConnectionOptions,
     deadline: Option<tokio::time::Instant>,
     dialect: &mut Dialect,
-) -> Result<(Connection, String), String> {
+) -> Result<(Connection, String), Unreached> {
     let mut failures = Vec::new();
+    let mut barred = false;
     for server in servers(settings) {
         let limit = match deadline {
             Some(deadline) => {
@@ -82,17 +106,28 @@ pub(super) async fn connect_any(
         if limit.is_zero() {
             break;
         }
-        match connect_one(server, options, limit, dialect).await {
-            Ok(connection) => return Ok((connection, crate::settings::security::redact_uri(&server.text))),
-            Err(why) => {
+        let shown = settings.shown(server);
+        match connect_one(server, &shown, options, limit, dialect).await {
+            Ok(connection) => return Ok((connection, shown)),
+            Err(unreached) => {
                 if !settings.fallbacks.is_empty() {
-                    tracing::warn!("{why}; trying the next server");
+                    tracing::warn!("{}; trying the next server", unreached.why);
                 }
-                failures.push(why);
+                barred |= unreached.barred;
+                failures.push(unreached.why);
             }
         }
     }
-    Err(failures.join("; "))
+    Err(Unreached { barred, why: failures.join("; ") })
+}
+
+/// The cause a call that reached no server ends with: `OUTGOING_CALL_BARRED`
+/// when the address rules refused one of them, else `otherwise`.
+fn unreached_cause(unreached: &Unreached, otherwise: HangupCause) -> HangupCause {
+    match unreached.barred {
+        true => HangupCause::OutgoingCallBarred,
+        false => otherwise,
+    }
 }
 
 /// Connects to the first server that answers, sends the first message and answers the call.
@@ -104,7 +139,7 @@ pub(super) async fn open(
     dialect: &mut Dialect,
 ) -> Result<(Connection, String), ConversationEnd> {
     let Some(slot) = ConnectingSlot::take(options.max_connecting) else {
-        let uri = crate::settings::security::redact_uri(&settings.uri.text);
+        let uri = settings.shown(&settings.uri);
         return Err(failed(
             HangupCause::DestinationOutOfOrder,
             format!("{} connection attempts already in progress; not connecting to {uri}", options.max_connecting),
@@ -114,7 +149,9 @@ pub(super) async fn open(
         _ = media.caller_gone() => return Err(ConversationEnd::CallerHungUp),
         opened = connect_any(settings, options, None, dialect) => match opened {
             Ok(opened) => opened,
-            Err(why) => return Err(failed(HangupCause::DestinationOutOfOrder, why)),
+            Err(unreached) => {
+                return Err(failed(unreached_cause(&unreached, HangupCause::DestinationOutOfOrder), unreached.why))
+            }
         },
     };
     drop(slot);
@@ -181,6 +218,38 @@ pub(super) fn backoff(attempt: usize) -> Duration {
     Duration::from_millis(STEPS_MS.get(attempt).copied().unwrap_or(1000))
 }
 
+/// Tries every server, again and again after [`backoff`], until one takes
+/// the call or `deadline` passes. A server the address rules refuse (its
+/// name now resolves where it may not go) ends the trying at once, with
+/// `OUTGOING_CALL_BARRED`.
+async fn attempt_until(
+    deadline: tokio::time::Instant,
+    settings: &CallSettings,
+    options: &ConnectionOptions,
+    failure: &Failure,
+    dialect: &mut Dialect,
+) -> Result<(Connection, String), ConversationEnd> {
+    let mut last_error = failure.why.clone();
+    for attempt in 0.. {
+        let wait_until = (tokio::time::Instant::now() + backoff(attempt)).min(deadline);
+        tokio::time::sleep_until(wait_until).await;
+        if tokio::time::Instant::now() >= deadline {
+            break;
+        }
+        match connect_any(settings, options, Some(deadline), &mut *dialect).await {
+            Ok(connected) => return Ok(connected),
+            Err(barred) if barred.barred => {
+                let why = format!("{}; reconnecting refused: {}", failure.why, barred.why);
+                return Err(failed(unreached_cause(&barred, failure.cause), why));
+            }
+            Err(unreached) => last_error = unreached.why,
+        }
+    }
+    let budget = options.reconnect.as_millis();
+    let why = format!("{}; no server took the call back within {budget} ms ({last_error})", failure.why);
+    Err(failed(failure.cause, why))
+}
+
 /// Reconnects after `failure` within the budget, trying every server each
 /// time; then resends the first message and says `resumed`. Meanwhile the
 /// caller hears what is queued and then comfort noise, and caller audio and
@@ -199,38 +268,13 @@ pub(super) async fn reconnect(
     tracing::warn!("{}; reconnecting for up to {} ms", failure.why, options.reconnect.as_millis());
     media.set_reconnecting(true);
     control.event(CallEvent::Reconnecting { why: failure.why.clone() });
-    let mut attempt = 0;
-    let mut last_error = failure.why.clone();
-    let attempts = async {
-        loop {
-            let wait_until = (tokio::time::Instant::now() + backoff(attempt)).min(deadline);
-            tokio::time::sleep_until(wait_until).await;
-            if tokio::time::Instant::now() >= deadline {
-                return None;
-            }
-            attempt += 1;
-            match connect_any(settings, options, Some(deadline), &mut *dialect).await {
-                Ok(connected) => return Some(connected),
-                Err(why) => last_error = why,
-            }
-        }
-    };
+    let attempts = attempt_until(deadline, settings, options, &failure, dialect);
     let connected = tokio::select! {
-        _ = media.caller_gone() => {
-            media.set_reconnecting(false);
-            return Err(ConversationEnd::CallerHungUp);
-        }
+        _ = media.caller_gone() => Err(ConversationEnd::CallerHungUp),
         connected = attempts => connected,
     };
     media.set_reconnecting(false);
-    let Some((mut connection, uri)) = connected else {
-        let why = format!(
-            "{}; no server took the call back within {} ms ({last_error})",
-            failure.why,
-            options.reconnect.as_millis()
-        );
-        return Err(failed(failure.cause, why));
-    };
+    let (mut connection, uri) = connected?;
     let gap_ms = gap_started.elapsed().as_millis() as u64;
     let reconnects = media.count_reconnect(gap_ms);
     let dropped = media.dropped_uplink_frames() - dropped_before;

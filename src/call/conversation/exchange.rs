@@ -101,7 +101,7 @@ pub(super) async fn read_loop(
                     inbound => {
                         // Audio carried as text (Twilio's media) is not announced.
                         if let Some(text) = text {
-                            if message_events.allow() {
+                            if message_events.allow() && MODULE_MESSAGE_EVENTS.allow(text.len()) {
                                 control.event(CallEvent::Message { body: text.to_string() });
                             }
                         }
@@ -146,6 +146,62 @@ impl EventBudget {
             self.dropped += 1;
             return false;
         }
+        true
+    }
+}
+
+/// All calls together: at most this many `wsbridge::message` events a second...
+const MODULE_MESSAGE_EVENTS_PER_SECOND: u32 = 500;
+/// ...and this many bytes of their bodies, so that 100 calls sending 64 KiB
+/// texts cannot push 6 MB a second through FreeSWITCH's event system.
+const MODULE_MESSAGE_EVENT_BYTES_PER_SECOND: usize = 2 << 20;
+
+static MODULE_MESSAGE_EVENTS: ModuleEventBudget =
+    ModuleEventBudget::new(MODULE_MESSAGE_EVENTS_PER_SECOND, MODULE_MESSAGE_EVENT_BYTES_PER_SECOND);
+
+/// The module-wide budget of message events, by count and by body bytes, a second at a time.
+pub(super) struct ModuleEventBudget {
+    events_per_second: u32,
+    bytes_per_second: usize,
+    window: std::sync::Mutex<Option<BudgetWindow>>,
+}
+
+struct BudgetWindow {
+    started: std::time::Instant,
+    events: u32,
+    bytes: usize,
+    dropped: u64,
+}
+
+impl ModuleEventBudget {
+    pub(super) const fn new(events_per_second: u32, bytes_per_second: usize) -> Self {
+        ModuleEventBudget { events_per_second, bytes_per_second, window: std::sync::Mutex::new(None) }
+    }
+
+    fn allow(&self, bytes: usize) -> bool {
+        self.allow_at(std::time::Instant::now(), bytes)
+    }
+
+    pub(super) fn allow_at(&self, now: std::time::Instant, bytes: usize) -> bool {
+        let mut window = crate::support::sync::lock(&self.window);
+        let current = window.get_or_insert(BudgetWindow { started: now, events: 0, bytes: 0, dropped: 0 });
+        if now.duration_since(current.started) >= Duration::from_secs(1) {
+            if current.dropped > 0 {
+                tracing::warn!(
+                    "servers sent more text than the module's event budget ({} events, {} bytes a second); {} wsbridge::message events skipped",
+                    self.events_per_second,
+                    self.bytes_per_second,
+                    current.dropped
+                );
+            }
+            *current = BudgetWindow { started: now, events: 0, bytes: 0, dropped: 0 };
+        }
+        if current.events >= self.events_per_second || current.bytes + bytes > self.bytes_per_second {
+            current.dropped += 1;
+            return false;
+        }
+        current.events += 1;
+        current.bytes += bytes;
         true
     }
 }
@@ -242,4 +298,21 @@ pub(super) async fn send_batch(
         }
     }
     sink.flush().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_module_wide_budget_counts_events_and_bytes_and_renews_each_second() {
+        let budget = ModuleEventBudget::new(3, 100);
+        let start = std::time::Instant::now();
+        assert!(budget.allow_at(start, 40) && budget.allow_at(start, 40));
+        assert!(!budget.allow_at(start, 40), "over the bytes");
+        assert!(budget.allow_at(start, 20));
+        assert!(!budget.allow_at(start, 1), "over the count");
+        let later = start + Duration::from_millis(1001);
+        assert!(budget.allow_at(later, 100), "a new second");
+    }
 }

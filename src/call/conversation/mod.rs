@@ -191,7 +191,7 @@ async fn run_to_end(
     options: &ConnectionOptions,
 ) -> ConversationEnd {
     let end = converse(settings, media, control, options).await;
-    conclude(end, &crate::settings::security::redact_uri(&settings.uri.text), media, control)
+    conclude(end, &settings.shown(&settings.uri), media, control)
 }
 
 /// Announces and logs how the session with `shown` ended, and hangs the call up if the session ended it.
@@ -864,7 +864,8 @@ mod tests {
         ));
         let mut server = accept(&listener, true).await;
         assert!(server.next().await.unwrap().unwrap().is_text(), "the first message goes to the fallback");
-        assert!(media.figures().reconnection.server.ends_with("/fallback"));
+        // A fallback is shown with its path hidden, as wsbridge.conf's fallback-uris are.
+        assert_eq!(media.figures().reconnection.server, format!("ws://127.0.0.1:{fallback_port}/***"));
         server.close(None).await.unwrap();
         assert_eq!(task.await.unwrap(), ConversationEnd::ServerClosed { code: None, reason: String::new() });
         assert_eq!(control.events(), vec!["answer", "hangup NORMAL_CLEARING"]);
@@ -1029,5 +1030,99 @@ mod tests {
         drop(client);
         assert_eq!(task.await.unwrap(), ConversationEnd::CallerHungUp);
         assert!(control.events().is_empty(), "the call is hung up already");
+    }
+
+    fn from_sip_header(text: &str) -> ServerUri {
+        ServerUri { origin: crate::settings::Origin::SipHeader, ..ServerUri::parse(text).unwrap() }
+    }
+
+    /// Accepts one upgrade and says what its Authorization header was.
+    async fn accept_seeing_authorization(listener: &TcpListener) -> Option<String> {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut seen = None;
+        let callback = |request: &Request, response: Response| {
+            seen = request.headers().get("Authorization").map(|value| value.to_str().unwrap().to_string());
+            Ok(response)
+        };
+        let _server = tokio_tungstenite::accept_hdr_async(tcp, callback).await.unwrap();
+        seen
+    }
+
+    #[tokio::test]
+    async fn a_sip_header_uri_resolving_to_loopback_is_barred_at_connect() {
+        let (listener, port) = listener().await;
+        let mut settings = settings(port, 8000);
+        settings.uri = from_sip_header(&format!("ws://localhost:{port}/call"));
+        let media = Arc::new(CallMedia::new(ContentType::l16(8000), MediaLimits::default(), None));
+        let control = Recorder::default();
+        let end = run(settings, media, control.clone(), ConnectionOptions::default()).await;
+        let ConversationEnd::Failed { cause: HangupCause::OutgoingCallBarred, why } = &end else { panic!("{end:?}") };
+        assert!(why.starts_with(&format!("ws://localhost:{port}/call resolves to ")), "{why}");
+        assert!(why.contains("a loopback address, and came from a SIP header; allowed-hosts does not name it"));
+        assert_eq!(control.events(), vec!["hangup OUTGOING_CALL_BARRED"]);
+        let nobody = timeout(Duration::from_millis(200), listener.accept()).await;
+        assert!(nobody.is_err(), "no connection was made");
+        // Named in allowed-hosts, the same URI is reached.
+        let mut settings = super::tests::settings(port, 8000);
+        settings.uri = from_sip_header(&format!("ws://localhost:{port}/call"));
+        let options = ConnectionOptions {
+            allowed_hosts: crate::settings::security::parse_allowlist("localhost").unwrap(),
+            ..ConnectionOptions::default()
+        };
+        let media = Arc::new(CallMedia::new(ContentType::l16(8000), MediaLimits::default(), None));
+        let task = tokio::spawn(run(settings, media, Recorder::default(), options));
+        let mut server = accept(&listener, true).await;
+        server.close(None).await.unwrap();
+        assert_eq!(task.await.unwrap().hangup_cause(), Some(HangupCause::NormalClearing));
+    }
+
+    #[tokio::test]
+    async fn credentials_go_only_to_a_server_the_operator_chose_or_named() {
+        let (listener, port) = listener().await;
+        let secret = vec![("Authorization".to_string(), "Bearer secret".to_string())];
+        // A block admits localhost's addresses, but does not name the host.
+        let block = crate::settings::security::parse_allowlist("127.0.0.0/8 ::1").unwrap();
+        let named = crate::settings::security::parse_allowlist("localhost").unwrap();
+        for (origin_is_sip, allowed_hosts, sent) in
+            [(true, block.clone(), false), (true, named, true), (false, block, true)]
+        {
+            let mut settings = settings(port, 8000);
+            let text = format!("ws://localhost:{port}/call");
+            settings.uri = if origin_is_sip { from_sip_header(&text) } else { ServerUri::parse(&text).unwrap() };
+            let options =
+                ConnectionOptions { http_headers: secret.clone(), allowed_hosts, ..ConnectionOptions::default() };
+            let media = Arc::new(CallMedia::new(ContentType::l16(8000), MediaLimits::default(), None));
+            let task = tokio::spawn(run(settings, media.clone(), Recorder::default(), options));
+            let seen = accept_seeing_authorization(&listener).await;
+            assert_eq!(seen.is_some(), sent, "from a SIP header: {origin_is_sip}");
+            media.caller_closes();
+            let _ = timeout(Duration::from_secs(5), task).await;
+        }
+    }
+
+    /// Every reconnect checks every server again: a SIP header's server that
+    /// is barred ends the call at the reconnect, with OUTGOING_CALL_BARRED.
+    #[tokio::test]
+    async fn every_reconnect_checks_the_addresses_again() {
+        let (barred, port) = listener().await;
+        let (listener, fallback_port) = listener().await;
+        let mut settings = with_fallback(port, fallback_port);
+        settings.uri = from_sip_header(&format!("ws://localhost:{port}/call"));
+        let media = Arc::new(CallMedia::new(ContentType::l16(8000), MediaLimits::default(), None));
+        let control = Recorder::default();
+        let task = tokio::spawn(run(settings, media.clone(), control.clone(), reconnecting(3000)));
+        let mut first = accept(&listener, true).await;
+        assert!(first.next().await.unwrap().unwrap().is_text(), "the first message goes to the fallback");
+        assert_eq!(
+            media.figures().reconnection.server,
+            format!("ws://127.0.0.1:{fallback_port}/***"),
+            "the barred primary was passed over"
+        );
+        drop(first);
+        let end = timeout(Duration::from_secs(5), task).await.unwrap().unwrap();
+        let ConversationEnd::Failed { cause: HangupCause::OutgoingCallBarred, why } = &end else { panic!("{end:?}") };
+        assert!(why.contains("reconnecting refused: ws://localhost:"), "{why}");
+        assert_eq!(control.events(), vec!["answer", "hangup OUTGOING_CALL_BARRED"]);
+        assert!(timeout(Duration::from_millis(100), barred.accept()).await.is_err(), "never connected to");
     }
 }
