@@ -17,7 +17,7 @@ const PLANTED: [&str; 4] =
 
 pub fn never_shown_in_status_list_or_log() {
     let router = &world().router;
-    let freeswitch = FreeSwitch::start(&BUILD, &router.base(), 31);
+    let freeswitch = FreeSwitch::start(&BUILD, &router.base(), 41);
     let mut esl = freeswitch.esl();
     freeswitch.set_wsbridge_conf(&format!(
         r#"<param name="default-uri" value="{base}/PLANTED-PATH-SECRET?call=1&amp;token=PLANTED-QUERY-SECRET"/><param name="http-headers" value="{{&quot;Authorization&quot;:&quot;Bearer PLANTED-HEADER-SECRET&quot;}}"/><param name="fallback-uris" value="ws://127.0.0.1:9/PLANTED-FALLBACK-SECRET"/>"#,

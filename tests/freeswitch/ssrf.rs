@@ -56,7 +56,7 @@ fn assert_admitted(reply: &str, esl: &mut Esl, incoming: &mut crate::ws_server::
 /// cannot be put on `allowed-hosts` either.
 pub fn sip_header_uris_to_loopback_are_refused_unless_allowed() {
     let router = Router::start();
-    let freeswitch = FreeSwitch::start(&BUILD, &router.base(), 31);
+    let freeswitch = FreeSwitch::start(&BUILD, &router.base(), 42);
     let mut esl = freeswitch.esl();
     let port = router.port;
     let log = freeswitch.log_path();
@@ -112,7 +112,7 @@ pub fn sip_header_uris_to_loopback_are_refused_unless_allowed() {
 /// `allowed-hosts` names the host.
 pub fn http_headers_stay_off_a_sip_chosen_host() {
     let router = Router::start();
-    let freeswitch = FreeSwitch::start(&BUILD, &router.base(), 32);
+    let freeswitch = FreeSwitch::start(&BUILD, &router.base(), 43);
     let mut esl = freeswitch.esl();
     let uri = format!("ws://localhost:{}/credentials", router.port);
     let mut incoming = router.expect("/credentials");
