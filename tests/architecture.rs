@@ -134,7 +134,8 @@ fn expand_use(tree: &str) -> Vec<String> {
 }
 
 /// Every path the code names, made absolute from the crate root.
-fn paths_named(code: &str, module: &[String], is_mod_file: bool) -> Vec<Vec<String>> {
+/// `super` is resolved from the file's module path, which for a `mod.rs` is its folder.
+fn paths_named(code: &str, module: &[String]) -> Vec<Vec<String>> {
     let mut raw = Vec::new();
     let mut rest = code;
     while let Some(at) = rest.find("use ") {
@@ -153,10 +154,6 @@ fn paths_named(code: &str, module: &[String], is_mod_file: bool) -> Vec<Vec<Stri
             raw.push(word.to_string());
         }
     }
-    // A `mod.rs` is its module; any other file's `super` is its parent.
-    let parent: Vec<String> =
-        if is_mod_file { module.to_vec() } else { module[..module.len().saturating_sub(1)].to_vec() };
-    let _ = parent;
     raw.into_iter()
         .filter_map(|path| {
             let segments: Vec<&str> = path.split("::").filter(|s| !s.is_empty()).collect();
@@ -217,7 +214,7 @@ fn import_graph() -> Graph {
         let module = module_of(file);
         let is_mod_file = file.ends_with("mod.rs") || file == "lib.rs";
         let mut targets = BTreeSet::new();
-        for path in paths_named(code, &module, is_mod_file) {
+        for path in paths_named(code, &module) {
             // Walk down as far as the path names modules, then through re-exports.
             let mut current: Vec<String> = Vec::new();
             let mut target = file_of(&current, &files);

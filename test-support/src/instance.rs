@@ -55,33 +55,24 @@ impl BuildEnv {
     /// The module, freshly built: `cargo test` builds the library only as an
     /// rlib for the tests, so the cdylib is brought up to date here.
     pub fn built_module(&self) -> PathBuf {
-        let exe = std::env::current_exe().unwrap();
-        let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>");
-        let target_dir = profile_dir.parent().expect("target dir");
-        let mut build = Command::new(self.cargo);
-        build
-            .args(["build", "--lib", "--manifest-path"])
-            .arg(Path::new(self.manifest_dir).join("Cargo.toml"))
-            .arg("--target-dir")
-            .arg(target_dir);
-        if profile_dir.file_name().is_some_and(|name| name == "release") {
-            build.arg("--release");
-        }
-        let status = build.status().expect("running cargo build");
-        assert!(status.success(), "cargo build --lib failed");
-        let module = profile_dir.join("libmod_wsbridge.so");
-        assert!(module.exists(), "{} is missing after cargo build", module.display());
-        module
+        self.built(&["--lib"], "libmod_wsbridge.so")
     }
 
     /// The demo server (a workspace crate of its own), freshly built beside the module.
     pub fn built_demo(&self) -> PathBuf {
+        self.built(&["-p", "wsbridge-demo"], "wsbridge-demo")
+    }
+
+    /// `cargo build <what>` into the caller's own target directory and profile; the path of `artifact` there.
+    fn built(&self, what: &[&str], artifact: &str) -> PathBuf {
         let exe = std::env::current_exe().unwrap();
         let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>");
         let target_dir = profile_dir.parent().expect("target dir");
         let mut build = Command::new(self.cargo);
         build
-            .args(["build", "-p", "wsbridge-demo", "--manifest-path"])
+            .arg("build")
+            .args(what)
+            .arg("--manifest-path")
             .arg(Path::new(self.manifest_dir).join("Cargo.toml"))
             .arg("--target-dir")
             .arg(target_dir);
@@ -89,10 +80,10 @@ impl BuildEnv {
             build.arg("--release");
         }
         let status = build.status().expect("running cargo build");
-        assert!(status.success(), "cargo build -p wsbridge-demo failed");
-        let demo = profile_dir.join("wsbridge-demo");
-        assert!(demo.exists(), "{} is missing after cargo build", demo.display());
-        demo
+        assert!(status.success(), "cargo build {} failed", what.join(" "));
+        let built = profile_dir.join(artifact);
+        assert!(built.exists(), "{} is missing after cargo build", built.display());
+        built
     }
 
     /// A file of the root crate, such as `dialplan/wsbridge.xml`.
