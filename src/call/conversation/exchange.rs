@@ -69,7 +69,7 @@ pub(super) async fn read_loop(
 ) -> ReadEnd {
     let frame_bytes = media.format.bytes_per_frame() as u64;
     let mut partial_bytes = 0u64;
-    let mut message_events = EventBudget::new(MESSAGE_EVENTS_PER_SECOND);
+    let mut message_events = EventBudget::per_call();
     loop {
         // Flow control: while the playout is full, leave data in the socket so TCP pushes back.
         media.wait_for_playout_room().await;
@@ -101,7 +101,7 @@ pub(super) async fn read_loop(
                     inbound => {
                         // Audio carried as text (Twilio's media) is not announced.
                         if let Some(text) = text {
-                            if message_events.allow() && MODULE_MESSAGE_EVENTS.allow(text.len()) {
+                            if may_announce(&mut message_events, text.len()) {
                                 control.event(CallEvent::Message { body: text.to_string() });
                             }
                         }
@@ -117,53 +117,26 @@ pub(super) async fn read_loop(
 /// A server flooding text must not flood FreeSWITCH's event system.
 pub(super) const MESSAGE_EVENTS_PER_SECOND: u32 = 100;
 
-pub(super) struct EventBudget {
-    per_second: u32,
-    window: tokio::time::Instant,
-    used: u32,
-    dropped: u64,
-}
-
-impl EventBudget {
-    fn new(per_second: u32) -> Self {
-        EventBudget { per_second, window: tokio::time::Instant::now(), used: 0, dropped: 0 }
-    }
-
-    fn allow(&mut self) -> bool {
-        if self.window.elapsed() >= Duration::from_secs(1) {
-            if self.dropped > 0 {
-                tracing::warn!(
-                    "the server sent too many text messages; {} wsbridge::message events skipped",
-                    self.dropped
-                );
-            }
-            self.window = tokio::time::Instant::now();
-            self.used = 0;
-            self.dropped = 0;
-        }
-        self.used += 1;
-        if self.used > self.per_second {
-            self.dropped += 1;
-            return false;
-        }
-        true
-    }
-}
-
 /// All calls together: at most this many `wsbridge::message` events a second...
 const MODULE_MESSAGE_EVENTS_PER_SECOND: u32 = 500;
 /// ...and this many bytes of their bodies, so that 100 calls sending 64 KiB
 /// texts cannot push 6 MB a second through FreeSWITCH's event system.
 const MODULE_MESSAGE_EVENT_BYTES_PER_SECOND: usize = 2 << 20;
 
-static MODULE_MESSAGE_EVENTS: ModuleEventBudget =
-    ModuleEventBudget::new(MODULE_MESSAGE_EVENTS_PER_SECOND, MODULE_MESSAGE_EVENT_BYTES_PER_SECOND);
+static MODULE_MESSAGE_EVENTS: std::sync::Mutex<EventBudget> = std::sync::Mutex::new(EventBudget::new(
+    MODULE_MESSAGE_EVENTS_PER_SECOND,
+    MODULE_MESSAGE_EVENT_BYTES_PER_SECOND,
+    "servers sent more text than the module's event budget (500 events, 2 MiB a second)",
+));
 
-/// The module-wide budget of message events, by count and by body bytes, a second at a time.
-pub(super) struct ModuleEventBudget {
+/// A budget of message events, by count and by body bytes, a second at a
+/// time; what is over is counted and logged when the second ends.
+pub(super) struct EventBudget {
     events_per_second: u32,
     bytes_per_second: usize,
-    window: std::sync::Mutex<Option<BudgetWindow>>,
+    /// Said before the count of skipped events.
+    over: &'static str,
+    window: Option<BudgetWindow>,
 }
 
 struct BudgetWindow {
@@ -173,30 +146,25 @@ struct BudgetWindow {
     dropped: u64,
 }
 
-impl ModuleEventBudget {
-    pub(super) const fn new(events_per_second: u32, bytes_per_second: usize) -> Self {
-        ModuleEventBudget { events_per_second, bytes_per_second, window: std::sync::Mutex::new(None) }
+impl EventBudget {
+    pub(super) const fn new(events_per_second: u32, bytes_per_second: usize, over: &'static str) -> Self {
+        EventBudget { events_per_second, bytes_per_second, over, window: None }
     }
 
-    fn allow(&self, bytes: usize) -> bool {
-        self.allow_at(std::time::Instant::now(), bytes)
+    /// One call's: a count only.
+    fn per_call() -> Self {
+        EventBudget::new(MESSAGE_EVENTS_PER_SECOND, usize::MAX, "the server sent too many text messages")
     }
 
-    pub(super) fn allow_at(&self, now: std::time::Instant, bytes: usize) -> bool {
-        let mut window = crate::support::sync::lock(&self.window);
-        let current = window.get_or_insert(BudgetWindow { started: now, events: 0, bytes: 0, dropped: 0 });
+    pub(super) fn allow_at(&mut self, now: std::time::Instant, bytes: usize) -> bool {
+        let current = self.window.get_or_insert(BudgetWindow { started: now, events: 0, bytes: 0, dropped: 0 });
         if now.duration_since(current.started) >= Duration::from_secs(1) {
             if current.dropped > 0 {
-                tracing::warn!(
-                    "servers sent more text than the module's event budget ({} events, {} bytes a second); {} wsbridge::message events skipped",
-                    self.events_per_second,
-                    self.bytes_per_second,
-                    current.dropped
-                );
+                tracing::warn!("{}; {} wsbridge::message events skipped", self.over, current.dropped);
             }
             *current = BudgetWindow { started: now, events: 0, bytes: 0, dropped: 0 };
         }
-        if current.events >= self.events_per_second || current.bytes + bytes > self.bytes_per_second {
+        if current.events >= self.events_per_second || current.bytes.saturating_add(bytes) > self.bytes_per_second {
             current.dropped += 1;
             return false;
         }
@@ -204,6 +172,12 @@ impl ModuleEventBudget {
         current.bytes += bytes;
         true
     }
+}
+
+/// Whether a message of `bytes` may be announced, within the call's budget and the module's.
+fn may_announce(call_budget: &mut EventBudget, bytes: usize) -> bool {
+    let now = std::time::Instant::now();
+    call_budget.allow_at(now, bytes) && crate::support::sync::lock(&MODULE_MESSAGE_EVENTS).allow_at(now, bytes)
 }
 
 pub(super) fn act_on(inbound: FromServer, media: &CallMedia, control: &impl CallControl) {
@@ -305,8 +279,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_module_wide_budget_counts_events_and_bytes_and_renews_each_second() {
-        let budget = ModuleEventBudget::new(3, 100);
+    fn a_budget_counts_events_and_bytes_and_renews_each_second() {
+        let mut budget = EventBudget::new(3, 100, "test");
         let start = std::time::Instant::now();
         assert!(budget.allow_at(start, 40) && budget.allow_at(start, 40));
         assert!(!budget.allow_at(start, 40), "over the bytes");
@@ -314,5 +288,8 @@ mod tests {
         assert!(!budget.allow_at(start, 1), "over the count");
         let later = start + Duration::from_millis(1001);
         assert!(budget.allow_at(later, 100), "a new second");
+        let mut call = EventBudget::per_call();
+        let allowed = (0..150).filter(|_| call.allow_at(start, 65536)).count();
+        assert_eq!(allowed, MESSAGE_EVENTS_PER_SECOND as usize, "a call's budget counts events, whatever their size");
     }
 }
