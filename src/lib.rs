@@ -12,18 +12,19 @@
 //!   `P-wsbridge-websocket-*` values), `options` (the option structs),
 //!   `security` (allow-list, headers), `redact` (what may be shown of a
 //!   secret), `address` (a URI's host, special address ranges, CIDR blocks,
-//!   odd IPv4 forms), `tokens`, `cause`.
+//!   odd IPv4 forms), `tokens`, `agent` (a model's session and functions), `cause`.
 //! - [`audio`]: samples and frames: `media` (what a call's FreeSWITCH thread
 //!   and its task share), `playout` with its `jitter` buffer, `concealment`
-//!   and `comfort_noise`, `reframe`, the `uplink` and its `uplink_pump`, and
+//!   and `comfort_noise`, `reframe`, the `uplink` and its `uplink_pump`, a
+//!   model's `replies`, and
 //!   for forks `mixing` and `g711`.
 //! - [`wire`]: what crosses the network: the `connection` (a `websocket`
 //!   over `tcp`, `tls` with `tls_trust` and `tls_errors` (and `tls_tests`),
 //!   and the `upgrade`; a listener's client read through a `read_budget`;
 //!   or AudioSocket's TCP) and the `protocol` spoken on it, one file each:
-//!   `wsbridge`, `twilio`, `vonage`, `audiosocket`.
+//!   `wsbridge`, `twilio`, `vonage`, `audiosocket`, `openai`.
 //! - [`call`]: one call's life: its `plan`, its `conversation` with the
-//!   server (`connect`, `exchange`, `close`), `admission` of calls from the
+//!   server (`connect`, `exchange`, `close`, and a model's `agent`), `admission` of calls from the
 //!   WebSocket side (with the client's `first_message`, each token's
 //!   `token_usage` and each address's `address_guard`), `fork_plan`, `drain_state` and the `api`'s text.
 //! - `freeswitch` (built only where FreeSWITCH was found): the module's

@@ -11,7 +11,8 @@ use bytes::Bytes;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::audio::playout::{Downlink, MarkOutcome, PlayoutBuffer};
+use crate::audio::playout::{AfterPlayout, Downlink, MarkOutcome, PlayoutBuffer};
+use crate::audio::replies::{Heard, ReplyProgress};
 use crate::audio::uplink::{PushOutcome, ToServer, UplinkQueue};
 use crate::audio::uplink_pump::{PumpSlot, UplinkPump};
 use crate::settings::options::MediaLimits;
@@ -26,6 +27,9 @@ pub struct MediaStats {
     pub frames_received: AtomicU64,
     /// Server frames played to the caller.
     pub frames_played: AtomicU64,
+    /// Tokens a speech-to-speech model reported using.
+    pub input_tokens: AtomicU64,
+    pub output_tokens: AtomicU64,
 }
 
 /// Turns the server's G.711 into L16 for the playout: in the module, FreeSWITCH's own codec.
@@ -51,6 +55,19 @@ pub struct MediaFigures {
     pub reconnection: Reconnection,
     /// The close code and reason, once the socket closed.
     pub close: Option<(u16, String)>,
+    /// A speech-to-speech model's call only.
+    pub agent: Option<AgentFigures>,
+}
+
+/// What a call with a speech-to-speech model leaves behind.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AgentFigures {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    /// Turns whose reply was heard: from the caller stopping to the reply's first frame played.
+    pub turns: u64,
+    pub turn_latency_p50_ms: Option<u32>,
+    pub turn_latency_max_ms: Option<u32>,
 }
 
 pub struct CallMedia {
@@ -79,8 +96,17 @@ pub struct CallMedia {
     reconnection: Mutex<Reconnection>,
     /// A listen-only fork's: server audio is counted, never queued for playout.
     listen_only: AtomicBool,
+    /// The server is a speech-to-speech model: its figures go to the CDR.
+    agent: AtomicBool,
+    /// Function calls the model waits on, answered through the API: their call IDs.
+    function_calls: Mutex<VecDeque<String>>,
     pub stats: MediaStats,
 }
+
+/// Function calls waiting at once; the oldest is forgotten beyond.
+const MAX_PENDING_FUNCTION_CALLS: usize = 32;
+/// How long a transcript waits for its reply's first frame, for the turn's latency.
+const REPLY_START_WAIT: Duration = Duration::from_secs(1);
 
 /// Which server the call talks to, and how often it had to find one again.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -138,6 +164,8 @@ impl CallMedia {
             caller_flush: AtomicBool::new(false),
             reconnection: Mutex::new(Reconnection::default()),
             listen_only: AtomicBool::new(false),
+            agent: AtomicBool::new(false),
+            function_calls: Mutex::new(VecDeque::new()),
             stats: MediaStats::default(),
         }
     }
@@ -153,12 +181,14 @@ impl CallMedia {
     /// The next frame for the caller: server audio, a concealed gap, or nothing.
     pub fn next_downlink_frame(&self, out: &mut [i16]) -> Downlink {
         let mut reached = Vec::new();
+        let mut due = Vec::new();
         let (heard, crossed_low_water) = {
             let mut playout = lock(&self.playout);
             let before = playout.buffered_bytes();
             let heard = playout.next_frame(std::time::Instant::now(), out);
             if playout.has_marks() {
                 playout.take_reached_marks(&mut reached);
+                playout.take_due_actions(&mut due);
             }
             (heard, before > self.low_water_bytes && playout.buffered_bytes() <= self.low_water_bytes)
         };
@@ -167,6 +197,9 @@ impl CallMedia {
         }
         for name in reached {
             self.send_mark(name, false);
+        }
+        for action in due {
+            self.queue_item(ToServer::AfterPlayout(action));
         }
         if heard == Downlink::Audio {
             self.stats.frames_played.fetch_add(1, Ordering::Relaxed);
@@ -344,6 +377,7 @@ impl CallMedia {
             connect_ms: (connect_ms != u64::MAX).then_some(connect_ms),
             reconnection: lock(&self.reconnection).clone(),
             close: lock(&self.close).clone(),
+            agent: self.agent_figures(),
         }
     }
 
@@ -432,6 +466,112 @@ impl CallMedia {
             self.send_mark(name, true);
         }
         self.queue_item(ToServer::Cleared);
+    }
+
+    /// Barge-in on a speech-to-speech model's reply: as [`Self::clear_playout`],
+    /// and returns how much of each reply cut short the caller heard. Actions
+    /// that waited for the dropped audio are due at once.
+    pub fn interrupt_playout(&self) -> Vec<Heard> {
+        let (dropped_marks, due, heard) = lock(&self.playout).interrupt();
+        self.playout_space.notify_one();
+        for name in dropped_marks {
+            self.send_mark(name, true);
+        }
+        for action in due {
+            self.queue_item(ToServer::AfterPlayout(action));
+        }
+        self.queue_item(ToServer::Cleared);
+        heard
+    }
+
+    /// Audio queued from now on is `reply`'s; `turn_began` when it answers the caller's turn.
+    pub fn begin_reply(&self, reply: u64, turn_began: Option<std::time::Instant>) {
+        lock(&self.playout).begin_reply(reply, turn_began);
+    }
+
+    /// The latency of the turn `reply` answered, once its first frame has
+    /// played (waiting up to a second for that); `None` when it answered no turn.
+    pub async fn turn_latency_of(&self, reply: u64) -> Option<u32> {
+        let deadline = tokio::time::Instant::now() + REPLY_START_WAIT;
+        loop {
+            let progress = lock(&self.playout).reply_progress(reply);
+            match progress {
+                ReplyProgress::Started(latency) => return latency,
+                ReplyProgress::Unknown => return None,
+                ReplyProgress::Waiting if tokio::time::Instant::now() >= deadline => return None,
+                ReplyProgress::Waiting => {
+                    tokio::time::sleep(Duration::from_millis(crate::settings::FRAME_MS as u64)).await
+                }
+            }
+        }
+    }
+
+    /// Carries out `action` once the audio queued so far has played; false when too many wait.
+    pub fn after_playout(&self, action: AfterPlayout) -> bool {
+        let mut due = Vec::new();
+        let added = {
+            let mut playout = lock(&self.playout);
+            let added = playout.add_action(action);
+            playout.take_due_actions(&mut due);
+            added
+        };
+        for action in due {
+            self.queue_item(ToServer::AfterPlayout(action));
+        }
+        added
+    }
+
+    /// The server is a speech-to-speech model: its figures are kept for the CDR.
+    pub fn set_agent(&self) {
+        self.agent.store(true, Ordering::Release);
+    }
+
+    pub fn count_tokens(&self, input: u64, output: u64) {
+        self.stats.input_tokens.fetch_add(input, Ordering::Relaxed);
+        self.stats.output_tokens.fetch_add(output, Ordering::Relaxed);
+    }
+
+    /// The model waits for the result of the function call `call_id`.
+    pub fn expect_function_result(&self, call_id: &str) {
+        let mut calls = lock(&self.function_calls);
+        if calls.len() == MAX_PENDING_FUNCTION_CALLS {
+            calls.pop_front();
+        }
+        calls.push_back(call_id.to_string());
+    }
+
+    /// Sends `output` as the result of the call `call_id`; false when no such call waits.
+    pub fn answer_function_call(&self, call_id: &str, output: String) -> bool {
+        let waiting = {
+            let mut calls = lock(&self.function_calls);
+            let position = calls.iter().position(|waiting| waiting == call_id);
+            position.and_then(|index| calls.remove(index)).is_some()
+        };
+        waiting && self.send_function_result(call_id, output)
+    }
+
+    /// Sends `output` as the result of the call `call_id`; false when too many messages wait.
+    pub fn send_function_result(&self, call_id: &str, output: String) -> bool {
+        self.queue_item(ToServer::FunctionResult { call_id: call_id.to_string(), output })
+    }
+
+    fn agent_figures(&self) -> Option<AgentFigures> {
+        if !self.agent.load(Ordering::Acquire) {
+            return None;
+        }
+        let (turns, mut latencies) = {
+            let playout = lock(&self.playout);
+            let (turns, latencies) = playout.turns();
+            (turns, latencies.to_vec())
+        };
+        latencies.sort_unstable();
+        Some(AgentFigures {
+            input_tokens: self.stats.input_tokens.load(Ordering::Relaxed),
+            output_tokens: self.stats.output_tokens.load(Ordering::Relaxed),
+            turns,
+            turn_latency_p50_ms: latencies.get(latencies.len().saturating_sub(1) / 2).copied(),
+            turn_latency_max_ms: latencies.last().copied(),
+        })
     }
 
     /// Places a mark after the audio queued so far; false when refused.

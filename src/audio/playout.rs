@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use crate::audio::concealment::Concealer;
 use crate::audio::jitter::{JitterControl, Tick};
+use crate::audio::replies::{Heard, ReplyProgress, ReplyTracker};
 use crate::settings::options::JitterLimits;
 
 /// What a playout tick produced.
@@ -63,7 +64,21 @@ pub struct PlayoutBuffer {
     marks: VecDeque<(u64, String)>,
     /// The pending marks' names together (a Vonage notify payload is up to 4 KiB).
     mark_bytes: usize,
+    /// What the call does once the audio before each has played.
+    actions: VecDeque<(u64, AfterPlayout)>,
+    replies: ReplyTracker,
 }
+
+/// What a call does once the audio queued before it has played.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AfterPlayout {
+    Hangup,
+    /// Transfers the caller to this extension, in the caller's context.
+    Transfer(String),
+}
+
+/// Actions waiting at once; more are refused.
+const MAX_PENDING_ACTIONS: usize = 8;
 
 /// Most marks waiting at once; a server that floods them gets refusals.
 pub const MAX_PENDING_MARKS: usize = 1024;
@@ -103,6 +118,8 @@ impl PlayoutBuffer {
             played_total: 0,
             marks: VecDeque::new(),
             mark_bytes: 0,
+            actions: VecDeque::new(),
+            replies: ReplyTracker::default(),
         }
     }
 
@@ -197,6 +214,7 @@ impl PlayoutBuffer {
         let frame = &mut frame[..self.frame_bytes];
         self.bytes.read_exact(frame).expect("length checked above");
         self.played_total += self.frame_bytes as u64;
+        self.replies.played_to(self.played_total, Instant::now);
         for (sample, bytes) in out.iter_mut().zip(frame.chunks_exact(2)) {
             *sample = i16::from_le_bytes([bytes[0], bytes[1]]);
         }
@@ -235,6 +253,7 @@ impl PlayoutBuffer {
         let consumed = (frame + period) * 2;
         self.bytes.drain(..consumed);
         self.played_total += consumed as u64;
+        self.replies.played_to(self.played_total, Instant::now);
         self.jitter.compressed_ms += period as f64 * 2.0 / self.bytes_per_ms;
         self.playing = true;
         true
@@ -243,6 +262,18 @@ impl PlayoutBuffer {
     /// Drops all queued audio, a partial frame included; returns the names
     /// of the marks that were waiting for it.
     pub fn clear(&mut self) -> Vec<String> {
+        self.interrupt().0
+    }
+
+    /// As [`Self::clear`], for a barge-in: also returns the actions that were
+    /// waiting (they are due now) and how much of each reply was heard.
+    pub fn interrupt(&mut self) -> (Vec<String>, Vec<AfterPlayout>, Vec<Heard>) {
+        let heard = self.replies.interrupt(self.played_total, self.queued_total, self.bytes_per_ms);
+        let actions = self.actions.drain(..).map(|(_, action)| action).collect();
+        (self.clear_audio(), actions, heard)
+    }
+
+    fn clear_audio(&mut self) -> Vec<String> {
         self.bytes.clear();
         self.played_total = self.queued_total;
         self.playing = false;
@@ -282,7 +313,37 @@ impl PlayoutBuffer {
     }
 
     pub fn has_marks(&self) -> bool {
-        !self.marks.is_empty()
+        !self.marks.is_empty() || !self.actions.is_empty()
+    }
+
+    /// Places `action` after the audio queued so far; false when too many wait.
+    pub fn add_action(&mut self, action: AfterPlayout) -> bool {
+        if self.actions.len() >= MAX_PENDING_ACTIONS {
+            return false;
+        }
+        self.actions.push_back((self.queued_total, action));
+        true
+    }
+
+    /// Moves the actions whose audio has all played into `due`.
+    pub fn take_due_actions(&mut self, due: &mut Vec<AfterPlayout>) {
+        while self.actions.front().is_some_and(|(position, _)| self.is_reached(*position)) {
+            due.extend(self.actions.pop_front().map(|(_, action)| action));
+        }
+    }
+
+    /// Audio queued from now on belongs to `reply`, answering a turn that began at `turn_began`.
+    pub fn begin_reply(&mut self, reply: u64, turn_began: Option<Instant>) {
+        self.replies.begin(reply, self.queued_total, turn_began);
+    }
+
+    pub fn reply_progress(&self, reply: u64) -> ReplyProgress {
+        self.replies.progress(reply)
+    }
+
+    /// Turns answered, and their latencies in ms.
+    pub fn turns(&self) -> (u64, &[u32]) {
+        self.replies.turns()
     }
 
     /// Reached when less than a whole frame of what precedes `position` is

@@ -5,6 +5,8 @@ use std::collections::VecDeque;
 
 use bytes::Bytes;
 
+use crate::audio::playout::AfterPlayout;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ToServer {
     Audio(Bytes),
@@ -22,6 +24,13 @@ pub enum ToServer {
     },
     /// A text message sent as given (a fork's `send_text`, or its `stop` metadata).
     Text(String),
+    /// The result of a model's function call, answered through the API.
+    FunctionResult {
+        call_id: String,
+        output: String,
+    },
+    /// The audio before it has played: the call does this now (nothing is sent).
+    AfterPlayout(AfterPlayout),
 }
 
 /// A runaway producer of text (DTMF) must not grow the queue either.

@@ -128,7 +128,27 @@ pub fn cdr_variables(figures: &MediaFigures) -> Vec<(&'static str, String)> {
         variables.push(("wsbridge_close_code", code.to_string()));
         variables.push(("wsbridge_close_reason", reason.clone()));
     }
+    if let Some(agent) = &figures.agent {
+        variables.push(("wsbridge_openai_input_tokens", agent.input_tokens.to_string()));
+        variables.push(("wsbridge_openai_output_tokens", agent.output_tokens.to_string()));
+        variables.push(("wsbridge_openai_turns", agent.turns.to_string()));
+        if let (Some(p50), Some(max)) = (agent.turn_latency_p50_ms, agent.turn_latency_max_ms) {
+            variables.push(("wsbridge_openai_turn_latency_ms_p50", p50.to_string()));
+            variables.push(("wsbridge_openai_turn_latency_ms_max", max.to_string()));
+        }
+    }
     variables
+}
+
+/// `uuid_wsbridge_function_result <uuid> <call_id> <output>`: the output is the rest of the line, as given.
+pub const FUNCTION_RESULT_USAGE: &str = "usage: uuid_wsbridge_function_result <uuid> <call_id> <output>";
+
+/// The call, the function call ID and the output of `uuid_wsbridge_function_result`.
+pub fn parse_function_result(arguments: &str) -> Result<(&str, &str, &str), String> {
+    let arguments = arguments.trim();
+    let (uuid, rest) = arguments.split_once(char::is_whitespace).ok_or(FUNCTION_RESULT_USAGE)?;
+    let (call_id, output) = rest.trim_start().split_once(char::is_whitespace).ok_or(FUNCTION_RESULT_USAGE)?;
+    Ok((uuid, call_id, output.trim_start()))
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -5,7 +5,9 @@
 
 use std::fmt;
 
+use crate::settings::agent::{self, OPENAI_SESSION};
 use crate::settings::cause::HangupCause;
+use crate::settings::options::ConnectionOptions;
 use crate::settings::security;
 use crate::settings::server::{RawSettings, VariableSource};
 use crate::settings::tuning::Reader;
@@ -107,7 +109,28 @@ pub fn plan_call(sources: &CallSources<'_>, config: &ModuleConfig) -> Result<Cal
     let mut tuning = tuning.map_err(|why| refuse(why, HangupCause::InvalidIeContents))?;
     tuning.connection.max_connecting = config.max_connecting;
     tuning.connection.allowed_hosts = config.allowed_hosts.clone();
+    if server.protocol.name() == protocol::openai::RULES.name {
+        prepare_agent(sources, config, &mut tuning.connection);
+    }
     Ok(CallPlan { server, tuning, shown_uri })
+}
+
+/// An `openai` call's session is wsbridge.conf's overlaid by the call's own,
+/// and it authenticates with the module's key unless its headers already do.
+fn prepare_agent(sources: &CallSources<'_>, config: &ModuleConfig, connection: &mut ConnectionOptions) {
+    let variable = OPENAI_SESSION.variable().unwrap_or_default();
+    let own = sources.originate.variable(&variable).or_else(|| sources.a_leg.and_then(|a| a.variable(&variable)));
+    let configured_source = |name: &str| config.value(name);
+    let configured = Reader::of_variables(&configured_source).json(&OPENAI_SESSION);
+    let configured = configured.and_then(|text| agent::parse_session(&text).ok());
+    if let (Some(_), Some(mut session)) = (own.filter(|text| !text.trim().is_empty()), configured) {
+        agent::overlay(&mut session, std::mem::take(&mut connection.agent.session));
+        connection.agent.session = session;
+    }
+    let has_authorization = connection.http_headers.iter().any(|(name, _)| name.eq_ignore_ascii_case("authorization"));
+    if let (Some(key), false) = (&config.openai_api_key, has_authorization) {
+        connection.http_headers.push(("Authorization".to_string(), key.bearer()));
+    }
 }
 
 #[cfg(test)]

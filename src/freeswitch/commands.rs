@@ -87,6 +87,30 @@ impl ApiCommand for Wsbridge {
     }
 }
 
+/// `uuid_wsbridge_function_result <uuid> <call_id> <output>`: answers a
+/// model's function call (`wsbridge::function_call`) from an ESL application.
+pub struct UuidWsbridgeFunctionResult;
+
+impl ApiCommand for UuidWsbridgeFunctionResult {
+    const NAME: &'static CStr = c"uuid_wsbridge_function_result";
+    const DESCRIPTION: &'static CStr = c"answer a speech-to-speech model's function call";
+    const SYNTAX: &'static CStr = c"<uuid> <call_id> <output>";
+
+    fn run(arguments: &str) -> String {
+        let (uuid, call_id, output) = match api::parse_function_result(arguments) {
+            Ok(parsed) => parsed,
+            Err(usage) => return format!("-ERR {usage}\n"),
+        };
+        let Some(media) = registry::call_media(uuid) else {
+            return format!("-ERR no wsbridge call {uuid}\n");
+        };
+        match media.answer_function_call(call_id, output.to_string()) {
+            true => format!("+OK {call_id} answered\n"),
+            false => format!("-ERR no function call {call_id} waits on {uuid}\n"),
+        }
+    }
+}
+
 /// The original module's `wsbridge_debug on|off`.
 pub struct WsbridgeDebug;
 

@@ -344,6 +344,16 @@ impl CallControl for LocatedCall {
         &self.uuid
     }
 
+    /// The caller is the leg bridged to ours; a call with none (an originate) moves our own leg.
+    fn transfer(&self, extension: &str) {
+        let partner = LocatedSession::find(&self.uuid).and_then(|ours| ours.session().channel().partner_uuid());
+        let target = partner.unwrap_or_else(|| self.uuid.clone());
+        let moved = LocatedSession::find(&target).is_some_and(|located| located.session().transfer(extension));
+        if !moved {
+            tracing::warn!("the transfer of {target} to {extension} failed; the call goes on");
+        }
+    }
+
     fn send_dtmf(&self, digits: &str, duration_ms: u32) {
         // Queued on our leg as if received, so a bridge passes it to the caller.
         self.with_channel(|channel| digits.chars().for_each(|digit| channel.queue_dtmf(digit, duration_ms)));

@@ -7,7 +7,7 @@ use super::ffi::{self, LocatedSession};
 use crate::call::conversation::CallEvent;
 use crate::call::drain_state::DrainReason;
 
-pub const SUBCLASSES: [&CStr; 10] = [
+pub const SUBCLASSES: [&CStr; 12] = [
     c"wsbridge::connect",
     c"wsbridge::disconnect",
     c"wsbridge::error",
@@ -18,6 +18,8 @@ pub const SUBCLASSES: [&CStr; 10] = [
     c"wsbridge::drained",
     c"wsbridge::fork_start",
     c"wsbridge::fork_stop",
+    c"wsbridge::function_call",
+    c"wsbridge::transcript",
 ];
 const OWNER: &CStr = c"mod_wsbridge";
 
@@ -44,7 +46,23 @@ fn describe(event: &CallEvent) -> (Vec<(&'static str, String)>, Option<&str>) {
             ],
             None,
         ),
-        CallEvent::Error { what } => (vec![("WSBridge-Error", what.clone())], None),
+        CallEvent::Error { what } | CallEvent::ServerError { what } => (vec![("WSBridge-Error", what.clone())], None),
+        CallEvent::FunctionCall { name, call_id, arguments, builtin } => {
+            let mut headers =
+                vec![("WSBridge-Function-Name", name.clone()), ("WSBridge-Function-Call-ID", call_id.clone())];
+            if let Some(builtin) = builtin {
+                headers.push(("WSBridge-Function-Builtin", builtin.to_string()));
+            }
+            (headers, Some(arguments.as_str()))
+        }
+        CallEvent::Transcript { speaker, text, truncated, turn_latency_ms } => {
+            let mut headers =
+                vec![("WSBridge-Role", speaker.to_string()), ("WSBridge-Truncated", truncated.to_string())];
+            if let Some(ms) = turn_latency_ms {
+                headers.push(("WSBridge-Turn-Latency-Ms", ms.to_string()));
+            }
+            (headers, Some(text.as_str()))
+        }
         CallEvent::Message { body } => (Vec::new(), Some(body.as_str())),
         CallEvent::Reconnecting { why } => (vec![("WSBridge-Error", why.clone())], None),
         CallEvent::Reconnected { uri, gap_ms, reconnects } => (

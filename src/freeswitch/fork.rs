@@ -56,6 +56,10 @@ impl CallControl for ForkControl {
         }
     }
 
+    fn transfer(&self, extension: &str) {
+        tracing::warn!("fork {}: a transfer to {extension} is ignored: a fork does not move its call", self.name);
+    }
+
     fn send_dtmf(&self, digits: &str, _duration_ms: u32) {
         tracing::debug!("fork {}: the server's DTMF {digits} is ignored: a fork does not send digits", self.name);
     }

@@ -75,6 +75,7 @@ impl Module for Wsbridge {
         interface.add_endpoint::<endpoint::WsbridgeCall>(c"wsbridge")?;
         interface.add_api::<commands::Wsbridge>()?;
         interface.add_api::<commands::WsbridgeDebug>()?;
+        interface.add_api::<commands::UuidWsbridgeFunctionResult>()?;
         interface.add_api::<fork::UuidWsbridgeFork>()?;
         interface.add_application::<fork::WsbridgeForkApp>()?;
         interface.bind::<reload::OnReloadXml>(Self::NAME)?;

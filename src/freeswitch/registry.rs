@@ -68,6 +68,14 @@ pub fn is_call_up(uuid: &str) -> bool {
     running().contains_key(&call_slot(uuid))
 }
 
+/// The media of the endpoint's call whose leg is `uuid`.
+pub fn call_media(uuid: &str) -> Option<Arc<CallMedia>> {
+    match running().get(&call_slot(uuid)) {
+        Some(OnChannel::Call(call)) => Some(call.media.clone()),
+        _ => None,
+    }
+}
+
 /// Adds the fork `name` on the channel `uuid`; false when one by that name runs there already.
 pub fn add_fork(uuid: &str, name: &str, fork: Arc<Fork>) -> bool {
     let mut running = running();

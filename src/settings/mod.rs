@@ -13,6 +13,7 @@
 //! two equal).
 
 pub mod address;
+pub mod agent;
 pub mod cause;
 pub mod listener_conf;
 pub mod module_conf;
@@ -219,7 +220,7 @@ pub const FIRST_MESSAGE: Setting = per_call(
 pub const PROTOCOL: Setting = per_call(
     "protocol",
     Kind::Protocol { default: "wsbridge" },
-    "what the module and the server speak: `wsbridge` (the original's), `twilio` (Twilio Media Streams, μ-law), `vonage` (Vonage's WebSocket protocol) or `audiosocket` (Asterisk's AudioSocket over a `tcp://host:port` URI); also the SIP header `P-wsbridge-websocket-protocol`; an unknown name refuses the call (`SERVICE_NOT_IMPLEMENTED`)",
+    "what the module and the server speak: `wsbridge` (the original's), `twilio` (Twilio Media Streams, μ-law), `vonage` (Vonage's WebSocket protocol), `openai` (OpenAI's Realtime API: [Straight into a speech-to-speech model](#straight-into-a-speech-to-speech-model)) or `audiosocket` (Asterisk's AudioSocket over a `tcp://host:port` URI); also the SIP header `P-wsbridge-websocket-protocol`; an unknown name refuses the call (`SERVICE_NOT_IMPLEMENTED`)",
 );
 pub const TWILIO_ACCOUNT_SID: Setting = Setting {
     default_text: Some("AC followed by 32 zeros"),
@@ -411,6 +412,12 @@ pub const TABLE: &[Setting] = &[
     FIRST_MESSAGE,
     PROTOCOL,
     TWILIO_ACCOUNT_SID,
+    agent::OPENAI_SESSION,
+    agent::OPENAI_GREETING,
+    agent::OPENAI_HANGUP_FUNCTION,
+    agent::OPENAI_TRANSFER_FUNCTION,
+    agent::OPENAI_TRANSFER_PATTERN,
+    agent::OPENAI_DTMF,
     UPLINK_FRAME_MS,
     CNG_FRAMES,
     FORK_PLAYBACK,
@@ -431,6 +438,7 @@ pub const TABLE: &[Setting] = &[
     UPLINK_BATCH_MS,
     DRAIN,
     DRAIN_CAUSE,
+    agent::OPENAI_API_KEY,
     LISTEN,
     LISTEN_TLS_CERT_FILE,
     LISTEN_TLS_KEY_FILE,

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use super::agent::OPENAI_API_KEY;
 use super::server::ContentType;
 use super::tuning::{parse_flag, Reader};
 use super::{by_param, CallTuning, Scope, Setting};
@@ -39,6 +40,8 @@ pub struct ModuleConfig {
     pub drain_cause: HangupCause,
     /// The listener for calls from the WebSocket side.
     pub listener: ListenerConfig,
+    /// What `openai` calls authenticate with; shown nowhere.
+    pub openai_api_key: Option<super::agent::ApiKey>,
 }
 
 /// One per core, up to 4. One alone costs less CPU (see the README's benchmark),
@@ -63,6 +66,7 @@ impl Default for ModuleConfig {
             drain: DRAIN.flag_default(),
             drain_cause: HangupCause::DRAIN_CHOICES[0],
             listener: ListenerConfig::default(),
+            openai_api_key: None,
         }
     }
 }
@@ -140,6 +144,7 @@ impl ModuleConfig {
                     setting.default_shown()
                 )),
             },
+            _ if param == OPENAI_API_KEY.param => self.openai_api_key = super::agent::ApiKey::new(&value),
             _ if param.starts_with("listen") => self.listener.set(setting, value, problems),
             _ if param == ALLOWED_HOSTS.param => match crate::settings::security::parse_allowlist(&value) {
                 Ok(patterns) => {
@@ -189,6 +194,7 @@ impl ModuleConfig {
             (UPLINK_BATCH_MS.param.to_string(), self.uplink_batch.as_millis().to_string()),
             (DRAIN.param.to_string(), self.drain.to_string()),
             (DRAIN_CAUSE.param.to_string(), self.drain_cause.to_string()),
+            (OPENAI_API_KEY.param.to_string(), if self.openai_api_key.is_some() { "***" } else { "" }.to_string()),
         ];
         lines.extend(self.listener.describe());
         lines.extend(self.per_call.iter().map(|(param, value)| (param.to_string(), shown_value(param, value))));

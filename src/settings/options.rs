@@ -138,6 +138,8 @@ pub struct ConnectionOptions {
     pub twilio_account_sid: String,
     /// A fork's layout on the wire; `None` for a call's leg.
     pub fork_layout: Option<ForkLayout>,
+    /// What an `openai` server is told, and the functions the module carries out for it.
+    pub agent: crate::settings::agent::AgentOptions,
     /// `allowed-hosts` when the call was planned: every address a server
     /// resolves to is checked against it (and the SIP-header rules) at
     /// every connect. Empty: any host.
@@ -191,6 +193,7 @@ impl Default for ConnectionOptions {
             reconnect: ms(&RECONNECT_MS),
             twilio_account_sid: format!("AC{}", "0".repeat(32)),
             fork_layout: None,
+            agent: Default::default(),
             allowed_hosts: Vec::new(),
         }
     }

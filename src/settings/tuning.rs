@@ -159,6 +159,7 @@ impl CallTuning {
         }
         read_connection(reader, &mut tuning.connection)?;
         read_tls(reader, &mut tuning.connection.tls)?;
+        read_agent(reader, &mut tuning.connection.agent)?;
         if let Some(ms) = reader.integer(&UPLINK_FRAME_MS) {
             if ms % FRAME_MS as u64 == 0 {
                 tuning.media.uplink_frame_ms = ms as u32;
@@ -263,6 +264,40 @@ fn read_tls(reader: &mut Reader<'_>, tls: &mut TlsOptions) -> Result<(), String>
             Err(why) => return Err(format!("{} {why}", reader.display(&TLS_PIN_SHA256))),
         }
     }
+    Ok(())
+}
+
+/// Reads the agent settings; Err (the call is refused) for a session that is not a JSON object.
+pub fn read_agent(reader: &mut Reader<'_>, agent: &mut super::agent::AgentOptions) -> Result<(), String> {
+    if let Some(text) = reader.json(&super::agent::OPENAI_SESSION) {
+        agent.session = super::agent::parse_session(&text)
+            .map_err(|why| format!("{} {why}", reader.display(&super::agent::OPENAI_SESSION)))?;
+    }
+    let text = |reader: &Reader<'_>, setting: &Setting| reader.text(setting).map(|t| t.trim().to_string());
+    agent.greeting = text(reader, &super::agent::OPENAI_GREETING);
+    agent.hangup_function = text(reader, &super::agent::OPENAI_HANGUP_FUNCTION);
+    agent.transfer_function = text(reader, &super::agent::OPENAI_TRANSFER_FUNCTION);
+    agent.transfer_pattern = None;
+    if let Some(pattern) = text(reader, &super::agent::OPENAI_TRANSFER_PATTERN) {
+        match (pattern.chars().count() <= super::agent::MAX_PATTERN_CHARS)
+            .then(|| regex::Regex::new(&format!("^(?:{pattern})$")))
+        {
+            Some(Ok(regex)) => agent.transfer_pattern = Some(regex),
+            _ => {
+                let name = reader.display(&super::agent::OPENAI_TRANSFER_PATTERN);
+                reader.problems.push(format!("{name} is not a regular expression; every transfer is refused"));
+            }
+        }
+    }
+    agent.dtmf_to_model = match text(reader, &super::agent::OPENAI_DTMF).map(|t| t.to_ascii_lowercase()).as_deref() {
+        None | Some("send") => true,
+        Some("ignore") => false,
+        Some(other) => {
+            let name = reader.display(&super::agent::OPENAI_DTMF);
+            reader.problems.push(format!("{name}='{other}' is not send or ignore; using send"));
+            true
+        }
+    };
     Ok(())
 }
 

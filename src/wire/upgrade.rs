@@ -31,6 +31,8 @@ pub(super) enum UpgradeError {
     Tls(String),
     /// The HTTP exchange, or an answer that is not the upgrade asked for.
     Http(String),
+    /// The server refused the request's credentials: HTTP 401 or 403, with the reason phrase.
+    Refused(u16, String),
 }
 
 /// Asks `io`'s server to upgrade to WebSocket, and checks its answer.
@@ -89,6 +91,10 @@ async fn read_response<S: AsyncRead + Unpin>(io: &mut S, key: &str, tls: &TlsOpt
         let mut response = httparse::Response::new(&mut headers);
         match response.parse(&received) {
             Ok(httparse::Status::Complete(head_length)) => {
+                if let Some(code @ (401 | 403)) = response.code {
+                    let reason: String = response.reason.unwrap_or("").chars().take(64).collect();
+                    return Err(UpgradeError::Refused(code, reason));
+                }
                 check_response(&response, key).map_err(UpgradeError::Http)?;
                 return Ok(received[head_length..].to_vec());
             }

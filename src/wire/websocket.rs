@@ -47,6 +47,8 @@ pub enum ConnectError {
     /// What failed: unknown issuer, hostname mismatch, expired, or the handshake.
     Tls(String),
     Handshake(String),
+    /// HTTP 401 or 403 at the upgrade: the credentials sent were refused.
+    Refused(u16, String),
 }
 
 impl fmt::Display for ConnectError {
@@ -56,6 +58,9 @@ impl fmt::Display for ConnectError {
             ConnectError::Tcp(error) => write!(f, "TCP connect failed: {error}"),
             ConnectError::Tls(why) => write!(f, "TLS failed: {why}"),
             ConnectError::Handshake(why) => write!(f, "WebSocket handshake failed: {why}"),
+            ConnectError::Refused(code, reason) => {
+                write!(f, "the server refused the credentials: HTTP {code} {reason}")
+            }
         }
     }
 }
@@ -67,6 +72,7 @@ impl From<UpgradeError> for ConnectError {
         match error {
             UpgradeError::Tls(why) => ConnectError::Tls(why),
             UpgradeError::Http(why) => ConnectError::Handshake(why),
+            UpgradeError::Refused(code, reason) => ConnectError::Refused(code, reason),
         }
     }
 }

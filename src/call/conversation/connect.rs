@@ -36,6 +36,8 @@ pub(super) struct Unreached {
     /// The address rules refused a server (see `security::check_address`):
     /// the call ends with `OUTGOING_CALL_BARRED` unless another server took it.
     pub(super) barred: bool,
+    /// The server refused the call's credentials (HTTP 401 or 403): the call ends with `CALL_REJECTED`.
+    pub(super) refused: bool,
     pub(super) why: String,
 }
 
@@ -48,9 +50,18 @@ pub(super) async fn connect_one(
     limit: Duration,
     dialect: &mut Dialect,
 ) -> Result<Connection, Unreached> {
+    let speaks_to_a_model = dialect.speaks_to_a_model;
     let unreached = |error: websocket::ConnectError| match error {
-        websocket::ConnectError::Barred(why) => Unreached { barred: true, why },
-        error => Unreached { barred: false, why: format!("cannot reach {shown}: {error}") },
+        websocket::ConnectError::Barred(why) => Unreached { barred: true, refused: false, why },
+        websocket::ConnectError::Refused(code, _) if speaks_to_a_model => Unreached {
+            barred: false,
+            refused: true,
+            why: format!("{shown} refused the OpenAI API key (HTTP {code}); check openai-api-key or http-headers"),
+        },
+        error @ websocket::ConnectError::Refused(..) => {
+            Unreached { barred: false, refused: true, why: format!("cannot reach {shown}: {error}") }
+        }
+        error => Unreached { barred: false, refused: false, why: format!("cannot reach {shown}: {error}") },
     };
     let credentials = options.credentials_for(server);
     if credentials.withheld {
@@ -72,6 +83,7 @@ pub(super) async fn connect_one(
         for message in dialect.open() {
             connection.send(message).await.map_err(|error| Unreached {
                 barred: false,
+                refused: false,
                 why: format!("cannot reach {shown}: sending the first message failed: {error}"),
             })?;
         }
@@ -81,6 +93,7 @@ pub(super) async fn connect_one(
         Ok(result) => result,
         Err(_) => Err(Unreached {
             barred: false,
+            refused: false,
             why: format!("no WebSocket session with {shown} within {} ms", limit.as_millis()),
         }),
     }
@@ -95,7 +108,7 @@ pub(super) async fn connect_any(
     dialect: &mut Dialect,
 ) -> Result<(Connection, String), Unreached> {
     let mut failures = Vec::new();
-    let mut barred = false;
+    let (mut barred, mut refused) = (false, false);
     for server in servers(settings) {
         let limit = match deadline {
             Some(deadline) => {
@@ -114,19 +127,21 @@ pub(super) async fn connect_any(
                     tracing::warn!("{}; trying the next server", unreached.why);
                 }
                 barred |= unreached.barred;
+                refused |= unreached.refused;
                 failures.push(unreached.why);
             }
         }
     }
-    Err(Unreached { barred, why: failures.join("; ") })
+    Err(Unreached { barred, refused, why: failures.join("; ") })
 }
 
 /// The cause a call that reached no server ends with: `OUTGOING_CALL_BARRED`
 /// when the address rules refused one of them, else `otherwise`.
 fn unreached_cause(unreached: &Unreached, otherwise: HangupCause) -> HangupCause {
-    match unreached.barred {
-        true => HangupCause::OutgoingCallBarred,
-        false => otherwise,
+    match (unreached.barred, unreached.refused) {
+        (true, _) => HangupCause::OutgoingCallBarred,
+        (false, true) => HangupCause::CallRejected,
+        (false, false) => otherwise,
     }
 }
 

@@ -92,12 +92,12 @@ pub(super) async fn read_loop(
                     _ => None,
                 };
                 match decoder.decode(message) {
-                    FromServer::Audio(data) => {
-                        media.queue_playout(&data).await;
-                        partial_bytes += data.len() as u64;
-                        media.count_received(partial_bytes / frame_bytes);
-                        partial_bytes %= frame_bytes;
+                    FromServer::Audio(data) => queue_audio(media, &data, &mut partial_bytes, frame_bytes).await,
+                    FromServer::Reply(reply) => {
+                        media.begin_reply(reply.reply, reply.turn_began);
+                        queue_audio(media, &reply.data, &mut partial_bytes, frame_bytes).await;
                     }
+                    FromServer::Agent(event) => agent::act_on(event, media, control, decoder, &options.agent).await,
                     inbound => {
                         // Audio carried as text (Twilio's media) is not announced.
                         if let Some(text) = text {
@@ -112,6 +112,14 @@ pub(super) async fn read_loop(
             Some(Ok(_)) => {}
         }
     }
+}
+
+/// Queues server audio for playout and counts the whole frames received.
+async fn queue_audio(media: &CallMedia, data: &[u8], partial_bytes: &mut u64, frame_bytes: u64) {
+    media.queue_playout(data).await;
+    *partial_bytes += data.len() as u64;
+    media.count_received(*partial_bytes / frame_bytes);
+    *partial_bytes %= frame_bytes;
 }
 
 /// A server flooding text must not flood FreeSWITCH's event system.
@@ -183,7 +191,7 @@ fn may_announce(call_budget: &mut EventBudget, bytes: usize) -> bool {
 pub(super) fn act_on(inbound: FromServer, media: &CallMedia, control: &impl CallControl) {
     let control_message = match inbound {
         FromServer::Control(control_message) => control_message,
-        FromServer::Audio(_) => return,
+        FromServer::Audio(_) | FromServer::Reply(_) | FromServer::Agent(_) => return,
         FromServer::Ignored(why) => {
             tracing::debug!("ignoring a message from the server: {why}");
             return;
@@ -267,8 +275,10 @@ pub(super) async fn send_batch(
                 sink.feed(follower).await?;
             }
         }
-        if let Some(ToServer::Mark { name, cleared }) = batch.pop_front() {
-            control.event(CallEvent::Mark { name, cleared });
+        match batch.pop_front() {
+            Some(ToServer::Mark { name, cleared }) => control.event(CallEvent::Mark { name, cleared }),
+            Some(ToServer::AfterPlayout(action)) => agent::carry_out(action, control),
+            _ => {}
         }
     }
     sink.flush().await

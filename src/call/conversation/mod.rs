@@ -26,6 +26,7 @@ use crate::wire::connection::{self, Connection};
 use crate::wire::protocol::{self, wsbridge, Control, Decoder, Dialect, Encoder, FromServer, Opening};
 use crate::wire::websocket;
 
+mod agent;
 mod close;
 mod connect;
 mod exchange;
@@ -45,6 +46,9 @@ pub trait CallControl: Send + Sync + 'static {
     fn hangup_named(&self, cause: &str);
     /// Plays DTMF digits to the caller.
     fn send_dtmf(&self, digits: &str, duration_ms: u32);
+    /// Transfers the caller (the leg bridged to this one, else this leg) to
+    /// `extension` in the caller's own context.
+    fn transfer(&self, extension: &str);
     /// Announces something that happened (an event for event-socket consumers).
     fn event(&self, event: CallEvent);
     /// The call's identity for the server (the wsbridge leg's UUID).
@@ -77,6 +81,26 @@ pub enum CallEvent {
         name: String,
         cleared: bool,
     },
+    /// A model calls a function; `builtin` names what the module does with it itself.
+    FunctionCall {
+        name: String,
+        call_id: String,
+        arguments: String,
+        builtin: Option<&'static str>,
+    },
+    /// Words said on the call: by `speaker` (`user`, `assistant`).
+    Transcript {
+        speaker: &'static str,
+        text: String,
+        /// A barge-in cut the reply these words were spoken in.
+        truncated: bool,
+        /// From the caller's last words to the reply's first frame heard.
+        turn_latency_ms: Option<u32>,
+    },
+    /// The server reported an error; the call goes on.
+    ServerError {
+        what: String,
+    },
     /// The WebSocket failed mid-call; the module is reconnecting.
     Reconnecting {
         why: String,
@@ -95,7 +119,9 @@ impl CallEvent {
         match self {
             CallEvent::Connect { .. } => "connect",
             CallEvent::Disconnect { .. } => "disconnect",
-            CallEvent::Error { .. } => "error",
+            CallEvent::Error { .. } | CallEvent::ServerError { .. } => "error",
+            CallEvent::FunctionCall { .. } => "function_call",
+            CallEvent::Transcript { .. } => "transcript",
             CallEvent::Message { .. } => "message",
             CallEvent::Mark { .. } => "mark",
             CallEvent::Reconnecting { .. } => "reconnecting",
@@ -132,6 +158,9 @@ pub async fn run(
     control: impl CallControl,
     options: ConnectionOptions,
 ) -> ConversationEnd {
+    if settings.protocol.name() == protocol::openai::RULES.name {
+        media.set_agent();
+    }
     guarded(&media, &control, run_to_end(&settings, &media, &control, &options)).await
 }
 
@@ -150,7 +179,7 @@ pub async fn serve_inbound(
         control.event(CallEvent::Connect { uri: client.clone(), connect_ms: 0 });
         // The client's own protocol is wsbridge's, both ways.
         let encoder = wsbridge::client_encoder();
-        let mut dialect = Dialect { decoder: encoder.decoder(), encoder, pings: true };
+        let mut dialect = Dialect { decoder: encoder.decoder(), encoder, pings: true, speaks_to_a_model: false };
         let (mut sink, mut stream) = connection.split();
         let mut unsent = VecDeque::new();
         let ended = exchange(&mut sink, &mut stream, &mut unsent, &media, &control, &options, &mut dialect).await;
@@ -264,6 +293,7 @@ async fn converse(
         twilio_account_sid: &options.twilio_account_sid,
         call_id: control.call_id(),
         fork: options.fork_layout.as_ref(),
+        agent: &options.agent,
     });
     let (connection, mut uri) = match open(settings, media, control, options, &mut dialect).await {
         Ok(opened) => opened,
@@ -329,6 +359,9 @@ mod tests {
         }
         fn send_dtmf(&self, digits: &str, duration_ms: u32) {
             self.0.lock().unwrap().push(format!("dtmf {digits} {duration_ms}"));
+        }
+        fn transfer(&self, extension: &str) {
+            self.0.lock().unwrap().push(format!("transfer {extension}"));
         }
         fn event(&self, event: CallEvent) {
             self.0.lock().unwrap().push(format!("event {}", event.kind()));
@@ -802,6 +835,9 @@ mod tests {
         }
         fn send_dtmf(&self, digits: &str, duration_ms: u32) {
             self.0.send_dtmf(digits, duration_ms)
+        }
+        fn transfer(&self, extension: &str) {
+            self.0.transfer(extension)
         }
         fn event(&self, event: CallEvent) {
             self.0.event(event)

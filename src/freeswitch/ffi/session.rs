@@ -56,6 +56,16 @@ impl<'a> Session<'a> {
         };
     }
 
+    /// Sends the session to `extension` in its own dialplan and context (as `uuid_transfer` does).
+    pub fn transfer(self, extension: &str) -> bool {
+        let extension = c_string(extension);
+        // SAFETY: live session; FreeSWITCH copies the extension; null dialplan and context mean the channel's own.
+        let status = unsafe {
+            fs::switch_ivr_session_transfer(self.as_ptr(), extension.as_ptr(), std::ptr::null(), std::ptr::null())
+        };
+        status == fs::switch_status_t::SWITCH_STATUS_SUCCESS
+    }
+
     pub(super) fn pool(self) -> *mut fs::switch_memory_pool_t {
         // SAFETY: live session.
         unsafe { fs::switch_core_session_get_pool(self.as_ptr()) }
@@ -152,6 +162,16 @@ impl Channel<'_> {
                 self.hangup(HangupCause::NormalClearing);
             }
         }
+    }
+
+    /// The UUID of the channel bridged to this one, if any.
+    pub fn partner_uuid(self) -> Option<String> {
+        let mut buffer = [0 as c_char; 256];
+        // SAFETY: live channel; FreeSWITCH writes at most the buffer's length, NUL included, under its own lock.
+        let copied =
+            unsafe { fs::switch_channel_get_partner_uuid_copy(self.0, buffer.as_mut_ptr(), buffer.len() as _) };
+        // SAFETY: null, or the buffer, NUL-terminated.
+        unsafe { copy_c_str(copied) }.filter(|uuid| !uuid.is_empty())
     }
 
     /// The channel's hangup cause by name, e.g. `NORMAL_CLEARING`.

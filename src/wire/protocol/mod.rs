@@ -3,6 +3,7 @@
 //! call's protocol; the others each have a file.
 
 pub mod audiosocket;
+pub mod openai;
 pub mod twilio;
 pub mod vonage;
 pub mod wsbridge;
@@ -13,7 +14,9 @@ use bytes::Bytes;
 use serde_json::{Map, Value};
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::audio::replies::Heard;
 use crate::audio::uplink::ToServer;
+use crate::settings::agent::AgentOptions;
 use crate::settings::options::ForkLayout;
 use crate::settings::{
     url_decode, CallSettings, FirstMessageStyle, Protocol, ProtocolRules, RawSettings, SettingsError,
@@ -120,9 +123,57 @@ pub fn parse_control(text: &str) -> Result<Control, ControlError> {
 pub enum FromServer {
     /// Server audio in the call's wire encoding.
     Audio(Bytes),
+    /// Audio of one reply of a speech-to-speech model: the playout keeps where each reply begins.
+    Reply(ReplyAudio),
     Control(Control),
+    /// What a speech-to-speech model tells the call besides its audio.
+    Agent(AgentEvent),
     /// Nothing to act on, and why (logged at debug level).
     Ignored(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplyAudio {
+    /// The protocol's number for the reply, rising through the call.
+    pub reply: u64,
+    /// When the caller stopped speaking, on the first audio of the reply that answers them.
+    pub turn_began: Option<std::time::Instant>,
+    pub data: Bytes,
+}
+
+/// Who spoke the words of a transcript.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Speaker {
+    /// The caller, to a model.
+    User,
+    /// The model.
+    Assistant,
+}
+
+impl Speaker {
+    pub fn name(self) -> &'static str {
+        match self {
+            Speaker::User => "user",
+            Speaker::Assistant => "assistant",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentEvent {
+    /// The caller began to speak: drop the queued reply, then tell the
+    /// decoder (`Decoder::interrupted`) how much of it was heard.
+    BargeIn,
+    /// The model calls a function; `arguments` is its JSON text.
+    FunctionCall { name: String, call_id: String, arguments: String },
+    /// What was said; `reply` is the number of the reply the words were spoken in.
+    Transcript { speaker: Speaker, text: String, reply: Option<u64>, truncated: bool },
+    /// Tokens a response used.
+    Usage { input_tokens: u64, output_tokens: u64 },
+    /// The server reported an error; the call goes on.
+    ServerError(String),
+    /// A message the protocol answers with at once.
+    Send(String),
 }
 
 /// What the module sends, protocol by protocol: the opening messages of
@@ -151,6 +202,10 @@ pub trait Encoder: Send {
 /// Reads the call's protocol.
 pub trait Decoder: Send + Sync {
     fn decode(&self, message: Message) -> FromServer;
+    /// What to tell the server after a barge-in cut these replies short.
+    fn interrupted(&self, _heard: &[Heard]) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// What a protocol's encoder is made from, for one call.
@@ -162,6 +217,8 @@ pub struct Opening<'a> {
     pub call_id: &'a str,
     /// A fork's layout on the wire; `None` for a call's leg.
     pub fork: Option<&'a ForkLayout>,
+    /// What a speech-to-speech model is told.
+    pub agent: &'a AgentOptions,
 }
 
 impl Opening<'_> {
@@ -183,7 +240,7 @@ pub struct Row {
 
 /// Every protocol the module speaks. A new protocol is a file beside this
 /// one and a row here.
-pub const PROTOCOLS: [Row; 4] = [wsbridge::ROW, twilio::ROW, vonage::ROW, audiosocket::ROW];
+pub const PROTOCOLS: [Row; 5] = [wsbridge::ROW, twilio::ROW, vonage::ROW, audiosocket::ROW, openai::ROW];
 
 /// The protocol a call speaks when nothing names one.
 pub const DEFAULT: Protocol = Protocol(&wsbridge::RULES);
@@ -220,6 +277,8 @@ pub struct Dialect {
     pub decoder: Box<dyn Decoder>,
     /// Whether the connection is kept alive with pings, so that a silent server counts as dead.
     pub pings: bool,
+    /// The server is a speech-to-speech model (its refusals name the API key).
+    pub speaks_to_a_model: bool,
 }
 
 impl Dialect {
@@ -227,7 +286,8 @@ impl Dialect {
         let row = row_of(opening.settings.protocol);
         let encoder = (row.encoder)(opening);
         let decoder = encoder.decoder();
-        Dialect { encoder, decoder, pings: row.rules.pings }
+        let speaks_to_a_model = row.rules.name == openai::RULES.name;
+        Dialect { encoder, decoder, pings: row.rules.pings, speaks_to_a_model }
     }
 
     /// What a new connection opens with; the decoder follows the new stream.

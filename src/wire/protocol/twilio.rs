@@ -277,7 +277,7 @@ impl Encoder for StreamWriter {
             ToServer::Dtmf { digit, .. } => self.dtmf(*digit),
             ToServer::Mark { name, .. } => self.mark(name),
             // Twilio confirms a clear with the marks it dropped alone.
-            ToServer::Cleared => return None,
+            ToServer::Cleared | ToServer::FunctionResult { .. } | ToServer::AfterPlayout(_) => return None,
         };
         Some(Message::text(text))
     }

@@ -87,6 +87,7 @@ impl Encoder for Writer {
             ToServer::Dtmf { digit, duration_ms } => Message::text(dtmf(*digit, *duration_ms)),
             ToServer::Mark { name, .. } => Message::text(notify(name)),
             ToServer::Cleared => Message::text(cleared()),
+            ToServer::FunctionResult { .. } | ToServer::AfterPlayout(_) => return None,
         })
     }
 

@@ -55,6 +55,7 @@ impl Encoder for Writer {
             ToServer::Dtmf { digit, duration_ms } => Message::text(dtmf_event(*digit, *duration_ms)),
             ToServer::Mark { name, cleared } => Message::text(mark_event(name, *cleared)),
             ToServer::Cleared => Message::text(cleared_event()),
+            ToServer::FunctionResult { .. } | ToServer::AfterPlayout(_) => return None,
         })
     }
 
@@ -135,6 +136,7 @@ mod tests {
             twilio_account_sid: "",
             call_id: "c",
             fork: None,
+            agent: &Default::default(),
         };
         let mut writer = encoder(&opening);
         assert_eq!(writer.open(), vec![Message::text(r#" {"content-type":"audio/l16;rate=16000"}"#)]);
