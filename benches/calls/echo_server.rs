@@ -117,6 +117,9 @@ pub struct Echo {
     pub mulaw: bool,
     /// Twilio Media Streams: frames are base64 μ-law in `media` messages, marks are Twilio's.
     pub twilio: bool,
+    /// OpenAI's Realtime API: frames come in `input_audio_buffer.append` and go
+    /// back in `response.output_audio.delta`, as a speech-to-speech model's reply; no marks.
+    pub openai: bool,
 }
 
 pub struct EchoServer {
@@ -289,6 +292,7 @@ impl Connection {
     async fn send_due(&mut self, ws: &mut Ws) -> Result<(), WsError> {
         while let Some((frame, data)) = self.echoes.pop_due(Instant::now()) {
             match &self.stream_sid {
+                _ if self.echo.openai => ws.send(Message::text(realtime_delta(frame, &data))).await?,
                 Some(sid) => {
                     let media =
                         serde_json::json!({"event":"media","streamSid":sid,"media":{"payload":BASE64.encode(&data)}});
@@ -297,7 +301,7 @@ impl Connection {
                 None => ws.send(Message::Binary(data)).await?,
             }
             self.call.echoed_frames += 1;
-            if frame % MARK_EVERY_FRAMES == 0 {
+            if frame % MARK_EVERY_FRAMES == 0 && !self.echo.openai {
                 let mark = match &self.stream_sid {
                     Some(sid) => serde_json::json!({"event":"mark","streamSid":sid,"mark":{"name":frame.to_string()}}),
                     None => serde_json::json!({"action":"mark","name":frame.to_string()}),
@@ -314,6 +318,10 @@ impl Connection {
     /// Returns a Twilio `media` message's frame.
     fn on_text(&mut self, text: &str) -> Option<Bytes> {
         let Ok(event) = serde_json::from_str::<serde_json::Value>(text.trim()) else { return None };
+        if self.echo.openai {
+            let audio = event["audio"].as_str().filter(|_| event["type"] == "input_audio_buffer.append")?;
+            return BASE64.decode(audio).ok().map(Bytes::from);
+        }
         if self.echo.twilio {
             match event["event"].as_str() {
                 Some("start") => self.stream_sid = event["streamSid"].as_str().map(str::to_string),
@@ -377,11 +385,22 @@ impl Connection {
     }
 }
 
+/// A frame as a model's reply: one item per 5 s of echo, as a model's turns would be.
+fn realtime_delta(frame: u64, data: &[u8]) -> String {
+    let item = frame / MARK_EVERY_FRAMES;
+    serde_json::json!({
+        "type": "response.output_audio.delta", "event_id": format!("event_{frame}"),
+        "response_id": format!("resp_{item}"), "item_id": format!("item_{item}"),
+        "output_index": 0, "content_index": 0, "delta": BASE64.encode(data),
+    })
+    .to_string()
+}
+
 async fn serve(tcp: TcpStream, echo: Echo, echoes: DelayedEchoes) -> Tally {
     let _ = tcp.set_nodelay(true);
     // One caller frame on the wire a read (the client's header: 2 + 2 + 4 bytes),
     // so that a read's stamp is its frame's; Twilio's JSON frames vary, and are read as they come.
-    let read_cap = if echo.twilio { 64 * 1024 } else { echo.frame_bytes + 8 };
+    let read_cap = if echo.twilio || echo.openai { 64 * 1024 } else { echo.frame_bytes + 8 };
     let (tcp, stamp) = Stamped::new(tcp, read_cap);
     let mut connection = Connection {
         echo,

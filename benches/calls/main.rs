@@ -7,7 +7,9 @@
 //! its gaps per call-minute, concealed frames and playout latency.
 //! `wsbridge-twilio` speaks Twilio Media Streams to a server that echoes in
 //! kind; `wsbridge-pcmu` carries the same μ-law in the native protocol, so
-//! the two differ by Twilio's JSON and base64 alone. `wsbridge-fork` streams
+//! the two differ by Twilio's JSON and base64 alone; `wsbridge-openai` speaks
+//! OpenAI's Realtime API (base64 L16 at 24 kHz) to a server that answers each
+//! frame as reply audio. `wsbridge-fork` streams
 //! the null endpoint's calls through listen-only forks (media bugs), for a
 //! fork's cost next to an endpoint call's. `socket-floor` is no
 //! FreeSWITCH at all: a lean epoll loop of its own process sends the same
@@ -18,7 +20,7 @@
 //! integration tests do. Prints one table, writes calls.csv, calls.md and
 //! calls.png. Options (after `--`): `--calls 50,200,500`, `--seconds 60`,
 //! `--rate 50` (call attempts per second),
-//! `--endpoints null,socket-floor,wsbridge,wsbridge-live,wsbridge-pcmu,wsbridge-twilio,wsbridge-fork`,
+//! `--endpoints null,socket-floor,wsbridge,wsbridge-live,wsbridge-pcmu,wsbridge-twilio,wsbridge-openai,wsbridge-fork`,
 //! `--out <dir>` (default target/calls-bench), `--uplink-batch-ms N` (the
 //! module param, to measure it; default: the module's own), `--capacity
 //! FROM,STEP,MAX` (wsbridge calls stepped up until a step loses a frame or its
@@ -67,19 +69,23 @@ enum Endpoint {
     WsbridgeTwilio,
     /// The native protocol with G.711 μ-law on the wire: the same audio as Twilio's, in binary.
     WsbridgePcmu,
+    /// wsbridge speaking OpenAI's Realtime API (JSON, base64 L16 at 24 kHz) to
+    /// a server that answers each frame as a model's reply audio.
+    WsbridgeOpenai,
     /// The null endpoint's calls, each streamed by a listen-only fork (a
     /// media bug, both directions mixed, 16 kHz) to the echo server.
     WsbridgeFork,
 }
 
 impl Endpoint {
-    const ALL: [Endpoint; 7] = [
+    const ALL: [Endpoint; 8] = [
         Endpoint::Null,
         Endpoint::SocketFloor,
         Endpoint::Wsbridge,
         Endpoint::WsbridgeLive,
         Endpoint::WsbridgePcmu,
         Endpoint::WsbridgeTwilio,
+        Endpoint::WsbridgeOpenai,
         Endpoint::WsbridgeFork,
     ];
 
@@ -91,6 +97,7 @@ impl Endpoint {
             Endpoint::WsbridgeLive => "wsbridge-live",
             Endpoint::WsbridgeTwilio => "wsbridge-twilio",
             Endpoint::WsbridgePcmu => "wsbridge-pcmu",
+            Endpoint::WsbridgeOpenai => "wsbridge-openai",
             Endpoint::WsbridgeFork => "wsbridge-fork",
         }
     }
@@ -108,6 +115,7 @@ impl Endpoint {
             max_delay_ms: 0,
             mulaw: false,
             twilio: false,
+            openai: false,
         };
         match self {
             Endpoint::Null => None,
@@ -116,6 +124,8 @@ impl Endpoint {
             // Twilio's 20 ms of μ-law at 8 kHz.
             Endpoint::WsbridgeTwilio => Some(Echo { frame_bytes: 160, rate: 8000, mulaw: true, twilio: true, ..echo }),
             Endpoint::WsbridgePcmu => Some(Echo { frame_bytes: 160, rate: 8000, mulaw: true, ..echo }),
+            // The Realtime API's 24 kHz L16.
+            Endpoint::WsbridgeOpenai => Some(Echo { frame_bytes: 960, rate: 24000, openai: true, ..echo }),
             Endpoint::WsbridgeFork => Some(echo),
         }
     }
@@ -138,7 +148,7 @@ struct Options {
 const CAPACITY_JITTER_P99_MS: f64 = 5.0;
 
 const USAGE: &str = "usage: cargo bench --bench calls -- [--calls 50,200,500] [--seconds 60] [--rate 50] \
-                     [--endpoints null,socket-floor,wsbridge,wsbridge-live,wsbridge-pcmu,wsbridge-twilio,wsbridge-fork] \
+                     [--endpoints null,socket-floor,wsbridge,wsbridge-live,wsbridge-pcmu,wsbridge-twilio,wsbridge-openai,wsbridge-fork] \
                      [--out target/calls-bench] [--uplink-batch-ms N] [--capacity FROM,STEP,MAX]";
 
 fn parse_options() -> Result<Options, String> {
@@ -422,9 +432,10 @@ impl Run<'_> {
                         "{{origination_uuid={uuid},rate={RATE},wsbridge_fork_playback=false,execute_on_answer='{fork}'}}null/bench"
                     )
                 }
-                Endpoint::WsbridgeTwilio => {
+                Endpoint::WsbridgeTwilio | Endpoint::WsbridgeOpenai => {
                     let port = server.unwrap().port;
-                    format!("{{origination_uuid={uuid},wsbridge_protocol=twilio}}wsbridge/ws://127.0.0.1:{port}/bench/{call}")
+                    let protocol = if self.endpoint == Endpoint::WsbridgeTwilio { "twilio" } else { "openai" };
+                    format!("{{origination_uuid={uuid},wsbridge_protocol={protocol}}}wsbridge/ws://127.0.0.1:{port}/bench/{call}")
                 }
             };
             events.lock().unwrap().entry(uuid.clone()).or_default().originated = Some(Instant::now());
@@ -531,9 +542,18 @@ impl Run<'_> {
             drift_dropped_frames: variable_sum(events, &self.figure("wsbridge_drift_dropped_frames")),
             compressed_ms: variable_sum(events, &self.figure("wsbridge_compressed_ms")),
             playout_target_mean_ms: variable_mean(events, &self.figure("wsbridge_playout_target_ms")),
-            mark_delay_mean_ms: tally.mark_delay_us.mean() / 1000.0,
-            mark_delay_p50_ms: ms(tally.mark_delay_us.value_at_quantile(0.5)),
-            mark_delay_p99_ms: ms(tally.mark_delay_us.value_at_quantile(0.99)),
+            // No marks came back (the Realtime API has none): no figure rather than a zero.
+            mark_delay_mean_ms: if tally.marks_back == 0 { f64::NAN } else { tally.mark_delay_us.mean() / 1000.0 },
+            mark_delay_p50_ms: if tally.marks_back == 0 {
+                f64::NAN
+            } else {
+                ms(tally.mark_delay_us.value_at_quantile(0.5))
+            },
+            mark_delay_p99_ms: if tally.marks_back == 0 {
+                f64::NAN
+            } else {
+                ms(tally.mark_delay_us.value_at_quantile(0.99))
+            },
             marks_sent: tally.marks_sent,
             marks_back: tally.marks_back,
             tone_checked: tally.tone_checked,
