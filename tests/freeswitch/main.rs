@@ -89,10 +89,12 @@ mod g711;
 mod hostile;
 mod listener;
 mod media;
+mod openai;
 mod operating;
 mod package;
 mod playout;
 mod protocols;
+mod realtime_server;
 mod reconnect;
 mod scale_out;
 mod secrets;
@@ -215,11 +217,13 @@ fn main() {
         fork::TESTS,
         hostile::TESTS,
         listener::TESTS,
+        openai::TESTS,
         operating::TESTS,
         package::TESTS,
         media::TESTS,
         playout::TESTS,
         protocols::TESTS,
+        realtime_server::TESTS,
         reconnect::TESTS,
         scale_out::TESTS,
         secrets::TESTS,
