@@ -118,6 +118,8 @@ pub fn plan_call(sources: &CallSources<'_>, config: &ModuleConfig) -> Result<Cal
 /// An `openai` call's session is wsbridge.conf's overlaid by the call's own,
 /// and it authenticates with the module's key unless its headers already do.
 fn prepare_agent(sources: &CallSources<'_>, config: &ModuleConfig, connection: &mut ConnectionOptions) {
+    // Every event is text, audio too, and `session.updated` repeats the whole session (instructions, tools).
+    connection.max_text_bytes = connection.max_text_bytes.max(connection.max_message_bytes);
     let variable = OPENAI_SESSION.variable().unwrap_or_default();
     let own = sources.originate.variable(&variable).or_else(|| sources.a_leg.and_then(|a| a.variable(&variable)));
     let configured_source = |name: &str| config.value(name);
@@ -296,6 +298,34 @@ mod tests {
         assert_eq!(plan.tuning.connection.max_connecting, 7);
         assert_eq!(plan.server.uri.port, 9);
         assert_eq!(plan.shown_uri, "ws://h:9/p?token=***");
+    }
+
+    #[test]
+    fn an_openai_call_gets_the_key_the_overlaid_session_and_room_for_its_text() {
+        let conf = config(&[
+            ("openai-api-key", "sk-test"),
+            ("openai-session", r#"{"instructions":"conf","audio":{"output":{"voice":"alloy"}}}"#),
+        ]);
+        let own =
+            [("wsbridge_protocol", "openai"), ("wsbridge_openai_session", r#"{"audio":{"output":{"voice":"marin"}}}"#)];
+        let plan = plan(&own, None, Some("wss://api.example/v1/realtime"), &conf).unwrap();
+        let connection = &plan.tuning.connection;
+        assert_eq!(connection.http_headers, [("Authorization".to_string(), "Bearer sk-test".to_string())]);
+        assert_eq!(
+            serde_json::Value::Object(connection.agent.session.clone()),
+            serde_json::json!({"instructions":"conf","audio":{"output":{"voice":"marin"}}})
+        );
+        assert_eq!(connection.max_text_bytes, connection.max_message_bytes);
+        let azure = [("wsbridge_protocol", "openai"), ("wsbridge_http_headers", r#"{"Authorization":"Bearer other"}"#)];
+        let plan = super::tests::plan(&azure, None, Some("wss://h/"), &conf).unwrap();
+        assert_eq!(plan.tuning.connection.http_headers.len(), 1, "the call's own Authorization wins");
+        let plain = super::tests::plan(&[], None, Some("wss://h/"), &conf).unwrap();
+        assert!(plain.tuning.connection.http_headers.is_empty(), "only openai calls carry the key");
+        let bad = [("wsbridge_protocol", "openai"), ("wsbridge_openai_session", "{nope")];
+        assert_eq!(
+            super::tests::plan(&bad, None, Some("wss://h/"), &conf).unwrap_err().cause,
+            HangupCause::InvalidIeContents
+        );
     }
 
     #[test]
