@@ -93,6 +93,7 @@ mod operating;
 mod package;
 mod playout;
 mod protocols;
+mod realtime_server;
 mod reconnect;
 mod scale_out;
 mod secrets;
@@ -220,6 +221,7 @@ fn main() {
         media::TESTS,
         playout::TESTS,
         protocols::TESTS,
+        realtime_server::TESTS,
         reconnect::TESTS,
         scale_out::TESTS,
         secrets::TESTS,
