@@ -95,12 +95,16 @@ fn default_session() -> Value {
     })
 }
 
-/// `update` merged into `into`: objects key by key, anything else replaced.
+/// `update` merged into `into`: objects key by key, anything else replaced;
+/// an audio `format` is one value (a union of types), replaced whole.
 fn merge(into: &mut Value, update: &Value) {
     match (into.as_object_mut(), update.as_object()) {
         (Some(target), Some(source)) => {
             for (key, value) in source {
-                merge(target.entry(key.clone()).or_insert(Value::Null), value);
+                match key.as_str() {
+                    "format" => drop(target.insert(key.clone(), value.clone())),
+                    _ => merge(target.entry(key.clone()).or_insert(Value::Null), value),
+                }
             }
         }
         _ => *into = update.clone(),
