@@ -83,7 +83,7 @@ fn or_dash(value: Option<String>) -> String {
 impl Media {
     /// False for the socket floor, which plays nothing: its playout figures are NaN.
     fn plays(&self) -> bool {
-        !self.mark_delay_mean_ms.is_nan()
+        !self.gaps_per_call_minute.is_nan()
     }
 }
 
