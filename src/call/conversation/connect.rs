@@ -36,7 +36,7 @@ pub(super) struct Unreached {
     /// The address rules refused a server (see `security::check_address`):
     /// the call ends with `OUTGOING_CALL_BARRED` unless another server took it.
     pub(super) barred: bool,
-    /// The server refused the call's credentials (HTTP 401 or 403): the call ends with `CALL_REJECTED`.
+    /// A model's server refused the API key (HTTP 401 or 403): the call ends with `CALL_REJECTED`.
     pub(super) refused: bool,
     pub(super) why: String,
 }
@@ -58,9 +58,6 @@ pub(super) async fn connect_one(
             refused: true,
             why: format!("{shown} refused the OpenAI API key (HTTP {code}); check openai-api-key or http-headers"),
         },
-        error @ websocket::ConnectError::Refused(..) => {
-            Unreached { barred: false, refused: true, why: format!("cannot reach {shown}: {error}") }
-        }
         error => Unreached { barred: false, refused: false, why: format!("cannot reach {shown}: {error}") },
     };
     let credentials = options.credentials_for(server);
