@@ -53,8 +53,10 @@ pub fn histogram() -> Histogram<u64> {
 /// What the server saw of all the calls of one run.
 pub struct Tally {
     pub connections: u64,
-    /// Caller frames per connection, in the order the connections ended.
-    pub frames_per_call: Vec<u64>,
+    /// Caller messages per connection, in the order the connections ended.
+    pub messages_per_call: Vec<u64>,
+    /// Caller audio bytes per connection, in the same order.
+    pub bytes_per_call: Vec<u64>,
     pub wrong_size_frames: u64,
     pub echoed_frames: u64,
     /// |arrival gap - 20 ms| of caller frames by the kernel's receive timestamps, µs.
@@ -75,7 +77,8 @@ impl Tally {
     fn new() -> Tally {
         Tally {
             connections: 0,
-            frames_per_call: Vec::new(),
+            messages_per_call: Vec::new(),
+            bytes_per_call: Vec::new(),
             wrong_size_frames: 0,
             echoed_frames: 0,
             jitter_us: histogram(),
@@ -91,7 +94,8 @@ impl Tally {
 
     fn merge(&mut self, call: Tally) {
         self.connections += call.connections;
-        self.frames_per_call.extend(call.frames_per_call);
+        self.messages_per_call.extend(call.messages_per_call);
+        self.bytes_per_call.extend(call.bytes_per_call);
         self.wrong_size_frames += call.wrong_size_frames;
         self.echoed_frames += call.echoed_frames;
         self.jitter_us.add(&call.jitter_us).expect("same bounds");
@@ -102,6 +106,15 @@ impl Tally {
         self.marks_back += call.marks_back;
         self.tone_checked += call.tone_checked;
         self.tone_found += call.tone_found;
+    }
+
+    /// The whole frames of `frame_bytes` that each of `calls` delivered, by
+    /// bytes, not messages: a peer's fork may put several frames in a message.
+    /// A call that never connected delivered none.
+    pub fn frames_per_call(&self, frame_bytes: usize, calls: usize) -> Vec<u64> {
+        let mut frames: Vec<u64> = self.bytes_per_call.iter().map(|bytes| bytes / frame_bytes as u64).collect();
+        frames.resize(calls.max(frames.len()), 0);
+        frames
     }
 }
 
@@ -120,6 +133,8 @@ pub struct Echo {
     /// OpenAI's Realtime API: frames come in `input_audio_buffer.append` and go
     /// back in `response.output_audio.delta`, as a speech-to-speech model's reply; no marks.
     pub openai: bool,
+    /// A fork's server: echoes nothing and places no marks.
+    pub listen_only: bool,
 }
 
 pub struct EchoServer {
@@ -219,11 +234,18 @@ impl DelayedEchoes {
     }
 }
 
-/// Answers the upgrade, naming the WSBRIDGE subprotocol when it is asked for.
+/// Subprotocols the server accepts when a client offers them: mod_audio_fork's
+/// client fails the handshake unless its own comes back.
+const PEER_SUBPROTOCOLS: [&str; 1] = ["audio.drachtio.org"];
+
+/// Answers the upgrade, naming the subprotocol asked for: a peer's, else WSBRIDGE.
 async fn handshake(tcp: Stamped) -> Option<Ws> {
     tokio_tungstenite::accept_hdr_async(tcp, |request: &Request, mut response: Response| {
-        if request.headers().contains_key("Sec-WebSocket-Protocol") {
-            response.headers_mut().insert("Sec-WebSocket-Protocol", HeaderValue::from_static("WSBRIDGE"));
+        if let Some(offered) = request.headers().get("Sec-WebSocket-Protocol") {
+            let offered = offered.to_str().unwrap_or_default();
+            let peer = PEER_SUBPROTOCOLS.into_iter().find(|name| offered.split(',').any(|o| o.trim() == *name));
+            let answer = HeaderValue::from_static(peer.unwrap_or("WSBRIDGE"));
+            response.headers_mut().insert("Sec-WebSocket-Protocol", answer);
         }
         Ok(response)
     })
@@ -235,7 +257,9 @@ async fn handshake(tcp: Stamped) -> Option<Ws> {
 struct Connection {
     echo: Echo,
     call: Tally,
+    /// Caller messages: a frame each from wsbridge, one or more from a peer's fork.
     frames: u64,
+    bytes: u64,
     last_arrival: Option<Instant>,
     /// The kernel's receive time of the latest read, ns since the epoch (0: none).
     stamp: Arc<AtomicU64>,
@@ -252,6 +276,7 @@ impl Connection {
     fn on_frame(&mut self, data: Bytes) {
         let arrival = Instant::now();
         self.frames += 1;
+        self.bytes += data.len() as u64;
         if data.len() != self.echo.frame_bytes {
             self.call.wrong_size_frames += 1;
         }
@@ -274,7 +299,9 @@ impl Connection {
         if self.frames % TONE_CHECK_EVERY_FRAMES == TONE_CHECK_EVERY_FRAMES / 2 {
             self.check_tone(&data);
         }
-        self.echoes.push(arrival, self.frames, data);
+        if !self.echo.listen_only {
+            self.echoes.push(arrival, self.frames, data);
+        }
     }
 
     fn check_tone(&mut self, data: &[u8]) {
@@ -406,6 +433,7 @@ async fn serve(tcp: TcpStream, echo: Echo, echoes: DelayedEchoes) -> Tally {
         echo,
         call: Tally::new(),
         frames: 0,
+        bytes: 0,
         last_arrival: None,
         stamp,
         last_stamp_ns: None,
@@ -417,6 +445,7 @@ async fn serve(tcp: TcpStream, echo: Echo, echoes: DelayedEchoes) -> Tally {
     if let Some(mut ws) = handshake(tcp).await {
         connection.run(&mut ws).await;
     }
-    connection.call.frames_per_call.push(connection.frames);
+    connection.call.messages_per_call.push(connection.frames);
+    connection.call.bytes_per_call.push(connection.bytes);
     connection.call
 }

@@ -24,24 +24,30 @@
 //! `--out <dir>` (default target/calls-bench), `--uplink-batch-ms N` (the
 //! module param, to measure it; default: the module's own), `--capacity
 //! FROM,STEP,MAX` (wsbridge calls stepped up until a step loses a frame or its
-//! uplink jitter p99 reaches 5 ms: the node's call capacity).
+//! uplink jitter p99 reaches 5 ms: the node's call capacity), `--fork-module
+//! PATH.so:COMMAND` (again for more: a peer's fork module, loaded into the runs'
+//! FreeSWITCH, its API command starting each call's fork as `COMMAND <uuid> start
+//! <url> mixed 16k`; a row each beside `wsbridge-fork`, on the same calls and the
+//! same listen-only server), `--module PATH.so` (loaded as mod_wsbridge instead
+//! of the freshly built module: a peer of the endpoint itself).
 
 #![allow(clippy::result_large_err)] // tungstenite's handshake callback type
 
+mod capacity;
 mod echo_server;
+mod events;
+mod options;
 mod report;
 mod socket_floor;
 mod stamped;
 
-use std::collections::HashMap;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use echo_server::{Echo, EchoServer};
+use echo_server::{EchoServer, Tally};
+use events::{count, wait_for, CallEvents, Calls, Collector};
+use options::{parse_options, Endpoint, Options, USAGE};
 use report::{Media, Row};
-use socket_floor::SocketFloor;
 use test_support::instance::FreeSwitch;
 use test_support::{esl, proc_stats, BuildEnv};
 
@@ -55,199 +61,8 @@ const FRAMES_PER_SECOND: u64 = 50;
 const RUNTIME_THREADS: usize = 1;
 /// The live server's largest echo delay.
 const LIVE_MAX_DELAY_MS: u64 = 40;
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Endpoint {
-    Null,
-    /// No FreeSWITCH: the same frames from a minimal epoll loop, the kernel's share.
-    SocketFloor,
-    Wsbridge,
-    /// wsbridge with a server that echoes each frame after a random 0–40 ms.
-    WsbridgeLive,
-    /// wsbridge speaking Twilio Media Streams (JSON, base64 μ-law) to an echo
-    /// server that answers in kind: the cost of the protocol next to the native one.
-    WsbridgeTwilio,
-    /// The native protocol with G.711 μ-law on the wire: the same audio as Twilio's, in binary.
-    WsbridgePcmu,
-    /// wsbridge speaking OpenAI's Realtime API (JSON, base64 L16 at 24 kHz) to
-    /// a server that answers each frame as a model's reply audio.
-    WsbridgeOpenai,
-    /// The null endpoint's calls, each streamed by a listen-only fork (a
-    /// media bug, both directions mixed, 16 kHz) to the echo server.
-    WsbridgeFork,
-}
-
-impl Endpoint {
-    const ALL: [Endpoint; 8] = [
-        Endpoint::Null,
-        Endpoint::SocketFloor,
-        Endpoint::Wsbridge,
-        Endpoint::WsbridgeLive,
-        Endpoint::WsbridgePcmu,
-        Endpoint::WsbridgeTwilio,
-        Endpoint::WsbridgeOpenai,
-        Endpoint::WsbridgeFork,
-    ];
-
-    fn name(self) -> &'static str {
-        match self {
-            Endpoint::Null => "null",
-            Endpoint::SocketFloor => "socket-floor",
-            Endpoint::Wsbridge => "wsbridge",
-            Endpoint::WsbridgeLive => "wsbridge-live",
-            Endpoint::WsbridgeTwilio => "wsbridge-twilio",
-            Endpoint::WsbridgePcmu => "wsbridge-pcmu",
-            Endpoint::WsbridgeOpenai => "wsbridge-openai",
-            Endpoint::WsbridgeFork => "wsbridge-fork",
-        }
-    }
-
-    fn from_name(name: &str) -> Result<Endpoint, String> {
-        Endpoint::ALL.into_iter().find(|endpoint| endpoint.name() == name).ok_or(format!("unknown endpoint '{name}'"))
-    }
-
-    /// How its echo server echoes; `None` for the endpoint with no server.
-    fn echo(self) -> Option<Echo> {
-        let echo = Echo {
-            frame_bytes: FRAME_BYTES,
-            tone_hz: TONE_HZ,
-            rate: RATE,
-            max_delay_ms: 0,
-            mulaw: false,
-            twilio: false,
-            openai: false,
-        };
-        match self {
-            Endpoint::Null => None,
-            Endpoint::Wsbridge | Endpoint::SocketFloor => Some(echo),
-            Endpoint::WsbridgeLive => Some(Echo { max_delay_ms: LIVE_MAX_DELAY_MS, ..echo }),
-            // Twilio's 20 ms of μ-law at 8 kHz.
-            Endpoint::WsbridgeTwilio => Some(Echo { frame_bytes: 160, rate: 8000, mulaw: true, twilio: true, ..echo }),
-            Endpoint::WsbridgePcmu => Some(Echo { frame_bytes: 160, rate: 8000, mulaw: true, ..echo }),
-            // The Realtime API's 24 kHz L16.
-            Endpoint::WsbridgeOpenai => Some(Echo { frame_bytes: 960, rate: 24000, openai: true, ..echo }),
-            Endpoint::WsbridgeFork => Some(echo),
-        }
-    }
-}
-
-struct Options {
-    calls: Vec<usize>,
-    seconds: u64,
-    rate: f64,
-    endpoints: Vec<Endpoint>,
-    out: PathBuf,
-    /// wsbridge.conf's `uplink-batch-ms`; None: the module's default.
-    uplink_batch_ms: Option<u64>,
-    /// `--capacity FROM,STEP,MAX`: wsbridge calls stepped up until a step
-    /// loses a frame or its uplink jitter p99 reaches 5 ms.
-    capacity: Option<(usize, usize, usize)>,
-}
-
-/// What a node's call capacity must keep: no frame lost, jitter p99 under this.
-const CAPACITY_JITTER_P99_MS: f64 = 5.0;
-
-const USAGE: &str = "usage: cargo bench --bench calls -- [--calls 50,200,500] [--seconds 60] [--rate 50] \
-                     [--endpoints null,socket-floor,wsbridge,wsbridge-live,wsbridge-pcmu,wsbridge-twilio,wsbridge-openai,wsbridge-fork] \
-                     [--out target/calls-bench] [--uplink-batch-ms N] [--capacity FROM,STEP,MAX]";
-
-fn parse_options() -> Result<Options, String> {
-    let mut options = Options {
-        calls: vec![50, 200, 500],
-        seconds: 60,
-        rate: 50.0,
-        endpoints: Endpoint::ALL.to_vec(),
-        out: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/calls-bench"),
-        uplink_batch_ms: None,
-        capacity: None,
-    };
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let mut value = || args.next().ok_or(format!("{arg} needs a value"));
-        match arg.as_str() {
-            // cargo bench passes this to every bench binary.
-            "--bench" => {}
-            "--calls" => {
-                options.calls = value()?
-                    .split(',')
-                    .map(|n| n.trim().parse().ok().filter(|n| *n > 0).ok_or(format!("bad call count '{n}'")))
-                    .collect::<Result<_, _>>()?
-            }
-            "--seconds" => options.seconds = value()?.parse().map_err(|_| "bad --seconds")?,
-            "--rate" => options.rate = value()?.parse().ok().filter(|r: &f64| *r > 0.0).ok_or("bad --rate")?,
-            "--endpoints" => {
-                options.endpoints =
-                    value()?.split(',').map(|name| Endpoint::from_name(name.trim())).collect::<Result<_, _>>()?
-            }
-            "--out" => options.out = PathBuf::from(value()?),
-            "--capacity" => {
-                let steps: Vec<usize> = value()?.split(',').map(|n| n.trim().parse().unwrap_or(0)).collect();
-                match steps[..] {
-                    [from, step, max] if from > 0 && step > 0 && max >= from => {
-                        options.capacity = Some((from, step, max))
-                    }
-                    _ => return Err("bad --capacity: FROM,STEP,MAX".into()),
-                }
-            }
-            "--uplink-batch-ms" => {
-                options.uplink_batch_ms = Some(value()?.parse().map_err(|_| "bad --uplink-batch-ms")?)
-            }
-            other => return Err(format!("unknown argument '{other}'")),
-        }
-    }
-    Ok(options)
-}
-
-/// When a call was originated, and what the event socket then told about it.
-#[derive(Default)]
-struct CallEvents {
-    originated: Option<Instant>,
-    /// When originate's `+OK` (its BACKGROUND_JOB) reached us.
-    originate_ok: Option<Instant>,
-    /// When the CHANNEL_ANSWER event reached us. FreeSWITCH's own event
-    /// timestamps move in 20 ms timer steps, too coarse for setup times.
-    answered: Option<Instant>,
-    hangup: Option<esl::Headers>,
-}
-
-type Calls = Arc<Mutex<HashMap<String, CallEvents>>>;
-
-/// Reads channel events until `stop`, keeping those of this run's calls.
-fn collect_events(mut esl: esl::Esl, prefix: String, calls: Calls, stop: Arc<AtomicBool>) {
-    while !stop.load(Ordering::Relaxed) {
-        let Some(event) = esl.next_event(Duration::from_secs(1)) else { continue };
-        // originate's reply names the call's UUID after its +OK.
-        let job_uuid =
-            event.get("_body").and_then(|body| body.strip_prefix("+OK ")).map(|uuid| uuid.trim().to_string());
-        let uuid = match event.get("Event-Name").map(String::as_str) {
-            Some("BACKGROUND_JOB") => job_uuid.as_ref(),
-            _ => event.get("Unique-ID"),
-        };
-        let Some(uuid) = uuid.filter(|uuid| uuid.starts_with(&prefix)) else { continue };
-        let mut calls = calls.lock().unwrap();
-        let call = calls.entry(uuid.clone()).or_default();
-        match event.get("Event-Name").map(String::as_str) {
-            Some("CHANNEL_ANSWER") => call.answered = Some(Instant::now()),
-            Some("BACKGROUND_JOB") => call.originate_ok = Some(Instant::now()),
-            Some("CHANNEL_HANGUP_COMPLETE") => call.hangup = Some(event),
-            _ => {}
-        }
-    }
-}
-
-fn count(calls: &Calls, done: impl Fn(&CallEvents) -> bool) -> usize {
-    calls.lock().unwrap().values().filter(|call| done(call)).count()
-}
-
-fn wait_for(calls: &Calls, wanted: usize, deadline: Instant, done: impl Fn(&CallEvents) -> bool) -> usize {
-    loop {
-        let reached = count(calls, &done);
-        if reached >= wanted || Instant::now() >= deadline {
-            return reached;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
+/// The config's default WebSocket base, which no call of the benchmark uses.
+const WS_BASE: &str = "ws://127.0.0.1:9";
 
 fn ms(us: u64) -> f64 {
     us as f64 / 1000.0
@@ -260,6 +75,42 @@ fn percentile_ms(values: &mut [u64], quantile: f64) -> f64 {
     values.sort_unstable();
     let index = ((values.len() as f64 * quantile).ceil() as usize).clamp(1, values.len()) - 1;
     ms(values[index])
+}
+
+/// What the server got of the calls' caller audio: whole frames and bytes
+/// against what `seconds` of calls make, the arrivals' jitter, the echoes and
+/// marks. Frames are counted by bytes: a peer's fork may send several a message.
+fn delivery(tally: &Tally, frame_bytes: usize, calls: usize, seconds: u64) -> Media {
+    let per_call = seconds * FRAMES_PER_SECOND;
+    let frames_per_call = tally.frames_per_call(frame_bytes, calls);
+    // No mark came back (none sent, to a listen-only server or the floor's): no delay to show.
+    let mark_delay = |ms: f64| if tally.marks_back == 0 { f64::NAN } else { ms };
+    Media {
+        frames_expected: per_call * calls as u64,
+        frames_received: frames_per_call.iter().sum(),
+        frames_lost: frames_per_call.iter().map(|frames| per_call.saturating_sub(*frames)).sum(),
+        bytes_expected: per_call * frame_bytes as u64 * calls as u64,
+        bytes_received: tally.bytes_per_call.iter().sum(),
+        messages_received: tally.messages_per_call.iter().sum(),
+        calls_by_frames: frames_per_call.iter().fold(BTreeMap::new(), |mut calls, frames| {
+            *calls.entry(*frames).or_default() += 1;
+            calls
+        }),
+        jitter_p50_ms: ms(tally.jitter_us.value_at_quantile(0.5)),
+        jitter_p99_ms: ms(tally.jitter_us.value_at_quantile(0.99)),
+        jitter_max_ms: ms(tally.jitter_us.max()),
+        jitter_read_p99_ms: ms(tally.jitter_read_us.value_at_quantile(0.99)),
+        unstamped_frames: tally.unstamped_frames,
+        frames_echoed: tally.echoed_frames,
+        mark_delay_mean_ms: mark_delay(tally.mark_delay_us.mean() / 1000.0),
+        mark_delay_p50_ms: mark_delay(ms(tally.mark_delay_us.value_at_quantile(0.5))),
+        mark_delay_p99_ms: mark_delay(ms(tally.mark_delay_us.value_at_quantile(0.99))),
+        marks_sent: tally.marks_sent,
+        marks_back: tally.marks_back,
+        tone_checked: tally.tone_checked,
+        tone_found: tally.tone_found,
+        ..Media::default()
+    }
 }
 
 /// A channel variable's values at hangup, from the calls that set it.
@@ -311,38 +162,13 @@ struct Window {
     calls_up: usize,
 }
 
-/// The thread that keeps the events of a run's calls until it is stopped.
-struct Collector {
-    calls: Calls,
-    stop: Arc<AtomicBool>,
-    thread: std::thread::JoinHandle<()>,
-}
-
-impl Collector {
-    fn start(freeswitch: &FreeSwitch, prefix: &str) -> Collector {
-        let calls: Calls = Arc::default();
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut esl = freeswitch.esl();
-        esl.subscribe("CHANNEL_ANSWER CHANNEL_HANGUP_COMPLETE BACKGROUND_JOB");
-        let (prefix, events, stopped) = (prefix.to_string(), calls.clone(), stop.clone());
-        let thread = std::thread::spawn(move || collect_events(esl, prefix, events, stopped));
-        Collector { calls, stop, thread }
-    }
-
-    fn stop(self) -> Calls {
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread.join().unwrap();
-        self.calls
-    }
-}
-
 fn run(options: &Options, endpoint: Endpoint, calls: usize, run_number: u16, server: &tokio::runtime::Handle) -> Row {
     if endpoint == Endpoint::SocketFloor {
-        return run_socket_floor(options, calls, server);
+        return socket_floor::run_socket_floor(options, calls, server);
     }
     let run = Run { options, endpoint, calls, prefix: format!("{:08x}-", 0xbe_0000 + run_number as u32) };
     let server = endpoint.echo().map(|echo| EchoServer::start(server, echo));
-    let freeswitch = start_freeswitch(endpoint, run_number, options.uplink_batch_ms);
+    let freeswitch = start_freeswitch(endpoint, run_number, options);
     let pid = freeswitch.pid();
     let collector = Collector::start(&freeswitch, &run.prefix);
     std::thread::sleep(Duration::from_secs(2));
@@ -389,13 +215,23 @@ fn peak_rss_kib_until(pid: u32, end: Instant) -> u64 {
     peak_rss_kib
 }
 
-/// A fresh FreeSWITCH for one run; for wsbridge, with the published run's settings.
-fn start_freeswitch(endpoint: Endpoint, run_number: u16, uplink_batch_ms: Option<u64>) -> FreeSwitch {
-    let freeswitch = FreeSwitch::start_with_log_level(&BUILD, "ws://127.0.0.1:9", 10 + run_number, "warning");
+/// A fresh FreeSWITCH for one run; for wsbridge, with the published run's
+/// settings; for a peer's fork, with the peer's module loaded.
+fn start_freeswitch(endpoint: Endpoint, run_number: u16, options: &Options) -> FreeSwitch {
+    let module = options.module.as_deref();
+    let freeswitch = FreeSwitch::start_with_module_and_log_level(&BUILD, WS_BASE, 10 + run_number, module, "warning");
+    if let Endpoint::PeerFork(peer) = endpoint {
+        // Copied, so that the instance's mod dir holds all it loads, and the peer is installed nowhere.
+        let copy = freeswitch.mod_dir().join(format!("{}.so", peer.name));
+        std::fs::copy(&peer.path, &copy).unwrap_or_else(|e| panic!("{}: {e}", peer.path.display()));
+        let reply = freeswitch.esl().api(&format!("load {}", peer.name));
+        assert!(reply.contains("+OK"), "load {}: {reply}", peer.name);
+    }
     if endpoint.echo().is_some() {
         // The published run's setting: one runtime thread costs the least CPU.
-        let batch =
-            uplink_batch_ms.map_or(String::new(), |ms| format!(r#"<param name="uplink-batch-ms" value="{ms}"/>"#));
+        let batch = options
+            .uplink_batch_ms
+            .map_or(String::new(), |ms| format!(r#"<param name="uplink-batch-ms" value="{ms}"/>"#));
         freeswitch.set_wsbridge_conf(&format!(r#"<param name="runtime-threads" value="{RUNTIME_THREADS}"/>{batch}"#));
         let mut esl = freeswitch.esl();
         esl.api("reloadxml");
@@ -436,6 +272,12 @@ impl Run<'_> {
                     let port = server.unwrap().port;
                     let protocol = if self.endpoint == Endpoint::WsbridgeTwilio { "twilio" } else { "openai" };
                     format!("{{origination_uuid={uuid},wsbridge_protocol={protocol}}}wsbridge/ws://127.0.0.1:{port}/bench/{call}")
+                }
+                Endpoint::PeerFork(peer) => {
+                    // The same null call as wsbridge-fork's; the peer's fork is an API command, not an app.
+                    let port = server.unwrap().port;
+                    let fork = format!("{} {uuid} start ws://127.0.0.1:{port}/bench/{call} mixed 16k", peer.command);
+                    format!("{{origination_uuid={uuid},rate={RATE},api_on_answer='{fork}'}}null/bench")
                 }
             };
             events.lock().unwrap().entry(uuid.clone()).or_default().originated = Some(Instant::now());
@@ -517,24 +359,13 @@ impl Run<'_> {
     fn media(&self, server: EchoServer, events: &HashMap<String, CallEvents>) -> Media {
         // The last connections close as their calls hang up.
         std::thread::sleep(Duration::from_millis(500));
-        let tally = server.finish();
-        let per_call = self.options.seconds * FRAMES_PER_SECOND;
+        let echo = self.endpoint.echo().expect("a run with a server");
+        let delivered = delivery(&server.finish(), echo.frame_bytes, self.calls, self.options.seconds);
         let underruns = variable_sum(events, &self.figure("wsbridge_underruns"));
         let call_minutes = self.calls as f64 * self.options.seconds as f64 / 60.0;
-        let mut frames_per_call = tally.frames_per_call.clone();
-        frames_per_call.resize(self.calls.max(frames_per_call.len()), 0);
-        Media {
-            frames_expected: per_call * self.calls as u64,
+        let media = Media {
             frames_sent: variable_sum(events, &self.figure("wsbridge_frames_sent")),
-            frames_received: tally.frames_per_call.iter().sum(),
-            frames_lost: frames_per_call.iter().map(|frames| per_call.saturating_sub(*frames)).sum(),
             frames_dropped_by_module: variable_sum(events, &self.figure("wsbridge_dropped_frames")),
-            jitter_p50_ms: ms(tally.jitter_us.value_at_quantile(0.5)),
-            jitter_p99_ms: ms(tally.jitter_us.value_at_quantile(0.99)),
-            jitter_max_ms: ms(tally.jitter_us.max()),
-            jitter_read_p99_ms: ms(tally.jitter_read_us.value_at_quantile(0.99)),
-            unstamped_frames: tally.unstamped_frames,
-            frames_echoed: tally.echoed_frames,
             frames_played: variable_sum(events, &self.figure("wsbridge_frames_played")),
             underruns,
             gaps_per_call_minute: underruns as f64 / call_minutes,
@@ -542,22 +373,12 @@ impl Run<'_> {
             drift_dropped_frames: variable_sum(events, &self.figure("wsbridge_drift_dropped_frames")),
             compressed_ms: variable_sum(events, &self.figure("wsbridge_compressed_ms")),
             playout_target_mean_ms: variable_mean(events, &self.figure("wsbridge_playout_target_ms")),
-            // No marks came back (the Realtime API has none): no figure rather than a zero.
-            mark_delay_mean_ms: if tally.marks_back == 0 { f64::NAN } else { tally.mark_delay_us.mean() / 1000.0 },
-            mark_delay_p50_ms: if tally.marks_back == 0 {
-                f64::NAN
-            } else {
-                ms(tally.mark_delay_us.value_at_quantile(0.5))
-            },
-            mark_delay_p99_ms: if tally.marks_back == 0 {
-                f64::NAN
-            } else {
-                ms(tally.mark_delay_us.value_at_quantile(0.99))
-            },
-            marks_sent: tally.marks_sent,
-            marks_back: tally.marks_back,
-            tone_checked: tally.tone_checked,
-            tone_found: tally.tone_found,
+            ..delivered
+        };
+        // A listen-only server plays nothing back: no playout figures, as the socket floor has none.
+        match echo.listen_only {
+            true => Media { gaps_per_call_minute: f64::NAN, playout_target_mean_ms: f64::NAN, ..media },
+            false => media,
         }
     }
 
@@ -593,7 +414,8 @@ impl Run<'_> {
             cpu_us_per_call_second: window.cpu_used_us as f64 / call_seconds,
             cpu_ratio_to_null: None,
             over_floor: None,
-            wakeups_per_call_second: (self.endpoint != Endpoint::Null)
+            // Only mod_wsbridge's runtime threads are counted: a null call and a peer's fork have none at work.
+            wakeups_per_call_second: (!matches!(self.endpoint, Endpoint::Null | Endpoint::PeerFork(_)))
                 .then(|| window.runtime_wakeups as f64 / call_seconds),
             rss_kib_per_call: window.peak_rss_kib.saturating_sub(idle_rss_kib) as f64 / calls,
             setup_p50_ms: percentile_ms(&mut setup_us, 0.5),
@@ -639,6 +461,23 @@ impl Run<'_> {
                 media.tone_found,
                 media.tone_checked
             );
+            // Every byte: a shortfall that is no whole frame would hide in the frame counts.
+            println!(
+                "{:>13} {:>4} calls: the server got {} of the {} bytes expected ({} short), in {} messages; \
+                 whole frames per call: {}",
+                "",
+                self.calls,
+                media.bytes_received,
+                media.bytes_expected,
+                media.bytes_expected as i64 - media.bytes_received as i64,
+                media.messages_received,
+                media
+                    .calls_by_frames
+                    .iter()
+                    .map(|(frames, calls)| format!("{frames} in {calls}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            );
         }
     }
 }
@@ -652,6 +491,10 @@ fn main() {
     let missing = env!("WSBRIDGE_FS_MISSING");
     if !missing.is_empty() {
         println!("SKIPPED: the calls benchmark needs FreeSWITCH, and {missing}");
+        return;
+    }
+    if std::env::args().any(|arg| arg == "--help") {
+        println!("{USAGE}");
         return;
     }
     let options = match parse_options() {
@@ -669,15 +512,22 @@ fn main() {
     let mut rows = Vec::new();
     let mut run_number = 0;
     if let Some((from, step, max)) = options.capacity {
-        capacity_search(&options, (from, step, max), &server);
+        capacity::capacity_search(&options, (from, step, max), &server);
         return;
     }
     for &calls in &options.calls {
-        for &endpoint in &options.endpoints {
+        for endpoint in options.runs() {
             rows.push(run(&options, endpoint, calls, run_number, &server));
             run_number += 1;
         }
     }
+    compare_with_floors(&mut rows);
+
+    report_all(&options, &rows);
+}
+
+/// Each row's CPU against the null endpoint's, and wsbridge's over the socket floor's, at the same calls.
+fn compare_with_floors(rows: &mut [Row]) {
     let floors: HashMap<usize, f64> =
         rows.iter().filter(|row| row.endpoint == "null").map(|row| (row.calls, row.cpu_us_per_call_second)).collect();
     let socket_floors: HashMap<usize, f64> = rows
@@ -685,7 +535,7 @@ fn main() {
         .filter(|row| row.endpoint == "socket-floor")
         .map(|row| (row.calls, row.cpu_us_per_call_second))
         .collect();
-    for row in rows.iter_mut() {
+    for row in rows {
         row.cpu_ratio_to_null = floors.get(&row.calls).map(|floor| row.cpu_us_per_call_second / floor);
         // The floor carries 640-byte L16 frames: wsbridge's and wsbridge-live's traffic.
         if row.endpoint == "wsbridge" || row.endpoint == "wsbridge-live" {
@@ -695,8 +545,11 @@ fn main() {
                 .map(|(null, socket)| (row.cpu_us_per_call_second - null) / socket);
         }
     }
+}
 
-    let table = report::table(&rows);
+/// Prints the table and writes calls.csv, calls.md and calls.png.
+fn report_all(options: &Options, rows: &[Row]) {
+    let table = report::table(rows);
     println!(
         "\n{} s per call, {} call attempts per second, {} cores; the echo server's two threads are not pinned \
          (the cores are shared with FreeSWITCH), so uplink jitter is timed by the kernel's receive timestamps\n",
@@ -711,141 +564,15 @@ fn main() {
         std::fs::write(&path, text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         println!("wrote {}", path.display());
     };
-    write("calls.csv", &report::csv(&rows));
+    write("calls.csv", &report::csv(rows));
     write("calls.md", &table);
     let png = options.out.join("calls.png");
-    match report::plot(&rows, &png) {
+    match report::plot(rows, &png) {
         Ok(()) => println!("wrote {}", png.display()),
         Err(why) => println!("no plot: {why}"),
     }
 }
 
-/// Steps wsbridge calls up from `from` until a step loses a frame or its
-/// uplink jitter p99 reaches the bound; the last step that kept both is the
-/// node's call capacity.
-fn capacity_search(options: &Options, (from, step, max): (usize, usize, usize), server: &tokio::runtime::Handle) {
-    let mut capacity = None;
-    let mut calls = from;
-    let mut run_number = 0;
-    while calls <= max {
-        let row = run(options, Endpoint::Wsbridge, calls, run_number, server);
-        run_number += 1;
-        let media = row.media.as_ref().expect("a wsbridge row has media");
-        let lost = media.frames_lost + media.frames_dropped_by_module;
-        let kept = row.completed == calls && lost == 0 && media.jitter_p99_ms < CAPACITY_JITTER_P99_MS;
-        println!(
-            "capacity step: {calls} calls: {} completed, {lost} frames lost, uplink jitter p99 {:.2} ms, \
-             FreeSWITCH {:.0} µs per call-second: {}",
-            row.completed,
-            media.jitter_p99_ms,
-            row.cpu_us_per_call_second,
-            if kept { "kept" } else { "NOT kept" }
-        );
-        if !kept {
-            break;
-        }
-        capacity = Some(calls);
-        calls += step;
-    }
-    match capacity {
-        Some(calls) if calls + step > max => println!(
-            "capacity: at least {calls} calls (0 lost, jitter p99 < {CAPACITY_JITTER_P99_MS} ms), the most tried"
-        ),
-        Some(calls) => println!(
-            "capacity: {calls} calls with 0 lost frames and uplink jitter p99 < {CAPACITY_JITTER_P99_MS} ms on {} cores",
-            cores()
-        ),
-        None => println!("capacity: below {from} calls"),
-    }
-}
-
 fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
-/// One 20 ms frame of the 1 kHz tone at 16 kHz, L16 little-endian, as FreeSWITCH's tone_stream makes it.
-fn tone_frame() -> Vec<u8> {
-    (0..FRAME_BYTES / 2)
-        .flat_map(|n| {
-            let phase = 2.0 * std::f64::consts::PI * TONE_HZ * n as f64 / RATE as f64;
-            ((phase.sin() * 8000.0) as i16).to_le_bytes()
-        })
-        .collect()
-}
-
-/// The `socket-floor` row: the same connections and frames from the floor's own
-/// process, its CPU and context switches read from /proc over the same window.
-fn run_socket_floor(options: &Options, calls: usize, server: &tokio::runtime::Handle) -> Row {
-    let server = EchoServer::start(server, Endpoint::SocketFloor.echo().unwrap());
-    let floor = SocketFloor::start(server.port, calls, options.seconds, &tone_frame());
-    let pid = floor.pid;
-    let window_start = floor.ready + Duration::from_secs(2);
-    let window_end = floor.ready + Duration::from_secs(options.seconds) - Duration::from_secs(2);
-    assert!(window_end > window_start + Duration::from_secs(5), "raise --seconds");
-    std::thread::sleep(window_start.saturating_duration_since(Instant::now()));
-    let cpu_before = proc_stats::cpu_us(pid);
-    let wakeups_before = proc_stats::context_switches(pid);
-    let bench_cpu_before = proc_stats::cpu_us("self");
-    let measured_from = Instant::now();
-    let peak_rss_kib = peak_rss_kib_until(pid, window_end);
-    let cpu_used_us = proc_stats::cpu_us(pid) - cpu_before;
-    let wakeups = proc_stats::context_switches(pid) - wakeups_before;
-    let length = measured_from.elapsed();
-    let bench_cpu_used_us = proc_stats::cpu_us("self") - bench_cpu_before;
-    let (sent, short_sends) = floor.finish();
-    std::thread::sleep(Duration::from_millis(500));
-    let tally = server.finish();
-
-    let per_call = options.seconds * FRAMES_PER_SECOND;
-    let mut frames_per_call = tally.frames_per_call.clone();
-    frames_per_call.resize(calls.max(frames_per_call.len()), 0);
-    let media = Media {
-        frames_expected: per_call * calls as u64,
-        frames_sent: sent,
-        frames_received: tally.frames_per_call.iter().sum(),
-        frames_lost: frames_per_call.iter().map(|frames| per_call.saturating_sub(*frames)).sum(),
-        jitter_p50_ms: ms(tally.jitter_us.value_at_quantile(0.5)),
-        jitter_p99_ms: ms(tally.jitter_us.value_at_quantile(0.99)),
-        jitter_max_ms: ms(tally.jitter_us.max()),
-        jitter_read_p99_ms: ms(tally.jitter_read_us.value_at_quantile(0.99)),
-        unstamped_frames: tally.unstamped_frames,
-        frames_echoed: tally.echoed_frames,
-        marks_sent: tally.marks_sent,
-        tone_checked: tally.tone_checked,
-        tone_found: tally.tone_found,
-        mark_delay_mean_ms: f64::NAN,
-        mark_delay_p50_ms: f64::NAN,
-        mark_delay_p99_ms: f64::NAN,
-        gaps_per_call_minute: f64::NAN,
-        playout_target_mean_ms: f64::NAN,
-        ..Media::default()
-    };
-    let call_seconds = calls as f64 * length.as_secs_f64();
-    println!(
-        "{:>13} {:>4} calls: {} connections, {sent} frames sent ({short_sends} short sends), {} received by the \
-         server; used {:.2} CPU-s and {wakeups} context switches through a {:.1} s window, peak RSS {peak_rss_kib} KiB",
-        "socket-floor",
-        calls,
-        tally.connections,
-        media.frames_received,
-        cpu_used_us as f64 / 1e6,
-        length.as_secs_f64(),
-    );
-    Row {
-        endpoint: "socket-floor",
-        calls,
-        completed: tally.connections as usize,
-        cpu_us_per_call_second: cpu_used_us as f64 / call_seconds,
-        cpu_ratio_to_null: None,
-        over_floor: None,
-        wakeups_per_call_second: Some(wakeups as f64 / call_seconds),
-        // The floor's process is the whole benchmark binary; its memory says nothing of a module's.
-        rss_kib_per_call: f64::NAN,
-        setup_p50_ms: f64::NAN,
-        setup_p99_ms: f64::NAN,
-        setup_ok_p50_ms: f64::NAN,
-        setup_ok_p99_ms: f64::NAN,
-        bench_cpu_percent: bench_cpu_used_us as f64 / length.as_micros() as f64 * 100.0,
-        media: Some(media),
-    }
 }

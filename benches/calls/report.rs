@@ -39,10 +39,16 @@ pub struct Media {
     pub frames_expected: u64,
     /// Caller frames the module sent, by its CDR variables.
     pub frames_sent: u64,
-    /// Caller frames the server received.
+    /// Whole caller frames the server received, counted by bytes.
     pub frames_received: u64,
     /// Frames short of the expected count, summed over calls.
     pub frames_lost: u64,
+    pub bytes_expected: u64,
+    /// Caller audio bytes the server received, and in how many messages.
+    pub bytes_received: u64,
+    pub messages_received: u64,
+    /// How many calls delivered each number of whole frames: where a shortfall is.
+    pub calls_by_frames: std::collections::BTreeMap<u64, usize>,
     pub frames_dropped_by_module: u64,
     pub jitter_p50_ms: f64,
     pub jitter_p99_ms: f64,
@@ -165,7 +171,8 @@ pub fn csv(rows: &[Row]) -> String {
          bench_cpu_percent,frames_expected,frames_sent,frames_received,frames_lost,frames_dropped_by_module,\
          jitter_p50_ms,jitter_p99_ms,jitter_max_ms,frames_echoed,frames_played,underruns,mark_delay_p50_ms,\
          mark_delay_p99_ms,marks_sent,marks_back,tone_checked,tone_found,gaps_per_call_minute,concealed_frames,\
-         drift_dropped_frames,mark_delay_mean_ms,playout_target_mean_ms,jitter_read_p99_ms,unstamped_frames\n",
+         drift_dropped_frames,mark_delay_mean_ms,playout_target_mean_ms,jitter_read_p99_ms,unstamped_frames,\
+         bytes_expected,bytes_received,messages_received\n",
     );
     for row in rows {
         let _ = write!(
@@ -186,41 +193,45 @@ pub fn csv(rows: &[Row]) -> String {
             row.bench_cpu_percent,
         );
         match &row.media {
-            Some(m) => {
-                let _ = writeln!(
-                    out,
-                    ",{},{},{},{},{},{:.3},{:.3},{:.3},{},{},{},{:.2},{:.2},{},{},{},{},{:.3},{},{},{:.2},{:.1},{:.3},{}",
-                    m.frames_expected,
-                    m.frames_sent,
-                    m.frames_received,
-                    m.frames_lost,
-                    m.frames_dropped_by_module,
-                    m.jitter_p50_ms,
-                    m.jitter_p99_ms,
-                    m.jitter_max_ms,
-                    m.frames_echoed,
-                    m.frames_played,
-                    m.underruns,
-                    m.mark_delay_p50_ms,
-                    m.mark_delay_p99_ms,
-                    m.marks_sent,
-                    m.marks_back,
-                    m.tone_checked,
-                    m.tone_found,
-                    m.gaps_per_call_minute,
-                    m.concealed_frames,
-                    m.drift_dropped_frames,
-                    m.mark_delay_mean_ms,
-                    m.playout_target_mean_ms,
-                    m.jitter_read_p99_ms,
-                    m.unstamped_frames,
-                );
-            }
-            // 24 empty media columns.
-            None => out.push_str(&format!("{}\n", ",".repeat(24))),
+            Some(m) => out.push_str(&csv_media(m)),
+            None => out.push_str(&format!("{}\n", ",".repeat(27))),
         }
     }
     out
+}
+
+/// A row's media columns, from their leading comma to the line's end.
+fn csv_media(m: &Media) -> String {
+    format!(
+        ",{},{},{},{},{},{:.3},{:.3},{:.3},{},{},{},{:.2},{:.2},{},{},{},{},{:.3},{},{},{:.2},{:.1},{:.3},{},{},{},{}\n",
+        m.frames_expected,
+        m.frames_sent,
+        m.frames_received,
+        m.frames_lost,
+        m.frames_dropped_by_module,
+        m.jitter_p50_ms,
+        m.jitter_p99_ms,
+        m.jitter_max_ms,
+        m.frames_echoed,
+        m.frames_played,
+        m.underruns,
+        m.mark_delay_p50_ms,
+        m.mark_delay_p99_ms,
+        m.marks_sent,
+        m.marks_back,
+        m.tone_checked,
+        m.tone_found,
+        m.gaps_per_call_minute,
+        m.concealed_frames,
+        m.drift_dropped_frames,
+        m.mark_delay_mean_ms,
+        m.playout_target_mean_ms,
+        m.jitter_read_p99_ms,
+        m.unstamped_frames,
+        m.bytes_expected,
+        m.bytes_received,
+        m.messages_received
+    )
 }
 
 const FONT_CANDIDATES: &[&str] = &[

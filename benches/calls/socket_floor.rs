@@ -15,6 +15,12 @@ use std::time::{Duration, Instant};
 
 use mio::net::TcpStream as MioStream;
 use mio::{Events, Interest, Poll, Token};
+use test_support::proc_stats;
+
+use crate::echo_server::EchoServer;
+use crate::options::{Endpoint, Options};
+use crate::report::{Media, Row};
+use crate::{delivery, peak_rss_kib_until, FRAME_BYTES, RATE, TONE_HZ};
 
 /// The argument that makes the benchmark binary the floor's process.
 pub const CHILD_ARGUMENT: &str = "--socket-floor-child";
@@ -193,4 +199,73 @@ pub fn child_main(args: &[String]) {
         let _ = connection.stream.write(&[0x88, 0x80, 0, 0, 0, 0]);
     }
     println!("{sent} {short_sends}");
+}
+
+/// One 20 ms frame of the 1 kHz tone at 16 kHz, L16 little-endian, as FreeSWITCH's tone_stream makes it.
+fn tone_frame() -> Vec<u8> {
+    (0..FRAME_BYTES / 2)
+        .flat_map(|n| {
+            let phase = 2.0 * std::f64::consts::PI * TONE_HZ * n as f64 / RATE as f64;
+            ((phase.sin() * 8000.0) as i16).to_le_bytes()
+        })
+        .collect()
+}
+
+/// The `socket-floor` row: the same connections and frames from the floor's own
+/// process, its CPU and context switches read from /proc over the same window.
+pub fn run_socket_floor(options: &Options, calls: usize, server: &tokio::runtime::Handle) -> Row {
+    let server = EchoServer::start(server, Endpoint::SocketFloor.echo().unwrap());
+    let floor = SocketFloor::start(server.port, calls, options.seconds, &tone_frame());
+    let pid = floor.pid;
+    let window_start = floor.ready + Duration::from_secs(2);
+    let window_end = floor.ready + Duration::from_secs(options.seconds) - Duration::from_secs(2);
+    assert!(window_end > window_start + Duration::from_secs(5), "raise --seconds");
+    std::thread::sleep(window_start.saturating_duration_since(Instant::now()));
+    let cpu_before = proc_stats::cpu_us(pid);
+    let wakeups_before = proc_stats::context_switches(pid);
+    let bench_cpu_before = proc_stats::cpu_us("self");
+    let measured_from = Instant::now();
+    let peak_rss_kib = peak_rss_kib_until(pid, window_end);
+    let cpu_used_us = proc_stats::cpu_us(pid) - cpu_before;
+    let wakeups = proc_stats::context_switches(pid) - wakeups_before;
+    let length = measured_from.elapsed();
+    let bench_cpu_used_us = proc_stats::cpu_us("self") - bench_cpu_before;
+    let (sent, short_sends) = floor.finish();
+    std::thread::sleep(Duration::from_millis(500));
+    let tally = server.finish();
+
+    let media = Media {
+        frames_sent: sent,
+        gaps_per_call_minute: f64::NAN,
+        playout_target_mean_ms: f64::NAN,
+        ..delivery(&tally, FRAME_BYTES, calls, options.seconds)
+    };
+    let call_seconds = calls as f64 * length.as_secs_f64();
+    println!(
+        "{:>13} {:>4} calls: {} connections, {sent} frames sent ({short_sends} short sends), {} received by the \
+         server; used {:.2} CPU-s and {wakeups} context switches through a {:.1} s window, peak RSS {peak_rss_kib} KiB",
+        "socket-floor",
+        calls,
+        tally.connections,
+        media.frames_received,
+        cpu_used_us as f64 / 1e6,
+        length.as_secs_f64(),
+    );
+    Row {
+        endpoint: "socket-floor",
+        calls,
+        completed: tally.connections as usize,
+        cpu_us_per_call_second: cpu_used_us as f64 / call_seconds,
+        cpu_ratio_to_null: None,
+        over_floor: None,
+        wakeups_per_call_second: Some(wakeups as f64 / call_seconds),
+        // The floor's process is the whole benchmark binary; its memory says nothing of a module's.
+        rss_kib_per_call: f64::NAN,
+        setup_p50_ms: f64::NAN,
+        setup_p99_ms: f64::NAN,
+        setup_ok_p50_ms: f64::NAN,
+        setup_ok_p99_ms: f64::NAN,
+        bench_cpu_percent: bench_cpu_used_us as f64 / length.as_micros() as f64 * 100.0,
+        media: Some(media),
+    }
 }

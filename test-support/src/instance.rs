@@ -313,6 +313,18 @@ impl FreeSwitch {
         Self::launch(build, ws_base, instance, "debug", &[], Some(module))
     }
 
+    /// Both: `module` (if any) as mod_wsbridge, logging only at `log_level` and
+    /// worse (the benchmark's `--module`).
+    pub fn start_with_module_and_log_level(
+        build: &BuildEnv,
+        ws_base: &str,
+        instance: u16,
+        module: Option<&Path>,
+        log_level: &str,
+    ) -> FreeSwitch {
+        Self::launch(build, ws_base, instance, log_level, &[], module)
+    }
+
     fn launch(
         build: &BuildEnv,
         ws_base: &str,
@@ -425,6 +437,11 @@ impl FreeSwitch {
         let text = fs::read_to_string(&path).unwrap();
         let at = text.find(before).unwrap_or_else(|| panic!("{before} is not in the config"));
         fs::write(&path, format!("{}{xml}\n{}", &text[..at], &text[at..])).unwrap();
+    }
+
+    /// Where it loads modules from: `load` finds a module copied here.
+    pub fn mod_dir(&self) -> PathBuf {
+        self.dir.join("mod")
     }
 
     pub fn log_path(&self) -> PathBuf {
