@@ -14,3 +14,4 @@ pub mod playout;
 pub mod reframe;
 pub mod uplink;
 pub mod uplink_pump;
+pub mod uplink_writer;
