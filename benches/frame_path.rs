@@ -78,7 +78,7 @@ fn main() {
         measure("call state: queue+pop downlink, push+take uplink", rate, || {
             rt.block_on(media.queue_playout(&one_frame));
             black_box(media.next_downlink_frame(&mut out));
-            media.send_audio(Bytes::copy_from_slice(&one_frame));
+            media.send_audio(&one_frame);
             rt.block_on(media.next_uplink_batch(&mut batch));
             batch.clear();
         });

@@ -230,6 +230,11 @@ pub const UPLINK_FRAME_MS: Setting = per_call(
     integer(20, 20, 200),
     "caller audio per message to the server, in steps of 20 ms (ASR servers often want 100)",
 );
+pub const UPLINK_DIRECT: Setting = per_call(
+    "uplink-direct",
+    Kind::Flag { default: true },
+    "on a plain `ws://` connection whose protocol sends caller audio as binary messages (`wsbridge`, `vonage`), the FreeSWITCH thread that has a caller frame writes it to the socket itself, in one non-blocking send; false: every frame goes through the runtime, as for `wss://`",
+);
 pub const CNG_FRAMES: Setting = per_call(
     "cng-frames",
     Kind::Flag { default: false },
@@ -412,6 +417,7 @@ pub const TABLE: &[Setting] = &[
     PROTOCOL,
     TWILIO_ACCOUNT_SID,
     UPLINK_FRAME_MS,
+    UPLINK_DIRECT,
     CNG_FRAMES,
     FORK_PLAYBACK,
     FORK_ALLOW_HANGUP,
