@@ -20,7 +20,8 @@
 //! `--rate 50` (call attempts per second),
 //! `--endpoints null,socket-floor,wsbridge,wsbridge-live,wsbridge-pcmu,wsbridge-twilio,wsbridge-fork`,
 //! `--out <dir>` (default target/calls-bench), `--uplink-batch-ms N` (the
-//! module param, to measure it; default: the module's own), `--capacity
+//! module param, to measure it; default: the module's own), `--uplink-direct
+//! false` (caller audio through the runtime, as before the direct write), `--capacity
 //! FROM,STEP,MAX` (wsbridge calls stepped up until a step loses a frame or its
 //! uplink jitter p99 reaches 5 ms: the node's call capacity).
 
@@ -129,6 +130,8 @@ struct Options {
     out: PathBuf,
     /// wsbridge.conf's `uplink-batch-ms`; None: the module's default.
     uplink_batch_ms: Option<u64>,
+    /// wsbridge.conf's `uplink-direct`; None: the module's default.
+    uplink_direct: Option<bool>,
     /// `--capacity FROM,STEP,MAX`: wsbridge calls stepped up until a step
     /// loses a frame or its uplink jitter p99 reaches 5 ms.
     capacity: Option<(usize, usize, usize)>,
@@ -139,7 +142,7 @@ const CAPACITY_JITTER_P99_MS: f64 = 5.0;
 
 const USAGE: &str = "usage: cargo bench --bench calls -- [--calls 50,200,500] [--seconds 60] [--rate 50] \
                      [--endpoints null,socket-floor,wsbridge,wsbridge-live,wsbridge-pcmu,wsbridge-twilio,wsbridge-fork] \
-                     [--out target/calls-bench] [--uplink-batch-ms N] [--capacity FROM,STEP,MAX]";
+                     [--out target/calls-bench] [--uplink-batch-ms N] [--uplink-direct false] [--capacity FROM,STEP,MAX]";
 
 fn parse_options() -> Result<Options, String> {
     let mut options = Options {
@@ -149,6 +152,7 @@ fn parse_options() -> Result<Options, String> {
         endpoints: Endpoint::ALL.to_vec(),
         out: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/calls-bench"),
         uplink_batch_ms: None,
+        uplink_direct: None,
         capacity: None,
     };
     let mut args = std::env::args().skip(1);
@@ -181,6 +185,9 @@ fn parse_options() -> Result<Options, String> {
             }
             "--uplink-batch-ms" => {
                 options.uplink_batch_ms = Some(value()?.parse().map_err(|_| "bad --uplink-batch-ms")?)
+            }
+            "--uplink-direct" => {
+                options.uplink_direct = Some(value()?.parse().map_err(|_| "bad --uplink-direct: true or false")?)
             }
             other => return Err(format!("unknown argument '{other}'")),
         }
@@ -332,7 +339,7 @@ fn run(options: &Options, endpoint: Endpoint, calls: usize, run_number: u16, ser
     }
     let run = Run { options, endpoint, calls, prefix: format!("{:08x}-", 0xbe_0000 + run_number as u32) };
     let server = endpoint.echo().map(|echo| EchoServer::start(server, echo));
-    let freeswitch = start_freeswitch(endpoint, run_number, options.uplink_batch_ms);
+    let freeswitch = start_freeswitch(endpoint, run_number, options);
     let pid = freeswitch.pid();
     let collector = Collector::start(&freeswitch, &run.prefix);
     std::thread::sleep(Duration::from_secs(2));
@@ -380,13 +387,17 @@ fn peak_rss_kib_until(pid: u32, end: Instant) -> u64 {
 }
 
 /// A fresh FreeSWITCH for one run; for wsbridge, with the published run's settings.
-fn start_freeswitch(endpoint: Endpoint, run_number: u16, uplink_batch_ms: Option<u64>) -> FreeSwitch {
+fn start_freeswitch(endpoint: Endpoint, run_number: u16, options: &Options) -> FreeSwitch {
     let freeswitch = FreeSwitch::start_with_log_level(&BUILD, "ws://127.0.0.1:9", 10 + run_number, "warning");
     if endpoint.echo().is_some() {
         // The published run's setting: one runtime thread costs the least CPU.
-        let batch =
-            uplink_batch_ms.map_or(String::new(), |ms| format!(r#"<param name="uplink-batch-ms" value="{ms}"/>"#));
-        freeswitch.set_wsbridge_conf(&format!(r#"<param name="runtime-threads" value="{RUNTIME_THREADS}"/>{batch}"#));
+        let batch = options
+            .uplink_batch_ms
+            .map_or(String::new(), |ms| format!(r#"<param name="uplink-batch-ms" value="{ms}"/>"#));
+        let direct =
+            options.uplink_direct.map_or(String::new(), |on| format!(r#"<param name="uplink-direct" value="{on}"/>"#));
+        freeswitch
+            .set_wsbridge_conf(&format!(r#"<param name="runtime-threads" value="{RUNTIME_THREADS}"/>{batch}{direct}"#));
         let mut esl = freeswitch.esl();
         esl.api("reloadxml");
         let reply = esl.api("reload mod_wsbridge");
