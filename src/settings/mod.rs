@@ -312,7 +312,7 @@ pub const RUNTIME_THREADS: Setting = Setting {
 pub const UPLINK_BATCH_MS: Setting = module_only(
     "uplink-batch-ms",
     integer(2, 0, 10),
-    "how long the first caller frame of a tick waits for the other calls' frames, so that one wake-up of the runtime sends them all; 0 wakes it for every frame; read when the module loads",
+    "how long the first caller frame of a tick waits for the other calls' frames, so that one wake-up of the runtime sends them all; 0 wakes it for every frame; only for caller audio the runtime sends (`wss://`, `twilio`, `audiosocket`, `uplink-direct` false, or while a socket is backed up); read when the module loads",
 );
 pub const DRAIN: Setting = module_only(
     "drain",

@@ -112,7 +112,9 @@ pub async fn connect(
         // Plain TCP: caller audio may be written to it from the session thread.
         (None, Some(uplink)) => Box::new(super::shared_tcp::SharedTcp::attach(tcp, uplink)),
         (None, None) => Box::new(tcp),
-        (Some(client), _) => Box::new(super::tls::handshake(client, tcp, &uri.host, tls).await.map_err(ConnectError::Tls)?),
+        (Some(client), _) => {
+            Box::new(super::tls::handshake(client, tcp, &uri.host, tls).await.map_err(ConnectError::Tls)?)
+        }
     };
     Ok(upgrade(io, uri, config, tls, headers).await?)
 }

@@ -67,7 +67,8 @@ pub(super) async fn connect_one(
                 let config = websocket::websocket_config(options);
                 let (tls, headers) = (&credentials.tls, credentials.http_headers);
                 // Caller audio may skip the task where the protocol sends it as it is queued.
-                let direct = (options.uplink_direct && dialect.encoder.audio_as_binary()).then(|| media.uplink_writer());
+                let direct =
+                    (options.uplink_direct && dialect.encoder.audio_as_binary()).then(|| media.uplink_writer());
                 let opened = websocket::connect(server, config, tls, headers, &options.allowed_hosts, direct).await;
                 Connection::WebSocket(opened.map_err(unreached)?)
             }
