@@ -5,7 +5,6 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use bytes::Bytes;
 use mod_wsbridge::audio::comfort_noise::DownlinkMixer;
 use mod_wsbridge::audio::media::CallMedia;
 use mod_wsbridge::audio::playout::PlayoutBuffer;
