@@ -5,7 +5,6 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use bytes::Bytes;
 use mod_wsbridge::audio::comfort_noise::DownlinkMixer;
 use mod_wsbridge::audio::media::CallMedia;
 use mod_wsbridge::audio::playout::PlayoutBuffer;
@@ -78,7 +77,7 @@ fn main() {
         measure("call state: queue+pop downlink, push+take uplink", rate, || {
             rt.block_on(media.queue_playout(&one_frame));
             black_box(media.next_downlink_frame(&mut out));
-            media.send_audio(Bytes::copy_from_slice(&one_frame));
+            media.send_audio(&one_frame);
             rt.block_on(media.next_uplink_batch(&mut batch));
             batch.clear();
         });

@@ -15,12 +15,15 @@
 //!   odd IPv4 forms), `tokens`, `agent` (a model's session and functions), `cause`.
 //! - [`audio`]: samples and frames: `media` (what a call's FreeSWITCH thread
 //!   and its task share), `playout` with its `jitter` buffer, `concealment`
-//!   and `comfort_noise`, `reframe`, the `uplink` and its `uplink_pump`, a
+//!   and `comfort_noise`, `reframe`, the `uplink` with its `uplink_pump` and
+//!   `uplink_writer` (the one lock of the queue and a socket's writes), a
 //!   model's `replies`, and
 //!   for forks `mixing` and `g711`.
 //! - [`wire`]: what crosses the network: the `connection` (a `websocket`
 //!   over `tcp`, `tls` with `tls_trust` and `tls_errors` (and `tls_tests`),
-//!   and the `upgrade`; a listener's client read through a `read_budget`;
+//!   and the `upgrade`; a plain one's socket, `shared_tcp`, with caller
+//!   audio written into it as a `frame` by the session thread; a listener's
+//!   client read through a `read_budget`;
 //!   or AudioSocket's TCP) and the `protocol` spoken on it, one file each:
 //!   `wsbridge`, `twilio`, `vonage`, `audiosocket`, `openai`.
 //! - [`call`]: one call's life: its `plan`, its `conversation` with the

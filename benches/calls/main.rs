@@ -22,7 +22,8 @@
 //! `--rate 50` (call attempts per second),
 //! `--endpoints null,socket-floor,wsbridge,wsbridge-live,wsbridge-pcmu,wsbridge-twilio,wsbridge-openai,wsbridge-fork`,
 //! `--out <dir>` (default target/calls-bench), `--uplink-batch-ms N` (the
-//! module param, to measure it; default: the module's own), `--capacity
+//! module param, to measure it; default: the module's own), `--uplink-direct
+//! false` (caller audio through the runtime, as before the direct write), `--capacity
 //! FROM,STEP,MAX` (wsbridge calls stepped up until a step loses a frame or its
 //! uplink jitter p99 reaches 5 ms: the node's call capacity), `--fork-module
 //! PATH.so:COMMAND` (again for more: a peer's fork module, loaded into the runs'
@@ -232,7 +233,10 @@ fn start_freeswitch(endpoint: Endpoint, run_number: u16, options: &Options) -> F
         let batch = options
             .uplink_batch_ms
             .map_or(String::new(), |ms| format!(r#"<param name="uplink-batch-ms" value="{ms}"/>"#));
-        freeswitch.set_wsbridge_conf(&format!(r#"<param name="runtime-threads" value="{RUNTIME_THREADS}"/>{batch}"#));
+        let direct =
+            options.uplink_direct.map_or(String::new(), |on| format!(r#"<param name="uplink-direct" value="{on}"/>"#));
+        freeswitch
+            .set_wsbridge_conf(&format!(r#"<param name="runtime-threads" value="{RUNTIME_THREADS}"/>{batch}{direct}"#));
         let mut esl = freeswitch.esl();
         esl.api("reloadxml");
         let reply = esl.api("reload mod_wsbridge");

@@ -93,6 +93,8 @@ pub struct Options {
     pub out: PathBuf,
     /// wsbridge.conf's `uplink-batch-ms`; None: the module's default.
     pub uplink_batch_ms: Option<u64>,
+    /// wsbridge.conf's `uplink-direct`; None: the module's default.
+    pub uplink_direct: Option<bool>,
     /// `--capacity FROM,STEP,MAX`: wsbridge calls stepped up until a step
     /// loses a frame or its uplink jitter p99 reaches 5 ms.
     pub capacity: Option<(usize, usize, usize)>,
@@ -137,7 +139,7 @@ impl PeerFork {
 
 pub const USAGE: &str = "usage: cargo bench --bench calls -- [--calls 50,200,500] [--seconds 60] [--rate 50] \
                      [--endpoints null,socket-floor,wsbridge,wsbridge-live,wsbridge-pcmu,wsbridge-twilio,wsbridge-openai,wsbridge-fork] \
-                     [--out target/calls-bench] [--uplink-batch-ms N] [--capacity FROM,STEP,MAX] \
+                     [--out target/calls-bench] [--uplink-batch-ms N] [--uplink-direct false] [--capacity FROM,STEP,MAX] \
                      [--fork-module PATH.so:COMMAND]... [--module PATH.so]";
 
 pub fn parse_options() -> Result<Options, String> {
@@ -148,6 +150,7 @@ pub fn parse_options() -> Result<Options, String> {
         endpoints: Endpoint::ALL.to_vec(),
         out: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/calls-bench"),
         uplink_batch_ms: None,
+        uplink_direct: None,
         capacity: None,
         peer_forks: Vec::new(),
         module: None,
@@ -182,6 +185,9 @@ pub fn parse_options() -> Result<Options, String> {
             }
             "--uplink-batch-ms" => {
                 options.uplink_batch_ms = Some(value()?.parse().map_err(|_| "bad --uplink-batch-ms")?)
+            }
+            "--uplink-direct" => {
+                options.uplink_direct = Some(value()?.parse().map_err(|_| "bad --uplink-direct: true or false")?)
             }
             "--fork-module" => options.peer_forks.push(PeerFork::parse(&value()?)?),
             "--module" => {

@@ -15,6 +15,7 @@ use crate::audio::playout::{AfterPlayout, Downlink, MarkOutcome, PlayoutBuffer};
 use crate::audio::replies::{Heard, ReplyProgress};
 use crate::audio::uplink::{PushOutcome, ToServer, UplinkQueue};
 use crate::audio::uplink_pump::{PumpSlot, UplinkPump};
+use crate::audio::uplink_writer::{Direct, Uplink};
 use crate::settings::options::MediaLimits;
 use crate::settings::{ContentType, Encoding};
 use crate::support::sync::lock;
@@ -80,7 +81,8 @@ pub struct CallMedia {
     playout_space: Notify,
     high_water_bytes: usize,
     low_water_bytes: usize,
-    uplink: Mutex<UplinkQueue>,
+    /// The queue, and the connection's write side where caller audio is written directly: one lock.
+    uplink: Arc<Mutex<Uplink>>,
     /// Wakes the task for queued caller audio and text.
     uplink_ready: Arc<PumpSlot>,
     /// Where caller audio's wake-ups are batched; none wakes the task per frame.
@@ -153,7 +155,7 @@ impl CallMedia {
             playout_space: Notify::new(),
             high_water_bytes: high_water,
             low_water_bytes: low_water,
-            uplink: Mutex::new(UplinkQueue::new(uplink_messages)),
+            uplink: Arc::new(Mutex::new(Uplink::new(UplinkQueue::new(uplink_messages)))),
             uplink_ready: Arc::new(PumpSlot::default()),
             uplink_pump: None,
             caller_gone: CancellationToken::new(),
@@ -213,9 +215,23 @@ impl CallMedia {
         (playout.jitter().target_ms(), playout.jitter().recent_jitter_ms())
     }
 
-    /// Queues one frame of caller audio (little-endian bytes).
-    pub fn send_audio(&self, frame: Bytes) -> PushOutcome {
-        let outcome = lock(&self.uplink).push_audio(frame);
+    /// Sends one message of caller audio (little-endian bytes): written to
+    /// the socket right here when the connection allows it and nothing
+    /// waits ahead of it, else queued for the task.
+    pub fn send_audio(&self, frame: &[u8]) -> PushOutcome {
+        let mut uplink = lock(&self.uplink);
+        let direct = uplink.send_direct(frame);
+        if direct != Direct::NotNow {
+            drop(uplink);
+            self.stats.frames_sent.fetch_add(self.frames_per_message, Ordering::Relaxed);
+            if direct == Direct::SentInPart {
+                // The task flushes the rest once the socket takes it.
+                self.uplink_ready.wake_now();
+            }
+            return PushOutcome::Queued;
+        }
+        let outcome = uplink.queue.push_audio(Bytes::copy_from_slice(frame));
+        drop(uplink);
         match &self.uplink_pump {
             Some(pump) => pump.schedule(&self.uplink_ready),
             None => self.uplink_ready.wake_now(),
@@ -244,7 +260,7 @@ impl CallMedia {
     }
 
     fn queue_item(&self, item: ToServer) -> bool {
-        let queued = lock(&self.uplink).push_control(item);
+        let queued = lock(&self.uplink).queue.push_control(item);
         self.uplink_ready.wake_now();
         queued
     }
@@ -340,7 +356,7 @@ impl CallMedia {
     fn frames_to_server(&self) -> u64 {
         let uplink = lock(&self.uplink);
         let queued = if self.caller_flush.load(Ordering::Acquire) {
-            uplink.audio_frames() as u64 * self.frames_per_message
+            uplink.queue.audio_frames() as u64 * self.frames_per_message
         } else {
             0
         };
@@ -396,7 +412,7 @@ impl CallMedia {
     }
 
     pub fn dropped_uplink_frames(&self) -> u64 {
-        lock(&self.uplink).dropped_frames()
+        lock(&self.uplink).queue.dropped_frames()
     }
 
     // ---- WebSocket task side ----
@@ -596,15 +612,34 @@ impl CallMedia {
     }
 
     /// Moves whatever caller audio or text is queued into `batch` for the
-    /// socket, counting its frames as sent; false when none was queued.
+    /// socket, counting its frames as sent; false when none was queued and
+    /// no part-written frame waits to be flushed.
     pub fn take_uplink(&self, batch: &mut VecDeque<ToServer>) -> bool {
         let mut uplink = lock(&self.uplink);
-        if uplink.is_empty() {
-            return false;
+        if uplink.queue.is_empty() {
+            return uplink.has_backlog();
         }
-        let messages = uplink.take_all(batch);
+        let messages = uplink.queue.take_all(batch);
+        // Caller audio queues behind these until they are in the stream.
+        uplink.set_held(true);
         self.stats.frames_sent.fetch_add(messages as u64 * self.frames_per_message, Ordering::Relaxed);
         true
+    }
+
+    /// What the task took is all in the stream: caller audio may go directly again.
+    pub fn uplink_written(&self) {
+        lock(&self.uplink).set_held(false);
+    }
+
+    /// The lock a `ws://` connection's writes take, shared with the session thread.
+    pub fn uplink_writer(&self) -> Arc<Mutex<Uplink>> {
+        self.uplink.clone()
+    }
+
+    /// Lets the session thread write caller audio to the connection, where
+    /// it has one (the task turns it on while the conversation is up).
+    pub fn set_direct_audio(&self, on: bool) {
+        lock(&self.uplink).set_direct_audio(on);
     }
 
     pub fn count_received(&self, frames: u64) {
@@ -702,7 +737,7 @@ mod tests {
     #[tokio::test]
     async fn uplink_batches_keep_order() {
         let media = CallMedia::new(ContentType::l16(8000), small_limits(), None);
-        media.send_audio(Bytes::from_static(&[1]));
+        media.send_audio(&[1]);
         media.send_dtmf('5', 100);
         let mut batch = VecDeque::new();
         media.next_uplink_batch(&mut batch).await;
@@ -741,7 +776,7 @@ mod tests {
         assert_eq!(media.next_downlink_frame(&mut frame), Downlink::Audio);
         assert!(frame[..80].iter().all(|s| *s == 0) && frame[80..].iter().all(|s| *s == 32124), "{frame:?}");
         media.mark_open("test");
-        media.send_audio(Bytes::from(vec![0xFF; 800]));
+        media.send_audio(&[0xFF; 800]);
         let mut batch = VecDeque::new();
         media.next_uplink_batch(&mut batch).await;
         assert_eq!(media.stats.frames_sent.load(Ordering::Relaxed), 5, "one 100 ms message is five frames");

@@ -15,3 +15,4 @@ pub mod reframe;
 pub mod replies;
 pub mod uplink;
 pub mod uplink_pump;
+pub mod uplink_writer;

@@ -7,8 +7,6 @@
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
-
 use super::ffi::{self, InboundRequest};
 use super::ffi::{
     Channel, ChannelState, Codec, Endpoint, FreeSwitchDecoder, Indication, LocatedSession, OutgoingRequest, PcmFrame,
@@ -271,12 +269,14 @@ impl Endpoint for WsbridgeCall {
         let mut reframer = lock(&self.uplink_reframer);
         reframer.push(data, |chunk| {
             // FreeSWITCH's L16 is in host order; the wire is little-endian. G.711 has no order.
-            let wire = if cfg!(target_endian = "little") || format.encoding != Encoding::L16 {
-                Bytes::copy_from_slice(chunk)
+            let outcome = if cfg!(target_endian = "little") || format.encoding != Encoding::L16 {
+                self.media.send_audio(chunk)
             } else {
-                chunk.chunks_exact(2).flat_map(|s| i16::from_ne_bytes([s[0], s[1]]).to_le_bytes()).collect()
+                let wire: Vec<u8> =
+                    chunk.chunks_exact(2).flat_map(|s| i16::from_ne_bytes([s[0], s[1]]).to_le_bytes()).collect();
+                self.media.send_audio(&wire)
             };
-            if let PushOutcome::DroppedOldest { first_of_episode: true } = self.media.send_audio(wire) {
+            if let PushOutcome::DroppedOldest { first_of_episode: true } = outcome {
                 tracing::warn!(
                     uuid = session.uuid().as_str(),
                     "the server is not keeping up; dropping the oldest caller audio"

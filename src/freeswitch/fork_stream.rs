@@ -8,8 +8,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use bytes::Bytes;
-
 use super::ffi::{Channel, MediaBugHandler, Resampler};
 use super::lock;
 use crate::audio::g711;
@@ -189,12 +187,12 @@ impl Fork {
 
     /// Caller audio of one message: L16 as the combiner makes it, to the wire's encoding.
     fn queue_uplink(&self, chunk: &[u8], dropping: &mut bool) {
-        let wire = match self.wire.encoding {
+        let outcome = match self.wire.encoding {
             // The combiner writes little-endian, as the wire wants.
-            Encoding::L16 => Bytes::copy_from_slice(chunk),
-            _ => Bytes::from(g711::to_mulaw_tracks(chunk, self.mode.channels())),
+            Encoding::L16 => self.media.send_audio(chunk),
+            _ => self.media.send_audio(&g711::to_mulaw_tracks(chunk, self.mode.channels())),
         };
-        match self.media.send_audio(wire) {
+        match outcome {
             PushOutcome::DroppedOldest { first_of_episode: true } if !*dropping => {
                 *dropping = true;
                 tracing::warn!(

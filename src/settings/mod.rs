@@ -231,6 +231,11 @@ pub const UPLINK_FRAME_MS: Setting = per_call(
     integer(20, 20, 200),
     "caller audio per message to the server, in steps of 20 ms (ASR servers often want 100)",
 );
+pub const UPLINK_DIRECT: Setting = per_call(
+    "uplink-direct",
+    Kind::Flag { default: true },
+    "on a plain `ws://` connection whose protocol sends caller audio as binary messages (`wsbridge`, `vonage`), the FreeSWITCH thread that has a caller frame writes it to the socket itself, in one non-blocking send; false: every frame goes through the runtime, as for `wss://`",
+);
 pub const CNG_FRAMES: Setting = per_call(
     "cng-frames",
     Kind::Flag { default: false },
@@ -308,7 +313,7 @@ pub const RUNTIME_THREADS: Setting = Setting {
 pub const UPLINK_BATCH_MS: Setting = module_only(
     "uplink-batch-ms",
     integer(2, 0, 10),
-    "how long the first caller frame of a tick waits for the other calls' frames, so that one wake-up of the runtime sends them all; 0 wakes it for every frame; read when the module loads",
+    "how long the first caller frame of a tick waits for the other calls' frames, so that one wake-up of the runtime sends them all; 0 wakes it for every frame; only for caller audio the runtime sends (`wss://`, `twilio`, `audiosocket`, `uplink-direct` false, or while a socket is backed up); read when the module loads",
 );
 pub const DRAIN: Setting = module_only(
     "drain",
@@ -419,6 +424,7 @@ pub const TABLE: &[Setting] = &[
     agent::OPENAI_TRANSFER_PATTERN,
     agent::OPENAI_DTMF,
     UPLINK_FRAME_MS,
+    UPLINK_DIRECT,
     CNG_FRAMES,
     FORK_PLAYBACK,
     FORK_ALLOW_HANGUP,

@@ -10,7 +10,7 @@ use crate::settings::security::{may_send_credentials, HostPattern};
 use crate::settings::{FirstMessageStyle, ServerUri};
 use crate::settings::{
     Setting, CONNECT_TIMEOUT_MS, DEAD_PEER_TIMEOUT_MS, MAX_CONNECTING, MAX_MESSAGE_BYTES, MAX_TEXT_BYTES,
-    PING_INTERVAL_MS, RECONNECT_MS,
+    PING_INTERVAL_MS, RECONNECT_MS, UPLINK_DIRECT,
 };
 
 #[derive(Debug, Clone, Copy)]
@@ -144,6 +144,8 @@ pub struct ConnectionOptions {
     /// resolves to is checked against it (and the SIP-header rules) at
     /// every connect. Empty: any host.
     pub allowed_hosts: Vec<HostPattern>,
+    /// Caller audio may be written to a plain `ws://` socket from the session thread.
+    pub uplink_direct: bool,
 }
 
 /// What the module tells one server about itself: its TLS options and the
@@ -195,6 +197,7 @@ impl Default for ConnectionOptions {
             fork_layout: None,
             agent: Default::default(),
             allowed_hosts: Vec::new(),
+            uplink_direct: UPLINK_DIRECT.flag_default(),
         }
     }
 }

@@ -7,8 +7,10 @@
 //! client is read through a [`read_budget`] until its first message is in.
 
 pub mod connection;
+pub mod frame;
 pub mod protocol;
 pub mod read_budget;
+mod shared_tcp;
 mod tcp;
 mod tls;
 mod tls_errors;

@@ -157,7 +157,8 @@ async fn try_wss(port: u16, tls: &TlsOptions) -> Result<(), String> {
 
 async fn try_wss_at(host: &str, port: u16, tls: &TlsOptions) -> Result<(), String> {
     let uri = ServerUri::parse(&format!("wss://{host}:{port}/secure")).unwrap();
-    let mut connection = connect(&uri, WebSocketConfig::default(), tls, &[], &[]).await.map_err(|e| e.to_string())?;
+    let mut connection =
+        connect(&uri, WebSocketConfig::default(), tls, &[], &[], None).await.map_err(|e| e.to_string())?;
     connection.send(Message::text("hello over TLS")).await.map_err(|e| e.to_string())?;
     Ok(())
 }

@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::io;
+use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -13,6 +14,7 @@ use super::tcp::{connect_checked, TcpFailure};
 pub use super::tls::clear_tls_cache;
 pub use super::upgrade::SUBPROTOCOL;
 use super::upgrade::{upgrade, UpgradeError};
+use crate::audio::uplink_writer::Uplink;
 use crate::settings::options::{ConnectionOptions, TlsOptions};
 use crate::settings::security::{check_address, HostPattern};
 use crate::settings::{Scheme, ServerUri};
@@ -104,6 +106,7 @@ pub async fn connect(
     tls: &TlsOptions,
     headers: &[(String, String)],
     allowed_hosts: &[HostPattern],
+    direct: Option<Arc<Mutex<Uplink>>>,
 ) -> Result<WebSocket, ConnectError> {
     // A TLS setup that cannot work fails before any traffic.
     let client = match uri.scheme {
@@ -111,9 +114,13 @@ pub async fn connect(
         Scheme::Wss => Some(super::tls::client_config_off_runtime(tls).await.map_err(ConnectError::Tls)?),
     };
     let tcp = connect_tcp(uri, allowed_hosts).await?;
-    let io: Box<dyn Io> = match client {
-        None => Box::new(tcp),
-        Some(client) => Box::new(super::tls::handshake(client, tcp, &uri.host, tls).await.map_err(ConnectError::Tls)?),
+    let io: Box<dyn Io> = match (client, direct) {
+        // Plain TCP: caller audio may be written to it from the session thread.
+        (None, Some(uplink)) => Box::new(super::shared_tcp::SharedTcp::attach(tcp, uplink)),
+        (None, None) => Box::new(tcp),
+        (Some(client), _) => {
+            Box::new(super::tls::handshake(client, tcp, &uri.host, tls).await.map_err(ConnectError::Tls)?)
+        }
     };
     Ok(upgrade(io, uri, config, tls, headers).await?)
 }
@@ -152,7 +159,7 @@ mod tests {
         let uri = ServerUri::parse(&format!("ws://127.0.0.1:{port}/")).unwrap();
         let headers = vec![("Authorization".to_string(), "Bearer secret".to_string())];
         let _connection =
-            connect(&uri, WebSocketConfig::default(), &TlsOptions::default(), &headers, &[]).await.unwrap();
+            connect(&uri, WebSocketConfig::default(), &TlsOptions::default(), &headers, &[], None).await.unwrap();
         assert_eq!(server.await.unwrap().as_deref(), Some("Bearer secret"));
     }
 }

@@ -49,6 +49,7 @@ pub(super) async fn connect_one(
     options: &ConnectionOptions,
     limit: Duration,
     dialect: &mut Dialect,
+    media: &CallMedia,
 ) -> Result<Connection, Unreached> {
     let speaks_to_a_model = dialect.speaks_to_a_model;
     let unreached = |error: websocket::ConnectError| match error {
@@ -73,7 +74,10 @@ pub(super) async fn connect_one(
             Scheme::Ws | Scheme::Wss => {
                 let config = websocket::websocket_config(options);
                 let (tls, headers) = (&credentials.tls, credentials.http_headers);
-                let opened = websocket::connect(server, config, tls, headers, &options.allowed_hosts).await;
+                // Caller audio may skip the task where the protocol sends it as it is queued.
+                let direct =
+                    (options.uplink_direct && dialect.encoder.audio_as_binary()).then(|| media.uplink_writer());
+                let opened = websocket::connect(server, config, tls, headers, &options.allowed_hosts, direct).await;
                 Connection::WebSocket(opened.map_err(unreached)?)
             }
         };
@@ -103,6 +107,7 @@ pub(super) async fn connect_any(
     options: &ConnectionOptions,
     deadline: Option<tokio::time::Instant>,
     dialect: &mut Dialect,
+    media: &CallMedia,
 ) -> Result<(Connection, String), Unreached> {
     let mut failures = Vec::new();
     let (mut barred, mut refused) = (false, false);
@@ -117,7 +122,7 @@ pub(super) async fn connect_any(
             break;
         }
         let shown = settings.shown(server);
-        match connect_one(server, &shown, options, limit, dialect).await {
+        match connect_one(server, &shown, options, limit, dialect, media).await {
             Ok(connection) => return Ok((connection, shown)),
             Err(unreached) => {
                 if !settings.fallbacks.is_empty() {
@@ -159,7 +164,7 @@ pub(super) async fn open(
     };
     let (connection, uri) = tokio::select! {
         _ = media.caller_gone() => return Err(ConversationEnd::CallerHungUp),
-        opened = connect_any(settings, options, None, dialect) => match opened {
+        opened = connect_any(settings, options, None, dialect, media) => match opened {
             Ok(opened) => opened,
             Err(unreached) => {
                 return Err(failed(unreached_cause(&unreached, HangupCause::DestinationOutOfOrder), unreached.why))
@@ -240,6 +245,7 @@ async fn attempt_until(
     options: &ConnectionOptions,
     failure: &Failure,
     dialect: &mut Dialect,
+    media: &CallMedia,
 ) -> Result<(Connection, String), ConversationEnd> {
     let mut last_error = failure.why.clone();
     for attempt in 0.. {
@@ -248,7 +254,7 @@ async fn attempt_until(
         if tokio::time::Instant::now() >= deadline {
             break;
         }
-        match connect_any(settings, options, Some(deadline), &mut *dialect).await {
+        match connect_any(settings, options, Some(deadline), &mut *dialect, media).await {
             Ok(connected) => return Ok(connected),
             Err(barred) if barred.barred => {
                 let why = format!("{}; reconnecting refused: {}", failure.why, barred.why);
@@ -280,7 +286,7 @@ pub(super) async fn reconnect(
     tracing::warn!("{}; reconnecting for up to {} ms", failure.why, options.reconnect.as_millis());
     media.set_reconnecting(true);
     control.event(CallEvent::Reconnecting { why: failure.why.clone() });
-    let attempts = attempt_until(deadline, settings, options, &failure, dialect);
+    let attempts = attempt_until(deadline, settings, options, &failure, dialect, media);
     let connected = tokio::select! {
         _ = media.caller_gone() => Err(ConversationEnd::CallerHungUp),
         connected = attempts => connected,

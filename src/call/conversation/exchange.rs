@@ -51,12 +51,18 @@ pub(super) async fn exchange(
     // Without pings, a server that only listens sends nothing, and is not dead for it.
     let dead_peer_timeout = if dialect.pings { options.dead_peer_timeout } else { Duration::ZERO };
     let Dialect { encoder, decoder, .. } = dialect;
-    tokio::select! {
+    // Where the connection lets it (plain ws://, audio in binary messages as queued), the
+    // session thread writes caller audio itself while the conversation is up.
+    media.set_direct_audio(true);
+    let ended = tokio::select! {
         _ = media.caller_gone() => Ended::CallerGone,
         end = read_loop(stream, media, control, options, &liveness, decoder.as_ref()) => Ended::Read(end),
         error = write_loop(sink, unsent, media, control, options.ping_interval, encoder.as_mut()) => Ended::Write(error),
         silent = liveness.wait_dead(dead_peer_timeout) => Ended::DeadPeer(silent),
-    }
+    };
+    // From here on caller audio waits in the queue: for a close, or for a new connection.
+    media.set_direct_audio(false);
+    ended
 }
 
 pub(super) async fn read_loop(
@@ -237,6 +243,7 @@ pub(super) async fn write_loop(
     if let Err(error) = send_batch(sink, batch, control, encoder).await {
         return error;
     }
+    media.uplink_written();
     loop {
         let ping_due = async {
             match pings.as_mut() {
@@ -256,6 +263,7 @@ pub(super) async fn write_loop(
         if let Err(error) = send_batch(sink, batch, control, encoder).await {
             return error;
         }
+        media.uplink_written();
     }
 }
 

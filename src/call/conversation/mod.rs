@@ -445,7 +445,7 @@ mod tests {
         }
         assert_eq!(got, (0..320).collect::<Vec<i16>>());
 
-        media.send_audio(Bytes::from_static(&[9; 320]));
+        media.send_audio(&[9; 320]);
         let up = server.next().await.unwrap().unwrap();
         assert_eq!(up.into_data().as_ref(), &[9; 320]);
 
@@ -475,7 +475,7 @@ mod tests {
         // The test's call ID is not a UUID: its hex digits, padded to 32.
         assert_eq!(start["start"]["callSid"], format!("CAeca{}", "0".repeat(29)));
         assert_eq!(start["start"]["customParameters"], serde_json::json!({"caller":"447700900123"}));
-        media.send_audio(Bytes::from_static(&[0x55; 160]));
+        media.send_audio(&[0x55; 160]);
         let uplink = next_json(&mut server).await;
         assert_eq!((uplink["sequenceNumber"].as_str(), uplink["media"]["chunk"].as_str()), (Some("2"), Some("1")));
         assert_eq!(base64.decode(uplink["media"]["payload"].as_str().unwrap()).unwrap(), [0x55; 160]);
@@ -566,7 +566,7 @@ mod tests {
         };
         let (kind, uuid) = read_message(&mut tcp).await;
         assert_eq!((kind, uuid), (audiosocket::UUID, audiosocket::uuid_bytes("test-call").to_vec()));
-        media.send_audio(Bytes::from_static(&[7; 320]));
+        media.send_audio(&[7; 320]);
         media.send_dtmf('#', 100);
         assert_eq!(read_message(&mut tcp).await, (0x10, vec![7; 320]));
         assert_eq!(read_message(&mut tcp).await, (audiosocket::DTMF, b"#".to_vec()));
@@ -603,7 +603,7 @@ mod tests {
         server.next().await.unwrap().unwrap();
         // The caller's last frames, queued just before the hangup, still go out first.
         for byte in 1..=3u8 {
-            media.send_audio(Bytes::from(vec![byte; 640]));
+            media.send_audio(&vec![byte; 640]);
         }
         assert!(media.caller_closes(), "the flush is to come");
         // The figures at hangup already count the frames the flush sends.
@@ -921,7 +921,7 @@ mod tests {
         while media.state() != "reconnecting" {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        media.send_audio(Bytes::from(vec![7u8; 320]));
+        media.send_audio(&vec![7u8; 320]);
         let mut second = accept(&listener, true).await;
         assert_eq!(
             second.next().await.unwrap().unwrap().into_text().unwrap().as_str(),
@@ -1015,7 +1015,7 @@ mod tests {
         ));
         // Nothing is sent first: the first thing the client hears is what the call queues.
         assert!(media.send_text(crate::call::admission::Progress::Answered.event()));
-        media.send_audio(Bytes::from(vec![9u8; 320]));
+        media.send_audio(&vec![9u8; 320]);
         let first = client.next().await.unwrap().unwrap();
         assert_eq!(first.into_text().unwrap().as_str(), r#"{"event":"answered"}"#);
         assert_eq!(client.next().await.unwrap().unwrap(), Message::Binary(Bytes::from(vec![9u8; 320])));

@@ -183,6 +183,12 @@ pub trait Encoder: Send {
     fn open(&mut self) -> Vec<Message>;
     /// The message for one uplink item; `None` where the protocol has no such message.
     fn encode(&mut self, item: &ToServer) -> Option<Message>;
+    /// Whether caller audio goes out as one binary message of the queued
+    /// bytes as they are; then, on a plain `ws://` connection, the session
+    /// thread may write it to the socket itself.
+    fn audio_as_binary(&self) -> bool {
+        false
+    }
     /// A message the last [`Encoder::encode`] left to follow its own, sent right after it.
     fn take_pending(&mut self) -> Option<Message> {
         None

@@ -48,6 +48,10 @@ impl Encoder for Writer {
         vec![Message::text(self.first_message.clone())]
     }
 
+    fn audio_as_binary(&self) -> bool {
+        true
+    }
+
     fn encode(&mut self, item: &ToServer) -> Option<Message> {
         Some(match item {
             ToServer::Audio(frame) => Message::Binary(frame.clone()),
