@@ -200,9 +200,7 @@ impl CallMedia {
         for name in reached {
             self.send_mark(name, false);
         }
-        for action in due {
-            self.queue_item(ToServer::AfterPlayout(action));
-        }
+        self.queue_due(due);
         if heard == Downlink::Audio {
             self.stats.frames_played.fetch_add(1, Ordering::Relaxed);
         }
@@ -263,6 +261,13 @@ impl CallMedia {
         let queued = lock(&self.uplink).queue.push_control(item);
         self.uplink_ready.wake_now();
         queued
+    }
+
+    /// Hands actions whose audio has played to the task, which carries them out.
+    fn queue_due(&self, due: Vec<AfterPlayout>) {
+        for action in due {
+            self.queue_item(ToServer::AfterPlayout(action));
+        }
     }
 
     fn send_mark(&self, name: String, cleared: bool) -> bool {
@@ -473,29 +478,22 @@ impl CallMedia {
         }
     }
 
-    /// Barge-in: drops all queued audio at once, answers the marks that
-    /// were waiting for it, then confirms with `cleared`.
+    /// Barge-in for a protocol whose server is told nothing of what was heard.
     pub fn clear_playout(&self) {
-        let dropped_marks = lock(&self.playout).clear();
-        self.playout_space.notify_one();
-        for name in dropped_marks {
-            self.send_mark(name, true);
-        }
-        self.queue_item(ToServer::Cleared);
+        self.interrupt_playout();
     }
 
-    /// Barge-in on a speech-to-speech model's reply: as [`Self::clear_playout`],
-    /// and returns how much of each reply cut short the caller heard. Actions
-    /// that waited for the dropped audio are due at once.
+    /// Barge-in: drops all queued audio at once, answers the marks that were
+    /// waiting for it, then confirms with `cleared`; actions that waited for
+    /// the dropped audio are due at once. Returns how much of each reply (a
+    /// speech-to-speech model's) cut short the caller heard.
     pub fn interrupt_playout(&self) -> Vec<Heard> {
         let (dropped_marks, due, heard) = lock(&self.playout).interrupt();
         self.playout_space.notify_one();
         for name in dropped_marks {
             self.send_mark(name, true);
         }
-        for action in due {
-            self.queue_item(ToServer::AfterPlayout(action));
-        }
+        self.queue_due(due);
         self.queue_item(ToServer::Cleared);
         heard
     }
@@ -531,9 +529,7 @@ impl CallMedia {
             playout.take_due_actions(&mut due);
             added
         };
-        for action in due {
-            self.queue_item(ToServer::AfterPlayout(action));
-        }
+        self.queue_due(due);
         added
     }
 

@@ -79,15 +79,6 @@ pub struct AgentOptions {
     pub dtmf_to_model: bool,
 }
 
-impl PartialEq for AgentOptions {
-    fn eq(&self, other: &Self) -> bool {
-        let pattern = |options: &AgentOptions| options.transfer_pattern.as_ref().map(|p| p.as_str().to_string());
-        (&self.session, &self.greeting, &self.hangup_function, &self.transfer_function, self.dtmf_to_model)
-            == (&other.session, &other.greeting, &other.hangup_function, &other.transfer_function, other.dtmf_to_model)
-            && pattern(self) == pattern(other)
-    }
-}
-
 /// Longest regular expression a transfer pattern may be (it is compiled per call).
 pub const MAX_PATTERN_CHARS: usize = 1024;
 

@@ -158,9 +158,6 @@ pub async fn run(
     control: impl CallControl,
     options: ConnectionOptions,
 ) -> ConversationEnd {
-    if settings.protocol.name() == protocol::openai::RULES.name {
-        media.set_agent();
-    }
     guarded(&media, &control, run_to_end(&settings, &media, &control, &options)).await
 }
 
@@ -295,6 +292,9 @@ async fn converse(
         fork: options.fork_layout.as_ref(),
         agent: &options.agent,
     });
+    if dialect.speaks_to_a_model {
+        media.set_agent();
+    }
     let (connection, mut uri) = match open(settings, media, control, options, &mut dialect).await {
         Ok(opened) => opened,
         Err(end) => return end,
