@@ -22,7 +22,8 @@
 //! - [`wire`]: what crosses the network: the `connection` (a `websocket`
 //!   over `tcp`, `tls` with `tls_trust` and `tls_errors` (and `tls_tests`),
 //!   and the `upgrade`; a plain one's socket, `shared_tcp`, with caller
-//!   audio written into it as a `frame` by the session thread; a listener's
+//!   audio written into it as a `frame` by the session thread, or `direct`,
+//!   read as well by the module's one `reactor` thread; a listener's
 //!   client read through a `read_budget`;
 //!   or AudioSocket's TCP) and the `protocol` spoken on it, one file each:
 //!   `wsbridge`, `twilio`, `vonage`, `audiosocket`, `openai`.

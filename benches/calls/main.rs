@@ -23,7 +23,10 @@
 //! `--endpoints null,socket-floor,wsbridge,wsbridge-live,wsbridge-pcmu,wsbridge-twilio,wsbridge-openai,wsbridge-fork`,
 //! `--out <dir>` (default target/calls-bench), `--uplink-batch-ms N` (the
 //! module param, to measure it; default: the module's own), `--uplink-direct
-//! false` (caller audio through the runtime, as before the direct write), `--capacity
+//! false` (caller audio through the runtime, as before the direct write),
+//! `--downlink-reactor false` (server audio read by each call's task, as
+//! before the reactor), `--downlink-batch-ms N` (the reader thread's rest
+//! after each turn), `--capacity
 //! FROM,STEP,MAX` (wsbridge calls stepped up until a step loses a frame or its
 //! uplink jitter p99 reaches 5 ms: the node's call capacity), `--fork-module
 //! PATH.so:COMMAND` (again for more: a peer's fork module, loaded into the runs'
@@ -235,8 +238,15 @@ fn start_freeswitch(endpoint: Endpoint, run_number: u16, options: &Options) -> F
             .map_or(String::new(), |ms| format!(r#"<param name="uplink-batch-ms" value="{ms}"/>"#));
         let direct =
             options.uplink_direct.map_or(String::new(), |on| format!(r#"<param name="uplink-direct" value="{on}"/>"#));
-        freeswitch
-            .set_wsbridge_conf(&format!(r#"<param name="runtime-threads" value="{RUNTIME_THREADS}"/>{batch}{direct}"#));
+        let reactor = options
+            .downlink_reactor
+            .map_or(String::new(), |on| format!(r#"<param name="downlink-reactor" value="{on}"/>"#));
+        let reactor_batch = options
+            .downlink_batch_ms
+            .map_or(String::new(), |ms| format!(r#"<param name="downlink-batch-ms" value="{ms}"/>"#));
+        freeswitch.set_wsbridge_conf(&format!(
+            r#"<param name="runtime-threads" value="{RUNTIME_THREADS}"/>{batch}{direct}{reactor}{reactor_batch}"#
+        ));
         let mut esl = freeswitch.esl();
         esl.api("reloadxml");
         let reply = esl.api("reload mod_wsbridge");

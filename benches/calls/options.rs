@@ -95,6 +95,10 @@ pub struct Options {
     pub uplink_batch_ms: Option<u64>,
     /// wsbridge.conf's `uplink-direct`; None: the module's default.
     pub uplink_direct: Option<bool>,
+    /// wsbridge.conf's `downlink-batch-ms`; None: the module's default.
+    pub downlink_batch_ms: Option<u64>,
+    /// wsbridge.conf's `downlink-reactor`; None: the module's default.
+    pub downlink_reactor: Option<bool>,
     /// `--capacity FROM,STEP,MAX`: wsbridge calls stepped up until a step
     /// loses a frame or its uplink jitter p99 reaches 5 ms.
     pub capacity: Option<(usize, usize, usize)>,
@@ -139,7 +143,7 @@ impl PeerFork {
 
 pub const USAGE: &str = "usage: cargo bench --bench calls -- [--calls 50,200,500] [--seconds 60] [--rate 50] \
                      [--endpoints null,socket-floor,wsbridge,wsbridge-live,wsbridge-pcmu,wsbridge-twilio,wsbridge-openai,wsbridge-fork] \
-                     [--out target/calls-bench] [--uplink-batch-ms N] [--uplink-direct false] [--capacity FROM,STEP,MAX] \
+                     [--out target/calls-bench] [--uplink-batch-ms N] [--uplink-direct false] [--downlink-reactor false] [--downlink-batch-ms N] [--capacity FROM,STEP,MAX] \
                      [--fork-module PATH.so:COMMAND]... [--module PATH.so]";
 
 pub fn parse_options() -> Result<Options, String> {
@@ -151,6 +155,8 @@ pub fn parse_options() -> Result<Options, String> {
         out: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/calls-bench"),
         uplink_batch_ms: None,
         uplink_direct: None,
+        downlink_reactor: None,
+        downlink_batch_ms: None,
         capacity: None,
         peer_forks: Vec::new(),
         module: None,
@@ -188,6 +194,12 @@ pub fn parse_options() -> Result<Options, String> {
             }
             "--uplink-direct" => {
                 options.uplink_direct = Some(value()?.parse().map_err(|_| "bad --uplink-direct: true or false")?)
+            }
+            "--downlink-batch-ms" => {
+                options.downlink_batch_ms = Some(value()?.parse().map_err(|_| "bad --downlink-batch-ms")?)
+            }
+            "--downlink-reactor" => {
+                options.downlink_reactor = Some(value()?.parse().map_err(|_| "bad --downlink-reactor: true or false")?)
             }
             "--fork-module" => options.peer_forks.push(PeerFork::parse(&value()?)?),
             "--module" => {

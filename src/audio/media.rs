@@ -102,6 +102,12 @@ pub struct CallMedia {
     agent: AtomicBool,
     /// Function calls the model waits on, answered through the API: their call IDs.
     function_calls: Mutex<VecDeque<String>>,
+    /// When the server was last heard from, in ms since `started`: the dead-peer check's.
+    heard_ms: AtomicU64,
+    /// Bytes of server audio received, for the whole frames counted in `stats`.
+    received_bytes: AtomicU64,
+    /// Server audio may go to the playout from the reader that has it, without the task.
+    direct_downlink: AtomicBool,
     pub stats: MediaStats,
 }
 
@@ -168,6 +174,9 @@ impl CallMedia {
             listen_only: AtomicBool::new(false),
             agent: AtomicBool::new(false),
             function_calls: Mutex::new(VecDeque::new()),
+            heard_ms: AtomicU64::new(0),
+            received_bytes: AtomicU64::new(0),
+            direct_downlink: AtomicBool::new(false),
             stats: MediaStats::default(),
         }
     }
@@ -636,11 +645,69 @@ impl CallMedia {
     /// it has one (the task turns it on while the conversation is up).
     pub fn set_direct_audio(&self, on: bool) {
         lock(&self.uplink).set_direct_audio(on);
+        self.direct_downlink.store(on, Ordering::Release);
     }
 
-    pub fn count_received(&self, frames: u64) {
-        self.stats.frames_received.fetch_add(frames, Ordering::Relaxed);
+    /// Counts `bytes` of server audio received, as whole frames.
+    pub fn count_received_bytes(&self, bytes: usize) {
+        let frame_bytes = self.format.bytes_per_frame() as u64;
+        let total = self.received_bytes.fetch_add(bytes as u64, Ordering::Relaxed) + bytes as u64;
+        self.stats.frames_received.store(total / frame_bytes, Ordering::Relaxed);
     }
+
+    /// The server was heard from: any message, a pong included.
+    pub fn heard_from_server(&self) {
+        self.heard_ms.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// How long the server has been silent.
+    pub fn server_silent_for(&self) -> Duration {
+        self.started.elapsed().saturating_sub(Duration::from_millis(self.heard_ms.load(Ordering::Relaxed)))
+    }
+
+    // ---- the downlink reactor's side: never waits ----
+
+    /// Whether server audio may be queued for playout by the reader that has it.
+    pub fn takes_direct_downlink(&self) -> bool {
+        self.direct_downlink.load(Ordering::Acquire)
+    }
+
+    /// Queues all of `wire` for playout and counts it, when the playout has
+    /// room for all of it below its high-water mark; false, with nothing
+    /// queued, when it has not (the task then queues it, waiting for room).
+    pub fn queue_playout_now(&self, wire: &[u8]) -> bool {
+        if self.listen_only.load(Ordering::Acquire) {
+            self.count_received_bytes(wire.len());
+            return true;
+        }
+        let queued = match &self.wire_decoder {
+            Some(decoder) if self.format.encoding != Encoding::L16 => DECODED.with_borrow_mut(|linear| {
+                linear.clear();
+                decoder.decode(wire, linear);
+                self.push_whole(linear)
+            }),
+            _ => self.push_whole(wire),
+        };
+        if queued {
+            self.count_received_bytes(wire.len());
+        }
+        queued
+    }
+
+    fn push_whole(&self, linear: &[u8]) -> bool {
+        let mut playout = lock(&self.playout);
+        // As the task does: no more once at the high-water mark, and a message goes in whole.
+        if playout.buffered_bytes() >= self.high_water_bytes || linear.len() > playout.free_bytes() {
+            return false;
+        }
+        playout.push(linear);
+        true
+    }
+}
+
+thread_local! {
+    /// The reader's G.711 decoded to L16, reused from message to message.
+    static DECODED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 #[cfg(test)]

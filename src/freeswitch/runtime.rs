@@ -11,7 +11,7 @@ use tracing::{Instrument, Span};
 
 use super::lock;
 use crate::audio::uplink_pump::UplinkPump;
-use crate::settings::{ModuleConfig, RUNTIME_THREADS, UPLINK_BATCH_MS};
+use crate::settings::{ModuleConfig, DOWNLINK_BATCH_MS, RUNTIME_THREADS, UPLINK_BATCH_MS};
 use crate::support::poll_watch::Watched;
 
 static RUNTIME: Mutex<Option<tokio::runtime::Runtime>> = Mutex::new(None);
@@ -23,7 +23,7 @@ static WORKERS: AtomicUsize = AtomicUsize::new(0);
 
 /// The settings the runtime reads when it starts, and only then: a
 /// `reloadxml` changes what is configured, not what runs.
-const READ_AT_START: [&str; 2] = [RUNTIME_THREADS.param, UPLINK_BATCH_MS.param];
+const READ_AT_START: [&str; 3] = [RUNTIME_THREADS.param, UPLINK_BATCH_MS.param, DOWNLINK_BATCH_MS.param];
 /// Those settings as the running runtime was started with them, as `ModuleConfig::describe` words them.
 static STARTED_WITH: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
 
@@ -56,6 +56,10 @@ pub fn start(config: &ModuleConfig) -> std::io::Result<()> {
         runtime.spawn(pump.clone().run());
     }
     *lock(&UPLINK_PUMP) = pump;
+    if let Err(error) = crate::wire::reactor::start(config.downlink_batch) {
+        // Calls then read their sockets in their tasks, as before the reactor.
+        tracing::error!("cannot start the downlink reader thread: {error}; server audio goes through the runtime");
+    }
     *lock(&RUNTIME) = Some(runtime);
     WORKERS.store(workers, Ordering::Relaxed);
     *lock(&STARTED_WITH) =
@@ -105,6 +109,8 @@ pub fn stop(grace: Duration) -> bool {
     if let Some(runtime) = runtime {
         runtime.shutdown_timeout(grace);
     }
+    // After the tasks: their connections leave it as they drop.
+    crate::wire::reactor::stop();
     let deadline = std::time::Instant::now() + grace;
     while LIVE_THREADS.load(Ordering::SeqCst) > 0 && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));

@@ -236,6 +236,11 @@ pub const UPLINK_DIRECT: Setting = per_call(
     Kind::Flag { default: true },
     "on a plain `ws://` connection whose protocol sends caller audio as binary messages (`wsbridge`, `vonage`), the FreeSWITCH thread that has a caller frame writes it to the socket itself, in one non-blocking send; false: every frame goes through the runtime, as for `wss://`",
 );
+pub const DOWNLINK_REACTOR: Setting = per_call(
+    "downlink-reactor",
+    Kind::Flag { default: true },
+    "where caller audio goes directly (`uplink-direct`), the module's one reader thread also reads the socket and puts server audio straight into the playout, without waking the runtime for each message; false: the call's task reads it",
+);
 pub const CNG_FRAMES: Setting = per_call(
     "cng-frames",
     Kind::Flag { default: false },
@@ -314,6 +319,11 @@ pub const UPLINK_BATCH_MS: Setting = module_only(
     "uplink-batch-ms",
     integer(2, 0, 10),
     "how long the first caller frame of a tick waits for the other calls' frames, so that one wake-up of the runtime sends them all; 0 wakes it for every frame; only for caller audio the runtime sends (`wss://`, `twilio`, `audiosocket`, `uplink-direct` false, or while a socket is backed up); read when the module loads",
+);
+pub const DOWNLINK_BATCH_MS: Setting = module_only(
+    "downlink-batch-ms",
+    integer(2, 0, 10),
+    "after the reader thread (`downlink-reactor`) has read what was ready, it waits this long before it looks again, so that one wake-up reads the messages of many calls; 0 reads each as it comes; read when the module loads",
 );
 pub const DRAIN: Setting = module_only(
     "drain",
@@ -425,6 +435,7 @@ pub const TABLE: &[Setting] = &[
     agent::OPENAI_DTMF,
     UPLINK_FRAME_MS,
     UPLINK_DIRECT,
+    DOWNLINK_REACTOR,
     CNG_FRAMES,
     FORK_PLAYBACK,
     FORK_ALLOW_HANGUP,
@@ -442,6 +453,7 @@ pub const TABLE: &[Setting] = &[
     MAX_CONNECTING,
     RUNTIME_THREADS,
     UPLINK_BATCH_MS,
+    DOWNLINK_BATCH_MS,
     DRAIN,
     DRAIN_CAUSE,
     agent::OPENAI_API_KEY,

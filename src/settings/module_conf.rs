@@ -9,8 +9,8 @@ use super::server::ContentType;
 use super::tuning::{parse_flag, Reader};
 use super::{by_param, CallTuning, Scope, Setting};
 use super::{
-    ALLOWED_HOSTS, ALLOW_SIP_HEADER_URI, DEBUG, DEFAULT_CONTENT_TYPE, DEFAULT_URI, DRAIN, DRAIN_CAUSE, MAX_CONNECTING,
-    RUNTIME_THREADS, UPLINK_BATCH_MS,
+    ALLOWED_HOSTS, ALLOW_SIP_HEADER_URI, DEBUG, DEFAULT_CONTENT_TYPE, DEFAULT_URI, DOWNLINK_BATCH_MS, DRAIN,
+    DRAIN_CAUSE, MAX_CONNECTING, RUNTIME_THREADS, UPLINK_BATCH_MS,
 };
 use crate::settings::cause::HangupCause;
 pub use crate::settings::listener_conf::ListenerConfig;
@@ -34,6 +34,8 @@ pub struct ModuleConfig {
     pub runtime_threads: usize,
     /// How long caller audio's wake-ups are gathered; read when the module loads.
     pub uplink_batch: std::time::Duration,
+    /// The downlink reader's pause after each turn; zero: none.
+    pub downlink_batch: std::time::Duration,
     /// Whether the file asks the node to drain.
     pub drain: bool,
     /// What new calls are refused with while draining.
@@ -63,6 +65,7 @@ impl Default for ModuleConfig {
             max_connecting: MAX_CONNECTING.integer_default() as usize,
             runtime_threads: default_runtime_threads(),
             uplink_batch: std::time::Duration::from_millis(UPLINK_BATCH_MS.integer_default()),
+            downlink_batch: std::time::Duration::from_millis(DOWNLINK_BATCH_MS.integer_default()),
             drain: DRAIN.flag_default(),
             drain_cause: HangupCause::DRAIN_CHOICES[0],
             listener: ListenerConfig::default(),
@@ -159,7 +162,7 @@ impl ModuleConfig {
                 }
             },
             _ => {
-                // The integer params: max-connecting, runtime-threads, uplink-batch-ms.
+                // The integer params: max-connecting, runtime-threads, uplink-batch-ms, downlink-batch-ms.
                 let mut reader = Reader::new(&source, &named);
                 let value = reader.integer(setting);
                 problems.append(&mut reader.problems);
@@ -168,6 +171,9 @@ impl ModuleConfig {
                     Some(value) if param == RUNTIME_THREADS.param => self.runtime_threads = value as usize,
                     Some(value) if param == UPLINK_BATCH_MS.param => {
                         self.uplink_batch = std::time::Duration::from_millis(value)
+                    }
+                    Some(value) if param == DOWNLINK_BATCH_MS.param => {
+                        self.downlink_batch = std::time::Duration::from_millis(value)
                     }
                     _ => {}
                 }
@@ -192,6 +198,7 @@ impl ModuleConfig {
             (MAX_CONNECTING.param.to_string(), self.max_connecting.to_string()),
             (RUNTIME_THREADS.param.to_string(), self.runtime_threads.to_string()),
             (UPLINK_BATCH_MS.param.to_string(), self.uplink_batch.as_millis().to_string()),
+            (DOWNLINK_BATCH_MS.param.to_string(), self.downlink_batch.as_millis().to_string()),
             (DRAIN.param.to_string(), self.drain.to_string()),
             (DRAIN_CAUSE.param.to_string(), self.drain_cause.to_string()),
             (OPENAI_API_KEY.param.to_string(), if self.openai_api_key.is_some() { "***" } else { "" }.to_string()),

@@ -9,8 +9,8 @@ use std::time::Duration;
 use crate::settings::security::{may_send_credentials, HostPattern};
 use crate::settings::{FirstMessageStyle, ServerUri};
 use crate::settings::{
-    Setting, CONNECT_TIMEOUT_MS, DEAD_PEER_TIMEOUT_MS, MAX_CONNECTING, MAX_MESSAGE_BYTES, MAX_TEXT_BYTES,
-    PING_INTERVAL_MS, RECONNECT_MS, UPLINK_DIRECT,
+    Setting, CONNECT_TIMEOUT_MS, DEAD_PEER_TIMEOUT_MS, DOWNLINK_REACTOR, MAX_CONNECTING, MAX_MESSAGE_BYTES,
+    MAX_TEXT_BYTES, PING_INTERVAL_MS, RECONNECT_MS, UPLINK_DIRECT,
 };
 
 #[derive(Debug, Clone, Copy)]
@@ -146,6 +146,8 @@ pub struct ConnectionOptions {
     pub allowed_hosts: Vec<HostPattern>,
     /// Caller audio may be written to a plain `ws://` socket from the session thread.
     pub uplink_direct: bool,
+    /// Server audio on such a socket is read by the module's reader thread, not the call's task.
+    pub downlink_reactor: bool,
 }
 
 /// What the module tells one server about itself: its TLS options and the
@@ -198,6 +200,7 @@ impl Default for ConnectionOptions {
             agent: Default::default(),
             allowed_hosts: Vec::new(),
             uplink_direct: UPLINK_DIRECT.flag_default(),
+            downlink_reactor: DOWNLINK_REACTOR.flag_default(),
         }
     }
 }

@@ -223,6 +223,9 @@ fn read_connection(reader: &mut Reader<'_>, session: &mut ConnectionOptions) -> 
     if let Some(direct) = reader.flag(&UPLINK_DIRECT) {
         session.uplink_direct = direct;
     }
+    if let Some(reactor) = reader.flag(&DOWNLINK_REACTOR) {
+        session.downlink_reactor = reactor;
+    }
     // Checked here so a bad list in wsbridge.conf is reported; the list itself is the call plan's.
     if let Some(text) = reader.text(&FALLBACK_URIS) {
         if let Err(why) = parse_uri_list(&text) {

@@ -3,6 +3,7 @@
 //! binary message is one whole AudioSocket message.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures_util::{Sink, Stream};
@@ -13,11 +14,14 @@ use tokio_util::codec::Framed;
 
 use crate::settings::security::HostPattern;
 use crate::settings::ServerUri;
+use crate::wire::direct::DirectConnection;
 use crate::wire::protocol::audiosocket::Framing;
 use crate::wire::websocket::{ConnectError, Io};
 
 pub enum Connection {
     WebSocket(WebSocketStream<Box<dyn Io>>),
+    /// A `ws://` WebSocket whose media skips the task both ways.
+    Direct(Arc<DirectConnection>),
     AudioSocket(AudioSocketStream),
 }
 
@@ -39,6 +43,7 @@ impl Stream for Connection {
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         match self.get_mut() {
             Connection::WebSocket(ws) => Pin::new(ws).poll_next(cx),
+            Connection::Direct(direct) => direct.poll_next(cx),
             Connection::AudioSocket(tcp) => Pin::new(&mut tcp.framed)
                 .poll_next(cx)
                 .map(|next| next.map(|result| result.map(Message::Binary).map_err(WsError::Io))),
@@ -52,6 +57,7 @@ impl Sink<Message> for Connection {
     fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
         match self.get_mut() {
             Connection::WebSocket(ws) => Pin::new(ws).poll_ready(cx),
+            Connection::Direct(_) => Poll::Ready(Ok(())),
             Connection::AudioSocket(tcp) => Pin::new(&mut tcp.framed).poll_ready(cx).map_err(WsError::Io),
         }
     }
@@ -59,6 +65,7 @@ impl Sink<Message> for Connection {
     fn start_send(self: Pin<&mut Self>, message: Message) -> Result<(), WsError> {
         match self.get_mut() {
             Connection::WebSocket(ws) => Pin::new(ws).start_send(message),
+            Connection::Direct(direct) => direct.start_send(message),
             Connection::AudioSocket(tcp) => match message {
                 Message::Binary(bytes) => Pin::new(&mut tcp.framed).start_send(bytes).map_err(WsError::Io),
                 Message::Close(_) => {
@@ -74,6 +81,7 @@ impl Sink<Message> for Connection {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
         match self.get_mut() {
             Connection::WebSocket(ws) => Pin::new(ws).poll_flush(cx),
+            Connection::Direct(direct) => direct.poll_flush(cx),
             Connection::AudioSocket(tcp) if tcp.closing => {
                 Pin::new(&mut tcp.framed).poll_close(cx).map_err(WsError::Io)
             }
@@ -84,6 +92,7 @@ impl Sink<Message> for Connection {
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
         match self.get_mut() {
             Connection::WebSocket(ws) => Pin::new(ws).poll_close(cx),
+            Connection::Direct(direct) => direct.poll_close(cx),
             Connection::AudioSocket(tcp) => Pin::new(&mut tcp.framed).poll_close(cx).map_err(WsError::Io),
         }
     }

@@ -7,8 +7,10 @@
 //! client is read through a [`read_budget`] until its first message is in.
 
 pub mod connection;
+pub mod direct;
 pub mod frame;
 pub mod protocol;
+pub mod reactor;
 pub mod read_budget;
 mod shared_tcp;
 mod tcp;

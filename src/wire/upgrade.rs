@@ -43,12 +43,22 @@ pub(super) async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
     tls: &TlsOptions,
     headers: &[(String, String)],
 ) -> Result<WebSocketStream<S>, UpgradeError> {
+    let rest = upgrade_in_place(&mut io, uri, tls, headers).await?;
+    Ok(WebSocketStream::from_partially_read(io, rest, Role::Client, Some(config)).await)
+}
+
+/// The upgrade alone, on `io`: what followed the server's answer.
+pub(super) async fn upgrade_in_place<S: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut S,
+    uri: &ServerUri,
+    tls: &TlsOptions,
+    headers: &[(String, String)],
+) -> Result<Vec<u8>, UpgradeError> {
     let key = generate_key();
     let write_error = |error: io::Error| io_failure("sending the upgrade request", error, tls);
     io.write_all(request(uri, &key, headers).as_bytes()).await.map_err(write_error)?;
     io.flush().await.map_err(write_error)?;
-    let rest = read_response(&mut io, &key, tls).await?;
-    Ok(WebSocketStream::from_partially_read(io, rest, Role::Client, Some(config)).await)
+    read_response(io, &key, tls).await
 }
 
 /// The upgrade request, with the caller's extra `headers`.

@@ -10,10 +10,13 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::WebSocketStream;
 
+use super::direct::DirectConnection;
+use super::reactor::Reactor;
 use super::tcp::{connect_checked, TcpFailure};
 pub use super::tls::clear_tls_cache;
 pub use super::upgrade::SUBPROTOCOL;
-use super::upgrade::{upgrade, UpgradeError};
+use super::upgrade::{upgrade, upgrade_in_place, UpgradeError};
+use crate::audio::media::CallMedia;
 use crate::audio::uplink_writer::Uplink;
 use crate::settings::options::{ConnectionOptions, TlsOptions};
 use crate::settings::security::{check_address, HostPattern};
@@ -123,6 +126,25 @@ pub async fn connect(
         }
     };
     Ok(upgrade(io, uri, config, tls, headers).await?)
+}
+
+/// A `ws://` connection whose media skips the call's task both ways
+/// ([`DirectConnection`]): caller audio written by the session thread,
+/// server audio read by `reactor` into `media`'s playout.
+pub async fn connect_direct(
+    uri: &ServerUri,
+    config: WebSocketConfig,
+    headers: &[(String, String)],
+    allowed_hosts: &[HostPattern],
+    max_audio_bytes: usize,
+    media: Arc<CallMedia>,
+    reactor: Arc<Reactor>,
+) -> Result<Arc<DirectConnection>, ConnectError> {
+    let mut tcp = connect_tcp(uri, allowed_hosts).await?;
+    let rest = upgrade_in_place(&mut tcp, uri, &TlsOptions::default(), headers).await?;
+    // Out of tokio's reactor: from here on the downlink reactor reads it.
+    let tcp = tcp.into_std().map_err(ConnectError::Tcp)?;
+    DirectConnection::start(tcp, rest, config, max_audio_bytes, media, reactor).map_err(ConnectError::Tcp)
 }
 
 #[cfg(test)]

@@ -49,7 +49,7 @@ pub(super) async fn connect_one(
     options: &ConnectionOptions,
     limit: Duration,
     dialect: &mut Dialect,
-    media: &CallMedia,
+    media: &Arc<CallMedia>,
 ) -> Result<Connection, Unreached> {
     let speaks_to_a_model = dialect.speaks_to_a_model;
     let unreached = |error: websocket::ConnectError| match error {
@@ -74,11 +74,32 @@ pub(super) async fn connect_one(
             Scheme::Ws | Scheme::Wss => {
                 let config = websocket::websocket_config(options);
                 let (tls, headers) = (&credentials.tls, credentials.http_headers);
-                // Caller audio may skip the task where the protocol sends it as it is queued.
-                let direct =
-                    (options.uplink_direct && dialect.encoder.audio_as_binary()).then(|| media.uplink_writer());
-                let opened = websocket::connect(server, config, tls, headers, &options.allowed_hosts, direct).await;
-                Connection::WebSocket(opened.map_err(unreached)?)
+                // Caller audio may skip the task where the protocol sends it as it is queued,
+                // and server audio where its binary messages are audio as they are.
+                let direct = options.uplink_direct && dialect.encoder.audio_as_binary();
+                let reactor = crate::wire::reactor::current().filter(|_| options.downlink_reactor);
+                match (direct, reactor, server.scheme) {
+                    (true, Some(reactor), Scheme::Ws) => {
+                        let allowed = &options.allowed_hosts;
+                        let audio_bytes = options.max_message_bytes;
+                        let opened = websocket::connect_direct(
+                            server,
+                            config,
+                            headers,
+                            allowed,
+                            audio_bytes,
+                            media.clone(),
+                            reactor,
+                        );
+                        Connection::Direct(opened.await.map_err(unreached)?)
+                    }
+                    _ => {
+                        let direct = direct.then(|| media.uplink_writer());
+                        let opened =
+                            websocket::connect(server, config, tls, headers, &options.allowed_hosts, direct).await;
+                        Connection::WebSocket(opened.map_err(unreached)?)
+                    }
+                }
             }
         };
         for message in dialect.open() {
@@ -107,7 +128,7 @@ pub(super) async fn connect_any(
     options: &ConnectionOptions,
     deadline: Option<tokio::time::Instant>,
     dialect: &mut Dialect,
-    media: &CallMedia,
+    media: &Arc<CallMedia>,
 ) -> Result<(Connection, String), Unreached> {
     let mut failures = Vec::new();
     let (mut barred, mut refused) = (false, false);
@@ -150,7 +171,7 @@ fn unreached_cause(unreached: &Unreached, otherwise: HangupCause) -> HangupCause
 /// Connects to the first server that answers, sends the first message and answers the call.
 pub(super) async fn open(
     settings: &CallSettings,
-    media: &CallMedia,
+    media: &Arc<CallMedia>,
     control: &impl CallControl,
     options: &ConnectionOptions,
     dialect: &mut Dialect,
@@ -245,7 +266,7 @@ async fn attempt_until(
     options: &ConnectionOptions,
     failure: &Failure,
     dialect: &mut Dialect,
-    media: &CallMedia,
+    media: &Arc<CallMedia>,
 ) -> Result<(Connection, String), ConversationEnd> {
     let mut last_error = failure.why.clone();
     for attempt in 0.. {
@@ -274,7 +295,7 @@ async fn attempt_until(
 /// DTMF wait in the uplink queue.
 pub(super) async fn reconnect(
     settings: &CallSettings,
-    media: &CallMedia,
+    media: &Arc<CallMedia>,
     control: &impl CallControl,
     options: &ConnectionOptions,
     failure: Failure,

@@ -3,37 +3,18 @@
 
 use super::*;
 
-/// When the server was last heard from, for the dead-peer check.
-pub(super) struct Liveness {
-    start: tokio::time::Instant,
-    last_heard_ms: std::sync::atomic::AtomicU64,
-}
-
-impl Liveness {
-    fn new() -> Self {
-        Liveness { start: tokio::time::Instant::now(), last_heard_ms: 0.into() }
+/// Returns once the server has been silent for `limit` (whoever read it:
+/// the task, or the downlink reactor); never when `limit` is zero.
+async fn wait_dead(media: &CallMedia, limit: Duration) -> Duration {
+    if limit.is_zero() {
+        return std::future::pending().await;
     }
-
-    fn heard(&self) {
-        self.last_heard_ms.store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
-    }
-
-    fn silent_for(&self) -> Duration {
-        self.start.elapsed().saturating_sub(Duration::from_millis(self.last_heard_ms.load(Ordering::Relaxed)))
-    }
-
-    /// Returns once the server has been silent for `limit`; never when `limit` is zero.
-    async fn wait_dead(&self, limit: Duration) -> Duration {
-        if limit.is_zero() {
-            return std::future::pending().await;
+    loop {
+        let silent = media.server_silent_for();
+        if silent >= limit {
+            return silent;
         }
-        loop {
-            let silent = self.silent_for();
-            if silent >= limit {
-                return silent;
-            }
-            tokio::time::sleep(limit - silent).await;
-        }
+        tokio::time::sleep(limit - silent).await;
     }
 }
 
@@ -47,7 +28,7 @@ pub(super) async fn exchange(
     options: &ConnectionOptions,
     dialect: &mut Dialect,
 ) -> Ended {
-    let liveness = Liveness::new();
+    media.heard_from_server();
     // Without pings, a server that only listens sends nothing, and is not dead for it.
     let dead_peer_timeout = if dialect.pings { options.dead_peer_timeout } else { Duration::ZERO };
     let Dialect { encoder, decoder, .. } = dialect;
@@ -56,9 +37,9 @@ pub(super) async fn exchange(
     media.set_direct_audio(true);
     let ended = tokio::select! {
         _ = media.caller_gone() => Ended::CallerGone,
-        end = read_loop(stream, media, control, options, &liveness, decoder.as_ref()) => Ended::Read(end),
+        end = read_loop(stream, media, control, options, decoder.as_ref()) => Ended::Read(end),
         error = write_loop(sink, unsent, media, control, options.ping_interval, encoder.as_mut()) => Ended::Write(error),
-        silent = liveness.wait_dead(dead_peer_timeout) => Ended::DeadPeer(silent),
+        silent = wait_dead(media, dead_peer_timeout) => Ended::DeadPeer(silent),
     };
     // From here on caller audio waits in the queue: for a close, or for a new connection.
     media.set_direct_audio(false);
@@ -70,17 +51,14 @@ pub(super) async fn read_loop(
     media: &CallMedia,
     control: &impl CallControl,
     options: &ConnectionOptions,
-    liveness: &Liveness,
     decoder: &dyn Decoder,
 ) -> ReadEnd {
-    let frame_bytes = media.format.bytes_per_frame() as u64;
-    let mut partial_bytes = 0u64;
     let mut message_events = EventBudget::per_call();
     loop {
         // Flow control: while the playout is full, leave data in the socket so TCP pushes back.
         media.wait_for_playout_room().await;
         let next = stream.next().await;
-        liveness.heard();
+        media.heard_from_server();
         match next {
             None => return ReadEnd::Eof,
             Some(Err(WsError::Capacity(error))) => return ReadEnd::TooBig(error.to_string()),
@@ -98,10 +76,10 @@ pub(super) async fn read_loop(
                     _ => None,
                 };
                 match decoder.decode(message) {
-                    FromServer::Audio(data) => queue_audio(media, &data, &mut partial_bytes, frame_bytes).await,
+                    FromServer::Audio(data) => queue_audio(media, &data).await,
                     FromServer::Reply(reply) => {
                         media.begin_reply(reply.reply, reply.turn_began);
-                        queue_audio(media, &reply.data, &mut partial_bytes, frame_bytes).await;
+                        queue_audio(media, &reply.data).await;
                     }
                     FromServer::Agent(event) => agent::act_on(event, media, control, decoder, &options.agent).await,
                     inbound => {
@@ -121,11 +99,9 @@ pub(super) async fn read_loop(
 }
 
 /// Queues server audio for playout and counts the whole frames received.
-async fn queue_audio(media: &CallMedia, data: &[u8], partial_bytes: &mut u64, frame_bytes: u64) {
+async fn queue_audio(media: &CallMedia, data: &[u8]) {
     media.queue_playout(data).await;
-    *partial_bytes += data.len() as u64;
-    media.count_received(*partial_bytes / frame_bytes);
-    *partial_bytes %= frame_bytes;
+    media.count_received_bytes(data.len());
 }
 
 /// A server flooding text must not flood FreeSWITCH's event system.

@@ -212,7 +212,7 @@ async fn guarded(
 
 async fn run_to_end(
     settings: &CallSettings,
-    media: &CallMedia,
+    media: &Arc<CallMedia>,
     control: &impl CallControl,
     options: &ConnectionOptions,
 ) -> ConversationEnd {
@@ -280,7 +280,7 @@ type Stream = futures_util::stream::SplitStream<Connection>;
 /// the budget allows), and finishes it.
 async fn converse(
     settings: &CallSettings,
-    media: &CallMedia,
+    media: &Arc<CallMedia>,
     control: &impl CallControl,
     options: &ConnectionOptions,
 ) -> ConversationEnd {
@@ -393,6 +393,8 @@ mod tests {
     }
 
     async fn listener() -> (TcpListener, u16) {
+        // The module's reader thread, as FreeSWITCH runs it: direct calls here are read by it.
+        crate::wire::reactor::start(Duration::from_millis(2)).unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         (listener, port)
