@@ -641,8 +641,9 @@ impl CallMedia {
         self.uplink.clone()
     }
 
-    /// Lets the session thread write caller audio to the connection, where
-    /// it has one (the task turns it on while the conversation is up).
+    /// Lets the session thread write caller audio to the connection, and a
+    /// direct connection's reader put server audio into the playout, where
+    /// the connection allows it (the task turns it on while the conversation is up).
     pub fn set_direct_audio(&self, on: bool) {
         lock(&self.uplink).set_direct_audio(on);
         self.direct_downlink.store(on, Ordering::Release);

@@ -38,7 +38,7 @@ impl UplinkSocket for AudioOut {
     }
 
     fn frame_audio(&self, payload: &[u8], out: &mut Vec<u8>) {
-        super::frame::binary_frame(payload, rand::random::<u32>().to_ne_bytes(), out);
+        super::frame::audio_frame(payload, out);
     }
 }
 
@@ -100,7 +100,7 @@ pub struct DirectConnection {
     reactor: Arc<Reactor>,
     token: OnceLock<mio::Token>,
     /// The task asked for a close: the next flush finishes it.
-    closing: Mutex<bool>,
+    closing: AtomicBool,
     /// The task has asked for a message: until then nothing is read, as
     /// tungstenite read nothing before, so that a server's close cannot
     /// overtake the first message the task is still to send.
@@ -134,10 +134,11 @@ impl DirectConnection {
             writable: AtomicWaker::new(),
             reactor: reactor.clone(),
             token: OnceLock::new(),
-            closing: Mutex::new(false),
+            closing: AtomicBool::new(false),
             reading: AtomicBool::new(false),
         });
         let readable: Arc<dyn Readable> = connection.clone();
+        // Not read until the task asks: poll_next kicks the reactor then.
         let token = reactor.register(fd, Arc::downgrade(&readable) as Weak<dyn Readable>)?;
         let _ = connection.token.set(token);
         Ok(connection)
@@ -238,7 +239,7 @@ impl DirectConnection {
 
     /// Sends a close (unless one was sent) and everything before it.
     pub fn poll_close(&self, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
-        let close_sent = std::mem::replace(&mut *lock(&self.closing), true);
+        let close_sent = self.closing.swap(true, Ordering::AcqRel);
         self.poll_written(cx, |context, wire| match close_sent {
             true => context.flush(wire),
             false => context.close(wire, None),

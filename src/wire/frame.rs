@@ -28,6 +28,12 @@ pub fn binary_frame(payload: &[u8], mask: [u8; 4], out: &mut Vec<u8>) {
     apply_mask(&mut out[start..], mask);
 }
 
+/// Writes caller audio `payload` as one binary frame into `out`, masked with
+/// a fresh random key, as a client must (RFC 6455, section 5.3).
+pub fn audio_frame(payload: &[u8], out: &mut Vec<u8>) {
+    binary_frame(payload, rand::random::<u32>().to_ne_bytes(), out);
+}
+
 /// XORs `data` with `mask`, the mask's first byte on the first byte of `data`.
 pub fn apply_mask(data: &mut [u8], mask: [u8; 4]) {
     // Eight bytes at a time: the mask twice, in the same byte order as the data read.

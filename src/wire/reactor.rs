@@ -106,8 +106,9 @@ impl Reactor {
         }
     }
 
-    /// Reads `fd` for `socket` from now on, and once at once, and tells it
-    /// when the socket may take writes again; its token.
+    /// Reads `fd` for `socket` whenever the kernel says it is readable (and
+    /// when [`kick`](Self::kick)ed), and tells it when the socket may take
+    /// writes again; its token.
     pub fn register(&self, fd: RawFd, socket: Weak<dyn Readable>) -> io::Result<Token> {
         let token = Token(self.next_token.fetch_add(1, Ordering::Relaxed));
         lock(&self.registered).sockets.insert(token, socket);
@@ -115,7 +116,6 @@ impl Reactor {
             lock(&self.registered).sockets.remove(&token);
             return Err(error);
         }
-        self.kick(token);
         Ok(token)
     }
 
@@ -274,8 +274,9 @@ mod tests {
         let (client, _server) = pair();
         let panicking = Arc::new(Panicking(0.into()));
         let weak: Weak<dyn Readable> = Arc::downgrade(&(panicking.clone() as Arc<dyn Readable>));
-        reactor.register(client.as_raw_fd(), weak).unwrap();
-        assert!(wait_until(|| panicking.0.load(Ordering::Relaxed) == 1), "the kick at registration read it");
+        let token = reactor.register(client.as_raw_fd(), weak).unwrap();
+        reactor.kick(token);
+        assert!(wait_until(|| panicking.0.load(Ordering::Relaxed) == 1), "the kick read it");
         let (client, mut server) = pair();
         let counting = Arc::new(Counting { tcp: client, bytes: 0.into(), reads: 0.into() });
         let weak: Weak<dyn Readable> = Arc::downgrade(&(counting.clone() as Arc<dyn Readable>));

@@ -26,7 +26,7 @@ impl UplinkSocket for AudioOut {
     }
 
     fn frame_audio(&self, payload: &[u8], out: &mut Vec<u8>) {
-        super::frame::binary_frame(payload, rand::random::<u32>().to_ne_bytes(), out);
+        super::frame::audio_frame(payload, out);
     }
 }
 
